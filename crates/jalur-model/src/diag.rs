@@ -1,0 +1,141 @@
+//! Diagnostics: one shape for load errors and analysis findings, in the manner of `istioctl
+//! analyze` — a code, a severity, the resource, the file and line, the field, and what to do.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::ResourceRef;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Severity {
+    Info,
+    Warning,
+    Error,
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Severity::Info => "Info",
+            Severity::Warning => "Warning",
+            Severity::Error => "Error",
+        })
+    }
+}
+
+/// A stable diagnostic code. The catalogue lives in [`codes`]; codes never change meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct Code {
+    pub id: &'static str,
+    pub name: &'static str,
+    pub severity: Severity,
+}
+
+pub mod codes {
+    use super::{Code, Severity};
+
+    const fn code(id: &'static str, name: &'static str, severity: Severity) -> Code {
+        Code { id, name, severity }
+    }
+
+    pub const YAML_SYNTAX: Code = code("JAL0001", "YamlSyntax", Severity::Error);
+    pub const UNKNOWN_KIND: Code = code("JAL0002", "UnknownKind", Severity::Error);
+    pub const INVALID_FIELD: Code = code("JAL0003", "InvalidField", Severity::Error);
+    pub const INVALID_METADATA: Code = code("JAL0004", "InvalidMetadata", Severity::Error);
+    pub const UNREADABLE_FILE: Code = code("JAL0005", "UnreadableFile", Severity::Error);
+    pub const DUPLICATE_RESOURCE: Code = code("JAL0100", "DuplicateResource", Severity::Error);
+    pub const WEIGHTS_NOT_100: Code = code("JAL0101", "WeightsNotSumTo100", Severity::Error);
+    pub const UNDEFINED_SUBSET: Code = code("JAL0102", "UndefinedSubset", Severity::Error);
+    pub const UNKNOWN_HOST: Code = code("JAL0103", "UnknownDestinationHost", Severity::Error);
+    pub const CONFLICTING_VS_HOSTS: Code =
+        code("JAL0104", "ConflictingVirtualServiceHosts", Severity::Error);
+    pub const DR_UNKNOWN_HOST: Code =
+        code("JAL0105", "DestinationRuleForUnknownHost", Severity::Warning);
+    pub const PORT_MISMATCH: Code = code("JAL0106", "PortMismatch", Severity::Error);
+    pub const INVALID_REGEX: Code = code("JAL0107", "InvalidRegex", Severity::Error);
+    pub const GATEWAY_NOT_FOUND: Code = code("JAL0108", "GatewayNotFound", Severity::Error);
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Diagnostic {
+    pub code: &'static str,
+    pub name: &'static str,
+    pub severity: Severity,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource: Option<ResourceRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl Diagnostic {
+    pub fn new(code: Code, message: impl Into<String>) -> Diagnostic {
+        Diagnostic {
+            code: code.id,
+            name: code.name,
+            severity: code.severity,
+            message: message.into(),
+            resource: None,
+            file: None,
+            line: None,
+            field: None,
+        }
+    }
+
+    /// Same code, but reported at another severity (e.g. an unknown mesh-internal host is only a
+    /// warning, since a proxy may register it at runtime).
+    pub fn with_severity(mut self, severity: Severity) -> Diagnostic {
+        self.severity = severity;
+        self
+    }
+
+    pub fn at(mut self, file: impl Into<PathBuf>, line: Option<usize>) -> Diagnostic {
+        self.file = Some(file.into());
+        self.line = line;
+        self
+    }
+
+    pub fn on(mut self, resource: ResourceRef) -> Diagnostic {
+        self.resource = Some(resource);
+        self
+    }
+
+    pub fn field(mut self, field: impl Into<String>) -> Diagnostic {
+        self.field = Some(field.into());
+        self
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    /// `Error [JAL0102] (VirtualService default/reviews config/reviews.yaml:14) spec.http[0]...: message`
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} [{}]", self.severity, self.code)?;
+        let mut origin = Vec::new();
+        if let Some(r) = &self.resource {
+            origin.push(r.to_string());
+        }
+        if let Some(file) = &self.file {
+            match self.line {
+                Some(line) => origin.push(format!("{}:{line}", file.display())),
+                None => origin.push(file.display().to_string()),
+            }
+        }
+        if !origin.is_empty() {
+            write!(f, " ({})", origin.join(" "))?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, " {field}:")?;
+        }
+        write!(f, " {}", self.message)
+    }
+}
