@@ -24,7 +24,9 @@ impl std::str::FromStr for Duration {
     type Err = ParseDurationError;
 
     fn from_str(s: &str) -> Result<Duration, ParseDurationError> {
-        let err = || ParseDurationError { input: s.to_string() };
+        let err = || ParseDurationError {
+            input: s.to_string(),
+        };
         let mut rest = s.trim();
         if rest.is_empty() {
             return Err(err());
@@ -39,7 +41,9 @@ impl std::str::FromStr for Duration {
             }
             let value: f64 = rest[..num_len].parse().map_err(|_| err())?;
             rest = &rest[num_len..];
-            let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+            let unit_len = rest
+                .find(|c: char| c.is_ascii_digit() || c == '.')
+                .unwrap_or(rest.len());
             let scale = match &rest[..unit_len] {
                 "h" => 3600.0,
                 "m" => 60.0,
@@ -62,7 +66,7 @@ impl std::str::FromStr for Duration {
 impl fmt::Display for Duration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms % 1000 == 0 {
+        if ms.is_multiple_of(1000) {
             write!(f, "{}s", ms / 1000)
         } else {
             write!(f, "{ms}ms")

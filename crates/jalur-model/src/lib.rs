@@ -112,6 +112,8 @@ pub fn default_namespace() -> String {
     "default".to_string()
 }
 
+// Resources number in the hundreds and are built once per config change: boxing buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Spec {
@@ -204,14 +206,18 @@ macro_rules! typed_iter {
 
 impl Config {
     typed_iter!(virtual_services, VirtualService, networking::VirtualService);
-    typed_iter!(destination_rules, DestinationRule, networking::DestinationRule);
+    typed_iter!(
+        destination_rules,
+        DestinationRule,
+        networking::DestinationRule
+    );
     typed_iter!(service_entries, ServiceEntry, networking::ServiceEntry);
     typed_iter!(workload_entries, WorkloadEntry, networking::WorkloadEntry);
     typed_iter!(gateways, Gateway, networking::Gateway);
 
     /// Sorted by kind, namespace, name so that translation is deterministic whatever the file order.
     pub fn new(mut resources: Vec<Resource>) -> Config {
-        resources.sort_by(|a, b| a.reference().cmp(&b.reference()));
+        resources.sort_by_key(Resource::reference);
         Config { resources }
     }
 }

@@ -1,0 +1,70 @@
+//! Test helpers for jalur: an HTTP echo backend, a stock Envoy driven over ADS, the gRPC peers
+//! (a backend and proxyless xDS clients in Python and Node), `assert_eventually`, and the
+//! lookup of real peers that fails loudly in CI when one is missing.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use jalur_testkit::{assert_eventually, envoy_binary, http_get, require_peer};
+//! use jalur_testkit::{EchoServer, Envoy, EnvoyOpts};
+//! # async fn example(ads: std::net::SocketAddr) -> Result<(), String> {
+//! let _backend = EchoServer::start("v1").await;
+//! let Some(binary) = require_peer("envoy", envoy_binary()) else { return Ok(()) };
+//! let envoy = Envoy::start_with(&binary, EnvoyOpts::new(ads, "sidecar-1")).await?;
+//! let port = envoy.listener_port("outbound").await?;
+//! let (status, _headers, body) =
+//!     assert_eventually("Envoy routes to v1", Duration::from_secs(10), || {
+//!         http_get(([127, 0, 0, 1], port).into(), "echo", "/", &[])
+//!     })
+//!     .await;
+//! assert_eq!((status, body.as_str()), (200, "v1"));
+//! # Ok(())
+//! # }
+//! ```
+
+use std::path::PathBuf;
+
+pub mod client;
+pub mod echo;
+pub mod envoy;
+pub mod eventually;
+pub mod grpc;
+pub mod peers;
+pub mod process;
+
+pub use client::{http2_get, http_get};
+pub use echo::{Behaviour, EchoServer};
+pub use envoy::{Envoy, EnvoyOpts};
+pub use eventually::{assert_eventually, eventually};
+pub use grpc::{GrpcBackend, XdsClient, XdsClientReport};
+pub use peers::{envoy_binary, node_client_dir, peer_script, python, require_peer};
+pub use process::ChildGuard;
+
+/// The repository root: `JALUR_REPO_ROOT` when set (scripts/test sets it), else two levels
+/// above this crate's manifest.
+pub fn repo_root() -> PathBuf {
+    match std::env::var_os("JALUR_REPO_ROOT") {
+        Some(root) if !root.is_empty() => PathBuf::from(root),
+        _ => {
+            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+            root.canonicalize().unwrap_or(root)
+        }
+    }
+}
+
+/// A fresh, empty directory under the system temp dir, named after `prefix`, unique within
+/// this machine (pid + counter + clock).
+pub fn unique_temp_dir(prefix: &str) -> std::io::Result<PathBuf> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!(
+        "{prefix}-{}-{}-{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}

