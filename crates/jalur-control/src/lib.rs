@@ -1,0 +1,8 @@
+//! The jalur control plane: config store and watch, service registries, translation of Istio
+//! config into Envoy xDS, the ADS server wiring, and the status API.
+
+pub mod mesh;
+pub mod node;
+pub mod registry;
+pub mod render;
+pub mod translate;

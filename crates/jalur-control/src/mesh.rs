@@ -1,0 +1,271 @@
+//! The mesh as translation sees it: every service (from ServiceEntries and from workloads that
+//! registries report) with its ports and endpoints, built from one config snapshot plus one set of
+//! workloads. Immutable; rebuilt whenever either side changes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use jalur_model::host;
+use jalur_model::networking::{self, Resolution, ServiceEntry};
+use jalur_model::{Config, Resource};
+
+use crate::registry::Workload;
+
+/// Application protocol of a port, from Istio's `protocol` field or its name prefix (`http-web`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub enum Protocol {
+    Http,
+    Http2,
+    Grpc,
+    Https,
+    Tls,
+    Tcp,
+}
+
+impl Protocol {
+    pub fn parse(protocol: Option<&str>, name: Option<&str>) -> Protocol {
+        let from = |s: &str| match s.to_ascii_lowercase().as_str() {
+            "http" => Some(Protocol::Http),
+            "http2" => Some(Protocol::Http2),
+            "grpc" | "grpc-web" => Some(Protocol::Grpc),
+            "https" => Some(Protocol::Https),
+            "tls" => Some(Protocol::Tls),
+            "tcp" | "mongo" | "redis" | "mysql" => Some(Protocol::Tcp),
+            _ => None,
+        };
+        protocol
+            .and_then(from)
+            .or_else(|| name.and_then(|n| from(n.split('-').next().unwrap_or(n))))
+            .unwrap_or(Protocol::Tcp)
+    }
+
+    /// Carried by the HTTP connection manager (routes, retries, weights per request).
+    pub fn is_http(self) -> bool {
+        matches!(self, Protocol::Http | Protocol::Http2 | Protocol::Grpc)
+    }
+
+    /// Upstream connections must speak HTTP/2.
+    pub fn is_h2(self) -> bool {
+        matches!(self, Protocol::Http2 | Protocol::Grpc)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct Port {
+    pub number: u32,
+    pub name: String,
+    pub protocol: Protocol,
+}
+
+/// How a service's endpoints reach clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Discovery {
+    /// Known addresses, pushed over EDS.
+    Eds,
+    /// Hostnames the client resolves itself (ServiceEntry resolution DNS).
+    Dns,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Service {
+    pub host: String,
+    pub namespace: String,
+    pub ports: Vec<Port>,
+    pub discovery: Discovery,
+    pub external: bool,
+}
+
+impl Service {
+    pub fn port(&self, number: u32) -> Option<&Port> {
+        self.ports.iter().find(|p| p.number == number)
+    }
+}
+
+/// One address serving a service: `ports` maps each service port to the port to dial.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Endpoint {
+    pub address: String,
+    pub ports: BTreeMap<u32, u32>,
+    pub labels: BTreeMap<String, String>,
+    pub weight: u32,
+    pub locality: String,
+    pub healthy: bool,
+}
+
+impl Endpoint {
+    pub fn matches(&self, selector: &BTreeMap<String, String>) -> bool {
+        selector.iter().all(|(k, v)| self.labels.get(k) == Some(v))
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Mesh {
+    pub config: Arc<Config>,
+    pub services: BTreeMap<String, Service>,
+    pub endpoints: BTreeMap<String, Vec<Endpoint>>,
+}
+
+impl Mesh {
+    pub fn build(config: Arc<Config>, workloads: &[Workload]) -> Mesh {
+        let mut mesh = Mesh {
+            config: config.clone(),
+            ..Mesh::default()
+        };
+        for (res, se) in config.service_entries() {
+            mesh.add_service_entry(&config, res, se);
+        }
+        for w in workloads {
+            mesh.add_workload(w);
+        }
+        for eps in mesh.endpoints.values_mut() {
+            eps.sort_by(|a, b| a.address.cmp(&b.address).then(a.ports.cmp(&b.ports)));
+            eps.dedup();
+        }
+        mesh
+    }
+
+    pub fn service(&self, host: &str) -> Option<&Service> {
+        self.services.get(host)
+    }
+
+    pub fn endpoints(&self, host: &str) -> &[Endpoint] {
+        self.endpoints.get(host).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    fn add_service_entry(&mut self, config: &Config, res: &Resource, se: &ServiceEntry) {
+        let ns = &res.meta.namespace;
+        let ports: Vec<Port> = se
+            .ports
+            .iter()
+            .map(|p| Port {
+                number: p.number,
+                name: p.name.clone().unwrap_or_else(|| p.number.to_string()),
+                protocol: Protocol::parse(p.protocol.as_deref(), p.name.as_deref()),
+            })
+            .collect();
+        let discovery = match se.resolution {
+            Some(Resolution::Dns) | Some(Resolution::DnsRoundRobin) => Discovery::Dns,
+            _ => Discovery::Eds,
+        };
+        let external = se.location != Some(networking::Location::MeshInternal);
+        let mut endpoints: Vec<Endpoint> = se
+            .endpoints
+            .iter()
+            .filter_map(|we| endpoint_of(we, se, &ports))
+            .collect();
+        if let Some(selector) = &se.workload_selector {
+            for (wres, we) in config.workload_entries() {
+                let selected = wres.meta.namespace == *ns
+                    && selector
+                        .labels
+                        .iter()
+                        .all(|(k, v)| we.labels.get(k) == Some(v));
+                if selected {
+                    endpoints.extend(endpoint_of(we, se, &ports));
+                }
+            }
+        }
+        for h in &se.hosts {
+            let fqdn = host::qualify(h, ns);
+            let service = Service {
+                host: fqdn.clone(),
+                namespace: ns.clone(),
+                ports: ports.clone(),
+                discovery,
+                external,
+            };
+            self.services.entry(fqdn.clone()).or_insert(service);
+            self.endpoints
+                .entry(fqdn)
+                .or_default()
+                .extend(endpoints.iter().cloned());
+        }
+    }
+
+    /// A workload reported by a registry joins its service, creating it if no ServiceEntry did.
+    fn add_workload(&mut self, w: &Workload) {
+        let service = self
+            .services
+            .entry(w.host.clone())
+            .or_insert_with(|| Service {
+                host: w.host.clone(),
+                namespace: w.namespace.clone(),
+                ports: Vec::new(),
+                discovery: Discovery::Eds,
+                external: false,
+            });
+        for p in &w.ports {
+            if service.port(p.number).is_none() {
+                service.ports.push(p.clone());
+                service.ports.sort();
+            }
+        }
+        // Traffic to a meshed workload enters through its sidecar's inbound listener when it has one.
+        let ports = service
+            .ports
+            .iter()
+            .filter(|sp| {
+                w.ports
+                    .iter()
+                    .any(|p| p.number == sp.number || p.name == sp.name)
+            })
+            .map(|sp| {
+                let app = w
+                    .ports
+                    .iter()
+                    .find(|p| p.number == sp.number || p.name == sp.name);
+                (
+                    sp.number,
+                    w.inbound_port
+                        .or(app.map(|p| p.number))
+                        .unwrap_or(sp.number),
+                )
+            })
+            .collect();
+        self.endpoints
+            .entry(w.host.clone())
+            .or_default()
+            .push(Endpoint {
+                address: w.address.clone(),
+                ports,
+                labels: w.labels.clone(),
+                weight: w.weight.max(1),
+                locality: w.locality.clone(),
+                healthy: w.healthy,
+            });
+    }
+}
+
+fn endpoint_of(
+    we: &networking::WorkloadEntry,
+    se: &ServiceEntry,
+    ports: &[Port],
+) -> Option<Endpoint> {
+    let address = we.address.clone()?;
+    let mapped = ports
+        .iter()
+        .map(|p| {
+            let target = se
+                .ports
+                .iter()
+                .find(|sp| sp.number == p.number)
+                .and_then(|sp| sp.target_port);
+            (
+                p.number,
+                we.ports
+                    .get(&p.name)
+                    .copied()
+                    .or(target)
+                    .unwrap_or(p.number),
+            )
+        })
+        .collect();
+    Some(Endpoint {
+        address,
+        ports: mapped,
+        labels: we.labels.clone(),
+        weight: we.weight.unwrap_or(1).max(1),
+        locality: we.locality.clone().unwrap_or_default(),
+        healthy: true,
+    })
+}

@@ -1,0 +1,118 @@
+//! Service registries: where workloads (service instances) come from besides the config itself.
+//! The seam Consul, etcd and Kubernetes implement later is [`Registry`]; the first implementation
+//! is [`ProxyRegistry`], fed by proxies announcing their workload in xDS node metadata.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::mesh::Port;
+use crate::node::ClientInfo;
+
+/// One instance of a service, as a registry reports it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Workload {
+    /// Fully qualified service host, e.g. `reviews.bookinfo.svc.cluster.local`.
+    pub host: String,
+    pub namespace: String,
+    pub name: String,
+    pub address: String,
+    /// Application ports (numbers the service is called on).
+    pub ports: Vec<Port>,
+    /// When the workload has a sidecar, traffic for every port enters here.
+    pub inbound_port: Option<u32>,
+    pub labels: BTreeMap<String, String>,
+    pub weight: u32,
+    pub locality: String,
+    pub healthy: bool,
+    /// Who reported it, e.g. `proxy:sidecar~10.0.0.1~reviews-v1.bookinfo~bookinfo.svc.cluster.local`.
+    pub source: String,
+}
+
+pub type WorkloadSet = Arc<Vec<Workload>>;
+
+/// A source of workloads. `watch` yields the registry's whole current set every time it changes.
+pub trait Registry: Send + Sync + 'static {
+    fn name(&self) -> &str;
+    fn watch(&self) -> watch::Receiver<WorkloadSet>;
+}
+
+/// Workloads of connected proxies. Registered on connect; removed `grace` after the stream ends
+/// (a proxy that reconnects within the grace period keeps its endpoint without a flap).
+#[derive(Clone)]
+pub struct ProxyRegistry {
+    inner: Arc<Mutex<ProxyState>>,
+    tx: Arc<watch::Sender<WorkloadSet>>,
+    grace: Duration,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    /// connection id -> workload; several connections may announce the same workload.
+    by_conn: HashMap<u64, Workload>,
+}
+
+impl ProxyRegistry {
+    pub fn new(grace: Duration) -> ProxyRegistry {
+        let (tx, _) = watch::channel(Arc::new(Vec::new()));
+        ProxyRegistry {
+            inner: Arc::default(),
+            tx: Arc::new(tx),
+            grace,
+        }
+    }
+
+    pub fn connected(&self, conn_id: u64, client: &ClientInfo) {
+        let Some(w) = client.workload() else { return };
+        tracing::info!(conn_id, host = %w.host, address = %w.address, "workload registered by its proxy");
+        self.lock().by_conn.insert(conn_id, w);
+        self.publish();
+    }
+
+    pub fn disconnected(&self, conn_id: u64) {
+        if !self.lock().by_conn.contains_key(&conn_id) {
+            return;
+        }
+        let this = self.clone();
+        let remove = move || {
+            if let Some(w) = this.lock().by_conn.remove(&conn_id) {
+                tracing::info!(conn_id, host = %w.host, address = %w.address, "workload removed: its proxy disconnected");
+            }
+            this.publish();
+        };
+        if self.grace.is_zero() {
+            remove();
+        } else if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let grace = self.grace;
+            handle.spawn(async move {
+                tokio::time::sleep(grace).await;
+                remove();
+            });
+        } else {
+            remove();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ProxyState> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish(&self) {
+        let mut set: Vec<Workload> = self.lock().by_conn.values().cloned().collect();
+        set.sort_by(|a, b| (&a.host, &a.address, &a.source).cmp(&(&b.host, &b.address, &b.source)));
+        set.dedup_by(|a, b| a.host == b.host && a.address == b.address && a.ports == b.ports);
+        self.tx.send_replace(Arc::new(set));
+    }
+}
+
+impl Registry for ProxyRegistry {
+    fn name(&self) -> &str {
+        "proxies"
+    }
+
+    fn watch(&self) -> watch::Receiver<WorkloadSet> {
+        self.tx.subscribe()
+    }
+}

@@ -1,0 +1,416 @@
+//! Listeners and route tables per client kind: the sidecar's outbound (routing by Host) and
+//! inbound listeners, a gateway's listeners from its Gateway resources, and proxyless gRPC's API
+//! listeners (one per `host:port` it may resolve).
+
+use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
+use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
+use envoy_types::pb::envoy::config::listener::v3::{
+    filter, ApiListener, Filter, FilterChain, Listener,
+};
+use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    http_connection_manager::{CodecType, RouteSpecifier},
+    http_filter, HttpConnectionManager, HttpFilter, Rds,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
+    tcp_proxy::{self, weighted_cluster::ClusterWeight},
+    TcpProxy,
+};
+use envoy_types::pb::google::protobuf::Any;
+use envoy_types::util::pack_any;
+use jalur_model::host;
+use jalur_model::networking::{Gateway, VirtualService};
+use jalur_model::Resource;
+
+use super::cluster::{cluster as build_cluster, load_assignment, Policy};
+use super::route::{destination_cluster, routes, FAULT_FILTER};
+use super::{ads_source, Ctx};
+use crate::mesh::{Endpoint, Port, Protocol, Service};
+
+type Built = (Vec<Listener>, Vec<RouteConfiguration>, Vec<Cluster>);
+
+pub const OUTBOUND: &str = "outbound";
+pub const INBOUND: &str = "inbound";
+const HCM: &str = "envoy.filters.network.http_connection_manager";
+
+/// Sidecars and fronting proxies: one HTTP listener routing every mesh service by Host, plus the
+/// sidecar's inbound listener to its own app.
+pub fn sidecar(ctx: &Ctx) -> Built {
+    let c = ctx.client;
+    let mut listeners = vec![http_listener(
+        ctx,
+        OUTBOUND,
+        c.bind_port(c.outbound_port),
+        rds(OUTBOUND),
+        TrafficDirection::Outbound,
+    )];
+    let mut vhosts = Vec::new();
+    for service in ctx.mesh.services.values() {
+        let http_ports: Vec<&Port> = service
+            .ports
+            .iter()
+            .filter(|p| p.protocol.is_http())
+            .collect();
+        for (i, port) in http_ports.iter().enumerate() {
+            let vs = claiming_vs(ctx, &service.host);
+            vhosts.push(VirtualHost {
+                name: format!("{}:{}", service.host, port.number),
+                domains: domains(service, port.number, i == 0, &c.namespace),
+                routes: routes(ctx, vs, &service.host, port.number),
+                ..VirtualHost::default()
+            });
+        }
+    }
+    let mut route_configs = vec![RouteConfiguration {
+        name: OUTBOUND.into(),
+        virtual_hosts: vhosts,
+        ..RouteConfiguration::default()
+    }];
+    let mut clusters = Vec::new();
+    if ctx.client.kind == crate::node::ClientKind::Sidecar {
+        if let Some(app) = c.ports.first() {
+            let name = format!("inbound|{}||", app.number);
+            let inbound_routes = RouteConfiguration {
+                name: INBOUND.into(),
+                virtual_hosts: vec![VirtualHost {
+                    name: INBOUND.into(),
+                    domains: vec!["*".into()],
+                    routes: vec![super::route::to_cluster("inbound", &name)],
+                    ..VirtualHost::default()
+                }],
+                ..RouteConfiguration::default()
+            };
+            listeners.push(http_listener(
+                ctx,
+                INBOUND,
+                c.bind_port(c.inbound_port),
+                rds(INBOUND),
+                TrafficDirection::Inbound,
+            ));
+            route_configs.push(inbound_routes);
+            clusters.push(inbound_cluster(ctx, &name, app));
+        }
+    }
+    (listeners, route_configs, clusters)
+}
+
+/// Gateways: a listener per Gateway server port; HTTP servers route the VirtualServices bound to
+/// the Gateway, TCP servers proxy to the VirtualService's tcp route.
+pub fn gateway(ctx: &Ctx) -> Built {
+    let mut listeners = Vec::new();
+    let mut route_configs = Vec::new();
+    let selected: Vec<(&Resource, &Gateway)> = ctx
+        .mesh
+        .config
+        .gateways()
+        .filter(|(_, g)| {
+            !g.selector.is_empty()
+                && g.selector
+                    .iter()
+                    .all(|(k, v)| ctx.client.labels.get(k) == Some(v))
+        })
+        .collect();
+    let mut ports: Vec<(u32, Protocol)> = Vec::new();
+    for (_, g) in &selected {
+        for s in &g.servers {
+            let protocol = Protocol::parse(s.port.protocol.as_deref(), s.port.name.as_deref());
+            if !ports.iter().any(|(p, _)| *p == s.port.number) {
+                ports.push((s.port.number, protocol));
+            }
+        }
+    }
+    for (port, protocol) in ports {
+        let names: Vec<String> = selected
+            .iter()
+            .filter(|(_, g)| g.servers.iter().any(|s| s.port.number == port))
+            .map(|(r, _)| format!("{}/{}", r.meta.namespace, r.meta.name))
+            .collect();
+        let gw_ctx = Ctx {
+            gateway_names: names.clone(),
+            gateway_port: Some(port),
+            ..Ctx::new(ctx.mesh, ctx.client)
+        };
+        let bound: Vec<(&Resource, &VirtualService)> = ctx
+            .mesh
+            .config
+            .virtual_services()
+            .filter(|(r, vs)| {
+                vs.gateways
+                    .iter()
+                    .any(|g| names.contains(&qualify_gateway(g, &r.meta.namespace)))
+            })
+            .collect();
+        let name = format!("0.0.0.0_{port}");
+        let bind = ctx.client.bind_port(port);
+        if protocol.is_http() {
+            let route_name = format!("http.{port}");
+            listeners.push(http_listener(
+                ctx,
+                &name,
+                bind,
+                rds(&route_name),
+                TrafficDirection::Outbound,
+            ));
+            let gw_ctx = &gw_ctx;
+            let vhosts = bound
+                .iter()
+                .flat_map(|(r, vs)| {
+                    vs.hosts.iter().map(move |h| {
+                        let domain = host::qualify(h, &r.meta.namespace);
+                        let domain = if h.contains('.') || h == "*" {
+                            h.clone()
+                        } else {
+                            domain
+                        };
+                        VirtualHost {
+                            name: format!("{domain}:{port}"),
+                            domains: if domain == "*" {
+                                vec!["*".into()]
+                            } else {
+                                vec![domain.clone(), format!("{domain}:{port}")]
+                            },
+                            routes: routes(gw_ctx, Some((*r, *vs)), &domain, port),
+                            ..VirtualHost::default()
+                        }
+                    })
+                })
+                .collect();
+            route_configs.push(RouteConfiguration {
+                name: route_name,
+                virtual_hosts: vhosts,
+                ..RouteConfiguration::default()
+            });
+        } else if let Some((r, vs)) = bound.iter().find(|(_, vs)| !vs.tcp.is_empty()) {
+            let targets: Vec<(String, u32)> = vs.tcp[0]
+                .route
+                .iter()
+                .map(|d| {
+                    (
+                        destination_cluster(&gw_ctx, &d.destination, &r.meta.namespace, port),
+                        d.weight.unwrap_or(100),
+                    )
+                })
+                .collect();
+            listeners.push(tcp_listener(ctx, &name, bind, &targets));
+        }
+    }
+    (listeners, route_configs, Vec::new())
+}
+
+/// Proxyless gRPC: an API listener and route table named `host:port` (and `host` for a service's
+/// first port) for every HTTP/gRPC service port, which is what `xds:///host:port` asks for.
+pub fn proxyless(ctx: &Ctx) -> Built {
+    let mut listeners = Vec::new();
+    let mut route_configs = Vec::new();
+    for service in ctx.mesh.services.values() {
+        let http_ports: Vec<&Port> = service
+            .ports
+            .iter()
+            .filter(|p| p.protocol.is_http())
+            .collect();
+        for (i, port) in http_ports.iter().enumerate() {
+            let mut names = vec![format!("{}:{}", service.host, port.number)];
+            if i == 0 {
+                names.push(service.host.clone());
+            }
+            let vs = claiming_vs(ctx, &service.host);
+            for name in names {
+                listeners.push(api_listener(&name));
+                route_configs.push(RouteConfiguration {
+                    name: name.clone(),
+                    virtual_hosts: vec![VirtualHost {
+                        name: name.clone(),
+                        domains: vec!["*".into()],
+                        routes: routes(ctx, vs, &service.host, port.number),
+                        ..VirtualHost::default()
+                    }],
+                    ..RouteConfiguration::default()
+                });
+            }
+        }
+    }
+    (listeners, route_configs, Vec::new())
+}
+
+/// The VirtualService that routes `fqdn` for the mesh (the first in config order; analyze reports
+/// conflicts).
+fn claiming_vs<'a>(ctx: &Ctx<'a>, fqdn: &str) -> Option<(&'a Resource, &'a VirtualService)> {
+    ctx.mesh.config.virtual_services().find(|(r, vs)| {
+        let for_mesh = vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh");
+        for_mesh
+            && vs
+                .hosts
+                .iter()
+                .any(|h| host::matches(&host::qualify(h, &r.meta.namespace), fqdn))
+    })
+}
+
+pub fn qualify_gateway(name: &str, namespace: &str) -> String {
+    if name == "mesh" || name.contains('/') {
+        name.to_string()
+    } else {
+        format!("{namespace}/{name}")
+    }
+}
+
+/// Names a caller may use for a service port: the FQDN, and for mesh services the short forms
+/// (`reviews.bookinfo.svc`, `reviews.bookinfo`, and `reviews` when the caller is in the same
+/// namespace), each bare (first HTTP port only, so no domain repeats) and with `:port`.
+fn domains(service: &Service, port: u32, bare: bool, client_ns: &str) -> Vec<String> {
+    let mut names = vec![service.host.clone()];
+    if let Some(short) = service
+        .host
+        .strip_suffix(&format!(".{}", host::CLUSTER_DOMAIN))
+    {
+        names.push(format!("{short}.svc"));
+        names.push(short.to_string());
+        if let Some((name, ns)) = short.split_once('.') {
+            if ns == client_ns {
+                names.push(name.to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for n in names {
+        if bare {
+            out.push(n.clone());
+        }
+        out.push(format!("{n}:{port}"));
+    }
+    out
+}
+
+fn rds(name: &str) -> RouteSpecifier {
+    RouteSpecifier::Rds(Rds {
+        config_source: Some(ads_source()),
+        route_config_name: name.to_string(),
+    })
+}
+
+fn http_filters(with_fault: bool) -> Vec<HttpFilter> {
+    let filter = |name: &str, config: Any| HttpFilter {
+        name: name.to_string(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(config)),
+        ..HttpFilter::default()
+    };
+    let mut filters = Vec::new();
+    if with_fault {
+        filters.push(filter(FAULT_FILTER, pack_any(HttpFault::default())));
+    }
+    filters.push(filter(
+        "envoy.filters.http.router",
+        pack_any(Router::default()),
+    ));
+    filters
+}
+
+fn http_listener(
+    ctx: &Ctx,
+    name: &str,
+    port: u32,
+    routes: RouteSpecifier,
+    direction: TrafficDirection,
+) -> Listener {
+    let hcm = HttpConnectionManager {
+        stat_prefix: name.replace(['.', '|'], "_"),
+        codec_type: CodecType::Auto as i32,
+        route_specifier: Some(routes),
+        http_filters: http_filters(true),
+        ..HttpConnectionManager::default()
+    };
+    Listener {
+        name: name.to_string(),
+        address: Some(super::cluster::socket(&ctx.client.listen_address, port)),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: HCM.into(),
+                config_type: Some(filter::ConfigType::TypedConfig(pack_any(hcm))),
+            }],
+            ..FilterChain::default()
+        }],
+        traffic_direction: direction as i32,
+        ..Listener::default()
+    }
+}
+
+fn tcp_listener(ctx: &Ctx, name: &str, port: u32, targets: &[(String, u32)]) -> Listener {
+    let cluster_specifier = match targets {
+        [(c, _)] => tcp_proxy::ClusterSpecifier::Cluster(c.clone()),
+        _ => tcp_proxy::ClusterSpecifier::WeightedClusters(tcp_proxy::WeightedCluster {
+            clusters: targets
+                .iter()
+                .map(|(c, w)| ClusterWeight {
+                    name: c.clone(),
+                    weight: *w,
+                    ..ClusterWeight::default()
+                })
+                .collect(),
+        }),
+    };
+    let proxy = TcpProxy {
+        stat_prefix: name.replace(['.', '|'], "_"),
+        cluster_specifier: Some(cluster_specifier),
+        ..TcpProxy::default()
+    };
+    Listener {
+        name: name.to_string(),
+        address: Some(super::cluster::socket(&ctx.client.listen_address, port)),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: "envoy.filters.network.tcp_proxy".into(),
+                config_type: Some(filter::ConfigType::TypedConfig(pack_any(proxy))),
+            }],
+            ..FilterChain::default()
+        }],
+        ..Listener::default()
+    }
+}
+
+fn api_listener(name: &str) -> Listener {
+    let hcm = HttpConnectionManager {
+        stat_prefix: name.replace(['.', '|', ':'], "_"),
+        route_specifier: Some(rds(name)),
+        http_filters: http_filters(false),
+        ..HttpConnectionManager::default()
+    };
+    Listener {
+        name: name.to_string(),
+        api_listener: Some(ApiListener {
+            api_listener: Some(pack_any(hcm)),
+        }),
+        ..Listener::default()
+    }
+}
+
+/// The sidecar's own app on loopback.
+fn inbound_cluster(ctx: &Ctx, name: &str, app: &Port) -> Cluster {
+    let service = Service {
+        host: name.to_string(),
+        namespace: ctx.client.namespace.clone(),
+        ports: vec![app.clone()],
+        discovery: crate::mesh::Discovery::Eds,
+        external: false,
+    };
+    let local = Endpoint {
+        address: "127.0.0.1".into(),
+        ports: [(app.number, app.number)].into(),
+        labels: Default::default(),
+        weight: 1,
+        locality: String::new(),
+        healthy: true,
+    };
+    let mut c = build_cluster(
+        ctx,
+        name,
+        &service,
+        app,
+        &Policy::default(),
+        Some(load_assignment(name, app.number, &[&local])),
+    );
+    c.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(
+        cluster::DiscoveryType::Static as i32,
+    ));
+    c
+}

@@ -1,0 +1,127 @@
+//! Golden tests: each `testdata/golden/<scenario>/config.yaml` (plus the shared `base.yaml`) is
+//! translated for a sidecar, a gateway and a proxyless gRPC client, rendered as JSON and compared
+//! with `expected.json`. Run with `UPDATE_GOLDEN=1` to rewrite the expectations after a deliberate
+//! change, and review the diff.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+use serde_json::json;
+
+use super::translate;
+use crate::mesh::Mesh;
+use crate::node::ClientInfo;
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/golden")
+}
+
+fn node(id: &str, user_agent: &str, md: &[(&str, &str)]) -> ClientInfo {
+    let mut metadata = Struct::default();
+    for (k, v) in md {
+        metadata.fields.insert(
+            k.to_string(),
+            Value {
+                kind: Some(Kind::StringValue(v.to_string())),
+            },
+        );
+    }
+    ClientInfo::from_node(&Node {
+        id: id.into(),
+        user_agent_name: user_agent.into(),
+        metadata: Some(metadata),
+        ..Node::default()
+    })
+}
+
+fn scenario(name: &str) {
+    let dir = golden_dir();
+    let loaded =
+        jalur_model::load_paths(&[dir.join("base.yaml"), dir.join(name).join("config.yaml")]);
+    assert!(!loaded.has_errors(), "{name}: {:#?}", loaded.diagnostics);
+    let mesh = Mesh::build(Arc::new(loaded.config), &[]);
+    let sidecar = node(
+        "sidecar~10.0.1.1~productpage-v1-x.bookinfo~bookinfo.svc.cluster.local",
+        "envoy",
+        &[
+            ("JALUR_SERVICE", "productpage"),
+            ("JALUR_PORTS", "http:9080"),
+        ],
+    );
+    let grpc = node("grpc-client-1", "gRPC Python", &[]);
+    let actual = json!({
+        "sidecar": crate::render::snapshot(&translate(&mesh, &sidecar)),
+        "proxyless-grpc": crate::render::snapshot(&translate(&mesh, &grpc)),
+    });
+    let text = serde_json::to_string_pretty(&actual).expect("json") + "\n";
+    let expected_path = dir.join(name).join("expected.json");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&expected_path, &text).expect("write golden");
+        return;
+    }
+    let expected = std::fs::read_to_string(&expected_path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run with UPDATE_GOLDEN=1 to create it)",
+            expected_path.display()
+        )
+    });
+    if expected != text {
+        let actual_path = expected_path.with_extension("actual.json");
+        let _ = std::fs::write(&actual_path, &text);
+        panic!(
+            "{name}: translation differs from {} (actual written to {})",
+            expected_path.display(),
+            actual_path.display()
+        );
+    }
+}
+
+#[test]
+fn golden_split_90_10() {
+    scenario("split");
+}
+
+#[test]
+fn golden_header_match() {
+    scenario("header-match");
+}
+
+#[test]
+fn golden_retries_timeout() {
+    scenario("retries-timeout");
+}
+
+#[test]
+fn golden_outlier_detection() {
+    scenario("outlier");
+}
+
+#[test]
+fn golden_service_entry() {
+    scenario("service-entry");
+}
+
+#[test]
+fn translation_is_deterministic() {
+    let dir = golden_dir();
+    let loaded = jalur_model::load_paths(&[dir.join("base.yaml"), dir.join("split/config.yaml")]);
+    let mesh = Mesh::build(Arc::new(loaded.config), &[]);
+    let client = node(
+        "sidecar~10.0.1.1~a.bookinfo~bookinfo.svc.cluster.local",
+        "envoy",
+        &[],
+    );
+    let a = translate(&mesh, &client);
+    let b = translate(&mesh, &client);
+    for (t, resources) in &a.resources {
+        for (name, r) in resources {
+            assert_eq!(
+                Some(&r.version),
+                b.resources[t].get(name).map(|r| &r.version),
+                "{name}"
+            );
+        }
+    }
+}
