@@ -51,11 +51,72 @@ pub mod codes {
     pub const UNKNOWN_HOST: Code = code("JAL0103", "UnknownDestinationHost", Severity::Error);
     pub const CONFLICTING_VS_HOSTS: Code =
         code("JAL0104", "ConflictingVirtualServiceHosts", Severity::Error);
-    pub const DR_UNKNOWN_HOST: Code =
-        code("JAL0105", "DestinationRuleForUnknownHost", Severity::Warning);
+    pub const DR_UNKNOWN_HOST: Code = code(
+        "JAL0105",
+        "DestinationRuleForUnknownHost",
+        Severity::Warning,
+    );
     pub const PORT_MISMATCH: Code = code("JAL0106", "PortMismatch", Severity::Error);
     pub const INVALID_REGEX: Code = code("JAL0107", "InvalidRegex", Severity::Error);
     pub const GATEWAY_NOT_FOUND: Code = code("JAL0108", "GatewayNotFound", Severity::Error);
+    pub const DUPLICATE_SUBSET: Code = code("JAL0109", "DuplicateSubset", Severity::Error);
+    pub const SUBSET_WITHOUT_LABELS: Code =
+        code("JAL0110", "SubsetWithoutLabels", Severity::Warning);
+    pub const PER_TRY_TIMEOUT_EXCEEDS_TIMEOUT: Code =
+        code("JAL0111", "PerTryTimeoutExceedsTimeout", Severity::Warning);
+    pub const PERCENTAGE_OUT_OF_RANGE: Code =
+        code("JAL0112", "PercentageOutOfRange", Severity::Error);
+    pub const RESOLUTION_MISMATCH: Code = code("JAL0113", "ResolutionMismatch", Severity::Error);
+    pub const SERVICE_ENTRY_WITHOUT_PORTS: Code =
+        code("JAL0114", "ServiceEntryWithoutPorts", Severity::Error);
+    pub const MISSING_HOSTS: Code = code("JAL0115", "MissingHosts", Severity::Error);
+    pub const GATEWAY_WITHOUT_SERVERS: Code =
+        code("JAL0116", "GatewayWithoutServers", Severity::Error);
+    pub const INVALID_MATCH_CONDITION: Code =
+        code("JAL0117", "InvalidMatchCondition", Severity::Error);
+    pub const INVALID_ROUTE_ACTION: Code = code("JAL0118", "InvalidRouteAction", Severity::Error);
+    pub const UNREACHABLE_ROUTE: Code = code("JAL0119", "UnreachableRoute", Severity::Warning);
+    pub const HOST_NOT_IN_GATEWAY: Code = code("JAL0120", "HostNotInGateway", Severity::Warning);
+    pub const DUPLICATE_DESTINATION_RULE_HOST: Code =
+        code("JAL0121", "DuplicateDestinationRuleHost", Severity::Warning);
+    pub const INCOMPLETE_TLS_SETTINGS: Code =
+        code("JAL0122", "IncompleteTlsSettings", Severity::Error);
+    pub const INVALID_STATUS_CODE: Code = code("JAL0123", "InvalidStatusCode", Severity::Error);
+    pub const INVALID_PORT_NUMBER: Code = code("JAL0124", "InvalidPortNumber", Severity::Error);
+
+    /// Every code, in id order: what `jalur analyze` can report.
+    pub const ALL: &[Code] = &[
+        YAML_SYNTAX,
+        UNKNOWN_KIND,
+        INVALID_FIELD,
+        INVALID_METADATA,
+        UNREADABLE_FILE,
+        DUPLICATE_RESOURCE,
+        WEIGHTS_NOT_100,
+        UNDEFINED_SUBSET,
+        UNKNOWN_HOST,
+        CONFLICTING_VS_HOSTS,
+        DR_UNKNOWN_HOST,
+        PORT_MISMATCH,
+        INVALID_REGEX,
+        GATEWAY_NOT_FOUND,
+        DUPLICATE_SUBSET,
+        SUBSET_WITHOUT_LABELS,
+        PER_TRY_TIMEOUT_EXCEEDS_TIMEOUT,
+        PERCENTAGE_OUT_OF_RANGE,
+        RESOLUTION_MISMATCH,
+        SERVICE_ENTRY_WITHOUT_PORTS,
+        MISSING_HOSTS,
+        GATEWAY_WITHOUT_SERVERS,
+        INVALID_MATCH_CONDITION,
+        INVALID_ROUTE_ACTION,
+        UNREACHABLE_ROUTE,
+        HOST_NOT_IN_GATEWAY,
+        DUPLICATE_DESTINATION_RULE_HOST,
+        INCOMPLETE_TLS_SETTINGS,
+        INVALID_STATUS_CODE,
+        INVALID_PORT_NUMBER,
+    ];
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

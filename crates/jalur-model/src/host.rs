@@ -35,8 +35,14 @@ mod tests {
 
     #[test]
     fn qualifies_short_names_only() {
-        assert_eq!(qualify("reviews", "default"), "reviews.default.svc.cluster.local");
-        assert_eq!(qualify("payments.service.consul", "x"), "payments.service.consul");
+        assert_eq!(
+            qualify("reviews", "default"),
+            "reviews.default.svc.cluster.local"
+        );
+        assert_eq!(
+            qualify("payments.service.consul", "x"),
+            "payments.service.consul"
+        );
         assert!(matches("*.example.com", "a.example.com"));
         assert!(!matches("*.example.com", "example.com"));
     }

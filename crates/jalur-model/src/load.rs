@@ -63,11 +63,14 @@ fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
         out.push(path.to_path_buf());
         return Ok(());
     }
-    let mut entries: Vec<PathBuf> =
-        std::fs::read_dir(path)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
     entries.sort();
     for entry in entries {
-        let hidden = entry.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        let hidden = entry
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
         if hidden {
             continue;
         }
@@ -141,7 +144,11 @@ type DocResult = Result<Resource, Box<Diagnostic>>;
 
 fn parse_document(file: &Path, first_line: usize, doc: &str) -> DocResult {
     let spans = Arc::new(SpanIndex::build(doc, first_line));
-    let origin = Origin { file: file.to_path_buf(), line: first_line, spans };
+    let origin = Origin {
+        file: file.to_path_buf(),
+        line: first_line,
+        spans,
+    };
     let at = |code: Code, field: &str, msg: String| {
         Box::new(
             Diagnostic::new(code, msg)
@@ -163,20 +170,29 @@ fn parse_document(file: &Path, first_line: usize, doc: &str) -> DocResult {
         }
         None => {
             let known: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
-            let msg = format!("unknown kind {kind_name:?}; jalur understands {}", known.join(", "));
+            let msg = format!(
+                "unknown kind {kind_name:?}; jalur understands {}",
+                known.join(", ")
+            );
             return Err(at(codes::UNKNOWN_KIND, "kind", msg));
         }
     };
     check_api_version(kind, &api_version).map_err(|m| at(codes::UNKNOWN_KIND, "apiVersion", m))?;
 
     let Some(meta_value) = envelope.metadata else {
-        return Err(at(codes::INVALID_METADATA, "metadata", "missing `metadata.name`".into()));
+        return Err(at(
+            codes::INVALID_METADATA,
+            "metadata",
+            "missing `metadata.name`".into(),
+        ));
     };
-    let meta: Meta = typed(meta_value).map_err(|(path, msg)| {
-        at(codes::INVALID_METADATA, &join("metadata", &path), msg)
-    })?;
-    let reference =
-        ResourceRef { kind, namespace: meta.namespace.clone(), name: meta.name.clone() };
+    let meta: Meta = typed(meta_value)
+        .map_err(|(path, msg)| at(codes::INVALID_METADATA, &join("metadata", &path), msg))?;
+    let reference = ResourceRef {
+        kind,
+        namespace: meta.namespace.clone(),
+        name: meta.name.clone(),
+    };
     let with_ref = |d: Box<Diagnostic>| Box::new(d.on(reference.clone()));
     if let Err(msg) = check_name(&meta.name).and_then(|_| check_name(&meta.namespace)) {
         return Err(with_ref(at(codes::INVALID_METADATA, "metadata", msg)));
@@ -184,11 +200,20 @@ fn parse_document(file: &Path, first_line: usize, doc: &str) -> DocResult {
 
     let spec_value = envelope.spec.unwrap_or(yaml_serde::Value::Null);
     if spec_value.is_null() {
-        return Err(with_ref(at(codes::INVALID_FIELD, "spec", "missing `spec`".into())));
+        return Err(with_ref(at(
+            codes::INVALID_FIELD,
+            "spec",
+            "missing `spec`".into(),
+        )));
     }
     let spec = typed_spec(kind, spec_value)
         .map_err(|(path, msg)| with_ref(at(codes::INVALID_FIELD, &join("spec", &path), msg)))?;
-    Ok(Resource { api_version, meta, spec, origin })
+    Ok(Resource {
+        api_version,
+        meta,
+        spec,
+        origin,
+    })
 }
 
 fn typed_spec(kind: Kind, value: yaml_serde::Value) -> Result<Spec, (String, String)> {
@@ -219,11 +244,38 @@ fn join(prefix: &str, path: &str) -> String {
 }
 
 fn yaml_error(file: &Path, first_line: usize, e: &yaml_serde::Error) -> Diagnostic {
-    let line = e.location().map(|l| l.line() + first_line - 1).unwrap_or(first_line);
-    let text = e.to_string();
+    let line = e
+        .location()
+        .map(|l| l.line() + first_line - 1)
+        .unwrap_or(first_line);
+    // yaml_serde counts lines from the document's start; say the file's line instead.
+    let text = shift_lines(&e.to_string(), first_line - 1);
     // Envelope-level unknown fields are schema errors, anything else is broken YAML.
-    let code = if text.contains("unknown field") { codes::INVALID_FIELD } else { codes::YAML_SYNTAX };
+    let code = if text.contains("unknown field") {
+        codes::INVALID_FIELD
+    } else {
+        codes::YAML_SYNTAX
+    };
     Diagnostic::new(code, text).at(file, Some(line))
+}
+
+fn shift_lines(message: &str, offset: usize) -> String {
+    let mut out = String::new();
+    let mut rest = message;
+    while let Some(at) = rest.find("line ") {
+        let (head, tail) = rest.split_at(at + 5);
+        out.push_str(head);
+        let digits = tail
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(tail.len());
+        match tail[..digits].parse::<usize>() {
+            Ok(n) => out.push_str(&(n + offset).to_string()),
+            Err(_) => out.push_str(&tail[..digits]),
+        }
+        rest = &tail[digits..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn check_api_version(kind: Kind, api_version: &str) -> Result<(), String> {
@@ -244,7 +296,9 @@ fn check_api_version(kind: Kind, api_version: &str) -> Result<(), String> {
 fn check_name(name: &str) -> Result<(), String> {
     let valid = !name.is_empty()
         && name.len() <= 253
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name.ends_with(|c: char| c.is_ascii_alphanumeric());
     if valid {

@@ -106,8 +106,14 @@ mod tests {
         let idx = SpanIndex::build(doc, 10);
         assert_eq!(idx.line_of("kind"), Some(10));
         assert_eq!(idx.line_of("spec.http[0].route[0].weight"), Some(16));
-        assert_eq!(idx.line_of("spec.http[0].route[1].destination.host"), Some(18));
+        assert_eq!(
+            idx.line_of("spec.http[0].route[1].destination.host"),
+            Some(18)
+        );
         // Unknown leaf falls back to its nearest ancestor.
-        assert_eq!(idx.line_of("spec.http[0].route[1].destination.nope"), Some(17));
+        assert_eq!(
+            idx.line_of("spec.http[0].route[1].destination.nope"),
+            Some(17)
+        );
     }
 }

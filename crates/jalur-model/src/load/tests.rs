@@ -46,7 +46,9 @@ fn parses_multi_document_istio_yaml() {
     let (res, diags) = parse(VS);
     assert!(diags.is_empty(), "{diags:?}");
     assert_eq!(res.len(), 2);
-    let Spec::VirtualService(vs) = &res[0].spec else { panic!("not a VS") };
+    let Spec::VirtualService(vs) = &res[0].spec else {
+        panic!("not a VS")
+    };
     assert_eq!(vs.http.len(), 2);
     assert_eq!(
         vs.http[0].matches[0].headers.get("end-user"),
@@ -66,10 +68,17 @@ fn unknown_field_names_file_line_resource_and_field() {
     let d = &diags[0];
     assert_eq!(d.code, "JAL0003");
     assert_eq!(d.line, Some(17), "{d}");
-    assert_eq!(d.field.as_deref(), Some("spec.http[0].route[0].destination.subsett"), "{d}");
+    assert_eq!(
+        d.field.as_deref(),
+        Some("spec.http[0].route[0].destination.subsett"),
+        "{d}"
+    );
     assert!(d.message.contains("unknown field `subsett`"), "{d}");
     let shown = d.to_string();
-    assert!(shown.contains("VirtualService bookinfo/reviews cfg/test.yaml:17"), "{shown}");
+    assert!(
+        shown.contains("VirtualService bookinfo/reviews cfg/test.yaml:17"),
+        "{shown}"
+    );
 }
 
 #[test]
@@ -77,7 +86,10 @@ fn bad_value_type_and_enum_are_field_errors() {
     let text = VS.replace("weight: 90", "weight: ninety");
     let (_, diags) = parse(&text);
     assert_eq!(diags[0].line, Some(20), "{}", diags[0]);
-    assert_eq!(diags[0].field.as_deref(), Some("spec.http[1].route[0].weight"));
+    assert_eq!(
+        diags[0].field.as_deref(),
+        Some("spec.http[1].route[0].weight")
+    );
 
     let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: x}\nspec:\n  host: x\n  trafficPolicy:\n    loadBalancer:\n      simple: FASTEST\n";
     let (_, diags) = parse(dr);
@@ -87,9 +99,12 @@ fn bad_value_type_and_enum_are_field_errors() {
 
 #[test]
 fn unknown_kind_and_api_version() {
-    let (_, d) = parse("apiVersion: networking.istio.io/v1\nkind: Sidecars\nmetadata: {name: x}\nspec: {}\n");
+    let (_, d) = parse(
+        "apiVersion: networking.istio.io/v1\nkind: Sidecars\nmetadata: {name: x}\nspec: {}\n",
+    );
     assert_eq!((d[0].code, d[0].line), ("JAL0002", Some(2)));
-    let (_, d) = parse("apiVersion: networking.istio.io/v2\nkind: Gateway\nmetadata: {name: x}\nspec: {}\n");
+    let (_, d) =
+        parse("apiVersion: networking.istio.io/v2\nkind: Gateway\nmetadata: {name: x}\nspec: {}\n");
     assert_eq!((d[0].code, d[0].line), ("JAL0002", Some(1)));
 }
 
@@ -106,7 +121,10 @@ fn yaml_syntax_error_has_absolute_line() {
 fn bad_duration_and_name() {
     let text = VS.replace("timeout: 5s", "timeout: 5 seconds");
     let (_, d) = parse(&text);
-    assert_eq!((d[0].line, d[0].field.as_deref()), (Some(23), Some("spec.http[1].timeout")));
+    assert_eq!(
+        (d[0].line, d[0].field.as_deref()),
+        (Some(23), Some("spec.http[1].timeout"))
+    );
     let text = VS.replace("name: reviews", "name: Reviews_1");
     let (_, d) = parse(&text);
     assert_eq!(d[0].code, "JAL0004");
