@@ -3,6 +3,11 @@
 
 pub mod mesh;
 pub mod node;
+pub mod plane;
 pub mod registry;
 pub mod render;
+pub mod status;
+pub mod store;
 pub mod translate;
+
+pub use plane::{ControlPlane, Options};

@@ -1,0 +1,176 @@
+//! The status API on 15014: `/ready`, `/metrics` (Prometheus text), `/debug/syncz` (per-client
+//! xDS sync state), `/debug/config_dump?proxy=ID` (what that client was sent), `/debug/config`
+//! (the config being served and the last rejected change), `/debug/registry` (workloads).
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::plane::State;
+use crate::registry::Registry;
+
+type Reply = Response<Full<Bytes>>;
+
+pub async fn serve(listener: TcpListener, state: State, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "status API accept failed");
+                    continue;
+                }
+            },
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(&state, req)) }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn handle(state: &State, req: Request<Incoming>) -> Reply {
+    if req.method() != Method::GET {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET is served here\n".into(),
+        );
+    }
+    let query = req.uri().query().unwrap_or("");
+    match req.uri().path() {
+        "/ready" => text(StatusCode::OK, "ready\n".into()),
+        "/metrics" => metrics(state),
+        "/debug/syncz" => json_reply(StatusCode::OK, &json!(state.ads.sync().clients())),
+        "/debug/config_dump" => config_dump(state, query),
+        "/debug/config" => {
+            let mesh = state.mesh.load();
+            json_reply(StatusCode::OK, &json!({
+                "store": state.store.status(),
+                "services": mesh.services,
+                "generation": state.generation.load(std::sync::atomic::Ordering::SeqCst),
+            }))
+        }
+        "/debug/registry" => json_reply(StatusCode::OK, &json!({
+            "proxies": *state.proxies.watch().borrow().clone(),
+            "endpoints": state.mesh.load().endpoints,
+        })),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; try /ready, /metrics, /debug/syncz, /debug/config_dump?proxy=ID, /debug/config, /debug/registry\n".into(),
+        ),
+    }
+}
+
+fn metrics(state: &State) -> Reply {
+    let mut body = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &state.metrics) {
+        return text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics failed: {e}\n"),
+        );
+    }
+    let mut r = text(StatusCode::OK, body);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+    );
+    r
+}
+
+fn config_dump(state: &State, query: &str) -> Reply {
+    let Some(proxy) = query_param(query, "proxy") else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "missing ?proxy=NODE_ID (see /debug/syncz for ids)\n".into(),
+        );
+    };
+    match state.ads.sync().client(&proxy) {
+        Some(c) => json_reply(
+            StatusCode::OK,
+            &json!({
+                "node_id": c.node_id,
+                "kind": c.kind,
+                "generation": c.generation,
+                "resources": crate::render::snapshot(&c.last_snapshot),
+            }),
+        ),
+        None => text(
+            StatusCode::NOT_FOUND,
+            format!("no connected client with node id {proxy:?}\n"),
+        ),
+    }
+}
+
+fn query_param(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn text(status: StatusCode, body: String) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json_reply(status: StatusCode, v: &serde_json::Value) -> Reply {
+    let body =
+        serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    let mut r = Response::new(Full::new(Bytes::from(body + "\n")));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
+}

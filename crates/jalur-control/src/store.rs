@@ -1,0 +1,223 @@
+//! The config store: a directory (or files) of YAML, loaded whole, validated, and watched. A change
+//! that fails to load or validate is rejected with its diagnostics (file, line, resource, field)
+//! and the last good config keeps being served.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use jalur_model::analyze;
+use jalur_model::diag::codes;
+use jalur_model::{Config, Diagnostic, Severity};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::watch;
+
+/// Analyzer findings that make a config unservable: clients would NACK it or route nowhere.
+/// Other findings (e.g. a host only known at runtime) are logged as warnings.
+const REJECTING: [&str; 3] = [
+    codes::WEIGHTS_NOT_100.id,
+    codes::INVALID_REGEX.id,
+    codes::DUPLICATE_RESOURCE.id,
+];
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct StoreStatus {
+    pub paths: Vec<PathBuf>,
+    pub files: usize,
+    pub resources: usize,
+    pub reloads: u64,
+    pub rejected: u64,
+    /// Diagnostics of the last rejected change; empty once a good change lands.
+    pub last_rejection: Vec<Diagnostic>,
+    /// Warnings of the config being served.
+    pub warnings: Vec<Diagnostic>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("config in {paths} is invalid:\n{}", .diagnostics.iter().map(|d| format!("  {d}")).collect::<Vec<_>>().join("\n"))]
+pub struct InvalidConfig {
+    pub paths: String,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+#[derive(Clone)]
+pub struct ConfigStore {
+    paths: Vec<PathBuf>,
+    tx: Arc<watch::Sender<Arc<Config>>>,
+    status: Arc<Mutex<StoreStatus>>,
+    applied: Counter,
+    rejected: Counter,
+    last_ok: Gauge,
+}
+
+impl ConfigStore {
+    /// Loads the config once; an invalid initial config is an error (there is nothing to keep
+    /// serving yet).
+    pub fn open(paths: Vec<PathBuf>) -> Result<ConfigStore, InvalidConfig> {
+        let config = validate(&paths).map_err(|diagnostics| InvalidConfig {
+            paths: paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            diagnostics,
+        })?;
+        let (tx, _) = watch::channel(Arc::new(config.0));
+        let status = StoreStatus {
+            paths: paths.clone(),
+            files: config.1,
+            resources: tx.borrow().resources.len(),
+            reloads: 1,
+            warnings: config.2,
+            ..StoreStatus::default()
+        };
+        let last_ok = Gauge::default();
+        last_ok.set(1);
+        Ok(ConfigStore {
+            paths,
+            tx: Arc::new(tx),
+            status: Arc::new(Mutex::new(status)),
+            applied: Counter::default(),
+            rejected: Counter::default(),
+            last_ok,
+        })
+    }
+
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "jalur_config_changes_applied",
+            "Config changes validated and applied",
+            self.applied.clone(),
+        );
+        registry.register(
+            "jalur_config_changes_rejected",
+            "Config changes rejected (the previous config kept serving)",
+            self.rejected.clone(),
+        );
+        registry.register(
+            "jalur_config_last_change_ok",
+            "1 if the last config change was applied, 0 if it was rejected",
+            self.last_ok.clone(),
+        );
+    }
+
+    pub fn current(&self) -> Arc<Config> {
+        self.tx.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Config>> {
+        self.tx.subscribe()
+    }
+
+    pub fn status(&self) -> StoreStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Re-reads the config now. Returns whether the served config changed.
+    pub fn reload(&self) -> bool {
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        match validate(&self.paths) {
+            Ok((config, files, warnings)) => {
+                status.reloads += 1;
+                status.files = files;
+                status.resources = config.resources.len();
+                status.last_rejection.clear();
+                status.warnings = warnings;
+                self.last_ok.set(1);
+                let changed = *self.tx.borrow().as_ref() != config;
+                if changed {
+                    self.applied.inc();
+                    tracing::info!(
+                        resources = config.resources.len(),
+                        files,
+                        "config change applied"
+                    );
+                    self.tx.send_replace(Arc::new(config));
+                }
+                changed
+            }
+            Err(diagnostics) => {
+                status.rejected += 1;
+                self.rejected.inc();
+                self.last_ok.set(0);
+                for d in &diagnostics {
+                    tracing::error!(diagnostic = %d, "config change rejected; still serving the previous config");
+                }
+                status.last_rejection = diagnostics;
+                false
+            }
+        }
+    }
+
+    /// Polls the config paths for changes (modification time, size, and the set of files) and
+    /// reloads after they have been quiet for `settle` (editors write in several steps).
+    pub async fn watch(self, interval: Duration, settle: Duration) {
+        let mut seen = fingerprint(&self.paths);
+        loop {
+            tokio::time::sleep(interval).await;
+            let now = fingerprint(&self.paths);
+            if now == seen {
+                continue;
+            }
+            tokio::time::sleep(settle).await;
+            seen = fingerprint(&self.paths);
+            self.reload();
+        }
+    }
+}
+
+/// Loads and validates; returns the config, the number of files, and the warnings — or every
+/// diagnostic at Error severity.
+fn validate(paths: &[PathBuf]) -> Result<(Config, usize, Vec<Diagnostic>), Vec<Diagnostic>> {
+    let loaded = jalur_model::load_paths(paths);
+    if loaded.has_errors() {
+        return Err(loaded
+            .diagnostics
+            .into_iter()
+            .filter(Diagnostic::is_error)
+            .collect());
+    }
+    let findings = analyze::analyze(&loaded.config);
+    let (fatal, rest): (Vec<Diagnostic>, Vec<Diagnostic>) = findings
+        .into_iter()
+        .partition(|d| d.is_error() && REJECTING.contains(&d.code));
+    if !fatal.is_empty() {
+        return Err(fatal);
+    }
+    let warnings = rest
+        .into_iter()
+        .filter(|d| d.severity >= Severity::Warning)
+        .collect();
+    Ok((loaded.config, loaded.files.len(), warnings))
+}
+
+type Fingerprint = Vec<(PathBuf, Option<SystemTime>, u64)>;
+
+fn fingerprint(paths: &[PathBuf]) -> Fingerprint {
+    let mut out = Vec::new();
+    for p in paths {
+        walk(p, &mut out);
+    }
+    out.sort();
+    out
+}
+
+fn walk(path: &PathBuf, out: &mut Fingerprint) {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    if meta.is_dir() {
+        out.push((path.clone(), meta.modified().ok(), 0));
+        if let Ok(entries) = std::fs::read_dir(path) {
+            for e in entries.flatten() {
+                walk(&e.path(), out);
+            }
+        }
+    } else {
+        out.push((path.clone(), meta.modified().ok(), meta.len()));
+    }
+}

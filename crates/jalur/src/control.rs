@@ -1,0 +1,99 @@
+//! `jalur control`: start the control plane and serve until Ctrl-C / SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use jalur_control::{ControlPlane, Options};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Config files or directories of Istio YAML (watched for changes).
+    #[arg(
+        long = "config",
+        short = 'c',
+        env = "JALUR_CONFIG",
+        required = true,
+        value_delimiter = ','
+    )]
+    config: Vec<PathBuf>,
+    /// xDS (ADS, plaintext gRPC) listen address.
+    #[arg(long, env = "JALUR_XDS_ADDR", default_value = "0.0.0.0:15010")]
+    xds_addr: SocketAddr,
+    /// Status API, metrics and debug endpoints listen address.
+    #[arg(long, env = "JALUR_STATUS_ADDR", default_value = "0.0.0.0:15014")]
+    status_addr: SocketAddr,
+    /// Changes arriving within this window are pushed together (e.g. 100ms).
+    #[arg(long, env = "JALUR_DEBOUNCE", default_value = "100ms", value_parser = parse_duration)]
+    debounce: Duration,
+    /// How long a disconnected proxy's workload stays registered (e.g. 5s).
+    #[arg(long, env = "JALUR_REGISTRY_GRACE", default_value = "5s", value_parser = parse_duration)]
+    registry_grace: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    s.parse::<jalur_model::duration::Duration>()
+        .map(|d| d.as_std())
+        .map_err(|e| e.to_string())
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let opts = Options {
+        config: args.config,
+        xds_addr: args.xds_addr,
+        status_addr: args.status_addr,
+        debounce: args.debounce,
+        registry_grace: args.registry_grace,
+        ..Options::default()
+    };
+    let plane = ControlPlane::start(opts).await?;
+    let status = plane.state.store.status();
+    println!("jalur control plane ready");
+    println!(
+        "  config:  {} ({} files, {} resources)",
+        paths(&status.paths),
+        status.files,
+        status.resources
+    );
+    println!("  xDS:     {} (ADS, SotW and delta)", plane.xds_addr);
+    println!(
+        "  status:  http://{}/debug/syncz  (metrics: /metrics)",
+        plane.status_addr
+    );
+    for w in &status.warnings {
+        println!("  {w}");
+    }
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    plane.stop().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn paths(p: &[PathBuf]) -> String {
+    p.iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

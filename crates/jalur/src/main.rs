@@ -1,0 +1,84 @@
+//! `jalur`: one binary, one subcommand per component. This file only parses flags, sets up
+//! logging and hands over to the subcommand.
+
+mod analyze;
+mod control;
+mod proxy_status;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "jalur",
+    version,
+    about = "A service mesh for moving a live fleet off Consul-style discovery, one service at a time"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, env = "JALUR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the control plane: Istio config in, Envoy xDS out (ADS on 15010, status on 15014).
+    Control(control::Args),
+    /// Validate config files offline, like `istioctl analyze`; exit status 1 on any error.
+    Analyze(analyze::Args),
+    /// Show every connected xDS client and whether it is in sync, like `istioctl proxy-status`.
+    ProxyStatus(proxy_status::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let result = match cli.command {
+        Command::Control(args) => runtime().and_then(|rt| rt.block_on(control::run(args))),
+        Command::Analyze(args) => analyze::run(args),
+        Command::ProxyStatus(args) => runtime().and_then(|rt| rt.block_on(proxy_status::run(args))),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes to stdout; a closed pipe (`jalur analyze . | head`) is not an error.
+pub(crate) fn write_stdout(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
