@@ -55,25 +55,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .iter()
         .filter(|d| d.severity >= args.output_threshold.severity())
         .collect();
-    match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&shown)?),
-        Output::Yaml => print!("{}", yaml_serde::to_string(&shown)?),
-        Output::Text => {
-            if shown.is_empty() {
-                let what: Vec<String> =
-                    args.paths.iter().map(|p| p.display().to_string()).collect();
-                println!(
-                    "\u{2714} No validation issues found when analyzing {} ({} files, {} resources).",
-                    what.join(", "),
-                    loaded.files.len(),
-                    loaded.config.resources.len()
-                );
-            }
-            for d in &shown {
-                println!("{d}");
-            }
+    let text = match args.output {
+        Output::Json => serde_json::to_string_pretty(&shown)? + "\n",
+        Output::Yaml => yaml_serde::to_string(&shown)?,
+        Output::Text if shown.is_empty() => {
+            let what: Vec<String> = args.paths.iter().map(|p| p.display().to_string()).collect();
+            format!(
+                "\u{2714} No validation issues found when analyzing {} ({} files, {} resources).\n",
+                what.join(", "),
+                loaded.files.len(),
+                loaded.config.resources.len()
+            )
         }
-    }
+        Output::Text => shown.iter().map(|d| format!("{d}\n")).collect(),
+    };
+    crate::write_stdout(&text)?;
     let failed = findings
         .iter()
         .any(|d| d.severity >= args.failure_threshold.severity());

@@ -1,0 +1,270 @@
+//! The control plane without a data plane: config edits (good and bad), the proxy registry, and
+//! what gets pushed when only endpoints change. Uses a plain ADS client to see every push.
+
+mod common;
+
+use std::time::Duration;
+
+use common::ads::{endpoints, node, AdsClient};
+use common::{service_entry, Plane};
+use jalur_testkit::assert_eventually;
+use jalur_xds::TypeUrl;
+
+const RATINGS: &str = "ratings.default.svc.cluster.local";
+
+fn vs(weight_a: u32, weight_b: u32) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: ratings}}\nspec:\n  hosts: [ratings]\n  http:\n  - route:\n    - destination: {{host: ratings, port: {{number: 9080}}}}\n      weight: {weight_a}\n    - destination: {{host: ratings, port: {{number: 9080}}}}\n      weight: {weight_b}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_edit_is_rejected_with_file_and_line_and_previous_config_keeps_serving() {
+    let plane = Plane::start(&[
+        ("ratings.yaml", service_entry("ratings", "default", RATINGS)),
+        ("vs.yaml", vs(50, 50)),
+    ])
+    .await;
+    let served = plane.get_json("/debug/config").await["generation"].clone();
+
+    // An unknown field on line 9, then weights that do not add up: both rejected.
+    plane.write(
+        "vs.yaml",
+        &vs(50, 50).replace(
+            "weight: 50\n    - destination",
+            "weigth: 50\n    - destination",
+        ),
+    );
+    let rejection = assert_eventually(
+        "the bad edit is rejected",
+        Duration::from_secs(10),
+        || async {
+            let cfg = plane.get_json("/debug/config").await;
+            match cfg["store"]["last_rejection"].as_array() {
+                Some(d) if !d.is_empty() => Ok(d[0].clone()),
+                _ => Err(format!("{cfg}")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(rejection["code"], "JAL0003", "{rejection}");
+    assert!(
+        rejection["file"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("vs.yaml")),
+        "{rejection}"
+    );
+    assert_eq!(rejection["line"], 9, "{rejection}");
+    assert_eq!(
+        rejection["field"], "spec.http[0].route[0].weigth",
+        "{rejection}"
+    );
+    let cfg = plane.get_json("/debug/config").await;
+    assert_eq!(
+        cfg["generation"], served,
+        "nothing was pushed for the rejected edit"
+    );
+    assert!(
+        cfg["services"].get(RATINGS).is_some(),
+        "the previous config is still served"
+    );
+
+    plane.write("vs.yaml", &vs(50, 40));
+    assert_eventually(
+        "the weights edit is rejected",
+        Duration::from_secs(10),
+        || async {
+            let cfg = plane.get_json("/debug/config").await;
+            let codes: Vec<String> = cfg["store"]["last_rejection"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|d| d["code"].to_string())
+                .collect();
+            if codes.iter().any(|c| c.contains("JAL0101")) {
+                Ok(())
+            } else {
+                Err(format!("{cfg}"))
+            }
+        },
+    )
+    .await;
+    let metrics = jalur_testkit::http_get(plane.status(), "s", "/metrics", &[])
+        .await
+        .expect("metrics")
+        .2;
+    assert!(
+        metrics.contains("jalur_config_changes_rejected_total 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("jalur_config_last_change_ok 0"),
+        "{metrics}"
+    );
+
+    // A good edit clears the rejection and is applied.
+    plane.write("vs.yaml", &vs(30, 70));
+    assert_eventually(
+        "the good edit is applied",
+        Duration::from_secs(10),
+        || async {
+            let cfg = plane.get_json("/debug/config").await;
+            let cleared = cfg["store"]["last_rejection"]
+                .as_array()
+                .is_some_and(|d| d.is_empty());
+            if cleared && cfg["generation"] != served {
+                Ok(())
+            } else {
+                Err(format!("{cfg}"))
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn announced_workload_becomes_an_endpoint_and_only_eds_is_pushed() {
+    let plane =
+        Plane::start(&[("ratings.yaml", service_entry("ratings", "default", RATINGS))]).await;
+    let cluster = format!("outbound|9080||{RATINGS}");
+
+    // A caller subscribes to everything and ACKs it.
+    let mut caller = AdsClient::connect(
+        plane.xds(),
+        node(
+            "sidecar~127.0.0.2~productpage.default~default.svc.cluster.local",
+            &[],
+        ),
+    )
+    .await;
+    caller.request(TypeUrl::Cluster, &[], None).await;
+    let cds = caller.recv().await;
+    caller.request(TypeUrl::Cluster, &[], Some(&cds)).await;
+    caller
+        .request(TypeUrl::ClusterLoadAssignment, &[&cluster], None)
+        .await;
+    let eds = caller.recv().await;
+    assert_eq!(
+        endpoints(&eds),
+        Vec::<String>::new(),
+        "no ratings workload yet"
+    );
+    caller
+        .request(TypeUrl::ClusterLoadAssignment, &[&cluster], Some(&eds))
+        .await;
+    caller.request(TypeUrl::Listener, &[], None).await;
+    let lds = caller.recv().await;
+    caller.request(TypeUrl::Listener, &[], Some(&lds)).await;
+
+    // A ratings sidecar connects and announces its workload in node metadata (Istio's keys).
+    let ratings_node = node(
+        "sidecar~127.0.0.9~ratings-v1-abc.default~default.svc.cluster.local",
+        &[
+            (
+                "POD_PORTS",
+                r#"[{"name":"http","containerPort":9080,"protocol":"TCP"}]"#,
+            ),
+            ("JALUR_SERVICE", "ratings"),
+        ],
+    );
+    let mut ratings = AdsClient::connect(plane.xds(), ratings_node).await;
+    ratings.request(TypeUrl::Cluster, &[], None).await;
+    let _ = ratings.recv().await;
+
+    // The caller gets the new endpoint (the sidecar's inbound port) and nothing but EDS.
+    let push = caller.recv().await;
+    assert_eq!(
+        push.type_url,
+        TypeUrl::ClusterLoadAssignment.as_str(),
+        "only EDS is pushed for an endpoint change"
+    );
+    assert_eq!(endpoints(&push), vec!["127.0.0.9:15006".to_string()]);
+    caller
+        .request(TypeUrl::ClusterLoadAssignment, &[&cluster], Some(&push))
+        .await;
+    assert!(
+        caller
+            .recv_within(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "no other type pushed"
+    );
+    let registry = plane.get_json("/debug/registry").await;
+    assert_eq!(registry["proxies"][0]["host"], RATINGS, "{registry}");
+
+    // The ratings sidecar goes away: its endpoint is withdrawn.
+    drop(ratings);
+    let push = caller.recv().await;
+    assert_eq!(push.type_url, TypeUrl::ClusterLoadAssignment.as_str());
+    assert_eq!(
+        endpoints(&push),
+        Vec::<String>::new(),
+        "endpoint removed when its proxy disconnects"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burst_of_edits_is_debounced_into_few_pushes() {
+    let plane = Plane::start(&[
+        ("ratings.yaml", service_entry("ratings", "default", RATINGS)),
+        ("vs.yaml", vs(50, 50)),
+    ])
+    .await;
+    let mut caller = AdsClient::connect(
+        plane.xds(),
+        node("sidecar~127.0.0.2~a.default~default.svc.cluster.local", &[]),
+    )
+    .await;
+    caller
+        .request(TypeUrl::RouteConfiguration, &["outbound"], None)
+        .await;
+    let first = caller.recv().await;
+    caller
+        .request(TypeUrl::RouteConfiguration, &["outbound"], Some(&first))
+        .await;
+    for w in 1..=20 {
+        plane.write("vs.yaml", &vs(w, 100 - w));
+    }
+    // Count the RDS pushes until the stream has been quiet for a second; the last carries 20/80.
+    let mut pushes = Vec::new();
+    while let Some(r) = caller.recv_within(Duration::from_secs(1)).await {
+        caller
+            .request(TypeUrl::RouteConfiguration, &["outbound"], Some(&r))
+            .await;
+        pushes.push(r);
+    }
+    assert!(
+        !pushes.is_empty() && pushes.len() <= 3,
+        "20 edits in a burst caused {} pushes",
+        pushes.len()
+    );
+    let last = pushes.last().map(route_weights).unwrap_or_default();
+    assert_eq!(last, vec![20, 80], "the last push carries the last edit");
+}
+
+fn route_weights(
+    r: &envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse,
+) -> Vec<u32> {
+    use envoy_types::pb::envoy::config::route::v3::{
+        route::Action, route_action::ClusterSpecifier, RouteConfiguration,
+    };
+    use prost::Message;
+    let rc = RouteConfiguration::decode(r.resources[0].value.as_slice()).expect("route config");
+    rc.virtual_hosts
+        .iter()
+        .flat_map(|vh| vh.routes.iter())
+        .filter_map(|route| match &route.action {
+            Some(Action::Route(a)) => match &a.cluster_specifier {
+                Some(ClusterSpecifier::WeightedClusters(w)) => Some(
+                    w.clusters
+                        .iter()
+                        .filter_map(|c| c.weight.as_ref().map(|w| w.value))
+                        .collect::<Vec<_>>(),
+                ),
+                _ => None,
+            },
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}

@@ -1,0 +1,240 @@
+//! The `jalur` binary as an operator uses it: analyze in a CI pipeline, control started from the
+//! README's command, proxy-status against it with a real Envoy connected.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use jalur_testkit::{
+    assert_eventually, envoy_binary, repo_root, require_peer, ChildGuard, Envoy, EnvoyOpts,
+};
+use serde_json::{json, Value};
+
+fn jalur() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_jalur"));
+    c.current_dir(repo_root()).env("RUST_LOG", "warn");
+    c
+}
+
+#[test]
+fn analyze_clean_config_exits_zero() {
+    for path in ["testdata/analyze/good", "examples/bookinfo"] {
+        let out = jalur().args(["analyze", path]).output().expect("run");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{path}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("No validation issues found"), "{stdout}");
+    }
+}
+
+#[test]
+fn analyze_broken_config_exits_one_with_codes_file_and_line() {
+    let out = jalur()
+        .args(["analyze", "testdata/analyze/broken/01-yaml-syntax.yaml"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("Error [JAL0001] (testdata/analyze/broken/01-yaml-syntax.yaml:"),
+        "{stdout}"
+    );
+
+    let out = jalur()
+        .args(["analyze", "testdata/analyze/broken", "-o", "json"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let findings: Vec<Value> = serde_json::from_slice(&out.stdout).expect("json output");
+    assert!(findings.len() >= 35, "{} findings", findings.len());
+    assert!(
+        findings
+            .iter()
+            .all(|f| f["code"].as_str().is_some_and(|c| c.starts_with("JAL"))
+                && f["file"].is_string())
+    );
+
+    let out = jalur()
+        .args(["analyze", "testdata/analyze/broken", "-o", "yaml"])
+        .output()
+        .expect("run");
+    let yaml = String::from_utf8_lossy(&out.stdout);
+    assert!(yaml.contains("code: JAL0101"), "{yaml}");
+}
+
+#[test]
+fn analyze_failure_threshold_warning_fails_on_warnings() {
+    let dir = jalur_testkit::unique_temp_dir("jalur-cli").expect("tmp");
+    let file = dir.join("dr.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: x}\nspec:\n  host: x.example.com\n",
+    )
+    .expect("write");
+    let path = file.to_string_lossy().to_string();
+    let ok = jalur().args(["analyze", &path]).output().expect("run");
+    assert!(ok.status.success(), "a warning alone passes by default");
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("Warning [JAL0105]"));
+    let strict = jalur()
+        .args(["analyze", &path, "--failure-threshold", "warning"])
+        .output()
+        .expect("run");
+    assert_eq!(strict.status.code(), Some(1));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn control_refuses_an_invalid_initial_config_naming_file_and_line() {
+    let out = jalur()
+        .args([
+            "control",
+            "--config",
+            "testdata/analyze/broken/01-yaml-syntax.yaml",
+            "--xds-addr",
+            "127.0.0.1:0",
+            "--status-addr",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("01-yaml-syntax.yaml:") && stderr.contains("JAL0001"),
+        "{stderr}"
+    );
+}
+
+/// Starts `jalur control` like the README does (ports 0), and returns its xDS and status addresses.
+fn start_control() -> (ChildGuard, SocketAddr, SocketAddr) {
+    let mut cmd = jalur();
+    cmd.args([
+        "control",
+        "--config",
+        "examples/bookinfo",
+        "--xds-addr",
+        "127.0.0.1:0",
+        "--status-addr",
+        "127.0.0.1:0",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
+    let mut child = ChildGuard::spawn("jalur control", &mut cmd).expect("spawn jalur control");
+    let stdout = child.child_mut().stdout.take().expect("stdout");
+    let mut xds = None;
+    let mut status = None;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("read stdout");
+        let addr = |prefix: &str| {
+            line.trim()
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(|a| {
+                    a.trim_start_matches("http://")
+                        .split('/')
+                        .next()
+                        .unwrap_or("")
+                        .to_string()
+                })
+        };
+        if let Some(a) = addr("xDS:") {
+            xds = a.parse().ok();
+        }
+        if let Some(a) = addr("status:") {
+            status = a.parse().ok();
+        }
+        if xds.is_some() && status.is_some() {
+            break;
+        }
+    }
+    (
+        child,
+        xds.expect("xDS address printed"),
+        status.expect("status address printed"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_serves_envoy_and_proxy_status_shows_it_synced() {
+    let (mut control, xds, status) = start_control();
+    let Some(binary) = require_peer("envoy", envoy_binary()) else {
+        return;
+    };
+    let id = "sidecar~127.0.0.1~productpage-v1.bookinfo~bookinfo.svc.cluster.local";
+    let mut opts = EnvoyOpts::new(xds, id);
+    opts.metadata = json!({ "JALUR_EPHEMERAL_PORTS": "true", "JALUR_LISTEN_ADDRESS": "127.0.0.1" });
+    let envoy = Envoy::start_with(&binary, opts).await.expect("envoy");
+    envoy
+        .listener_port("outbound")
+        .await
+        .expect("outbound listener from jalur");
+
+    let control_addr = status.to_string();
+    let table = assert_eventually(
+        "proxy-status shows the sidecar synced",
+        Duration::from_secs(15),
+        || {
+            let control_addr = control_addr.clone();
+            async move {
+                let out = jalur()
+                    .args(["proxy-status", "--control", &control_addr])
+                    .output()
+                    .map_err(|e| e.to_string())?;
+                let text = String::from_utf8_lossy(&out.stdout).to_string();
+                let row = text.lines().find(|l| l.starts_with(id)).unwrap_or("");
+                if row.matches("SYNCED").count() == 4 {
+                    Ok(text)
+                } else {
+                    Err(text)
+                }
+            }
+        },
+    )
+    .await;
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(table.contains("envoy 1.40"), "version column: {table}");
+
+    let out = jalur()
+        .args(["proxy-status", "--control", &control_addr, "-o", "json"])
+        .output()
+        .expect("run");
+    let clients: Vec<Value> = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(clients[0]["node_id"], id);
+
+    // SIGTERM: a clean exit.
+    let pid = control.id().to_string();
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    let code = assert_eventually(
+        "jalur control exits on SIGTERM",
+        Duration::from_secs(10),
+        || {
+            let exited = control.exited();
+            async move { exited.ok_or_else(|| "still running".to_string()) }
+        },
+    )
+    .await;
+    assert!(code.success(), "exit status {code:?}");
+    drop(envoy);
+}
+
+#[test]
+fn proxy_status_without_control_plane_says_so() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let out = jalur()
+        .args(["proxy-status", "--control", &format!("127.0.0.1:{port}")])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the control plane"));
+}
