@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::mesh::Mesh;
 use crate::node::ClientInfo;
-use crate::registry::{ProxyRegistry, Registry, WorkloadSet};
+use crate::registry::{ProxyRegistry, Registry, Workload, WorkloadSet};
 use crate::store::{ConfigStore, InvalidConfig};
 use crate::translate::translate;
 
@@ -67,6 +67,8 @@ pub struct State {
     pub store: ConfigStore,
     pub mesh: Arc<ArcSwap<Mesh>>,
     pub proxies: ProxyRegistry,
+    /// Every workload source: the proxy registry first, then any others (Consul, ...).
+    pub registries: Vec<Arc<dyn Registry>>,
     pub ads: AdsServer,
     pub metrics: Arc<MetricsRegistry>,
     pub generation: Arc<AtomicU64>,
@@ -114,6 +116,14 @@ struct PlaneMetrics {
 impl ControlPlane {
     /// Loads the config, binds both ports and starts serving. Returns once everything listens.
     pub async fn start(opts: Options) -> Result<ControlPlane, Error> {
+        ControlPlane::start_with_registries(opts, Vec::new()).await
+    }
+
+    /// As [`ControlPlane::start`], with more workload sources beside the connected proxies.
+    pub async fn start_with_registries(
+        opts: Options,
+        extra: Vec<Arc<dyn Registry>>,
+    ) -> Result<ControlPlane, Error> {
         let store = ConfigStore::open(opts.config.clone())?;
         let proxies = ProxyRegistry::new(opts.registry_grace);
         let mesh = Arc::new(ArcSwap::from_pointee(Mesh::build(store.current(), &[])));
@@ -172,6 +182,9 @@ impl ControlPlane {
             store: store.clone(),
             mesh: mesh.clone(),
             proxies: proxies.clone(),
+            registries: std::iter::once(Arc::new(proxies.clone()) as Arc<dyn Registry>)
+                .chain(extra)
+                .collect(),
             ads: ads.clone(),
             metrics: Arc::new(registry),
             generation: Arc::new(AtomicU64::new(0)),
@@ -225,8 +238,8 @@ impl ControlPlane {
     }
 }
 
-/// Rebuilds the mesh when config or workloads change, at most once per `debounce`, then bumps
-/// the generation the ADS server pushes on.
+/// Rebuilds the mesh when config or any registry's workloads change, at most once per
+/// `debounce`, then bumps the generation the ADS server pushes on.
 async fn rebuild_loop(
     state: State,
     gen_tx: watch::Sender<u64>,
@@ -234,24 +247,31 @@ async fn rebuild_loop(
     pm: PlaneMetrics,
 ) {
     let mut config_rx = state.store.subscribe();
-    let mut proxies_rx = state.proxies.watch();
-    let mut workloads: WorkloadSet = proxies_rx.borrow_and_update().clone();
     config_rx.borrow_and_update();
+    let mut registry_rxs: Vec<watch::Receiver<WorkloadSet>> =
+        state.registries.iter().map(|r| r.watch()).collect();
+    let (changed_tx, mut changed_rx) = tokio::sync::mpsc::channel::<()>(1);
+    for mut rx in registry_rxs.clone() {
+        let changed_tx = changed_tx.clone();
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                // A full channel already means "rebuild pending": dropping this signal is fine.
+                let _ = changed_tx.try_send(());
+            }
+        });
+    }
     loop {
         tokio::select! {
             r = config_rx.changed() => if r.is_err() { return },
-            r = proxies_rx.changed() => if r.is_err() { return },
+            Some(()) = changed_rx.recv() => {},
         }
         // Let a burst settle (a directory of edits, a fleet reconnecting), then push once.
         tokio::time::sleep(debounce).await;
-        workloads = {
-            let latest = proxies_rx.borrow_and_update().clone();
-            if Arc::ptr_eq(&latest, &workloads) {
-                workloads
-            } else {
-                latest
-            }
-        };
+        while changed_rx.try_recv().is_ok() {}
+        let workloads: Vec<Workload> = registry_rxs
+            .iter_mut()
+            .flat_map(|rx| rx.borrow_and_update().iter().cloned().collect::<Vec<_>>())
+            .collect();
         let config = config_rx.borrow_and_update().clone();
         let mesh = Mesh::build(config, &workloads);
         pm.services

@@ -16,7 +16,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::plane::State;
-use crate::registry::Registry;
 
 type Reply = Response<Full<Bytes>>;
 
@@ -67,7 +66,7 @@ fn handle(state: &State, req: Request<Incoming>) -> Reply {
             }))
         }
         "/debug/registry" => json_reply(StatusCode::OK, &json!({
-            "proxies": *state.proxies.watch().borrow().clone(),
+            "registries": state.registries.iter().map(|r| json!({ "name": r.name(), "workloads": *r.watch().borrow().clone() })).collect::<Vec<_>>(),
             "endpoints": state.mesh.load().endpoints,
         })),
         _ => text(

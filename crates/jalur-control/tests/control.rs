@@ -190,7 +190,11 @@ async fn announced_workload_becomes_an_endpoint_and_only_eds_is_pushed() {
         "no other type pushed"
     );
     let registry = plane.get_json("/debug/registry").await;
-    assert_eq!(registry["proxies"][0]["host"], RATINGS, "{registry}");
+    assert_eq!(registry["registries"][0]["name"], "proxies", "{registry}");
+    assert_eq!(
+        registry["registries"][0]["workloads"][0]["host"], RATINGS,
+        "{registry}"
+    );
 
     // The ratings sidecar goes away: its endpoint is withdrawn.
     drop(ratings);
