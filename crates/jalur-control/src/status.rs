@@ -1,5 +1,5 @@
 //! The status API on 15014: `/ready`, `/metrics` (Prometheus text), `/debug/syncz` (per-client
-//! xDS sync state), `/debug/config_dump?proxy=ID` (what that client was sent), `/debug/config`
+//! xDS sync state), `/debug/config_dump?proxy=ID` (the resources that client is served), `/debug/config`
 //! (the config being served and the last rejected change), `/debug/registry` (workloads).
 
 use std::convert::Infallible;

@@ -272,3 +272,56 @@ fn route_weights(
         .flatten()
         .collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_dump_shows_what_a_client_was_sent_and_ready_answers() {
+    let plane = Plane::start(&[
+        ("ratings.yaml", service_entry("ratings", "default", RATINGS)),
+        ("vs.yaml", vs(50, 50)),
+    ])
+    .await;
+    let id = "sidecar~127.0.0.2~a.default~default.svc.cluster.local";
+    let mut caller = AdsClient::connect(plane.xds(), node(id, &[])).await;
+    caller.request(TypeUrl::Cluster, &[], None).await;
+    let _ = caller.recv().await;
+
+    let (status, _, body) = jalur_testkit::http_get(plane.status(), "s", "/ready", &[])
+        .await
+        .expect("ready");
+    assert_eq!((status, body.trim()), (200, "ready"));
+    let dump = assert_eventually(
+        "config_dump has the client",
+        Duration::from_secs(5),
+        || async {
+            let (status, _, body) = jalur_testkit::http_get(
+                plane.status(),
+                "s",
+                &format!("/debug/config_dump?proxy={}", id.replace('~', "%7E")),
+                &[],
+            )
+            .await?;
+            if status == 200 {
+                serde_json::from_str::<serde_json::Value>(&body).map_err(|e| e.to_string())
+            } else {
+                Err(body)
+            }
+        },
+    )
+    .await;
+    assert_eq!(dump["kind"], "sidecar");
+    let cluster = &dump["resources"]["cds"][format!("outbound|9080||{RATINGS}")];
+    assert_eq!(cluster["type"], "EDS", "{dump}");
+    let routes =
+        &dump["resources"]["rds"]["outbound"]["virtual_hosts"][0]["routes"][0]["action"]["to"];
+    assert_eq!(routes[0]["weight"], 50, "{dump}");
+
+    let (status, _, body) =
+        jalur_testkit::http_get(plane.status(), "s", "/debug/config_dump?proxy=nobody", &[])
+            .await
+            .expect("dump");
+    assert_eq!(status, 404, "{body}");
+    let (status, _, _) = jalur_testkit::http_get(plane.status(), "s", "/debug/config_dump", &[])
+        .await
+        .expect("dump");
+    assert_eq!(status, 400);
+}
