@@ -190,7 +190,7 @@ fn client_version(node: &Node, md: &Struct) -> String {
     if version.is_empty() {
         agent.to_string()
     } else {
-        format!("{agent}/{version}")
+        format!("{agent} {version}")
     }
 }
 
@@ -293,7 +293,7 @@ mod tests {
         let c = ClientInfo::from_node(&node);
         assert_eq!(c.kind, ClientKind::Sidecar);
         assert_eq!(c.namespace, "bookinfo");
-        assert_eq!(c.version, "envoy/1.40.0");
+        assert_eq!(c.version, "envoy 1.40.0");
         let w = c.workload().expect("workload");
         assert_eq!(w.host, "reviews.bookinfo.svc.cluster.local");
         assert_eq!(w.address, "10.1.2.3");

@@ -90,7 +90,8 @@ fn render_cluster(c: &Cluster) -> Value {
         Some(cluster::ClusterDiscoveryType::Type(t)) => cluster::DiscoveryType::try_from(t)
             .map(|t| t.as_str_name().to_string())
             .unwrap_or_default(),
-        _ => String::new(),
+        Some(cluster::ClusterDiscoveryType::ClusterType(ref custom)) => custom.name.clone(),
+        None => String::new(),
     };
     let lb = cluster::LbPolicy::try_from(c.lb_policy)
         .map(|p| p.as_str_name())

@@ -92,7 +92,20 @@ async fn sidecar_envoy(plane: &Plane, delta: bool, id: &str) -> Option<(Envoy, S
         .listener_port("outbound")
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", envoy.log_tail()));
-    Some((envoy, ([127, 0, 0, 1], port).into()))
+    let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
+    // A listener bound on port 0 shows in /listeners before it accepts (it warms until its routes
+    // arrive): wait until it answers at all.
+    assert_eventually(
+        "the outbound listener accepts",
+        Duration::from_secs(20),
+        || async {
+            jalur_testkit::http_get(proxy, "warmup.invalid", "/", &[])
+                .await
+                .map(|_| ())
+        },
+    )
+    .await;
+    Some((envoy, proxy))
 }
 
 async fn routes_as_the_virtual_service_says(delta: bool) {

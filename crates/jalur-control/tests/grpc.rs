@@ -1,7 +1,8 @@
 //! Proxyless gRPC clients (grpcio's and grpc-js's built-in xDS) resolving
 //! `xds:///echo.grpc.svc.cluster.local:7070` through jalur's control plane and calling real gRPC
 //! backends: plain resolution, an 80/20 VirtualService split between subsets, a weight edit in the
-//! config directory, and the client's row in /debug/syncz.
+//! config directory, a DNS ServiceEntry with two endpoints, and the client's row in /debug/syncz.
+//! Every client run also checks that no proxyless client NACKed anything.
 
 mod common;
 #[path = "common/grpc.rs"]
@@ -13,11 +14,12 @@ use std::time::Duration;
 
 use common::{subsets_rule, Plane};
 use grpc_mesh::{
-    grpc_service_entry, grpc_workload_entry, nacks_in, proxyless_nacks, syncz_client, weighted_vs,
+    grpc_dns_service_entry, grpc_service_entry, grpc_workload_entry, nacks_in, proxyless_nacks,
+    syncz_client, weighted_vs,
 };
 use jalur_testkit::{
-    assert_eventually, http_get, node_client_dir, python, require_peer, GrpcBackend, XdsClient,
-    XdsClientReport,
+    assert_eventually, eventually, http_get, node_client_dir, python, require_peer, GrpcBackend,
+    XdsClient, XdsClientReport,
 };
 
 const NS: &str = "grpc";
@@ -78,16 +80,14 @@ async fn canary(python: &Path, v1_weight: u32, v2_weight: u32) -> Canary {
     }
 }
 
-/// Runs `client` and fails with its output if it did not run at all.
-async fn run(client: &XdsClient) -> XdsClientReport {
-    client
+/// Runs `client` against `plane` and returns its report, failing if the client did not run at
+/// all or if any proxyless client of `plane` has NACKed (gRPC logs the NACK's reason on stderr,
+/// and the client's errors usually repeat it).
+async fn run(plane: &Plane, client: &XdsClient) -> XdsClientReport {
+    let report = client
         .run()
         .await
-        .unwrap_or_else(|err| panic!("xds client did not run: {err}"))
-}
-
-/// No proxyless client of `plane` has NACKed anything (a NACK's detail is in the client's errors).
-async fn assert_no_proxyless_nacks(plane: &Plane, report: &XdsClientReport) {
+        .unwrap_or_else(|err| panic!("xds client did not run: {err}"));
     let metrics = http_get(plane.status(), "status", "/metrics", &[])
         .await
         .expect("metrics")
@@ -97,6 +97,7 @@ async fn assert_no_proxyless_nacks(plane: &Plane, report: &XdsClientReport) {
         nacks.is_empty(),
         "proxyless gRPC NACKs: {nacks:?}; client report: {report:?}"
     );
+    report
 }
 
 fn replies(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
@@ -114,20 +115,23 @@ async fn python_grpc_client_resolves_the_service_and_calls_its_backend() {
     let backend = GrpcBackend::start(&python, "b1").await.expect("backend");
     let plane = start_plane(&service_files(&[("v1", &backend)])).await;
 
-    let report = run(&XdsClient::python(&python, plane.xds(), TARGET)
-        .node_id("python-client")
-        .count(50)
-        .timeout(RUN_TIMEOUT))
+    let report = run(
+        &plane,
+        &XdsClient::python(&python, plane.xds(), TARGET)
+            .node_id("python-client")
+            .count(50)
+            .timeout(RUN_TIMEOUT),
+    )
     .await;
     assert_eq!(
         (report.ok, report.failed, &report.replies),
         (50, 0, &replies(&[("b1:hello", 50)])),
         "{report:?}"
     );
-    assert_no_proxyless_nacks(&plane, &report).await;
 
     // The service's first port also answers to the bare host name.
     let bare = run(
+        &plane,
         &XdsClient::python(&python, plane.xds(), &format!("xds:///{HOST}"))
             .node_id("python-bare-host")
             .count(5)
@@ -139,7 +143,6 @@ async fn python_grpc_client_resolves_the_service_and_calls_its_backend() {
         (0, &replies(&[("b1:hello", 5)])),
         "{bare:?}"
     );
-    assert_no_proxyless_nacks(&plane, &bare).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,17 +154,19 @@ async fn node_grpc_client_resolves_the_service_and_calls_its_backend() {
     let backend = GrpcBackend::start(&python, "b1").await.expect("backend");
     let plane = start_plane(&service_files(&[("v1", &backend)])).await;
 
-    let report = run(&XdsClient::node(&node_dir, plane.xds(), TARGET)
-        .node_id("node-client")
-        .count(50)
-        .timeout(RUN_TIMEOUT))
+    let report = run(
+        &plane,
+        &XdsClient::node(&node_dir, plane.xds(), TARGET)
+            .node_id("node-client")
+            .count(50)
+            .timeout(RUN_TIMEOUT),
+    )
     .await;
     assert_eq!(
         (report.ok, report.failed, &report.replies),
         (50, 0, &replies(&[("b1:hello", 50)])),
         "{report:?}"
     );
-    assert_no_proxyless_nacks(&plane, &report).await;
 }
 
 /// gRPC picks a weighted cluster at random per call, so the share over n calls is binomial:
@@ -172,10 +177,13 @@ async fn python_grpc_client_splits_80_20_between_subsets() {
     let Some(python) = python_peer() else { return };
     let c = canary(&python, 80, 20).await;
 
-    let report = run(&XdsClient::python(&python, c.plane.xds(), TARGET)
-        .node_id("python-split")
-        .count(1000)
-        .timeout(RUN_TIMEOUT))
+    let report = run(
+        &c.plane,
+        &XdsClient::python(&python, c.plane.xds(), TARGET)
+            .node_id("python-split")
+            .count(1000)
+            .timeout(RUN_TIMEOUT),
+    )
     .await;
     assert_eq!((report.ok, report.failed), (1000, 0), "{report:?}");
     eprintln!("80/20 split over 1,000 calls: {:?}", report.replies);
@@ -185,7 +193,6 @@ async fn python_grpc_client_splits_80_20_between_subsets() {
         "80/20 split observed as {:?}",
         report.replies
     );
-    assert_no_proxyless_nacks(&c.plane, &report).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,7 +207,7 @@ async fn a_weight_edit_reaches_new_python_grpc_clients() {
     };
 
     // Before the edit v1 takes most calls (all 40 going to v2 has odds of 0.2^40).
-    let before = run(&client("python-before", 40)).await;
+    let before = run(&c.plane, &client("python-before", 40)).await;
     assert!(
         before.failed == 0 && before.replies.get("v1:hello").is_some_and(|n| *n > 0),
         "{before:?}"
@@ -212,7 +219,7 @@ async fn a_weight_edit_reaches_new_python_grpc_clients() {
         "a new client sees only v2 after the 0/100 edit",
         Duration::from_secs(60),
         || async {
-            let r = run(&client("python-probe", 20)).await;
+            let r = run(&c.plane, &client("python-probe", 20)).await;
             if r.replies == replies(&[("v2:hello", 20)]) {
                 Ok(())
             } else {
@@ -221,13 +228,70 @@ async fn a_weight_edit_reaches_new_python_grpc_clients() {
         },
     )
     .await;
-    let after = run(&client("python-after", 200)).await;
+    let after = run(&c.plane, &client("python-after", 200)).await;
     assert_eq!(
         (after.failed, &after.replies),
         (0, &replies(&[("v2:hello", 200)])),
         "{after:?}"
     );
-    assert_no_proxyless_nacks(&c.plane, &after).await;
+}
+
+/// gRPC resolves a LOGICAL_DNS cluster's one hostname itself, so a DNS ServiceEntry with two
+/// endpoints reaches it as an aggregate of two LOGICAL_DNS clusters: one endpoint takes the calls
+/// and the other is its fail-over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dns_service_entry_with_two_endpoints_fails_over_for_grpc_clients() {
+    let Some(python) = python_peer() else { return };
+    let Some(node_dir) = require_peer("node with @grpc/grpc-js-xds", node_client_dir()) else {
+        return;
+    };
+    let (b1, b2) = tokio::join!(
+        GrpcBackend::start(&python, "b1"),
+        GrpcBackend::start(&python, "b2")
+    );
+    let mut backends = vec![b1.expect("backend b1"), b2.expect("backend b2")];
+    let host = "legacy-echo.example.internal";
+    let target = format!("xds:///{host}:7070");
+    let endpoints: Vec<(&str, u16)> = backends
+        .iter()
+        .map(|b| ("localhost", b.addr().port()))
+        .collect();
+    let plane = start_plane(&[(
+        "dns.yaml".to_string(),
+        grpc_dns_service_entry("legacy-echo", NS, host, &endpoints),
+    )])
+    .await;
+    let client = |id: &str| {
+        XdsClient::python(&python, plane.xds(), &target)
+            .node_id(id)
+            .count(20)
+            .timeout(RUN_TIMEOUT)
+    };
+
+    let first = run(&plane, &client("python-dns-first")).await;
+    let serving = match first.replies.keys().collect::<Vec<_>>().as_slice() {
+        [reply] if first.ok == 20 => reply.trim_end_matches(":hello").to_string(),
+        _ => panic!("all 20 calls go to one endpoint: {first:?}"),
+    };
+
+    backends.retain(|b| b.name() != serving);
+    let other = backends[0].name().to_string();
+    let want = replies(&[(&format!("{other}:hello"), 20)]);
+    let failover = run(&plane, &client("python-dns-failover")).await;
+    assert_eq!(
+        (failover.failed, &failover.replies),
+        (0, &want),
+        "{failover:?}"
+    );
+    let node = run(
+        &plane,
+        &XdsClient::node(&node_dir, plane.xds(), &target)
+            .node_id("node-dns-failover")
+            .count(20)
+            .timeout(RUN_TIMEOUT),
+    )
+    .await;
+    assert_eq!((node.failed, &node.replies), (0, &want), "{node:?}");
 }
 
 /// While a client is connected (and calling), /debug/syncz lists it as a proxyless gRPC client,
@@ -245,30 +309,38 @@ async fn python_grpc_client_shows_in_syncz_in_sync_with_its_version() {
         .timeout(RUN_TIMEOUT);
     let running = tokio::spawn(async move { long_run.run().await });
 
-    let me = assert_eventually(
-        "the client is in syncz, in sync on lds/rds/cds/eds",
-        Duration::from_secs(30),
-        || async {
-            let syncz = plane.get_json("/debug/syncz").await;
-            let me = syncz_client(&syncz, "python-syncz").ok_or(format!("not listed: {syncz}"))?;
-            let nacks = nacks_in(&me);
-            if !nacks.is_empty() {
-                return Err(format!("NACKed: {nacks:?}"));
-            }
-            let acked = |t: &str| {
-                let nonce = &me["types"][t]["acked_nonce"];
-                nonce.as_str().is_some_and(|n| !n.is_empty())
-                    && *nonce == me["types"][t]["sent_nonce"]
-            };
-            if me["in_sync"] == true && ["lds", "rds", "cds", "eds"].iter().all(|t| acked(t)) {
-                Ok(me)
-            } else {
-                Err(format!("not in sync yet: {me}"))
-            }
-        },
-    )
+    let listed = eventually(Duration::from_secs(30), || async {
+        let syncz = plane.get_json("/debug/syncz").await;
+        let me = syncz_client(&syncz, "python-syncz").ok_or(format!("not listed: {syncz}"))?;
+        let nacks = nacks_in(&me);
+        if !nacks.is_empty() {
+            return Err(format!("NACKed: {nacks:?}"));
+        }
+        let acked = |t: &str| {
+            let nonce = &me["types"][t]["acked_nonce"];
+            nonce.as_str().is_some_and(|n| !n.is_empty()) && *nonce == me["types"][t]["sent_nonce"]
+        };
+        if me["in_sync"] == true && ["lds", "rds", "cds", "eds"].iter().all(|t| acked(t)) {
+            Ok(me)
+        } else {
+            Err(format!("not in sync yet: {me}"))
+        }
+    })
     .await;
-    running.abort();
+    let me = match listed {
+        Ok(me) => {
+            running.abort();
+            me
+        }
+        Err(err) if running.is_finished() => panic!(
+            "the client is not in syncz, in sync on lds/rds/cds/eds: {err}\nit ended: {:?}",
+            running.await
+        ),
+        Err(err) => {
+            running.abort();
+            panic!("the client is not in syncz, in sync on lds/rds/cds/eds: {err}")
+        }
+    };
 
     assert_eq!(me["kind"], "proxyless-grpc", "{me}");
     assert_eq!(me["mode"], "sotw", "{me}");

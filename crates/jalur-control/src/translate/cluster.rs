@@ -14,6 +14,7 @@ use envoy_types::pb::envoy::config::core::v3::{
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint, ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints,
 };
+use envoy_types::pb::envoy::extensions::clusters::aggregate::v3::ClusterConfig as AggregateClusterConfig;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     http_protocol_options::{
         explicit_http_config, ExplicitHttpConfig, UpstreamProtocolOptions, UseDownstreamHttpConfig,
@@ -30,6 +31,7 @@ use super::{ads_source, cluster_name, duration, Ctx};
 use crate::mesh::{Discovery, Endpoint, Port, Service};
 
 pub const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+const AGGREGATE_CLUSTER: &str = "envoy.clusters.aggregate";
 const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The effective policy for one cluster: DestinationRule top level, then port level, then subset.
@@ -117,6 +119,11 @@ pub fn clusters(ctx: &Ctx) -> (Vec<Cluster>, Vec<ClusterLoadAssignment>) {
                         clusters.push(cluster(ctx, &name, service, port, &policy, None));
                         assignments.push(cla);
                     }
+                    Discovery::Dns if ctx.proxyless => {
+                        let (dns, eds) = proxyless_dns(ctx, &name, service, port, &policy, cla);
+                        clusters.extend(dns);
+                        assignments.extend(eds);
+                    }
                     Discovery::Dns => {
                         clusters.push(cluster(ctx, &name, service, port, &policy, Some(cla)))
                     }
@@ -178,6 +185,95 @@ pub fn cluster(
     }
     let _ = service;
     c
+}
+
+/// A DNS service for proxyless gRPC. gRPC resolves a LOGICAL_DNS cluster's hostname itself and
+/// NACKs one without exactly one endpoint ("must contain exactly one endpoint for LOGICAL_DNS
+/// cluster"), so: one endpoint is a LOGICAL_DNS cluster; none is an EDS cluster with no endpoints
+/// (calls fail UNAVAILABLE, as through a sidecar); several are an aggregate cluster over one
+/// LOGICAL_DNS cluster per endpoint, `<name>#<address>:<port>`. gRPC treats an aggregate as a
+/// priority list: the first reachable endpoint takes the calls and the rest are its fail-over, as
+/// gRPC cannot spread calls over several hostnames.
+fn proxyless_dns(
+    ctx: &Ctx,
+    name: &str,
+    service: &Service,
+    port: &Port,
+    policy: &Policy,
+    cla: ClusterLoadAssignment,
+) -> (Vec<Cluster>, Option<ClusterLoadAssignment>) {
+    let build = |name: &str, dns| cluster(ctx, name, service, port, policy, dns);
+    let count: usize = cla.endpoints.iter().map(|l| l.lb_endpoints.len()).sum();
+    match count {
+        0 => (vec![build(name, None)], Some(cla)),
+        1 => (vec![build(name, Some(cla))], None),
+        _ => {
+            let mut children: Vec<Cluster> = Vec::new();
+            for (child, one) in one_per_endpoint(name, &cla) {
+                if children.iter().all(|c| c.name != child) {
+                    children.push(build(&child, Some(one)));
+                }
+            }
+            let mut aggregate = build(name, None);
+            aggregate.eds_cluster_config = None;
+            // Ejection is the children's business.
+            aggregate.outlier_detection = None;
+            aggregate.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::ClusterType(
+                cluster::CustomClusterType {
+                    name: AGGREGATE_CLUSTER.into(),
+                    typed_config: Some(pack_any(AggregateClusterConfig {
+                        clusters: children.iter().map(|c| c.name.clone()).collect(),
+                    })),
+                },
+            ));
+            children.insert(0, aggregate);
+            (children, None)
+        }
+    }
+}
+
+/// Splits a load assignment into one per endpoint (keeping its locality), each named
+/// `<name>#<address>:<port>`.
+fn one_per_endpoint(
+    name: &str,
+    cla: &ClusterLoadAssignment,
+) -> Vec<(String, ClusterLoadAssignment)> {
+    cla.endpoints
+        .iter()
+        .flat_map(|group| {
+            group.lb_endpoints.iter().map(move |e| {
+                let child = format!("{name}#{}", endpoint_address(e));
+                let one = ClusterLoadAssignment {
+                    cluster_name: child.clone(),
+                    endpoints: vec![LocalityLbEndpoints {
+                        lb_endpoints: vec![e.clone()],
+                        load_balancing_weight: e.load_balancing_weight,
+                        ..group.clone()
+                    }],
+                    ..ClusterLoadAssignment::default()
+                };
+                (child, one)
+            })
+        })
+        .collect()
+}
+
+/// `address:port` of an endpoint, as a cluster name suffix.
+fn endpoint_address(e: &LbEndpoint) -> String {
+    let socket = match &e.host_identifier {
+        Some(lb_endpoint::HostIdentifier::Endpoint(EnvoyEndpoint {
+            address:
+                Some(Address {
+                    address: Some(address::Address::SocketAddress(s)),
+                }),
+            ..
+        })) => s,
+        _ => return String::new(),
+    };
+    match socket.port_specifier {
+        Some(socket_address::PortSpecifier::PortValue(p)) => format!("{}:{p}", socket.address),
+        _ => socket.address.clone(),
+    }
 }
 
 fn lb_policy(ctx: &Ctx, lb: Option<&LoadBalancerSettings>) -> cluster::LbPolicy {

@@ -125,3 +125,77 @@ fn translation_is_deterministic() {
         }
     }
 }
+
+/// gRPC takes a LOGICAL_DNS cluster only with exactly one endpoint; other counts of a DNS
+/// service's endpoints become EDS (none) or an aggregate of one LOGICAL_DNS per endpoint.
+#[test]
+fn proxyless_dns_clusters_have_one_endpoint_each() {
+    use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
+    use envoy_types::pb::envoy::extensions::clusters::aggregate::v3::ClusterConfig;
+    use jalur_xds::TypeUrl;
+    use prost::Message;
+
+    let se = |endpoints: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: legacy, namespace: ns}}\nspec:\n  hosts: [legacy.example.com]\n  location: MESH_EXTERNAL\n  resolution: DNS\n  ports:\n  - {{number: 7070, name: grpc, protocol: GRPC}}\n  endpoints: [{endpoints}]\n"
+        )
+    };
+    let clusters = |endpoints: &str| -> Vec<Cluster> {
+        let (resources, diags) = jalur_model::parse_str(Path::new("se.yaml"), &se(endpoints));
+        assert!(diags.is_empty(), "{diags:#?}");
+        let mesh = Mesh::build(Arc::new(jalur_model::Config::new(resources)), &[]);
+        let snap = translate(&mesh, &node("grpc-client-1", "gRPC Python", &[]));
+        snap.resources[&TypeUrl::Cluster]
+            .values()
+            .map(|r| Cluster::decode(r.body.value.as_slice()).expect("cluster"))
+            .collect()
+    };
+    let kind = |c: &Cluster| c.cluster_discovery_type.clone();
+    let dns = Some(cluster::ClusterDiscoveryType::Type(
+        cluster::DiscoveryType::LogicalDns as i32,
+    ));
+    let name = "outbound|7070||legacy.example.com";
+
+    let none = clusters("");
+    assert_eq!(none.len(), 1);
+    assert_eq!(
+        kind(&none[0]),
+        Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Eds as i32
+        ))
+    );
+
+    let one = clusters("{address: a.example.com}");
+    assert_eq!((one.len(), kind(&one[0])), (1, dns.clone()));
+
+    let two = clusters("{address: a.example.com}, {address: b.example.com, ports: {grpc: 7171}}");
+    let children = [
+        format!("{name}#a.example.com:7070"),
+        format!("{name}#b.example.com:7171"),
+    ];
+    let aggregate = two.iter().find(|c| c.name == name).expect("aggregate");
+    let Some(cluster::ClusterDiscoveryType::ClusterType(t)) = &aggregate.cluster_discovery_type
+    else {
+        panic!("not an aggregate: {aggregate:?}");
+    };
+    let config = t.typed_config.as_ref().expect("typed_config");
+    assert_eq!(t.name, "envoy.clusters.aggregate");
+    assert_eq!(
+        ClusterConfig::decode(config.value.as_slice())
+            .expect("ClusterConfig")
+            .clusters,
+        children
+    );
+    for child in &children {
+        let c = two
+            .iter()
+            .find(|c| &c.name == child)
+            .expect("child cluster");
+        let cla = c.load_assignment.as_ref().expect("load_assignment");
+        assert_eq!(kind(c), dns, "{child}");
+        assert_eq!(
+            (cla.endpoints.len(), cla.endpoints[0].lb_endpoints.len()),
+            (1, 1)
+        );
+    }
+}

@@ -21,6 +21,22 @@ pub fn grpc_service_entry(name: &str, ns: &str, host: &str) -> String {
     )
 }
 
+/// A DNS-resolved gRPC service `host` on port 7070 whose endpoints are `(hostname, port)` pairs.
+pub fn grpc_dns_service_entry(
+    name: &str,
+    ns: &str,
+    host: &str,
+    endpoints: &[(&str, u16)],
+) -> String {
+    let endpoints: String = endpoints
+        .iter()
+        .map(|(address, port)| format!("  - {{address: {address}, ports: {{grpc: {port}}}}}\n"))
+        .collect();
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  hosts: [{host}]\n  location: MESH_EXTERNAL\n  resolution: DNS\n  ports:\n  - {{number: {GRPC_PORT}, name: grpc, protocol: GRPC}}\n  endpoints:\n{endpoints}"
+    )
+}
+
 /// A WorkloadEntry for `app` at `version` whose `grpc` port is the backend's real port.
 pub fn grpc_workload_entry(app: &str, version: &str, ns: &str, addr: SocketAddr) -> String {
     format!(
