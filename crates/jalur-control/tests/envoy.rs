@@ -291,3 +291,106 @@ async fn nack_is_reported_and_other_clients_keep_their_config() {
     drop(gateway);
     drop(taken);
 }
+
+/// A gateway Envoy gets listeners from the Gateway resource selecting it and routes from the
+/// VirtualServices bound to that Gateway: rewrite, redirect and direct responses as written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_gateway_serves_bound_virtual_services() {
+    let f = fleet().await;
+    let mut files = config(&f);
+    files.push((
+        "gateway.yaml",
+        r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 8080, name: http, protocol: HTTP}
+    hosts: ["bookinfo/*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: edge, namespace: bookinfo}
+spec:
+  hosts: [bookinfo.example.com]
+  gateways: [istio-system/edge]
+  http:
+  - match: [{uri: {prefix: /api/v0}}]
+    redirect: {uri: /api/v1, redirectCode: 308}
+  - match: [{uri: {prefix: /reviews/}}]
+    rewrite: {uri: /}
+    route:
+    - destination: {host: reviews, subset: v2}
+  - directResponse: {status: 418, body: {string: "short and stout"}}
+"#
+        .to_string(),
+    ));
+    let plane = Plane::start(&files).await;
+    let Some(binary) = require_peer("envoy", envoy_binary()) else {
+        return;
+    };
+    let mut opts = EnvoyOpts::new(
+        plane.xds(),
+        "router~127.0.0.1~edge-gw.istio-system~istio-system.svc.cluster.local",
+    );
+    opts.metadata = json!({
+        "LABELS": { "istio": "ingressgateway" },
+        "JALUR_EPHEMERAL_PORTS": "true",
+        "JALUR_LISTEN_ADDRESS": "127.0.0.1",
+    });
+    let envoy = Envoy::start_with(&binary, opts)
+        .await
+        .expect("gateway envoy");
+    let port = envoy
+        .listener_port("0.0.0.0_8080")
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", envoy.log_tail()));
+    let gw: SocketAddr = ([127, 0, 0, 1], port).into();
+    let host = "bookinfo.example.com";
+
+    let (status, headers, _) = assert_eventually(
+        "the gateway routes /reviews/",
+        Duration::from_secs(20),
+        || async {
+            match jalur_testkit::http_get(gw, host, "/reviews/123", &[]).await {
+                Ok(r) if r.0 == 200 => Ok(r),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        headers.get("x-backend").map(|v| v.to_str().unwrap_or("")),
+        Some("v2")
+    );
+    assert_eq!(
+        headers.get("x-path").map(|v| v.to_str().unwrap_or("")),
+        Some("/123"),
+        "prefix /reviews/ rewritten to /"
+    );
+
+    let (status, headers, _) = jalur_testkit::http_get(gw, host, "/api/v0/x", &[])
+        .await
+        .expect("redirect");
+    assert_eq!(status, 308);
+    let location = headers
+        .get("location")
+        .map(|v| v.to_str().unwrap_or("").to_string())
+        .unwrap_or_default();
+    assert!(location.ends_with("/api/v1"), "{location}");
+
+    let (status, _, body) = jalur_testkit::http_get(gw, host, "/anything", &[])
+        .await
+        .expect("direct");
+    assert_eq!((status, body.as_str()), (418, "short and stout"));
+
+    let (status, _, _) = jalur_testkit::http_get(gw, "other.example.com", "/reviews/1", &[])
+        .await
+        .expect("other host");
+    assert_eq!(
+        status, 404,
+        "hosts the Gateway does not expose are not routed"
+    );
+}

@@ -153,30 +153,20 @@ pub fn gateway(ctx: &Ctx) -> Built {
                 rds(&route_name),
                 TrafficDirection::Outbound,
             ));
-            let gw_ctx = &gw_ctx;
-            let vhosts = bound
+            let server_hosts: Vec<(String, String)> = selected
                 .iter()
-                .flat_map(|(r, vs)| {
-                    vs.hosts.iter().map(move |h| {
-                        let domain = host::qualify(h, &r.meta.namespace);
-                        let domain = if h.contains('.') || h == "*" {
-                            h.clone()
-                        } else {
-                            domain
-                        };
-                        VirtualHost {
-                            name: format!("{domain}:{port}"),
-                            domains: if domain == "*" {
-                                vec!["*".into()]
-                            } else {
-                                vec![domain.clone(), format!("{domain}:{port}")]
-                            },
-                            routes: routes(gw_ctx, Some((*r, *vs)), &domain, port),
-                            ..VirtualHost::default()
-                        }
-                    })
+                .flat_map(|(r, g)| {
+                    g.servers
+                        .iter()
+                        .filter(|s| s.port.number == port)
+                        .flat_map(move |s| {
+                            s.hosts
+                                .iter()
+                                .map(move |h| server_host(h, &r.meta.namespace))
+                        })
                 })
                 .collect();
+            let vhosts = gateway_vhosts(&gw_ctx, &bound, &server_hosts, port);
             route_configs.push(RouteConfiguration {
                 name: route_name,
                 virtual_hosts: vhosts,
@@ -197,6 +187,62 @@ pub fn gateway(ctx: &Ctx) -> Built {
         }
     }
     (listeners, route_configs, Vec::new())
+}
+
+/// A server host `ns/host` (or `./host`, `*/host`, bare `host` = any namespace) as
+/// (namespace or "*", host pattern).
+fn server_host(h: &str, gateway_ns: &str) -> (String, String) {
+    match h.split_once('/') {
+        Some((".", host)) => (gateway_ns.to_string(), host.to_string()),
+        Some((ns, host)) => (ns.to_string(), host.to_string()),
+        None => ("*".to_string(), h.to_string()),
+    }
+}
+
+/// Virtual hosts of one gateway HTTP port: every host of every bound VirtualService with HTTP
+/// routes that one of the port's servers exposes. The first VirtualService to claim a host wins
+/// (a second would repeat a domain, which Envoy rejects; `jalur analyze` reports it as JAL0104).
+fn gateway_vhosts(
+    ctx: &Ctx,
+    bound: &[(&Resource, &VirtualService)],
+    server_hosts: &[(String, String)],
+    port: u32,
+) -> Vec<VirtualHost> {
+    let mut vhosts: Vec<VirtualHost> = Vec::new();
+    for (r, vs) in bound.iter().filter(|(_, vs)| !vs.http.is_empty()) {
+        let ns = &r.meta.namespace;
+        for h in &vs.hosts {
+            let domain = if h.contains('.') || h == "*" {
+                h.clone()
+            } else {
+                host::qualify(h, ns)
+            };
+            let exposed = server_hosts.iter().any(|(sns, pattern)| {
+                (sns == "*" || sns == ns)
+                    && (host::matches(pattern, &domain) || host::matches(&domain, pattern))
+            });
+            let name = format!("{domain}:{port}");
+            if !exposed || vhosts.iter().any(|v| v.name == name) {
+                continue;
+            }
+            let routes = routes(ctx, Some((*r, *vs)), &domain, port);
+            if routes.is_empty() {
+                continue;
+            }
+            let domains = if domain == "*" {
+                vec!["*".into()]
+            } else {
+                vec![domain.clone(), name.clone()]
+            };
+            vhosts.push(VirtualHost {
+                name,
+                domains,
+                routes,
+                ..VirtualHost::default()
+            });
+        }
+    }
+    vhosts
 }
 
 /// Proxyless gRPC: an API listener and route table named `host:port` (and `host` for a service's

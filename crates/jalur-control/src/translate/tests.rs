@@ -36,6 +36,29 @@ fn node(id: &str, user_agent: &str, md: &[(&str, &str)]) -> ClientInfo {
     })
 }
 
+fn gateway_node() -> ClientInfo {
+    let mut labels = Struct::default();
+    labels.fields.insert(
+        "istio".into(),
+        Value {
+            kind: Some(Kind::StringValue("ingressgateway".into())),
+        },
+    );
+    let mut metadata = Struct::default();
+    metadata.fields.insert(
+        "LABELS".into(),
+        Value {
+            kind: Some(Kind::StructValue(labels)),
+        },
+    );
+    ClientInfo::from_node(&Node {
+        id: "router~10.0.9.1~edge-gw-x.istio-system~istio-system.svc.cluster.local".into(),
+        user_agent_name: "envoy".into(),
+        metadata: Some(metadata),
+        ..Node::default()
+    })
+}
+
 fn scenario(name: &str) {
     let dir = golden_dir();
     let loaded =
@@ -51,8 +74,15 @@ fn scenario(name: &str) {
         ],
     );
     let grpc = node("grpc-client-1", "gRPC Python", &[]);
+    let gateway = gateway_node();
+    // A gateway sees the same clusters as a sidecar; only its listeners and routes differ.
+    let mut gw = crate::render::snapshot(&translate(&mesh, &gateway));
+    if let Some(m) = gw.as_object_mut() {
+        m.retain(|k, _| k == "lds" || k == "rds");
+    }
     let actual = json!({
         "sidecar": crate::render::snapshot(&translate(&mesh, &sidecar)),
+        "gateway": gw,
         "proxyless-grpc": crate::render::snapshot(&translate(&mesh, &grpc)),
     });
     let text = serde_json::to_string_pretty(&actual).expect("json") + "\n";
@@ -101,6 +131,11 @@ fn golden_outlier_detection() {
 #[test]
 fn golden_service_entry() {
     scenario("service-entry");
+}
+
+#[test]
+fn golden_gateway_with_bound_virtual_service() {
+    scenario("gateway");
 }
 
 #[test]
