@@ -79,6 +79,11 @@ impl Service {
     pub fn port(&self, number: u32) -> Option<&Port> {
         self.ports.iter().find(|p| p.number == number)
     }
+
+    /// Ports carried by the HTTP connection manager, in port order.
+    pub fn http_ports(&self) -> Vec<&Port> {
+        self.ports.iter().filter(|p| p.protocol.is_http()).collect()
+    }
 }
 
 /// One address serving a service: `ports` maps each service port to the port to dial.

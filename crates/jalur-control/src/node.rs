@@ -3,14 +3,14 @@
 //!
 //! Node id: `sidecar~10.1.2.3~reviews-v1-abc.bookinfo~bookinfo.svc.cluster.local` (gateways use
 //! `router~...`). Metadata keys read: `NAMESPACE`, `LABELS`, `INSTANCE_IPS`, `WORKLOAD_NAME`,
-//! `POD_PORTS` (Istio's JSON list of container ports), `ISTIO_VERSION`; and jalur's own:
+//! `POD_PORTS` (Istio's JSON list of container ports); and jalur's own:
 //! `JALUR_SERVICE`, `JALUR_ROLE` (sidecar|gateway|fronting|grpc), `JALUR_INBOUND_PORT`,
 //! `JALUR_OUTBOUND_PORT`, `JALUR_LISTEN_ADDRESS`, `JALUR_EPHEMERAL_PORTS` (bind listeners on port
 //! 0; for tests and side-by-side runs), `JALUR_PORTS` (`http:8080,grpc:9090`).
 
 use std::collections::BTreeMap;
 
-use envoy_types::pb::envoy::config::core::v3::{node::UserAgentVersionType, Node};
+use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::{value::Kind as ValueKind, Struct, Value};
 use jalur_model::host::CLUSTER_DOMAIN;
 
@@ -58,7 +58,6 @@ pub struct ClientInfo {
     pub outbound_port: u32,
     pub listen_address: String,
     pub ephemeral_ports: bool,
-    pub version: String,
     pub locality: String,
 }
 
@@ -121,7 +120,6 @@ impl ClientInfo {
             listen_address: md_str(&md, "JALUR_LISTEN_ADDRESS")
                 .unwrap_or_else(|| "0.0.0.0".to_string()),
             ephemeral_ports: md_str(&md, "JALUR_EPHEMERAL_PORTS").as_deref() == Some("true"),
-            version: client_version(node, &md),
             locality: node
                 .locality
                 .as_ref()
@@ -169,28 +167,6 @@ impl ClientInfo {
             healthy: true,
             source: format!("proxy:{}", self.id),
         })
-    }
-}
-
-fn client_version(node: &Node, md: &Struct) -> String {
-    let version = match &node.user_agent_version_type {
-        Some(UserAgentVersionType::UserAgentVersion(v)) => v.clone(),
-        Some(UserAgentVersionType::UserAgentBuildVersion(b)) => b
-            .version
-            .as_ref()
-            .map(|v| format!("{}.{}.{}", v.major_number, v.minor_number, v.patch))
-            .unwrap_or_default(),
-        None => md_str(md, "ISTIO_VERSION").unwrap_or_default(),
-    };
-    let agent = if node.user_agent_name.is_empty() {
-        "unknown"
-    } else {
-        &node.user_agent_name
-    };
-    if version.is_empty() {
-        agent.to_string()
-    } else {
-        format!("{agent} {version}")
     }
 }
 
@@ -287,13 +263,11 @@ mod tests {
             id: "sidecar~10.1.2.3~reviews-v2-x.bookinfo~bookinfo.svc.cluster.local".into(),
             metadata: Some(md),
             user_agent_name: "envoy".into(),
-            user_agent_version_type: Some(UserAgentVersionType::UserAgentVersion("1.40.0".into())),
             ..Node::default()
         };
         let c = ClientInfo::from_node(&node);
         assert_eq!(c.kind, ClientKind::Sidecar);
         assert_eq!(c.namespace, "bookinfo");
-        assert_eq!(c.version, "envoy 1.40.0");
         let w = c.workload().expect("workload");
         assert_eq!(w.host, "reviews.bookinfo.svc.cluster.local");
         assert_eq!(w.address, "10.1.2.3");

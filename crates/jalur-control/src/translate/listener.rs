@@ -48,11 +48,7 @@ pub fn sidecar(ctx: &Ctx) -> Built {
     )];
     let mut vhosts = Vec::new();
     for service in ctx.mesh.services.values() {
-        let http_ports: Vec<&Port> = service
-            .ports
-            .iter()
-            .filter(|p| p.protocol.is_http())
-            .collect();
+        let http_ports = service.http_ports();
         for (i, port) in http_ports.iter().enumerate() {
             let vs = claiming_vs(ctx, &service.host);
             vhosts.push(VirtualHost {
@@ -251,11 +247,7 @@ pub fn proxyless(ctx: &Ctx) -> Built {
     let mut listeners = Vec::new();
     let mut route_configs = Vec::new();
     for service in ctx.mesh.services.values() {
-        let http_ports: Vec<&Port> = service
-            .ports
-            .iter()
-            .filter(|p| p.protocol.is_http())
-            .collect();
+        let http_ports = service.http_ports();
         for (i, port) in http_ports.iter().enumerate() {
             let mut names = vec![format!("{}:{}", service.host, port.number)];
             if i == 0 {
