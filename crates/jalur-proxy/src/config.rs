@@ -1,0 +1,370 @@
+//! The proxy's own configuration: small, validated, immutable domain types built from Envoy's
+//! wire resources at the edge (`config/convert.rs`). Nothing past the edge touches a protobuf.
+//! A [`Snapshot`] is swapped atomically; requests in flight keep the one they started with.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub mod convert;
+
+/// Everything the proxy is configured with at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub listeners: BTreeMap<String, Arc<Listener>>,
+    pub routes: BTreeMap<String, Arc<RouteTable>>,
+    pub clusters: BTreeMap<String, Arc<Cluster>>,
+    /// Endpoints by cluster (EDS service name, or the cluster's own for static/DNS clusters).
+    pub endpoints: BTreeMap<String, Arc<EndpointSet>>,
+}
+
+// ------------------------------------------------------------------------------------ listeners
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listener {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub kind: ListenerKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ListenerKind {
+    Http(HttpListener),
+    Tcp(TcpListener),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpListener {
+    pub stat_prefix: String,
+    pub routes: RouteSource,
+    /// The HTTP fault filter is in the chain, so per-route faults apply.
+    pub faults: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RouteSource {
+    /// By name over RDS.
+    Rds(String),
+    Inline(Arc<RouteTable>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TcpListener {
+    pub stat_prefix: String,
+    pub targets: Vec<WeightedCluster>,
+    pub idle_timeout: Option<Duration>,
+}
+
+// ---------------------------------------------------------------------------------------- routes
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteTable {
+    pub name: String,
+    pub virtual_hosts: Vec<VirtualHost>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VirtualHost {
+    pub name: String,
+    pub domains: Vec<DomainMatch>,
+    pub routes: Vec<Route>,
+}
+
+/// Envoy's virtual-host domain forms: exact, `*.suffix`, `prefix.*`, `*`. Lowercase. A wildcard
+/// stands for at least one character, so `Suffix(".example.com")` (from `*.example.com`) matches
+/// `a.example.com` but not `.example.com`; Envoy prefers exact, then the longest suffix, then the
+/// longest prefix, then `*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DomainMatch {
+    Exact(String),
+    /// The text after the leading `*` (`*.example.com` -> `.example.com`).
+    Suffix(String),
+    /// The text before the trailing `*` (`example.*` -> `example.`).
+    Prefix(String),
+    Any,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub name: String,
+    pub matcher: RouteMatch,
+    pub action: Action,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+    pub fault: Option<Fault>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteMatch {
+    pub path: PathMatch,
+    pub case_sensitive: bool,
+    pub headers: Vec<HeaderMatch>,
+    pub query: Vec<QueryMatch>,
+}
+
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    Prefix(String),
+    Exact(String),
+    /// Already anchored (`^(?:...)$`): Envoy's safe_regex must match the whole path.
+    Regex(regex::Regex),
+}
+
+impl PartialEq for PathMatch {
+    fn eq(&self, other: &PathMatch) -> bool {
+        match (self, other) {
+            (PathMatch::Prefix(a), PathMatch::Prefix(b))
+            | (PathMatch::Exact(a), PathMatch::Exact(b)) => a == b,
+            (PathMatch::Regex(a), PathMatch::Regex(b)) => a.as_str() == b.as_str(),
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeaderMatch {
+    /// Lowercase; pseudo-headers (`:method`, `:authority`, `:path`, `:scheme`) allowed.
+    pub name: String,
+    pub matcher: StringMatch,
+    pub invert: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryMatch {
+    pub name: String,
+    /// `None`: the parameter must be present.
+    pub matcher: Option<StringMatch>,
+}
+
+#[derive(Debug, Clone)]
+pub enum StringMatch {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    Contains(String),
+    /// Anchored (`^...$`, Envoy matches safe_regex against the whole value), so `is_match` is a
+    /// whole-value match. `ignore_case` exact/prefix/suffix/contains matchers arrive as
+    /// case-insensitive regexes of this form too.
+    Regex(regex::Regex),
+    Present,
+}
+
+impl PartialEq for StringMatch {
+    fn eq(&self, other: &StringMatch) -> bool {
+        use StringMatch::*;
+        match (self, other) {
+            (Exact(a), Exact(b))
+            | (Prefix(a), Prefix(b))
+            | (Suffix(a), Suffix(b))
+            | (Contains(a), Contains(b)) => a == b,
+            (Regex(a), Regex(b)) => a.as_str() == b.as_str(),
+            (Present, Present) => true,
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Forward(Forward),
+    Redirect(Redirect),
+    Direct { status: u16, body: Option<String> },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Forward {
+    /// One or more clusters with weights (a single cluster has weight 1).
+    pub targets: Vec<WeightedCluster>,
+    /// Whole-request timeout including retries; `None` = no timeout.
+    pub timeout: Option<Duration>,
+    pub retry: Option<RetryPolicy>,
+    pub prefix_rewrite: Option<String>,
+    pub regex_rewrite: Option<RegexRewrite>,
+    pub host_rewrite: Option<String>,
+    pub mirrors: Vec<Mirror>,
+    pub hash: Vec<HashPolicy>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RegexRewrite {
+    /// Not anchored: every match is replaced, as Envoy's regex_rewrite does.
+    pub pattern: regex::Regex,
+    /// In the `regex` crate's replacement syntax (`${1}`, `$$`), converted from RE2's (`\1`),
+    /// ready for `pattern.replace_all(path, substitution)`.
+    pub substitution: String,
+}
+
+impl PartialEq for RegexRewrite {
+    fn eq(&self, other: &RegexRewrite) -> bool {
+        self.pattern.as_str() == other.pattern.as_str() && self.substitution == other.substitution
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WeightedCluster {
+    pub cluster: String,
+    pub weight: u32,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Redirect {
+    pub status: u16,
+    pub scheme: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub path: Option<String>,
+    pub prefix_rewrite: Option<String>,
+    pub strip_query: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mirror {
+    pub cluster: String,
+    /// Parts per million of requests mirrored.
+    pub ppm: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum HashPolicy {
+    Header(String),
+    Cookie(String),
+    /// A cookie hash policy with a ttl: when the request lacks the cookie, Envoy picks a host,
+    /// hashes a generated value and sets the cookie on the response (`Max-Age` = ttl, none when
+    /// zero; `Path` when non-empty), so the client sticks from its first request on.
+    GeneratedCookie {
+        name: String,
+        path: String,
+        ttl: Duration,
+    },
+    QueryParameter(String),
+    SourceIp,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HeaderOps {
+    /// (name, value, append): append=false overwrites.
+    pub add: Vec<(String, String, bool)>,
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    pub num_retries: u32,
+    pub per_try_timeout: Option<Duration>,
+    pub on: RetryOn,
+    pub retriable_status_codes: Vec<u16>,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// Do not retry on a host already tried (Envoy's previous_hosts predicate).
+    pub other_hosts: bool,
+}
+
+/// Envoy's `retry_on` conditions jalur honours.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetryOn {
+    pub server_error: bool,  // 5xx
+    pub gateway_error: bool, // 502, 503, 504
+    pub connect_failure: bool,
+    pub reset: bool,
+    pub refused_stream: bool,
+    pub retriable_status_codes: bool,
+    /// gRPC status conditions (cancelled, deadline-exceeded, internal, resource-exhausted,
+    /// unavailable), by gRPC status number.
+    pub grpc_statuses: [bool; 17],
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fault {
+    pub delay: Option<(Duration, u32)>,
+    /// (HTTP status, parts per million).
+    pub abort: Option<(u16, u32)>,
+}
+
+// -------------------------------------------------------------------------------------- clusters
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cluster {
+    pub name: String,
+    pub discovery: Discovery,
+    pub lb: LbPolicy,
+    pub connect_timeout: Duration,
+    pub protocol: UpstreamProtocol,
+    pub breakers: Thresholds,
+    pub outlier: Option<OutlierConfig>,
+    pub max_requests_per_connection: Option<u32>,
+    pub idle_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Discovery {
+    /// Endpoints arrive over EDS under this name.
+    Eds { service_name: String },
+    /// Endpoints given inline (STATIC), already resolved.
+    Static,
+    /// Hostnames resolved by the proxy (STRICT_DNS / LOGICAL_DNS), `host:port`.
+    Dns { hosts: Vec<(String, u16)> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbPolicy {
+    RoundRobin,
+    LeastRequest,
+    Random,
+    RingHash,
+    Maglev,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    Http1,
+    Http2,
+    /// Whatever the downstream spoke.
+    Downstream,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    pub max_connections: u32,
+    pub max_pending_requests: u32,
+    pub max_requests: u32,
+    pub max_retries: u32,
+}
+
+impl Default for Thresholds {
+    /// Envoy's defaults.
+    fn default() -> Thresholds {
+        Thresholds {
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+            max_retries: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutlierConfig {
+    pub consecutive_5xx: Option<u32>,
+    pub consecutive_gateway_failure: Option<u32>,
+    pub interval: Duration,
+    pub base_ejection_time: Duration,
+    pub max_ejection_percent: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointSet {
+    pub cluster: String,
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub healthy: bool,
+    /// `region/zone/sub_zone` without trailing empty parts (`eu/a`); empty when unset.
+    pub locality: String,
+}

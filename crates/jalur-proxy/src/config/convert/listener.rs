@@ -1,0 +1,373 @@
+//! Listener -> [`Listener`]: one socket, one filter chain, ending in an HTTP connection manager
+//! or a TCP proxy.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::listener::v3::{
+    filter, Filter, FilterChain, FilterChainMatch, Listener as XdsListener,
+};
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    http_connection_manager::{CodecType, RouteSpecifier},
+    http_filter, HttpConnectionManager, HttpFilter,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
+use envoy_types::pb::google::protobuf::Any;
+use prost::Name;
+
+use super::{
+    ads_source, decode, plaintext, reject_if, socket_addr, timeout, type_name, At, Invalid, Res,
+};
+use crate::config::{
+    HttpListener, Listener, ListenerKind, RouteSource, TcpListener, WeightedCluster,
+};
+
+const HCM: &str = "envoy.filters.network.http_connection_manager";
+const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
+const ROUTER: &str = "envoy.filters.http.router";
+const FAULT: &str = "envoy.filters.http.fault";
+/// Listener filters that only inspect the first bytes for filter-chain matching, which jalur
+/// does not do: harmless to skip.
+const INSPECTORS: [&str; 2] = [
+    "envoy.filters.listener.tls_inspector",
+    "envoy.filters.listener.http_inspector",
+];
+/// Envoy's tcp_proxy idle_timeout when unset.
+const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+pub(super) fn listener(l: &XdsListener) -> Res<Listener> {
+    reject_if(
+        l.api_listener.is_some(),
+        "api_listener",
+        "API listeners are for proxyless gRPC clients",
+    )?;
+    let addr = socket_addr(l.address.as_ref()).at("address")?;
+    reject_if(
+        !l.additional_addresses.is_empty(),
+        "additional_addresses",
+        "only one address per listener is supported",
+    )?;
+    reject_if(
+        l.listener_specifier.is_some(),
+        "internal_listener",
+        "internal listeners are not supported",
+    )?;
+    reject_if(
+        l.udp_listener_config.is_some(),
+        "udp_listener_config",
+        "UDP listeners are not supported",
+    )?;
+    reject_if(
+        l.use_original_dst.as_ref().is_some_and(|b| b.value),
+        "use_original_dst",
+        "original-destination redirection is not supported",
+    )?;
+    reject_if(
+        l.bind_to_port.as_ref().is_some_and(|b| !b.value),
+        "bind_to_port",
+        "listeners that do not bind their own port are not supported",
+    )?;
+    reject_if(
+        l.fcds_config.is_some(),
+        "fcds_config",
+        "filter chain discovery is not supported",
+    )?;
+    reject_if(
+        l.filter_chain_matcher.is_some(),
+        "filter_chain_matcher",
+        "filter chain matching is not supported; use one filter chain",
+    )?;
+    for (i, f) in l.listener_filters.iter().enumerate() {
+        reject_if(
+            !INSPECTORS.contains(&f.name.as_str()),
+            &format!("listener_filters[{i}]"),
+            &format!("listener filter \"{}\" is not supported", f.name),
+        )?;
+    }
+    let (chain, path) = match (l.filter_chains.as_slice(), &l.default_filter_chain) {
+        ([chain], None) => (chain, "filter_chains[0]"),
+        ([], Some(chain)) => (chain, "default_filter_chain"),
+        ([], None) => return Err(Invalid::new("filter_chains", "a filter chain is required")),
+        _ => {
+            return Err(Invalid::new(
+                "filter_chains",
+                "exactly one filter chain (and no default_filter_chain) is supported",
+            ))
+        }
+    };
+    let kind = filter_chain(chain).at(path)?;
+    Ok(Listener {
+        name: l.name.clone(),
+        addr,
+        kind,
+    })
+}
+
+#[allow(deprecated)] // use_proxy_proto: still honoured by Envoy, so still refused.
+fn filter_chain(chain: &FilterChain) -> Res<ListenerKind> {
+    if let Some(m) = &chain.filter_chain_match {
+        reject_if(
+            *m != FilterChainMatch::default(),
+            "filter_chain_match",
+            "filter chain matching is not supported; leave filter_chain_match empty",
+        )?;
+    }
+    plaintext(chain.transport_socket.as_ref()).at("transport_socket")?;
+    reject_if(
+        chain.use_proxy_proto.as_ref().is_some_and(|b| b.value),
+        "use_proxy_proto",
+        "the PROXY protocol is not supported",
+    )?;
+    let filter = match chain.filters.as_slice() {
+        [f] => f,
+        [] => return Err(Invalid::new("filters", "a network filter (http_connection_manager or tcp_proxy) is required")),
+        [f, ..] => {
+            return Err(Invalid::new("filters[0]", format!(
+                "network filter \"{}\" is not supported: the chain must be exactly one http_connection_manager or tcp_proxy",
+                f.name
+            )))
+        }
+    };
+    network_filter(filter).at("filters[0]")
+}
+
+fn network_filter(f: &Filter) -> Res<ListenerKind> {
+    let any = match &f.config_type {
+        Some(filter::ConfigType::TypedConfig(any)) => any,
+        Some(filter::ConfigType::ConfigDiscovery(_)) => {
+            return Err(Invalid::new(
+                "config_discovery",
+                "filter config discovery is not supported",
+            ))
+        }
+        None => {
+            return Err(Invalid::new(
+                "typed_config",
+                format!("a typed_config is required for \"{}\"", f.name),
+            ))
+        }
+    };
+    typed_network_filter(&f.name, any).at("typed_config")
+}
+
+/// Envoy picks the extension by the config's type; the filter's name is only a label.
+fn typed_network_filter(name: &str, any: &Any) -> Res<ListenerKind> {
+    if type_name(any) == HttpConnectionManager::full_name() {
+        Ok(ListenerKind::Http(http(&decode(any)?)?))
+    } else if type_name(any) == TcpProxy::full_name() {
+        Ok(ListenerKind::Tcp(tcp(&decode(any)?)?))
+    } else {
+        Err(Invalid::here(format!(
+            "network filter \"{name}\" ({}) is not supported: use {HCM} or {TCP_PROXY}",
+            any.type_url
+        )))
+    }
+}
+
+fn http(hcm: &HttpConnectionManager) -> Res<HttpListener> {
+    reject_if(
+        hcm.codec_type == CodecType::Http3 as i32,
+        "codec_type",
+        "HTTP/3 is not supported",
+    )?;
+    let routes = match &hcm.route_specifier {
+        Some(RouteSpecifier::Rds(rds)) => {
+            ads_source(rds.config_source.as_ref()).at("rds.config_source")?;
+            reject_if(
+                rds.route_config_name.is_empty(),
+                "rds.route_config_name",
+                "a route_config_name is required",
+            )?;
+            RouteSource::Rds(rds.route_config_name.clone())
+        }
+        Some(RouteSpecifier::RouteConfig(rc)) => {
+            RouteSource::Inline(Arc::new(super::route::route_table(rc).at("route_config")?))
+        }
+        Some(RouteSpecifier::ScopedRoutes(_)) => {
+            return Err(Invalid::new(
+                "scoped_routes",
+                "scoped routes are not supported; use rds or route_config",
+            ))
+        }
+        None => {
+            return Err(Invalid::new(
+                "route_specifier",
+                "rds or route_config is required",
+            ))
+        }
+    };
+    let faults = http_filters(&hcm.http_filters)?;
+    Ok(HttpListener {
+        stat_prefix: hcm.stat_prefix.clone(),
+        routes,
+        faults,
+    })
+}
+
+/// The HTTP filter chain: optional fault filter, then the router, last. Returns whether the fault
+/// filter is active.
+fn http_filters(filters: &[HttpFilter]) -> Res<bool> {
+    // Envoy adds the router when no HTTP filter is configured.
+    let Some(last) = filters.len().checked_sub(1) else {
+        return Ok(false);
+    };
+    let mut faults = false;
+    for (i, f) in filters.iter().enumerate() {
+        let at = format!("http_filters[{i}]");
+        match http_filter(f).at(&at)? {
+            HttpFilterKind::Router if i != last => {
+                return Err(Invalid::new(at, "the router must be the last HTTP filter"))
+            }
+            HttpFilterKind::Router => {}
+            _ if i == last => {
+                return Err(Invalid::new(
+                    at,
+                    format!(
+                        "the last HTTP filter must be the router ({ROUTER}), not \"{}\"",
+                        f.name
+                    ),
+                ))
+            }
+            HttpFilterKind::Fault => faults = true,
+            HttpFilterKind::Skipped => {}
+        }
+    }
+    Ok(faults)
+}
+
+enum HttpFilterKind {
+    Router,
+    Fault,
+    /// Optional or disabled filters jalur does not run.
+    Skipped,
+}
+
+fn http_filter(f: &HttpFilter) -> Res<HttpFilterKind> {
+    let any: Option<&Any> = match &f.config_type {
+        Some(http_filter::ConfigType::TypedConfig(any)) => Some(any),
+        Some(http_filter::ConfigType::ConfigDiscovery(_)) if f.is_optional => {
+            return Ok(HttpFilterKind::Skipped)
+        }
+        Some(http_filter::ConfigType::ConfigDiscovery(_)) => {
+            return Err(Invalid::new(
+                "config_discovery",
+                "filter config discovery is not supported",
+            ))
+        }
+        None => None,
+    };
+    let kind = any.map(type_name).unwrap_or(f.name.as_str());
+    if kind == Router::full_name() || (any.is_none() && kind == ROUTER) {
+        if let Some(any) = any {
+            decode::<Router>(any).at("typed_config")?;
+        }
+        reject_if(f.disabled, "disabled", "the router cannot be disabled")?;
+        return Ok(HttpFilterKind::Router);
+    }
+    if kind == HttpFault::full_name() || (any.is_none() && kind == FAULT) {
+        if let Some(any) = any {
+            let fault: HttpFault = decode(any).at("typed_config")?;
+            reject_if(
+                fault.delay.is_some() || fault.abort.is_some(),
+                "typed_config",
+                "listener-wide fault delay/abort is not supported; set faults per route (typed_per_filter_config)",
+            )?;
+        }
+        // A disabled fault filter is only enabled by per-route config, which jalur does not
+        // track per filter: treat it as absent.
+        return Ok(if f.disabled {
+            HttpFilterKind::Skipped
+        } else {
+            HttpFilterKind::Fault
+        });
+    }
+    if f.is_optional || f.disabled {
+        return Ok(HttpFilterKind::Skipped);
+    }
+    let what = any
+        .map(|a| a.type_url.as_str())
+        .unwrap_or("no typed_config");
+    Err(Invalid::here(format!(
+        "HTTP filter \"{}\" ({what}) is not supported (only {FAULT} and {ROUTER}; mark others is_optional)",
+        f.name
+    )))
+}
+
+fn tcp(proxy: &TcpProxy) -> Res<TcpListener> {
+    reject_if(
+        proxy.on_demand.is_some(),
+        "on_demand",
+        "on-demand cluster discovery is not supported",
+    )?;
+    reject_if(
+        proxy.tunneling_config.is_some(),
+        "tunneling_config",
+        "tunneling over HTTP is not supported",
+    )?;
+    reject_if(
+        proxy.metadata_match.is_some(),
+        "metadata_match",
+        "subset load balancing is not supported",
+    )?;
+    let targets = match &proxy.cluster_specifier {
+        Some(tcp_proxy::ClusterSpecifier::Cluster(c)) => {
+            reject_if(c.is_empty(), "cluster", "a cluster name is required")?;
+            vec![target(c, 1)]
+        }
+        Some(tcp_proxy::ClusterSpecifier::WeightedClusters(w)) => {
+            tcp_weighted(w).at("weighted_clusters")?
+        }
+        None => {
+            return Err(Invalid::new(
+                "cluster_specifier",
+                "cluster or weighted_clusters is required",
+            ))
+        }
+    };
+    let idle_timeout =
+        timeout(proxy.idle_timeout.as_ref(), Some(TCP_IDLE_TIMEOUT)).at("idle_timeout")?;
+    Ok(TcpListener {
+        stat_prefix: proxy.stat_prefix.clone(),
+        targets,
+        idle_timeout,
+    })
+}
+
+fn tcp_weighted(w: &tcp_proxy::WeightedCluster) -> Res<Vec<WeightedCluster>> {
+    reject_if(
+        w.clusters.is_empty(),
+        "clusters",
+        "at least one cluster is required",
+    )?;
+    let mut total: u64 = 0;
+    let mut out = Vec::with_capacity(w.clusters.len());
+    for (i, c) in w.clusters.iter().enumerate() {
+        let at = |f: &str| format!("clusters[{i}].{f}");
+        reject_if(c.name.is_empty(), &at("name"), "a cluster name is required")?;
+        reject_if(c.weight == 0, &at("weight"), "weight must be at least 1")?;
+        reject_if(
+            c.metadata_match.is_some(),
+            &at("metadata_match"),
+            "subset load balancing is not supported",
+        )?;
+        total += u64::from(c.weight);
+        reject_if(
+            total > u64::from(u32::MAX),
+            &at("weight"),
+            "the sum of weights exceeds 4294967295",
+        )?;
+        out.push(target(&c.name, c.weight));
+    }
+    Ok(out)
+}
+
+fn target(cluster: &str, weight: u32) -> WeightedCluster {
+    WeightedCluster {
+        cluster: cluster.to_string(),
+        weight,
+        request_headers: Default::default(),
+        response_headers: Default::default(),
+    }
+}
