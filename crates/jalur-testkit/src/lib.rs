@@ -30,6 +30,7 @@ pub mod eventually;
 pub mod grpc;
 pub mod peers;
 pub mod process;
+pub mod yaml;
 
 pub use client::{http2_get, http_get};
 pub use echo::{Behaviour, EchoServer};

@@ -32,7 +32,7 @@ pub struct Args {
     registry_grace: Duration,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
     s.parse::<jalur_model::duration::Duration>()
         .map(|d| d.as_std())
         .map_err(|e| e.to_string())
@@ -77,7 +77,7 @@ fn paths(p: &[PathBuf]) -> String {
         .join(", ")
 }
 
-async fn wait_for_signal() {
+pub async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -3,6 +3,7 @@
 
 mod analyze;
 mod control;
+mod proxy;
 mod proxy_status;
 
 use std::process::ExitCode;
@@ -35,6 +36,8 @@ enum Command {
     Control(control::Args),
     /// Validate config files offline, like `istioctl analyze`; exit status 1 on any error.
     Analyze(analyze::Args),
+    /// Run the data plane: a sidecar or gateway proxy configured over xDS by `jalur control`.
+    Proxy(proxy::Args),
     /// Show every connected xDS client and whether it is in sync, like `istioctl proxy-status`.
     ProxyStatus(proxy_status::Args),
 }
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Control(args) => runtime().and_then(|rt| rt.block_on(control::run(args))),
         Command::Analyze(args) => analyze::run(args),
+        Command::Proxy(args) => runtime().and_then(|rt| rt.block_on(proxy::run(args))),
         Command::ProxyStatus(args) => runtime().and_then(|rt| rt.block_on(proxy_status::run(args))),
     };
     match result {

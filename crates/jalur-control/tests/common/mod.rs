@@ -5,9 +5,8 @@
 
 pub mod ads;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use jalur_control::{ControlPlane, Options};
@@ -73,58 +72,5 @@ impl Drop for Plane {
     }
 }
 
-/// Sends `n` requests for `host` through `proxy` and counts the `x-backend` that answered
-/// (non-200 answers count under their status code).
-pub async fn spread(
-    proxy: SocketAddr,
-    host: &str,
-    n: usize,
-    headers: &[(&str, &str)],
-) -> BTreeMap<String, usize> {
-    let mut seen = BTreeMap::new();
-    for _ in 0..n {
-        let key = match http_get(proxy, host, "/", headers).await {
-            Ok((200, h, _)) => h
-                .get("x-backend")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("?")
-                .to_string(),
-            Ok((status, _, _)) => status.to_string(),
-            Err(e) => format!("error: {e}"),
-        };
-        *seen.entry(key).or_insert(0) += 1;
-    }
-    seen
-}
-
-pub fn share(seen: &BTreeMap<String, usize>, backend: &str) -> f64 {
-    let total: usize = seen.values().sum();
-    100.0 * *seen.get(backend).unwrap_or(&0) as f64 / total.max(1) as f64
-}
-
-/// A mesh-internal service `host` (port 9080, HTTP) whose endpoints are WorkloadEntries.
-pub fn service_entry(name: &str, ns: &str, host: &str) -> String {
-    format!(
-        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  hosts: [{host}]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports:\n  - {{number: 9080, name: http, protocol: HTTP}}\n  workloadSelector:\n    labels: {{app: {name}}}\n"
-    )
-}
-
-pub fn workload_entry(app: &str, version: &str, ns: &str, addr: SocketAddr) -> String {
-    format!(
-        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {app}-{version}, namespace: {ns}}}\nspec:\n  address: {}\n  ports: {{http: {}}}\n  labels: {{app: {app}, version: {version}}}\n",
-        addr.ip(),
-        addr.port()
-    )
-}
-
-pub fn subsets_rule(name: &str, ns: &str, versions: &[&str]) -> String {
-    let subsets: String = versions
-        .iter()
-        .map(|v| format!("  - {{name: {v}, labels: {{version: {v}}}}}\n"))
-        .collect();
-    format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  host: {name}\n  subsets:\n{subsets}")
-}
-
-pub fn dir_exists(p: &Path) -> bool {
-    p.is_dir()
-}
+#[allow(unused_imports)]
+pub use jalur_testkit::yaml::{service_entry, share, spread, subsets_rule, workload_entry};

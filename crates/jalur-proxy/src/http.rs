@@ -1,0 +1,580 @@
+//! The HTTP request path: route, apply faults and header rules, pick a cluster and a host, send
+//! with timeouts and retries, report to outlier detection, count in Istio's metrics. One function
+//! per step, read top to bottom from [`handle`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, HOST, LOCATION, TRANSFER_ENCODING};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+
+use crate::config::{Action, Forward, HeaderOps, Redirect, RetryPolicy, Route};
+use crate::error::{Flag, ProxyError};
+use crate::routing::{pick_weighted, RequestView};
+use crate::runtime::{ClusterRuntime, Compiled, ListenerCtx, Runtime};
+use crate::upstream::{Body, BoxError};
+
+/// Bodies up to this size are buffered so the request can be retried; larger or streaming
+/// bodies (gRPC streams) are forwarded as they come, without retries.
+const MAX_RETRY_BODY: u64 = 64 * 1024;
+
+pub fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// What the metrics and the access log record about one request.
+pub struct Outcome {
+    pub status: StatusCode,
+    pub flag: Option<Flag>,
+    pub cluster: Option<Arc<ClusterRuntime>>,
+    pub grpc_status: Option<String>,
+}
+
+pub async fn handle(
+    rt: Arc<Runtime>,
+    ln: Arc<ListenerCtx>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let started = Instant::now();
+    let compiled = rt.compiled();
+    let protocol = protocol_label(&req);
+    let request_size = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    let (resp, outcome) = match route_and_forward(&compiled, &ln, req, peer).await {
+        Ok((resp, outcome)) => (resp, outcome),
+        Err((e, cluster)) => {
+            tracing::debug!(listener = %ln.name, error = %e, "request failed");
+            let outcome = Outcome {
+                status: e.status,
+                flag: Some(e.flag),
+                cluster,
+                grpc_status: None,
+            };
+            (local_reply(&e), outcome)
+        }
+    };
+    rt.record(&ln, &outcome, protocol, started.elapsed(), request_size);
+    resp
+}
+
+fn protocol_label<B>(req: &Request<B>) -> &'static str {
+    let grpc = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"));
+    match (grpc, req.version()) {
+        (true, _) => "grpc",
+        (false, Version::HTTP_2) => "http2",
+        _ => "http",
+    }
+}
+
+fn local_reply(e: &ProxyError) -> Response<Body> {
+    let mut resp = Response::new(full(format!("{}\n", e.detail)));
+    *resp.status_mut() = e.status;
+    resp.headers_mut()
+        .insert("x-jalur-flags", HeaderValue::from_static(e.flag.as_str()));
+    resp
+}
+
+type Failed = (ProxyError, Option<Arc<ClusterRuntime>>);
+
+async fn route_and_forward(
+    compiled: &Compiled,
+    ln: &ListenerCtx,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<(Response<Body>, Outcome), Failed> {
+    let table = compiled.table(&ln.routes).ok_or_else(|| {
+        (
+            ProxyError::new(
+                Flag::NoRoute,
+                format!("route table {:?} not received yet", ln.routes),
+            ),
+            None,
+        )
+    })?;
+    let authority = authority(&req).to_string();
+    let view = RequestView {
+        method: req.method().as_str(),
+        path: req.uri().path(),
+        query: req.uri().query(),
+        authority: &authority,
+        scheme: req.uri().scheme_str().unwrap_or("http"),
+        headers: req.headers(),
+    };
+    let Some((_, route)) = table.route(&view) else {
+        return Err((
+            ProxyError::new(
+                Flag::NoRoute,
+                format!("no route for {authority}{}", req.uri().path()),
+            ),
+            None,
+        ));
+    };
+    let route = route.clone();
+    if ln.faults {
+        if let Some(e) = apply_fault(&route).await {
+            return Err((e, None));
+        }
+    }
+    match &route.action {
+        Action::Direct { status, body } => {
+            let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
+            let mut resp = Response::new(body.clone().map(full).unwrap_or_else(empty));
+            *resp.status_mut() = status;
+            apply_ops(resp.headers_mut(), &route.response_headers);
+            Ok((
+                resp,
+                Outcome {
+                    status,
+                    flag: None,
+                    cluster: None,
+                    grpc_status: None,
+                },
+            ))
+        }
+        Action::Redirect(r) => {
+            let resp = redirect(r, &req, &authority);
+            Ok((
+                resp,
+                Outcome {
+                    status: StatusCode::from_u16(r.status).unwrap_or(StatusCode::MOVED_PERMANENTLY),
+                    flag: None,
+                    cluster: None,
+                    grpc_status: None,
+                },
+            ))
+        }
+        Action::Forward(fwd) => forward(compiled, &route, fwd, req, peer).await,
+    }
+}
+
+fn authority<B>(req: &Request<B>) -> &str {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()))
+        .unwrap_or("")
+}
+
+async fn apply_fault(route: &Route) -> Option<ProxyError> {
+    let fault = route.fault.as_ref()?;
+    if let Some((delay, ppm)) = fault.delay {
+        if chance(ppm) {
+            tokio::time::sleep(delay).await;
+        }
+    }
+    match fault.abort {
+        Some((status, ppm)) if chance(ppm) => Some(
+            ProxyError::new(Flag::FaultAbort, "fault filter abort").with_status(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            ),
+        ),
+        _ => None,
+    }
+}
+
+/// True with probability `ppm` parts per million.
+fn chance(ppm: u32) -> bool {
+    ppm >= 1_000_000 || (fastrand() % 1_000_000) < u64::from(ppm)
+}
+
+/// A cheap thread-local xorshift; statistical quality is plenty for splits and sampling.
+pub fn fastrand() -> u64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
+            (t ^ (std::ptr::addr_of!(t) as u64)) | 1
+        });
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        x
+    })
+}
+
+fn redirect<B>(r: &Redirect, req: &Request<B>, authority: &str) -> Response<Body> {
+    let scheme = r.scheme.clone().unwrap_or_else(|| "http".into());
+    let mut host = r
+        .host
+        .clone()
+        .unwrap_or_else(|| authority.split(':').next().unwrap_or("").to_string());
+    if let Some(port) = r.port {
+        host = format!("{host}:{port}");
+    } else if r.host.is_none() {
+        host = authority.to_string();
+    }
+    let path = r
+        .path
+        .clone()
+        .unwrap_or_else(|| req.uri().path().to_string());
+    let query = if r.strip_query {
+        None
+    } else {
+        req.uri().query()
+    };
+    let location = match query {
+        Some(q) => format!("{scheme}://{host}{path}?{q}"),
+        None => format!("{scheme}://{host}{path}"),
+    };
+    let mut resp = Response::new(empty());
+    *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(LOCATION, v);
+    }
+    resp
+}
+
+pub fn apply_ops(headers: &mut http::HeaderMap, ops: &HeaderOps) {
+    for name in &ops.remove {
+        headers.remove(name.as_str());
+    }
+    for (name, value, append) in &ops.add {
+        let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) else {
+            continue;
+        };
+        if *append {
+            headers.append(n, v);
+        } else {
+            headers.insert(n, v);
+        }
+    }
+}
+
+/// The request's body, either held (so it can be sent again) or streaming (sent once).
+enum ReqBody {
+    Held(Bytes),
+    Streaming(Option<Incoming>),
+}
+
+async fn take_body(
+    body: Incoming,
+    parts: &http::request::Parts,
+    retry: bool,
+) -> Result<ReqBody, ProxyError> {
+    let len = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let chunked = parts.headers.contains_key(TRANSFER_ENCODING)
+        || parts.version == Version::HTTP_2 && len.is_none();
+    let bodyless = len == Some(0) || (len.is_none() && !chunked);
+    if bodyless {
+        return Ok(ReqBody::Held(Bytes::new()));
+    }
+    if retry && len.is_some_and(|l| l <= MAX_RETRY_BODY) {
+        let bytes = body
+            .collect()
+            .await
+            .map_err(|e| {
+                ProxyError::new(
+                    Flag::DownstreamDisconnect,
+                    format!("reading the request body: {e}"),
+                )
+            })?
+            .to_bytes();
+        return Ok(ReqBody::Held(bytes));
+    }
+    Ok(ReqBody::Streaming(Some(body)))
+}
+
+async fn forward(
+    compiled: &Compiled,
+    route: &Route,
+    fwd: &Forward,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<(Response<Body>, Outcome), Failed> {
+    let target = pick_weighted(&fwd.targets, fastrand()).ok_or_else(|| {
+        (
+            ProxyError::new(Flag::NoCluster, "route has no clusters"),
+            None,
+        )
+    })?;
+    let cluster = compiled.cluster(&target.cluster).ok_or_else(|| {
+        (
+            ProxyError::new(
+                Flag::NoCluster,
+                format!("cluster {} not configured", target.cluster),
+            ),
+            None,
+        )
+    })?;
+    let fail = |e: ProxyError| (e, Some(cluster.clone()));
+    let _permit = cluster.breakers_try_request().map_err(fail)?;
+
+    let (mut parts, body) = req.into_parts();
+    let hash = cluster.request_hash(
+        &fwd.hash,
+        &parts.headers,
+        parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/"),
+        peer,
+    );
+    rewrite(&mut parts, route, fwd);
+    apply_ops(&mut parts.headers, &route.request_headers);
+    apply_ops(&mut parts.headers, &target.request_headers);
+    strip_hop_by_hop(&mut parts.headers);
+    let mut body = take_body(body, &parts, fwd.retry.is_some())
+        .await
+        .map_err(fail)?;
+
+    let attempts = async {
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut attempt = 0u32;
+        loop {
+            let host = cluster.pick(hash, &tried).ok_or_else(|| {
+                ProxyError::new(
+                    Flag::NoHealthyUpstream,
+                    format!("no healthy upstream in {}", cluster.config.name),
+                )
+            })?;
+            tried.push(host.addr);
+            let result = send_once(&cluster, &host, &parts, &mut body, fwd.retry.as_ref()).await;
+            cluster.report(&host, &result);
+            let retry_allowed = matches!(body, ReqBody::Held(_))
+                && fwd.retry.as_ref().is_some_and(|p| attempt < p.num_retries);
+            match result {
+                Ok(resp) if !(retry_allowed && retriable_response(fwd.retry.as_ref(), &resp)) => {
+                    return Ok(resp)
+                }
+                Err(e) if !(retry_allowed && retriable_error(fwd.retry.as_ref(), &e)) => {
+                    let flag = if attempt > 0 {
+                        Flag::UpstreamRetryLimit
+                    } else {
+                        e.flag
+                    };
+                    return Err(ProxyError { flag, ..e });
+                }
+                _ => {}
+            }
+            let policy = fwd
+                .retry
+                .as_ref()
+                .ok_or_else(|| ProxyError::new(Flag::UpstreamReset, "retry without a policy"))?;
+            let _retry = cluster.breakers_try_retry()?;
+            attempt += 1;
+            tokio::time::sleep(crate::resilience::backoff(
+                attempt,
+                policy.backoff_base,
+                policy.backoff_max,
+            ))
+            .await;
+        }
+    };
+    let result = match fwd.timeout {
+        Some(t) => tokio::time::timeout(t, attempts).await.unwrap_or_else(|_| {
+            Err(ProxyError::new(
+                Flag::UpstreamTimeout,
+                format!("upstream request timeout after {t:?}"),
+            ))
+        }),
+        None => attempts.await,
+    };
+    let mut resp = result.map_err(fail)?;
+    apply_ops(resp.headers_mut(), &target.response_headers);
+    apply_ops(resp.headers_mut(), &route.response_headers);
+    strip_hop_by_hop(resp.headers_mut());
+    let grpc_status = resp
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let outcome = Outcome {
+        status: resp.status(),
+        flag: None,
+        cluster: Some(cluster.clone()),
+        grpc_status,
+    };
+    Ok((resp, outcome))
+}
+
+async fn send_once(
+    cluster: &ClusterRuntime,
+    host: &crate::lb::Host,
+    parts: &http::request::Parts,
+    body: &mut ReqBody,
+    retry: Option<&RetryPolicy>,
+) -> Result<Response<Body>, ProxyError> {
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let uri: Uri = format!("http://{}{path}", host.addr).parse().map_err(|e| {
+        ProxyError::new(
+            Flag::UpstreamConnectFailure,
+            format!("bad upstream uri: {e}"),
+        )
+    })?;
+    let mut builder = Request::builder().method(parts.method.clone()).uri(uri);
+    if let Some(h) = builder.headers_mut() {
+        *h = parts.headers.clone();
+    }
+    let downstream_h2 = parts.version == Version::HTTP_2;
+    let req_body = match body {
+        ReqBody::Held(b) => full(b.clone()),
+        ReqBody::Streaming(b) => match b.take() {
+            Some(incoming) => incoming.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+            None => {
+                return Err(ProxyError::new(
+                    Flag::UpstreamReset,
+                    "streaming body already sent",
+                ))
+            }
+        },
+    };
+    let request = builder.body(req_body).map_err(|e| {
+        ProxyError::new(
+            Flag::UpstreamReset,
+            format!("building the upstream request: {e}"),
+        )
+    })?;
+    let _active = host.start_request();
+    let send = cluster.upstream.client(downstream_h2).request(request);
+    let response = match retry.and_then(|p| p.per_try_timeout) {
+        Some(t) => tokio::time::timeout(t, send).await.map_err(|_| {
+            ProxyError::new(
+                Flag::UpstreamTimeout,
+                format!("per-try timeout after {t:?} to {}", host.addr),
+            )
+        })?,
+        None => send.await,
+    };
+    match response {
+        Ok(resp) => Ok(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync())),
+        Err(e) if e.is_connect() => Err(ProxyError::new(
+            Flag::UpstreamConnectFailure,
+            format!("upstream connect error to {}: {e}", host.addr),
+        )),
+        Err(e) => Err(ProxyError::new(
+            Flag::UpstreamReset,
+            format!("upstream reset by {}: {e}", host.addr),
+        )),
+    }
+}
+
+fn retriable_response(policy: Option<&RetryPolicy>, resp: &Response<Body>) -> bool {
+    let Some(p) = policy else { return false };
+    let code = resp.status().as_u16();
+    (p.on.server_error && code >= 500)
+        || (p.on.gateway_error && matches!(code, 502..=504))
+        || (p.on.retriable_status_codes && p.retriable_status_codes.contains(&code))
+        || grpc_retriable(p, resp)
+}
+
+fn grpc_retriable(p: &RetryPolicy, resp: &Response<Body>) -> bool {
+    let status = resp
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    status.is_some_and(|s| p.on.grpc_statuses.get(s).copied().unwrap_or(false))
+}
+
+fn retriable_error(policy: Option<&RetryPolicy>, e: &ProxyError) -> bool {
+    let Some(p) = policy else { return false };
+    match e.flag {
+        Flag::UpstreamConnectFailure => {
+            p.on.connect_failure || p.on.server_error || p.on.gateway_error
+        }
+        Flag::UpstreamReset => p.on.reset || p.on.server_error || p.on.gateway_error,
+        Flag::UpstreamTimeout => p.on.server_error || p.on.gateway_error,
+        _ => false,
+    }
+}
+
+/// Path and authority rewrites, as Envoy applies them: a prefix rewrite replaces the part of the
+/// path the route's prefix matched; a regex rewrite substitutes over the whole path.
+fn rewrite(parts: &mut http::request::Parts, route: &Route, fwd: &Forward) {
+    if let (Some(with), crate::config::PathMatch::Prefix(prefix)) =
+        (&fwd.prefix_rewrite, &route.matcher.path)
+    {
+        prefix_rewrite(parts, prefix, with);
+    }
+    if let Some(rr) = &fwd.regex_rewrite {
+        let path = rr
+            .pattern
+            .replace_all(parts.uri.path(), rr.substitution.as_str())
+            .into_owned();
+        set_path(parts, &path);
+    }
+    if let Some(host) = &fwd.host_rewrite {
+        if let Ok(v) = HeaderValue::from_str(host) {
+            parts.headers.insert(HOST, v);
+        }
+    }
+}
+
+/// Applies a matched prefix rewrite (the route's prefix replaced by `with`).
+pub fn prefix_rewrite(parts: &mut http::request::Parts, prefix: &str, with: &str) {
+    let path = parts.uri.path();
+    if let Some(rest) = path.strip_prefix(prefix) {
+        let joined = format!("{with}{rest}");
+        let joined = if joined.starts_with('/') {
+            joined
+        } else {
+            format!("/{joined}")
+        };
+        set_path(parts, &joined.replacen("//", "/", 1));
+    }
+}
+
+fn set_path(parts: &mut http::request::Parts, path: &str) {
+    let pq = match parts.uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    if let Ok(uri) = Uri::builder().path_and_query(pq).build() {
+        parts.uri = uri;
+    }
+}
+
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "trailer",
+];
+
+fn strip_hop_by_hop(h: &mut http::HeaderMap) {
+    // `te: trailers` must survive for gRPC.
+    let te_trailers = h
+        .get("te")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    for name in HOP_BY_HOP {
+        h.remove(name);
+    }
+    if te_trailers {
+        h.insert("te", HeaderValue::from_static("trailers"));
+    }
+}

@@ -1,0 +1,20 @@
+//! jalur proxy: the data plane for sidecars and gateways, configured over xDS exactly like Envoy.
+//!
+//! Wire resources arrive in [`xds`], become domain types at the edge ([`config::convert`]), are
+//! compiled for the request path in [`runtime`], and serve through [`listener`] → [`http`] (or
+//! [`tcp`]) using [`routing`], [`lb`] and [`resilience`]. [`metrics`] and [`admin`] report.
+
+pub mod admin;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod lb;
+pub mod listener;
+pub mod metrics;
+pub mod resilience;
+pub mod routing;
+pub mod run;
+pub mod runtime;
+pub mod tcp;
+pub mod upstream;
+pub mod xds;

@@ -1,0 +1,180 @@
+//! Listeners as the config says: bound, re-pointed or closed whenever a new snapshot arrives.
+//! A listener whose address stays keeps its socket (no connection is refused during a config
+//! change); its route source is swapped under it. Closing a listener stops accepting; the
+//! connections it accepted finish on their own.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{Listener, ListenerKind, Snapshot};
+use crate::runtime::{ListenerCtx, Runtime};
+
+/// Downstream header limit: larger request heads get 431 and are never forwarded.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+struct Active {
+    addr: SocketAddr,
+    bound: SocketAddr,
+    kind: std::mem::Discriminant<ListenerKind>,
+    ctx: Arc<ArcSwap<ListenerCtx>>,
+    task: JoinHandle<()>,
+}
+
+/// The bound listeners, by name.
+#[derive(Default)]
+pub struct Listeners {
+    active: HashMap<String, Active>,
+}
+
+impl Listeners {
+    /// Brings the bound listeners in line with `snap`. Returns the bind failures (name, error).
+    pub async fn reconcile(
+        &mut self,
+        rt: &Arc<Runtime>,
+        snap: &Snapshot,
+        drain: &watch::Receiver<bool>,
+    ) -> Vec<(String, String)> {
+        let mut failures = Vec::new();
+        self.active.retain(|name, a| {
+            let keep = snap
+                .listeners
+                .get(name)
+                .is_some_and(|l| l.addr == a.addr && std::mem::discriminant(&l.kind) == a.kind);
+            if !keep {
+                tracing::info!(listener = %name, addr = %a.bound, "listener closed");
+                a.task.abort();
+            }
+            keep
+        });
+        for (name, l) in &snap.listeners {
+            let ctx = ListenerCtx::new(rt, l);
+            if let Some(a) = self.active.get(name) {
+                a.ctx.store(Arc::new(ctx));
+                continue;
+            }
+            match TcpListener::bind(l.addr).await {
+                Ok(socket) => {
+                    let bound = socket.local_addr().unwrap_or(l.addr);
+                    tracing::info!(listener = %name, addr = %bound, "listening");
+                    let ctx = Arc::new(ArcSwap::from_pointee(ctx));
+                    let task = tokio::spawn(accept_loop(
+                        rt.clone(),
+                        l.clone(),
+                        socket,
+                        ctx.clone(),
+                        drain.clone(),
+                    ));
+                    self.active.insert(
+                        name.clone(),
+                        Active {
+                            addr: l.addr,
+                            bound,
+                            kind: std::mem::discriminant(&l.kind),
+                            ctx,
+                            task,
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(listener = %name, addr = %l.addr, error = %e, "cannot bind listener");
+                    failures.push((name.clone(), format!("cannot bind {}: {e}", l.addr)));
+                }
+            }
+        }
+        failures
+    }
+
+    /// Actual bound addresses (port 0 resolved), for the admin API and tests.
+    pub fn bound(&self) -> Vec<(String, SocketAddr)> {
+        let mut v: Vec<_> = self
+            .active
+            .iter()
+            .map(|(n, a)| (n.clone(), a.bound))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Stops accepting everywhere (drain starts).
+    pub fn close_all(&mut self) {
+        for (_, a) in self.active.drain() {
+            a.task.abort();
+        }
+    }
+}
+
+async fn accept_loop(
+    rt: Arc<Runtime>,
+    l: Arc<Listener>,
+    socket: TcpListener,
+    ctx: Arc<ArcSwap<ListenerCtx>>,
+    drain: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, peer) = match socket.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(listener = %l.name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let rt = rt.clone();
+        let ctx = ctx.clone();
+        let mut drain = drain.clone();
+        match &l.kind {
+            ListenerKind::Http(_) => {
+                rt.connection_opened();
+                let counted = rt.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let rt = rt.clone();
+                        let ln = ctx.load_full();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(
+                                crate::http::handle(rt, ln, req, peer).await,
+                            )
+                        }
+                    });
+                    let mut builder = auto::Builder::new(TokioExecutor::new());
+                    builder
+                        .http1()
+                        .max_buf_size(MAX_HEADER_BYTES)
+                        .keep_alive(true);
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        r = conn.as_mut() => { let _ = r; }
+                        _ = async { let _ = drain.wait_for(|d| *d).await; } => {
+                            // Finish the requests in flight, then close (HTTP/1 "Connection: close",
+                            // HTTP/2 GOAWAY).
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    }
+                    counted.connection_closed();
+                });
+            }
+            ListenerKind::Tcp(tcp) => {
+                let tcp = tcp.clone();
+                rt.connection_opened();
+                tokio::spawn(async move {
+                    crate::tcp::proxy(rt.clone(), tcp, stream, peer).await;
+                    rt.connection_closed();
+                });
+            }
+        }
+    }
+}

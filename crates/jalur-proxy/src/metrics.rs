@@ -1,0 +1,201 @@
+//! Istio's standard metrics, names and labels unchanged, so existing dashboards (and Kiali) read
+//! jalur proxies as they read Envoy sidecars; plus a few `jalur_proxy_*` families for what Istio
+//! has no name for. Served on 15090 `/stats/prometheus`.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Labels of `istio_requests_total` and its histograms. `Arc<str>` so that building one per
+/// request copies pointers, not strings.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RequestLabels {
+    pub reporter: Arc<str>,
+    pub source_workload: Arc<str>,
+    pub source_canonical_service: Arc<str>,
+    pub destination_service: Arc<str>,
+    pub destination_workload: Arc<str>,
+    pub destination_canonical_service: Arc<str>,
+    pub destination_version: Arc<str>,
+    pub response_code: u16,
+    pub response_flags: &'static str,
+    pub grpc_response_status: Arc<str>,
+    pub request_protocol: &'static str,
+    pub connection_security_policy: &'static str,
+}
+
+impl EncodeLabelSet for RequestLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        let code = self.response_code.to_string();
+        [
+            ("reporter", &*self.reporter),
+            ("source_workload", &*self.source_workload),
+            ("source_canonical_service", &*self.source_canonical_service),
+            ("destination_service", &*self.destination_service),
+            ("destination_workload", &*self.destination_workload),
+            (
+                "destination_canonical_service",
+                &*self.destination_canonical_service,
+            ),
+            ("destination_version", &*self.destination_version),
+            ("response_code", code.as_str()),
+            ("response_flags", self.response_flags),
+            ("grpc_response_status", &*self.grpc_response_status),
+            ("request_protocol", self.request_protocol),
+            (
+                "connection_security_policy",
+                self.connection_security_policy,
+            ),
+        ]
+        .as_slice()
+        .encode(encoder)
+    }
+}
+
+/// Labels of the `istio_tcp_*` families.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TcpLabels {
+    pub reporter: Arc<str>,
+    pub source_workload: Arc<str>,
+    pub destination_service: Arc<str>,
+    pub response_flags: &'static str,
+}
+
+impl EncodeLabelSet for TcpLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        [
+            ("reporter", &*self.reporter),
+            ("source_workload", &*self.source_workload),
+            ("destination_service", &*self.destination_service),
+            ("response_flags", self.response_flags),
+        ]
+        .as_slice()
+        .encode(encoder)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+fn ms_buckets() -> Histogram {
+    // Istio's default buckets for istio_request_duration_milliseconds.
+    Histogram::new([
+        0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+        30000.0, 60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+    ])
+}
+
+fn byte_buckets() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        1.0, 10.0, 9,
+    ))
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub requests: Family<RequestLabels, Counter>,
+    pub duration_ms: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    pub request_bytes: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    pub response_bytes: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    pub tcp_sent: Family<TcpLabels, Counter>,
+    pub tcp_received: Family<TcpLabels, Counter>,
+    pub tcp_opened: Family<TcpLabels, Counter>,
+    pub tcp_closed: Family<TcpLabels, Counter>,
+    /// Requests refused before routing (malformed, oversized headers), by reason.
+    pub downstream_rejected: Family<ReasonLabels, Counter>,
+    pub registry: Arc<Registry>,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let requests = Family::default();
+        let duration_ms = Family::new_with_constructor(ms_buckets as fn() -> Histogram);
+        let request_bytes = Family::new_with_constructor(byte_buckets as fn() -> Histogram);
+        let response_bytes = Family::new_with_constructor(byte_buckets as fn() -> Histogram);
+        let (tcp_sent, tcp_received, tcp_opened, tcp_closed) = (
+            Family::default(),
+            Family::default(),
+            Family::default(),
+            Family::default(),
+        );
+        let downstream_rejected = Family::default();
+        let mut r = Registry::default();
+        r.register(
+            "istio_requests",
+            "Requests handled, by Istio's standard labels",
+            requests.clone(),
+        );
+        r.register(
+            "istio_request_duration_milliseconds",
+            "Request duration",
+            duration_ms.clone(),
+        );
+        r.register(
+            "istio_request_bytes",
+            "Request body sizes",
+            request_bytes.clone(),
+        );
+        r.register(
+            "istio_response_bytes",
+            "Response body sizes",
+            response_bytes.clone(),
+        );
+        r.register(
+            "istio_tcp_sent_bytes",
+            "Bytes sent to the downstream in TCP connections",
+            tcp_sent.clone(),
+        );
+        r.register(
+            "istio_tcp_received_bytes",
+            "Bytes received from the downstream in TCP connections",
+            tcp_received.clone(),
+        );
+        r.register(
+            "istio_tcp_connections_opened",
+            "TCP connections opened",
+            tcp_opened.clone(),
+        );
+        r.register(
+            "istio_tcp_connections_closed",
+            "TCP connections closed",
+            tcp_closed.clone(),
+        );
+        r.register(
+            "jalur_proxy_downstream_rejected",
+            "Requests refused before routing (malformed or oversized), by reason",
+            downstream_rejected.clone(),
+        );
+        Metrics {
+            requests,
+            duration_ms,
+            request_bytes,
+            response_bytes,
+            tcp_sent,
+            tcp_received,
+            tcp_opened,
+            tcp_closed,
+            downstream_rejected,
+            registry: Arc::new(r),
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,316 @@
+//! `jalur proxy`: build the node the control plane sees, start the xDS client, apply every
+//! accepted config to the runtime and the listeners, serve admin/health/stats, and on shutdown
+//! stop accepting and drain the requests in flight (bounded).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use envoy_types::pb::envoy::config::core::v3::{node::UserAgentVersionType, Node};
+use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Mutex};
+
+use crate::admin::{self, AdminState, Endpoints};
+use crate::listener::Listeners;
+use crate::runtime::{Identity, Runtime};
+use crate::xds::{ConfigState, XdsOptions};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Sidecar,
+    Gateway,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    pub xds: String,
+    pub role: Role,
+    pub service: Option<String>,
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    /// The local app's port (sidecars): inbound traffic goes to 127.0.0.1:PORT.
+    pub app_port: Option<u16>,
+    /// Ports the workload serves, `name:port` (defaults to `http:APP_PORT`).
+    pub ports: Vec<String>,
+    pub instance_ip: String,
+    pub listen_address: String,
+    pub outbound_port: u16,
+    pub inbound_port: u16,
+    pub admin_addr: SocketAddr,
+    pub health_addr: SocketAddr,
+    pub stats_addr: SocketAddr,
+    /// Bind every xDS listener on port 0 (tests, several proxies on one host).
+    pub ephemeral_ports: bool,
+    /// Delta xDS (default) or state of the world.
+    pub delta: bool,
+    pub drain_timeout: Duration,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> ProxyOptions {
+        ProxyOptions {
+            xds: "127.0.0.1:15010".into(),
+            role: Role::Sidecar,
+            service: None,
+            namespace: "default".into(),
+            labels: BTreeMap::new(),
+            app_port: None,
+            ports: Vec::new(),
+            instance_ip: "127.0.0.1".into(),
+            listen_address: "0.0.0.0".into(),
+            outbound_port: 15001,
+            inbound_port: 15006,
+            admin_addr: ([127, 0, 0, 1], 15000).into(),
+            health_addr: ([0, 0, 0, 0], 15021).into(),
+            stats_addr: ([0, 0, 0, 0], 15090).into(),
+            ephemeral_ports: false,
+            delta: true,
+            drain_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot bind the {what} endpoint on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running proxy.
+pub struct Proxy {
+    pub admin_addr: SocketAddr,
+    pub health_addr: SocketAddr,
+    pub stats_addr: SocketAddr,
+    pub node_id: String,
+    pub state: AdminState,
+    listeners: Arc<Mutex<Listeners>>,
+    shutdown: watch::Sender<bool>,
+    drain: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    drain_timeout: Duration,
+}
+
+impl Proxy {
+    pub async fn start(opts: ProxyOptions) -> Result<Proxy, Error> {
+        let node = node(&opts);
+        let node_id = node.id.clone();
+        let service = opts.service.clone().unwrap_or_else(|| "unknown".into());
+        let identity = Identity {
+            workload: Arc::from(workload_name(&opts).as_str()),
+            canonical_service: Arc::from(service.as_str()),
+            version: Arc::from(
+                opts.labels
+                    .get("version")
+                    .map(String::as_str)
+                    .unwrap_or("unknown"),
+            ),
+        };
+        let rt = Runtime::new(identity);
+        let config = ConfigState::new();
+        let bind = |what: &'static str, addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Bind { what, addr, source })
+        };
+        let admin_l = bind("admin", opts.admin_addr).await?;
+        let health_l = bind("health", opts.health_addr).await?;
+        let stats_l = bind("stats", opts.stats_addr).await?;
+        let local = |l: &TcpListener, a: SocketAddr| l.local_addr().unwrap_or(a);
+        let (admin_addr, health_addr, stats_addr) = (
+            local(&admin_l, opts.admin_addr),
+            local(&health_l, opts.health_addr),
+            local(&stats_l, opts.stats_addr),
+        );
+
+        let state = AdminState {
+            rt: rt.clone(),
+            config: config.clone(),
+            listeners: Arc::new(ArcSwap::from_pointee(Vec::new())),
+        };
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (drain, drain_rx) = watch::channel(false);
+        let listeners = Arc::new(Mutex::new(Listeners::default()));
+        let mut tasks = vec![
+            tokio::spawn(admin::serve(admin_l, state.clone(), Endpoints::Admin)),
+            tokio::spawn(admin::serve(health_l, state.clone(), Endpoints::Health)),
+            tokio::spawn(admin::serve(stats_l, state.clone(), Endpoints::Stats)),
+        ];
+        let xds_opts = XdsOptions {
+            delta: opts.delta,
+            ..XdsOptions::new(opts.xds.clone(), node)
+        };
+        tasks.push(tokio::spawn(crate::xds::run(
+            xds_opts,
+            config.clone(),
+            shutdown_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(apply_loop(
+            state.clone(),
+            listeners.clone(),
+            drain_rx,
+        )));
+        tracing::info!(node = %node_id, xds = %opts.xds, %admin_addr, "jalur proxy started");
+        Ok(Proxy {
+            admin_addr,
+            health_addr,
+            stats_addr,
+            node_id,
+            state,
+            listeners,
+            shutdown,
+            drain,
+            tasks,
+            drain_timeout: opts.drain_timeout,
+        })
+    }
+
+    /// Bound listener addresses by name (port 0 resolved).
+    pub fn listeners(&self) -> Vec<(String, SocketAddr)> {
+        self.state.listeners.load().as_ref().clone()
+    }
+
+    /// Stops accepting, lets requests in flight finish (up to the drain timeout), then stops.
+    pub async fn shutdown(self) {
+        tracing::info!("draining: no new connections; waiting for requests in flight");
+        let _ = self.drain.send(true);
+        self.listeners.lock().await.close_all();
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        while self.state.rt.connections.load(Ordering::SeqCst) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = self.state.rt.connections.load(Ordering::SeqCst);
+        if left > 0 {
+            tracing::warn!(
+                connections = left,
+                "drain timeout reached; closing the remaining connections"
+            );
+        }
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+async fn apply_loop(
+    state: AdminState,
+    listeners: Arc<Mutex<Listeners>>,
+    drain: watch::Receiver<bool>,
+) {
+    let mut changes = state.config.changes();
+    loop {
+        if changes.changed().await.is_err() {
+            return;
+        }
+        if *drain.borrow() {
+            return;
+        }
+        let snap = state.config.snapshot();
+        state.rt.apply(snap.clone());
+        let mut guard = listeners.lock().await;
+        let failures = guard.reconcile(&state.rt, &snap, &drain).await;
+        state.listeners.store(Arc::new(guard.bound()));
+        for (name, error) in failures {
+            tracing::error!(listener = %name, %error, "listener not serving");
+        }
+    }
+}
+
+fn workload_name(opts: &ProxyOptions) -> String {
+    let service = opts.service.clone().unwrap_or_else(|| "proxy".into());
+    match opts.labels.get("version") {
+        Some(v) => format!("{service}-{v}"),
+        None => service,
+    }
+}
+
+fn s(v: impl Into<String>) -> Value {
+    Value {
+        kind: Some(Kind::StringValue(v.into())),
+    }
+}
+
+/// The node in Istio's shape, with jalur's metadata, as `jalur-control/src/node.rs` reads it.
+pub fn node(opts: &ProxyOptions) -> Node {
+    let kind = match opts.role {
+        Role::Sidecar => "sidecar",
+        Role::Gateway => "router",
+    };
+    let workload = workload_name(opts);
+    let ns = &opts.namespace;
+    let mut labels = Struct::default();
+    for (k, v) in &opts.labels {
+        labels.fields.insert(k.clone(), s(v.clone()));
+    }
+    if let Some(svc) = &opts.service {
+        labels
+            .fields
+            .entry("app".into())
+            .or_insert_with(|| s(svc.clone()));
+    }
+    let mut ports = opts.ports.clone();
+    if ports.is_empty() {
+        if let Some(p) = opts.app_port {
+            ports.push(format!("http:{p}"));
+        }
+    }
+    let mut md = Struct::default();
+    let mut put = |k: &str, v: Value| {
+        md.fields.insert(k.into(), v);
+    };
+    put("NAMESPACE", s(ns.clone()));
+    put(
+        "LABELS",
+        Value {
+            kind: Some(Kind::StructValue(labels)),
+        },
+    );
+    put("INSTANCE_IPS", s(opts.instance_ip.clone()));
+    put("WORKLOAD_NAME", s(workload.clone()));
+    put(
+        "JALUR_ROLE",
+        s(if opts.role == Role::Gateway {
+            "gateway"
+        } else {
+            "sidecar"
+        }),
+    );
+    if let Some(svc) = &opts.service {
+        put("JALUR_SERVICE", s(svc.clone()));
+    }
+    if !ports.is_empty() {
+        put("JALUR_PORTS", s(ports.join(",")));
+    }
+    put("JALUR_OUTBOUND_PORT", s(opts.outbound_port.to_string()));
+    put("JALUR_INBOUND_PORT", s(opts.inbound_port.to_string()));
+    put("JALUR_LISTEN_ADDRESS", s(opts.listen_address.clone()));
+    if opts.ephemeral_ports {
+        put("JALUR_EPHEMERAL_PORTS", s("true"));
+    }
+    Node {
+        id: format!(
+            "{kind}~{}~{workload}.{ns}~{ns}.svc.cluster.local",
+            opts.instance_ip
+        ),
+        cluster: format!(
+            "{}.{ns}",
+            opts.service.clone().unwrap_or_else(|| "proxy".into())
+        ),
+        metadata: Some(md),
+        user_agent_name: "jalur-proxy".into(),
+        user_agent_version_type: Some(UserAgentVersionType::UserAgentVersion(
+            env!("CARGO_PKG_VERSION").into(),
+        )),
+        ..Node::default()
+    }
+}

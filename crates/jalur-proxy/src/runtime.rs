@@ -1,0 +1,415 @@
+//! The proxy at run time: the current config compiled for the request path (route tables
+//! indexed, clusters with their balancers, breakers, outlier detectors and connection pools),
+//! rebuilt on every config change while keeping per-host state (active requests, ejections) and
+//! warm connections for everything that did not change.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::{HeaderMap, Response};
+
+use crate::config::{Cluster, Endpoint, HashPolicy, Listener, ListenerKind, RouteSource, Snapshot};
+use crate::error::{Flag, ProxyError};
+use crate::http::Outcome;
+use crate::lb::{Balancer, Host, HostSet, PickContext};
+use crate::metrics::{Metrics, RequestLabels, TcpLabels};
+use crate::resilience::{self, Breakers, Outlier, Permit};
+use crate::routing::CompiledTable;
+use crate::upstream::{Body, Upstream};
+
+/// Who this proxy is, for the `source_*` / `destination_*` metric labels.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub workload: Arc<str>,
+    pub canonical_service: Arc<str>,
+    pub version: Arc<str>,
+}
+
+pub struct Runtime {
+    compiled: ArcSwap<Compiled>,
+    pub metrics: Metrics,
+    pub identity: Identity,
+    /// Downstream connections open now (drain waits for this to reach zero).
+    pub connections: AtomicUsize,
+    unknown: Arc<str>,
+}
+
+/// Where a listener's routes come from, resolved for lookup.
+#[derive(Debug, Clone)]
+pub enum ListenerRoutes {
+    Rds(String),
+    Inline(Arc<CompiledTable>),
+    None,
+}
+
+/// What a listener's connections need on every request; swapped when the listener's config
+/// changes without its address changing.
+#[derive(Debug)]
+pub struct ListenerCtx {
+    pub name: String,
+    pub routes: ListenerRoutes,
+    pub faults: bool,
+    /// `inbound` listeners report as the destination, everything else as the source.
+    pub inbound: bool,
+}
+
+impl ListenerCtx {
+    pub fn new(_rt: &Arc<Runtime>, l: &Listener) -> ListenerCtx {
+        let (routes, faults) = match &l.kind {
+            ListenerKind::Http(h) => (
+                match &h.routes {
+                    RouteSource::Rds(name) => ListenerRoutes::Rds(name.clone()),
+                    RouteSource::Inline(t) => {
+                        ListenerRoutes::Inline(Arc::new(CompiledTable::new(t.clone())))
+                    }
+                },
+                h.faults,
+            ),
+            ListenerKind::Tcp(_) => (ListenerRoutes::None, false),
+        };
+        ListenerCtx {
+            name: l.name.clone(),
+            routes,
+            faults,
+            inbound: l.name.starts_with("inbound"),
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Compiled {
+    pub snapshot: Arc<Snapshot>,
+    tables: HashMap<String, Arc<CompiledTable>>,
+    clusters: HashMap<String, Arc<ClusterRuntime>>,
+}
+
+impl Compiled {
+    pub fn table(&self, routes: &ListenerRoutes) -> Option<Arc<CompiledTable>> {
+        match routes {
+            ListenerRoutes::Rds(name) => self.tables.get(name).cloned(),
+            ListenerRoutes::Inline(t) => Some(t.clone()),
+            ListenerRoutes::None => None,
+        }
+    }
+
+    pub fn cluster(&self, name: &str) -> Option<Arc<ClusterRuntime>> {
+        self.clusters.get(name).cloned()
+    }
+
+    pub fn clusters(&self) -> impl Iterator<Item = &Arc<ClusterRuntime>> {
+        self.clusters.values()
+    }
+}
+
+impl Runtime {
+    pub fn new(identity: Identity) -> Arc<Runtime> {
+        Arc::new(Runtime {
+            compiled: ArcSwap::from_pointee(Compiled::default()),
+            metrics: Metrics::new(),
+            identity,
+            connections: AtomicUsize::new(0),
+            unknown: Arc::from("unknown"),
+        })
+    }
+
+    pub fn compiled(&self) -> Arc<Compiled> {
+        self.compiled.load_full()
+    }
+
+    /// Compiles a new snapshot, reusing the runtime of every cluster whose config is unchanged.
+    pub fn apply(&self, snap: Arc<Snapshot>) {
+        let prev = self.compiled.load_full();
+        let tables = snap
+            .routes
+            .iter()
+            .map(|(name, t)| match prev.tables.get(name) {
+                Some(old) if Arc::ptr_eq(&old.table, t) || *old.table == **t => {
+                    (name.clone(), old.clone())
+                }
+                _ => (name.clone(), Arc::new(CompiledTable::new(t.clone()))),
+            })
+            .collect();
+        let mut clusters = HashMap::new();
+        for (name, cfg) in &snap.clusters {
+            let endpoints = endpoints_of(&snap, cfg);
+            let rt = match prev.clusters.get(name) {
+                Some(old) if *old.config == **cfg => {
+                    old.update_endpoints(endpoints);
+                    old.clone()
+                }
+                Some(old) => ClusterRuntime::new(cfg.clone(), endpoints, Some(old)),
+                None => ClusterRuntime::new(cfg.clone(), endpoints, None),
+            };
+            clusters.insert(name.clone(), rt);
+        }
+        self.compiled.store(Arc::new(Compiled {
+            snapshot: snap,
+            tables,
+            clusters,
+        }));
+    }
+
+    /// Counts one finished request in Istio's metrics.
+    pub fn record(
+        &self,
+        ln: &ListenerCtx,
+        o: &Outcome,
+        protocol: &'static str,
+        elapsed: Duration,
+        request_bytes: u64,
+    ) {
+        let (service, subset) = match &o.cluster {
+            Some(c) => (c.service.clone(), c.subset.clone()),
+            None => (self.unknown.clone(), self.unknown.clone()),
+        };
+        let id = &self.identity;
+        let labels = RequestLabels {
+            reporter: Arc::from(if ln.inbound { "destination" } else { "source" }),
+            source_workload: if ln.inbound {
+                self.unknown.clone()
+            } else {
+                id.workload.clone()
+            },
+            source_canonical_service: if ln.inbound {
+                self.unknown.clone()
+            } else {
+                id.canonical_service.clone()
+            },
+            destination_service: if ln.inbound {
+                id.canonical_service.clone()
+            } else {
+                service.clone()
+            },
+            destination_workload: if ln.inbound {
+                id.workload.clone()
+            } else {
+                self.unknown.clone()
+            },
+            destination_canonical_service: if ln.inbound {
+                id.canonical_service.clone()
+            } else {
+                Arc::from(service.split('.').next().unwrap_or("unknown"))
+            },
+            destination_version: if ln.inbound {
+                id.version.clone()
+            } else {
+                subset
+            },
+            response_code: o.status.as_u16(),
+            response_flags: o.flag.map(Flag::as_str).unwrap_or("-"),
+            grpc_response_status: o
+                .grpc_status
+                .as_deref()
+                .map(Arc::from)
+                .unwrap_or_else(|| Arc::from("")),
+            request_protocol: protocol,
+            connection_security_policy: "none",
+        };
+        self.metrics
+            .duration_ms
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64() * 1000.0);
+        self.metrics
+            .request_bytes
+            .get_or_create(&labels)
+            .observe(request_bytes as f64);
+        self.metrics.requests.get_or_create(&labels).inc();
+    }
+
+    pub fn tcp_labels(&self, cluster: &ClusterRuntime, flag: Option<Flag>) -> TcpLabels {
+        TcpLabels {
+            reporter: Arc::from("source"),
+            source_workload: self.identity.workload.clone(),
+            destination_service: cluster.service.clone(),
+            response_flags: flag.map(Flag::as_str).unwrap_or("-"),
+        }
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn endpoints_of(snap: &Snapshot, cfg: &Cluster) -> Vec<Endpoint> {
+    let key = match &cfg.discovery {
+        crate::config::Discovery::Eds { service_name } => service_name.as_str(),
+        _ => cfg.name.as_str(),
+    };
+    snap.endpoints
+        .get(key)
+        .map(|e| e.endpoints.clone())
+        .unwrap_or_default()
+}
+
+/// One cluster at run time.
+pub struct ClusterRuntime {
+    pub config: Arc<Cluster>,
+    balancer: ArcSwap<Balancer>,
+    pub breakers: Breakers,
+    outlier: Option<Arc<Outlier>>,
+    pub upstream: Upstream,
+    /// `destination_service` (the host of `outbound|PORT|SUBSET|HOST`, or the cluster name).
+    pub service: Arc<str>,
+    /// `destination_version` as the subset name, or "unknown".
+    pub subset: Arc<str>,
+    outlier_task: Option<tokio::task::AbortHandle>,
+}
+
+impl Drop for ClusterRuntime {
+    fn drop(&mut self) {
+        if let Some(t) = &self.outlier_task {
+            t.abort();
+        }
+    }
+}
+
+impl ClusterRuntime {
+    fn new(
+        config: Arc<Cluster>,
+        endpoints: Vec<Endpoint>,
+        previous: Option<&Arc<ClusterRuntime>>,
+    ) -> Arc<ClusterRuntime> {
+        // Keep host state (active requests, ejections) across a policy change.
+        let hosts = match previous {
+            Some(p) => p.balancer.load().hosts().update(&endpoints),
+            None => HostSet::new(&endpoints),
+        };
+        let (service, subset) = names(&config.name);
+        let outlier = config.outlier.clone().map(|o| Arc::new(Outlier::new(o)));
+        Arc::new_cyclic(|weak: &Weak<ClusterRuntime>| {
+            let outlier_task = outlier.as_ref().and_then(|o| {
+                let o = o.clone();
+                let weak = weak.clone();
+                let handle = tokio::runtime::Handle::try_current().ok()?;
+                Some(
+                    handle
+                        .spawn(async move {
+                            o.run(move || weak.upgrade().map(|c| c.balancer.load_full()))
+                                .await
+                        })
+                        .abort_handle(),
+                )
+            });
+            ClusterRuntime {
+                balancer: ArcSwap::from_pointee(Balancer::new(config.lb, hosts)),
+                breakers: Breakers::new(config.breakers),
+                outlier,
+                upstream: Upstream::new(&config),
+                service,
+                subset,
+                outlier_task,
+                config,
+            }
+        })
+    }
+
+    fn update_endpoints(&self, endpoints: Vec<Endpoint>) {
+        let current = self.balancer.load();
+        let same = current.hosts().len() == endpoints.len()
+            && endpoints.iter().all(|e| {
+                current
+                    .hosts()
+                    .get(e.addr)
+                    .is_some_and(|h| h.weight == e.weight.max(1) && h.healthy == e.healthy)
+            });
+        if !same {
+            let hosts = current.hosts().update(&endpoints);
+            self.balancer
+                .store(Arc::new(Balancer::new(self.config.lb, hosts)));
+        }
+    }
+
+    pub fn hosts(&self) -> HostSet {
+        self.balancer.load().hosts().clone()
+    }
+
+    pub fn outlier(&self) -> Option<&Arc<Outlier>> {
+        self.outlier.as_ref()
+    }
+
+    /// A host for the next attempt, preferring ones not `tried` yet.
+    pub fn pick(&self, hash: Option<u64>, tried: &[SocketAddr]) -> Option<Arc<Host>> {
+        let balancer = self.balancer.load();
+        let avoid = |h: &Host| tried.contains(&h.addr);
+        balancer.pick(&PickContext { hash }, &avoid)
+    }
+
+    pub fn request_hash(
+        &self,
+        policies: &[HashPolicy],
+        headers: &HeaderMap,
+        path_and_query: &str,
+        peer: SocketAddr,
+    ) -> Option<u64> {
+        if policies.is_empty() {
+            return None;
+        }
+        crate::lb::request_hash(policies, headers, path_and_query, Some(peer.ip()))
+    }
+
+    pub fn report(&self, host: &Host, result: &Result<Response<Body>, ProxyError>) {
+        let Some(outlier) = &self.outlier else { return };
+        let outcome = match result {
+            Ok(r) => resilience::Outcome::status(r.status().as_u16()),
+            Err(e) if e.flag == Flag::UpstreamConnectFailure => {
+                resilience::Outcome::connect_failure()
+            }
+            Err(e) if e.flag == Flag::UpstreamTimeout => resilience::Outcome::status(504),
+            Err(_) => resilience::Outcome::status(503),
+        };
+        let hosts = self.balancer.load();
+        if let Some(ej) = outlier.report(hosts.hosts(), host, outcome, tokio::time::Instant::now())
+        {
+            tracing::info!(cluster = %self.config.name, host = %host.addr, kind = ?ej.kind, duration = ?ej.duration, "host ejected");
+        }
+    }
+
+    pub fn report_tcp(&self, host: &Host, connected: bool) {
+        let Some(outlier) = &self.outlier else { return };
+        let outcome = if connected {
+            resilience::Outcome::status(200)
+        } else {
+            resilience::Outcome::connect_failure()
+        };
+        let hosts = self.balancer.load();
+        outlier.report(hosts.hosts(), host, outcome, tokio::time::Instant::now());
+    }
+
+    pub fn breakers_try_request(&self) -> Result<Permit, ProxyError> {
+        self.breakers.try_request().map_err(|o| {
+            ProxyError::new(
+                Flag::UpstreamOverflow,
+                format!("circuit breaker open for {}: {o}", self.config.name),
+            )
+        })
+    }
+
+    pub fn breakers_try_retry(&self) -> Result<Permit, ProxyError> {
+        self.breakers.try_retry().map_err(|o| {
+            ProxyError::new(
+                Flag::UpstreamOverflow,
+                format!("retry budget exhausted for {}: {o}", self.config.name),
+            )
+        })
+    }
+}
+
+/// (`destination_service`, subset) from Istio's cluster name `outbound|9080|v1|reviews.ns.svc...`.
+fn names(cluster: &str) -> (Arc<str>, Arc<str>) {
+    let parts: Vec<&str> = cluster.split('|').collect();
+    match parts.as_slice() {
+        [_, _, subset, host] => (
+            Arc::from(*host),
+            Arc::from(if subset.is_empty() { "unknown" } else { subset }),
+        ),
+        _ => (Arc::from(cluster), Arc::from("unknown")),
+    }
+}

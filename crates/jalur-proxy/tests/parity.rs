@@ -1,0 +1,333 @@
+//! The routing scenarios of the control-plane tests, run through jalur proxy AND through stock
+//! Envoy from one control plane, asserting the same observed behaviour: weighted split, header
+//! routing, a retry recovering from a 503, a route timeout, outlier ejection, and a circuit
+//! breaker overflowing.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use jalur_control::{ControlPlane, Options};
+use jalur_proxy::run::{Proxy, ProxyOptions};
+use jalur_testkit::yaml::{service_entry, share, spread, subsets_rule, workload_entry};
+use jalur_testkit::{
+    assert_eventually, envoy_binary, http_get, require_peer, unique_temp_dir, EchoServer, Envoy,
+    EnvoyOpts,
+};
+use serde_json::json;
+
+const HOST: &str = "reviews.bookinfo.svc.cluster.local";
+
+struct Plane {
+    plane: ControlPlane,
+    dir: PathBuf,
+}
+
+impl Plane {
+    async fn start(files: &[(&str, String)]) -> Plane {
+        let dir = unique_temp_dir("jalur-parity").expect("temp dir");
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).expect("write config");
+        }
+        let opts = Options {
+            config: vec![dir.clone()],
+            xds_addr: ([127, 0, 0, 1], 0).into(),
+            status_addr: ([127, 0, 0, 1], 0).into(),
+            debounce: Duration::from_millis(20),
+            registry_grace: Duration::ZERO,
+            watch_interval: Duration::from_millis(50),
+        };
+        Plane {
+            plane: ControlPlane::start(opts).await.expect("control plane"),
+            dir,
+        }
+    }
+}
+
+impl Drop for Plane {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Jalur,
+    Envoy,
+}
+
+/// A sidecar of either kind, with its outbound listener address.
+struct Sidecar {
+    kind: Kind,
+    outbound: SocketAddr,
+    _envoy: Option<Envoy>,
+    proxy: Option<Proxy>,
+}
+
+async fn sidecar(kind: Kind, plane: &Plane) -> Option<Sidecar> {
+    let xds = plane.plane.xds_addr;
+    let (outbound, envoy, proxy) = match kind {
+        Kind::Jalur => {
+            let opts = ProxyOptions {
+                xds: xds.to_string(),
+                service: Some("productpage".into()),
+                namespace: "bookinfo".into(),
+                listen_address: "127.0.0.1".into(),
+                ephemeral_ports: true,
+                admin_addr: ([127, 0, 0, 1], 0).into(),
+                health_addr: ([127, 0, 0, 1], 0).into(),
+                stats_addr: ([127, 0, 0, 1], 0).into(),
+                ..ProxyOptions::default()
+            };
+            let proxy = Proxy::start(opts).await.expect("jalur proxy starts");
+            let outbound = assert_eventually(
+                "jalur proxy binds its outbound listener",
+                Duration::from_secs(20),
+                || async {
+                    proxy
+                        .listeners()
+                        .into_iter()
+                        .find(|(n, _)| n == "outbound")
+                        .map(|(_, a)| a)
+                        .ok_or_else(|| "not yet".to_string())
+                },
+            )
+            .await;
+            (outbound, None, Some(proxy))
+        }
+        Kind::Envoy => {
+            let binary = require_peer("envoy", envoy_binary())?;
+            let mut opts = EnvoyOpts::new(
+                xds,
+                "sidecar~127.0.0.1~productpage-v1.bookinfo~bookinfo.svc.cluster.local",
+            );
+            opts.metadata = json!({ "JALUR_EPHEMERAL_PORTS": "true", "JALUR_LISTEN_ADDRESS": "127.0.0.1", "NAMESPACE": "bookinfo" });
+            let envoy = Envoy::start_with(&binary, opts)
+                .await
+                .expect("envoy starts");
+            let port = envoy
+                .listener_port("outbound")
+                .await
+                .expect("outbound listener");
+            (SocketAddr::from(([127, 0, 0, 1], port)), Some(envoy), None)
+        }
+    };
+    assert_eventually(
+        "the outbound listener accepts",
+        Duration::from_secs(20),
+        || async {
+            http_get(outbound, "warmup.invalid", "/", &[])
+                .await
+                .map(|_| ())
+        },
+    )
+    .await;
+    Some(Sidecar {
+        kind,
+        outbound,
+        _envoy: envoy,
+        proxy,
+    })
+}
+
+fn vs(http: &str) -> String {
+    format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: bookinfo}}\nspec:\n  hosts: [reviews]\n  http:\n{http}")
+}
+
+fn base(backends: &[(&str, &EchoServer)]) -> Vec<(&'static str, String)> {
+    let mut files = vec![("service.yaml", service_entry("reviews", "bookinfo", HOST))];
+    for (i, (version, b)) in backends.iter().enumerate() {
+        let name: &'static str = ["we0.yaml", "we1.yaml", "we2.yaml", "we3.yaml"][i];
+        let we = workload_entry("reviews", version, "bookinfo", b.addr()).replace(
+            &format!("reviews-{version}"),
+            &format!("reviews-{version}-{i}"),
+        );
+        files.push((name, we));
+    }
+    files
+}
+
+async fn wait_routed(s: &Sidecar, ok: impl Fn(&str) -> bool) {
+    assert_eventually(
+        &format!("{:?} routes reviews", s.kind),
+        Duration::from_secs(20),
+        || async {
+            let seen = spread(s.outbound, HOST, 5, &[]).await;
+            if seen.keys().all(|k| ok(k)) {
+                Ok(())
+            } else {
+                Err(format!("{seen:?}"))
+            }
+        },
+    )
+    .await;
+}
+
+async fn split_and_header_routing(kind: Kind) {
+    let (v1, v2, v3) = (
+        EchoServer::start("v1").await,
+        EchoServer::start("v2").await,
+        EchoServer::start("v3").await,
+    );
+    let mut files = base(&[("v1", &v1), ("v2", &v2), ("v3", &v3)]);
+    files.push((
+        "dr.yaml",
+        subsets_rule("reviews", "bookinfo", &["v1", "v2", "v3"]),
+    ));
+    files.push(("vs.yaml", vs("  - match:\n    - headers:\n        end-user: {exact: jason}\n    route:\n    - destination: {host: reviews, subset: v2}\n  - route:\n    - destination: {host: reviews, subset: v1}\n      weight: 90\n    - destination: {host: reviews, subset: v3}\n      weight: 10\n")));
+    let plane = Plane::start(&files).await;
+    let Some(s) = sidecar(kind, &plane).await else {
+        return;
+    };
+    wait_routed(&s, |k| k == "v1" || k == "v3").await;
+    let seen = spread(s.outbound, HOST, 1000, &[]).await;
+    assert!(
+        (share(&seen, "v1") - 90.0).abs() <= 3.0,
+        "{kind:?}: 90/10 observed as {seen:?}"
+    );
+    let jason = spread(s.outbound, "reviews:9080", 100, &[("end-user", "jason")]).await;
+    assert_eq!(jason.get("v2"), Some(&100), "{kind:?}: {jason:?}");
+}
+
+async fn retry_recovers_from_one_503(kind: Kind) {
+    let v1 = EchoServer::start("v1").await;
+    let mut files = base(&[("v1", &v1)]);
+    files.push(("vs.yaml", vs("  - retries: {attempts: 2, retryOn: \"5xx\"}\n    route:\n    - destination: {host: reviews}\n")));
+    let plane = Plane::start(&files).await;
+    let Some(s) = sidecar(kind, &plane).await else {
+        return;
+    };
+    wait_routed(&s, |k| k == "v1").await;
+    v1.fail_next(1, 503);
+    let before = v1.hits();
+    let (status, _, _) = http_get(s.outbound, HOST, "/", &[]).await.expect("request");
+    assert_eq!(status, 200, "{kind:?}: the retry recovers");
+    assert_eq!(
+        v1.hits() - before,
+        2,
+        "{kind:?}: one failed try and one retry"
+    );
+}
+
+async fn route_timeout_fires(kind: Kind) {
+    let v1 = EchoServer::start("v1").await;
+    let mut files = base(&[("v1", &v1)]);
+    files.push(("vs.yaml", vs("  - timeout: 300ms\n    retries: {attempts: 0}\n    route:\n    - destination: {host: reviews}\n")));
+    let plane = Plane::start(&files).await;
+    let Some(s) = sidecar(kind, &plane).await else {
+        return;
+    };
+    wait_routed(&s, |k| k == "v1").await;
+    v1.delay(Duration::from_secs(3));
+    let started = Instant::now();
+    let (status, _, _) = http_get(s.outbound, HOST, "/", &[]).await.expect("request");
+    let took = started.elapsed();
+    assert_eq!(status, 504, "{kind:?}: timeout answers 504");
+    assert!(
+        took < Duration::from_millis(2000),
+        "{kind:?}: answered after {took:?}"
+    );
+}
+
+async fn outlier_detection_ejects_a_failing_endpoint(kind: Kind) {
+    let (good, bad) = (
+        EchoServer::start("good").await,
+        EchoServer::start("bad").await,
+    );
+    let mut files = base(&[("v1", &good), ("v1", &bad)]);
+    files.push(("dr.yaml", "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: bookinfo}\nspec:\n  host: reviews\n  trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 3, interval: 1s, baseEjectionTime: 60s, maxEjectionPercent: 100}\n".to_string()));
+    files.push((
+        "vs.yaml",
+        vs("  - retries: {attempts: 0}\n    route:\n    - destination: {host: reviews}\n"),
+    ));
+    let plane = Plane::start(&files).await;
+    let Some(s) = sidecar(kind, &plane).await else {
+        return;
+    };
+    wait_routed(&s, |k| k == "good" || k == "bad").await;
+    bad.fail_always(500);
+    let seen = spread(s.outbound, HOST, 60, &[]).await;
+    let failures = seen.get("500").copied().unwrap_or(0);
+    assert!(
+        (3..=4).contains(&failures),
+        "{kind:?}: ejected after 3 consecutive 5xx, saw {seen:?}"
+    );
+    let after = spread(s.outbound, HOST, 40, &[]).await;
+    assert_eq!(
+        after.get("good"),
+        Some(&40),
+        "{kind:?}: the bad endpoint stays ejected: {after:?}"
+    );
+}
+
+async fn circuit_breaker_overflows_with_503(kind: Kind) {
+    let v1 = EchoServer::start("v1").await;
+    let mut files = base(&[("v1", &v1)]);
+    files.push(("dr.yaml", "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: bookinfo}\nspec:\n  host: reviews\n  trafficPolicy:\n    connectionPool:\n      tcp: {maxConnections: 1}\n      http: {http1MaxPendingRequests: 1, http2MaxRequests: 1, maxRetries: 0}\n".to_string()));
+    files.push((
+        "vs.yaml",
+        vs("  - retries: {attempts: 0}\n    route:\n    - destination: {host: reviews}\n"),
+    ));
+    let plane = Plane::start(&files).await;
+    let Some(s) = sidecar(kind, &plane).await else {
+        return;
+    };
+    wait_routed(&s, |k| k == "v1").await;
+    v1.delay(Duration::from_millis(500));
+    let calls: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(http_get(s.outbound, HOST, "/", &[])))
+        .collect();
+    let mut overflowed = 0;
+    let mut ok = 0;
+    for c in calls {
+        match c.await.expect("join") {
+            Ok((503, h, _)) => {
+                let flagged = h.get("x-envoy-overloaded").is_some()
+                    || h.get("x-jalur-flags").is_some_and(|v| v == "UO");
+                assert!(flagged, "{kind:?}: a 503 from the breaker says so: {h:?}");
+                overflowed += 1;
+            }
+            Ok((200, _, _)) => ok += 1,
+            other => panic!("{kind:?}: unexpected {other:?}"),
+        }
+    }
+    assert!(
+        overflowed >= 5 && ok >= 1,
+        "{kind:?}: {ok} passed, {overflowed} overflowed"
+    );
+    if let Some(p) = &s.proxy {
+        let metrics = http_get(p.stats_addr, "stats", "/stats/prometheus", &[])
+            .await
+            .expect("stats")
+            .2;
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("istio_requests_total{")
+                    && l.contains("response_flags=\"UO\"")),
+            "{metrics}"
+        );
+    }
+}
+
+macro_rules! both {
+    ($name:ident, $scenario:ident) => {
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn jalur() {
+                $scenario(Kind::Jalur).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn envoy() {
+                $scenario(Kind::Envoy).await;
+            }
+        }
+    };
+}
+
+both!(split_and_headers, split_and_header_routing);
+both!(retry_503, retry_recovers_from_one_503);
+both!(timeout, route_timeout_fires);
+both!(outlier, outlier_detection_ejects_a_failing_endpoint);
+both!(circuit_breaker, circuit_breaker_overflows_with_503);
