@@ -52,7 +52,8 @@ pub struct TypeStatus {
     /// SotW: `version_info` the client reported when ACKing; delta: version of the ACKed response.
     pub acked_version: String,
     pub acked_nonce: String,
-    /// SotW: resources in the last response; delta: resources the client currently holds.
+    /// SotW: resources in the last response; delta: resources the client currently holds. After
+    /// a NACK, both count what the client held at its last ACK.
     pub resources: usize,
     pub last_nack: Option<Nack>,
     pub in_sync: bool,

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as DeltaResource,
 };
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::conn::{Conn, Protocol, Push};
 use super::track::{Reply, TypeTrack, WILDCARD};
@@ -44,6 +44,12 @@ impl Protocol for Delta {
             // Unlike SotW, a stale delta request still carries subscription changes that exist
             // nowhere else, so only the ACK/NACK part is dropped.
             match track.reply(&req.response_nonce, req.error_detail.as_ref(), None) {
+                // A delta response is not superseded by later ones: the client rejected its
+                // changes whichever responses followed, so it is back at its last ACKed state.
+                Reply::Stale if req.error_detail.is_some() => {
+                    warn!(conn = conn.id, node = %conn.node.id, r#type = type_url.short(), nonce = %req.response_nonce, "xDS client rejected (NACKed) an older response");
+                    track.roll_back();
+                }
                 Reply::Stale => {
                     debug!(conn = conn.id, node = %conn.node.id, r#type = type_url.short(), nonce = %req.response_nonce, "answer to an older response");
                 }
@@ -105,14 +111,18 @@ fn subscribe(track: &mut TypeTrack, first: bool, req: &DeltaDiscoveryRequest) ->
     }
     if first {
         track.sent.extend(req.initial_resource_versions.clone());
+        track
+            .acked_sent
+            .extend(req.initial_resource_versions.clone());
     }
-    // Resources that left the subscription are dropped by the client itself; forget them so a
-    // later re-subscription sends them again.
+    // Resources that left the subscription are dropped by the client itself; forget them (in
+    // the ACKed baseline too) so a later re-subscription sends them again.
     let (wildcard, names) = (track.wildcard, &track.names);
-    track
-        .sent
-        .retain(|name, _| wildcard || names.contains(name));
+    let subscribed = |name: &String, _: &mut String| wildcard || names.contains(name);
+    track.sent.retain(subscribed);
+    track.acked_sent.retain(subscribed);
     track.told_absent.retain(|name| names.contains(name));
+    track.acked_absent.retain(|name| names.contains(name));
     (track.wildcard, &track.names) != (before.0, &before.1)
 }
 

@@ -66,6 +66,9 @@ impl Protocol for Sotw {
         let snapshot = conn.snapshot.clone();
         let mut pushes = Vec::new();
         // BTreeMap order is TypeUrl order: clusters and endpoints before listeners and routes.
+        // After a NACK `sent` is the last ACKed set, so the next generation re-sends the full
+        // current set even if it equals the rejected one; the NACK itself pushes nothing, so
+        // rejected content is retried once per generation, never in a loop.
         for track in self.types.values_mut().filter(|t| t.requested) {
             let current = versions(track.select(&snapshot));
             if current != track.sent {

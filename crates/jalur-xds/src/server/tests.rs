@@ -75,6 +75,22 @@ fn cluster(name: &str) -> (TypeUrl, Resource) {
     )
 }
 
+/// Cluster `name` whose content, and so version, depends on `tag` ("bad" stands in for a cluster
+/// the client rejects).
+fn cluster_tagged(name: &str, tag: &str) -> (TypeUrl, Resource) {
+    (
+        TypeUrl::Cluster,
+        Resource::new(
+            name,
+            Cluster {
+                name: name.into(),
+                alt_stat_name: tag.into(),
+                ..Default::default()
+            },
+        ),
+    )
+}
+
 /// Endpoints of `name`; `priority` stands in for "the endpoint set changed".
 fn endpoints(name: &str, priority: u32) -> (TypeUrl, Resource) {
     let cla = ClusterLoadAssignment {
@@ -353,6 +369,20 @@ impl DeltaClient {
         self.send(req).await;
     }
 
+    async fn nack(&mut self, resp: &DeltaDiscoveryResponse, detail: &str) {
+        let req = DeltaDiscoveryRequest {
+            type_url: resp.type_url.clone(),
+            response_nonce: resp.nonce.clone(),
+            error_detail: Some(RpcStatus {
+                code: 3,
+                message: detail.into(),
+                details: vec![],
+            }),
+            ..Default::default()
+        };
+        self.send(req).await;
+    }
+
     async fn recv(&mut self) -> DeltaDiscoveryResponse {
         within("delta response", self.rx.message())
             .await
@@ -363,6 +393,16 @@ impl DeltaClient {
 
 fn delta_names(resp: &DeltaDiscoveryResponse) -> Vec<String> {
     resp.resources.iter().map(|r| r.name.clone()).collect()
+}
+
+async fn wait_nacked(h: &Harness, node_id: &str, t: TypeUrl, nonce: &str) {
+    let what = format!("{node_id} to NACK {} nonce {nonce}", t.short());
+    eventually(&what, || {
+        h.type_status(node_id, t)
+            .last_nack
+            .is_some_and(|n| n.nonce == nonce)
+    })
+    .await;
 }
 
 // ---- SotW --------------------------------------------------------------------------------
@@ -533,6 +573,75 @@ async fn sotw_endpoint_only_change_pushes_only_eds() {
 }
 
 #[tokio::test]
+async fn sotw_after_nack_a_later_generation_resends_the_full_set() {
+    let h = Harness::start(snapshot([
+        cluster_tagged("a", "1"),
+        cluster_tagged("b", "1"),
+    ]))
+    .await;
+    let mut c = h.sotw("sidecar-1").await;
+    c.request(TypeUrl::Cluster, &[]).await;
+    let resp = c.recv().await;
+    c.ack(&resp, &[]).await;
+    h.wait_acked("sidecar-1", TypeUrl::Cluster, &resp.nonce)
+        .await;
+    let acked_version = resp.version_info.clone();
+
+    // A good new version of a and a bad b, in one response: the client rejects all of it.
+    let rejected = [cluster_tagged("a", "2"), cluster_tagged("b", "bad")];
+    h.update(snapshot(rejected.clone()));
+    let bad = c.recv().await;
+    assert_eq!(names(&bad.resources), vec!["a", "b"]);
+    c.nack(&bad, "cluster b: unknown lb policy").await;
+    wait_nacked(&h, "sidecar-1", TypeUrl::Cluster, &bad.nonce).await;
+    // The NACK alone triggers no push (re-sending the same content would only loop).
+    let cds = h.type_status("sidecar-1", TypeUrl::Cluster);
+    assert_eq!(cds.sent_nonce, bad.nonce);
+    assert_eq!(cds.acked_version, acked_version);
+
+    // A later generation with the same clusters (only endpoints changed) retries the full set:
+    // the client still holds the ACKed one.
+    h.update(snapshot(
+        rejected.iter().cloned().chain([endpoints("a", 1)]),
+    ));
+    let retry = c.recv().await;
+    assert_eq!(retry.type_url, TypeUrl::Cluster.as_str());
+    assert_eq!(names(&retry.resources), vec!["a", "b"]);
+    assert_eq!(retry.version_info, bad.version_info);
+    c.nack(&retry, "cluster b: unknown lb policy").await;
+    wait_nacked(&h, "sidecar-1", TypeUrl::Cluster, &retry.nonce).await;
+
+    // The control plane fixes b: the client gets the whole set, a's new version included.
+    h.update(snapshot([
+        cluster_tagged("a", "2"),
+        cluster_tagged("b", "3"),
+    ]));
+    let fixed = c.recv().await;
+    assert_eq!(fixed.type_url, TypeUrl::Cluster.as_str());
+    assert_eq!(names(&fixed.resources), vec!["a", "b"]);
+    let a = Cluster::decode(fixed.resources[0].value.as_slice()).expect("cluster a");
+    assert_eq!(a.alt_stat_name, "2");
+    c.ack(&fixed, &[]).await;
+    h.wait_acked("sidecar-1", TypeUrl::Cluster, &fixed.nonce)
+        .await;
+
+    // Once ACKed, an unrelated generation sends nothing for the type.
+    h.update(snapshot([
+        cluster_tagged("a", "2"),
+        cluster_tagged("b", "3"),
+        endpoints("a", 2),
+    ]));
+    eventually("generation 5 processed", || {
+        h.status("sidecar-1").is_some_and(|s| s.generation == 5)
+    })
+    .await;
+    assert_eq!(
+        h.type_status("sidecar-1", TypeUrl::Cluster).sent_nonce,
+        fixed.nonce
+    );
+}
+
+#[tokio::test]
 async fn node_is_remembered_when_later_requests_omit_it() {
     let h = Harness::start(snapshot([cluster("a"), endpoints("a", 0)])).await;
     let mut c = h.sotw("grpc-client").await;
@@ -635,6 +744,112 @@ async fn delta_initial_resource_versions_skip_up_to_date_resources() {
     let resp = c.recv().await;
     assert_eq!(delta_names(&resp), vec!["b"]);
     assert_eq!(resp.removed_resources, vec!["gone"]);
+}
+
+/// Subscribes `c` to every cluster, ACKs a@1 and b@1, then has the control plane publish a@2
+/// with a bad b; returns that response, unanswered.
+async fn delta_bad_update(h: &Harness, c: &mut DeltaClient) -> DeltaDiscoveryResponse {
+    c.subscribe(TypeUrl::Cluster, &[]).await;
+    let resp = c.recv().await;
+    assert_eq!(delta_names(&resp), vec!["a", "b"]);
+    c.ack(&resp).await;
+    h.wait_acked("delta-1", TypeUrl::Cluster, &resp.nonce).await;
+    h.update(snapshot([
+        cluster_tagged("a", "2"),
+        cluster_tagged("b", "bad"),
+    ]));
+    let bad = c.recv().await;
+    assert_eq!(delta_names(&bad), vec!["a", "b"]);
+    bad
+}
+
+#[tokio::test]
+async fn delta_nacked_resources_are_sent_again_after_the_bad_one_is_removed() {
+    let h = Harness::start(snapshot([
+        cluster_tagged("a", "1"),
+        cluster_tagged("b", "1"),
+    ]))
+    .await;
+    let mut c = h.delta("delta-1").await;
+    let bad = delta_bad_update(&h, &mut c).await;
+    c.nack(&bad, "cluster b: unknown lb policy").await;
+    wait_nacked(&h, "delta-1", TypeUrl::Cluster, &bad.nonce).await;
+    // The client kept a@1 and b@1; the NACK alone triggers no push.
+    let cds = h.type_status("delta-1", TypeUrl::Cluster);
+    assert_eq!(
+        (cds.sent_nonce.as_str(), cds.resources),
+        (bad.nonce.as_str(), 2)
+    );
+
+    // The control plane drops only b: a@2 must come again, with b's removal.
+    h.update(snapshot([cluster_tagged("a", "2")]));
+    let resp = c.recv().await;
+    assert_eq!(delta_names(&resp), vec!["a"]);
+    assert_eq!(
+        resp.resources[0].version,
+        cluster_tagged("a", "2").1.version
+    );
+    assert_eq!(resp.removed_resources, vec!["b"]);
+    c.ack(&resp).await;
+    h.wait_acked("delta-1", TypeUrl::Cluster, &resp.nonce).await;
+    assert_eq!(h.type_status("delta-1", TypeUrl::Cluster).resources, 1);
+}
+
+#[tokio::test]
+async fn delta_nacked_resources_are_sent_again_when_the_bad_one_is_fixed() {
+    let h = Harness::start(snapshot([
+        cluster_tagged("a", "1"),
+        cluster_tagged("b", "1"),
+    ]))
+    .await;
+    let mut c = h.delta("delta-1").await;
+    let bad = delta_bad_update(&h, &mut c).await;
+    c.nack(&bad, "cluster b: unknown lb policy").await;
+    wait_nacked(&h, "delta-1", TypeUrl::Cluster, &bad.nonce).await;
+
+    h.update(snapshot([
+        cluster_tagged("a", "2"),
+        cluster_tagged("b", "3"),
+    ]));
+    let resp = c.recv().await;
+    assert_eq!(delta_names(&resp), vec!["a", "b"]);
+    assert_eq!(
+        resp.resources[0].version,
+        cluster_tagged("a", "2").1.version
+    );
+    assert!(resp.removed_resources.is_empty());
+}
+
+#[tokio::test]
+async fn delta_nack_of_an_older_response_is_rolled_back_too() {
+    let h = Harness::start(snapshot([
+        cluster_tagged("a", "1"),
+        cluster_tagged("b", "1"),
+    ]))
+    .await;
+    let mut c = h.delta("delta-1").await;
+    let bad = delta_bad_update(&h, &mut c).await;
+    // Another push goes out before the client answers the bad one.
+    h.update(snapshot([
+        cluster_tagged("a", "2"),
+        cluster_tagged("b", "bad"),
+        cluster_tagged("c", "1"),
+    ]));
+    let next = c.recv().await;
+    assert_eq!(delta_names(&next), vec!["c"]);
+    c.nack(&bad, "cluster b: unknown lb policy").await;
+    c.ack(&next).await;
+    h.wait_acked("delta-1", TypeUrl::Cluster, &next.nonce).await;
+
+    h.update(snapshot([
+        cluster_tagged("a", "2"),
+        cluster_tagged("c", "1"),
+    ]));
+    let resp = c.recv().await;
+    // a@2 comes again; c may be re-sent too (the server cannot tell it was kept), which is
+    // harmless.
+    assert!(delta_names(&resp).contains(&"a".to_string()), "{resp:?}");
+    assert_eq!(resp.removed_resources, vec!["b"]);
 }
 
 // ---- lifecycle and metrics ---------------------------------------------------------------

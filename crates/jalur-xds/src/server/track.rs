@@ -29,13 +29,19 @@ pub(crate) struct TypeTrack {
     pub(crate) requested: bool,
     pub(crate) wildcard: bool,
     pub(crate) names: BTreeSet<String>,
-    /// name -> version the client holds (SotW: what the last response carried).
+    /// name -> version the client holds: what went out, rolled back to `acked_sent` on a NACK
+    /// (SotW: the set the last response carried, or the last ACKed set after a NACK).
     pub(crate) sent: BTreeMap<String, String>,
+    /// `sent` as of the client's last ACK (delta: plus `initial_resource_versions`). A client
+    /// that rejects a response keeps the state it had before it, so a NACK returns `sent` here.
+    pub(crate) acked_sent: BTreeMap<String, String>,
     /// SotW: the client has sent a non-empty name list for the type, which ends "empty list
     /// means wildcard" (the legacy wildcard of the xDS spec).
     pub(crate) named_ever: bool,
     /// Delta: subscribed names the client was told (via `removed_resources`) do not exist.
     pub(crate) told_absent: BTreeSet<String>,
+    /// `told_absent` as of the client's last ACK.
+    pub(crate) acked_absent: BTreeSet<String>,
     status: TypeStatus,
     /// Last nonce the client ACKed or NACKed.
     answered_nonce: String,
@@ -49,8 +55,10 @@ impl TypeTrack {
             wildcard: false,
             names: BTreeSet::new(),
             sent: BTreeMap::new(),
+            acked_sent: BTreeMap::new(),
             named_ever: false,
             told_absent: BTreeSet::new(),
+            acked_absent: BTreeSet::new(),
             status: TypeStatus::default(),
             answered_nonce: String::new(),
         }
@@ -72,8 +80,9 @@ impl TypeTrack {
         self.status.sent_nonce = nonce;
     }
 
-    /// Books the client's answer to the response with `nonce`. `client_version` is the
-    /// `version_info` a SotW client reports; delta clients report none.
+    /// Books the client's answer to the response with `nonce`: an ACK makes what was sent the
+    /// baseline, a NACK rolls back to it. `client_version` is the `version_info` a SotW client
+    /// reports; delta clients report none.
     pub(crate) fn reply(
         &mut self,
         nonce: &str,
@@ -93,15 +102,25 @@ impl TypeTrack {
                     at_unix: unix_now(),
                 };
                 self.status.last_nack = Some(nack.clone());
+                self.roll_back();
                 Reply::Nack(nack)
             }
             None => {
                 let version = client_version.unwrap_or(&self.status.sent_version);
                 self.status.acked_version = version.to_string();
                 self.status.acked_nonce = nonce.to_string();
+                self.acked_sent.clone_from(&self.sent);
+                self.acked_absent.clone_from(&self.told_absent);
                 Reply::Ack
             }
         }
+    }
+
+    /// The client rejected a response: it still holds what it held at its last ACK, so whatever
+    /// went out since must be sent again once it changes (or on the next generation, for SotW).
+    pub(crate) fn roll_back(&mut self) {
+        self.sent.clone_from(&self.acked_sent);
+        self.told_absent.clone_from(&self.acked_absent);
     }
 
     /// A response went out and the client has neither ACKed nor NACKed it.
@@ -196,5 +215,26 @@ mod tests {
             (s.acked_version.as_str(), s.acked_nonce.as_str()),
             ("v3", "3")
         );
+    }
+
+    #[test]
+    fn nack_rolls_back_to_what_was_acked() {
+        let err = RpcStatus {
+            code: 3,
+            message: "bad".into(),
+            details: vec![],
+        };
+        let mut t = TypeTrack::new(TypeUrl::Cluster);
+        t.sent.insert("a".into(), "1".into());
+        t.record_sent("v1".into(), "1".into());
+        assert_eq!(t.reply("1", None, None), Reply::Ack);
+        t.sent.insert("a".into(), "2".into());
+        t.sent.insert("b".into(), "bad".into());
+        t.told_absent.insert("gone".into());
+        t.record_sent("v2".into(), "2".into());
+        assert!(matches!(t.reply("2", Some(&err), None), Reply::Nack(_)));
+        assert_eq!(t.sent, BTreeMap::from([("a".into(), "1".into())]));
+        assert!(t.told_absent.is_empty());
+        assert_eq!(t.status().resources, 1);
     }
 }
