@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""A gRPC backend for jalur's tests: serves the generic unary method /jalur.test.Echo/Say.
+"""A gRPC backend for jalur's tests: /jalur.test.Echo/Say (unary) and /Count (server streaming).
 
-It answers `<name>:<request bytes>` (raw bytes in, raw bytes out, no protobuf), so a test can
-tell which backend a proxyless client reached. It binds 127.0.0.1:0 unless told otherwise and
+Say answers `<name>:<request bytes>` (raw bytes in, raw bytes out, no protobuf), so a test can
+tell which backend a client reached; Count takes a decimal N and streams `<name>:0` ... `<name>:N-1`. It binds 127.0.0.1:0 unless told otherwise and
 prints `PORT <n>` as its first stdout line. It exits on SIGTERM/SIGINT or when stdin closes
 (so a test harness that holds the pipe cannot leak it); pass --ignore-stdin to run it by hand
 with stdin at /dev/null.
@@ -37,8 +37,16 @@ def main():
     def say(request, _context):
         return prefix + request
 
+    def count(request, _context):
+        for i in range(int(request or b"0")):
+            yield prefix + str(i).encode()
+
     handler = grpc.method_handlers_generic_handler(
-        SERVICE, {"Say": grpc.unary_unary_rpc_method_handler(say)}
+        SERVICE,
+        {
+            "Say": grpc.unary_unary_rpc_method_handler(say),
+            "Count": grpc.unary_stream_rpc_method_handler(count),
+        },
     )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     server.add_generic_rpc_handlers((handler,))

@@ -228,12 +228,18 @@ impl ControlPlane {
 
     /// Stops serving: xDS streams end (clients keep their last config and reconnect elsewhere).
     pub async fn stop(self) {
+        // End every ADS stream first: connected proxies see the control plane go away at once
+        // (and keep serving their last config), instead of holding a half-dead stream.
+        self.state.ads.close_streams();
         let _ = self.shutdown.send(true);
-        for t in &self.tasks {
-            t.abort();
-        }
         for t in self.tasks {
-            let _ = t.await;
+            let abort = t.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(2), t)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
         }
     }
 }

@@ -47,6 +47,9 @@ pub async fn handle(
     peer: SocketAddr,
 ) -> Response<Body> {
     let started = Instant::now();
+    if let Some(reason) = framing_conflict(req.headers()) {
+        return reject_framing(&rt, reason);
+    }
     let compiled = rt.compiled();
     let protocol = protocol_label(&req);
     let request_size = req
@@ -67,8 +70,134 @@ pub async fn handle(
             (local_reply(&e), outcome)
         }
     };
-    rt.record(&ln, &outcome, protocol, started.elapsed(), request_size);
+    let (parts, body) = resp.into_parts();
+    let recorded = Recorded {
+        inner: body,
+        record: Some(Record {
+            rt,
+            ln,
+            outcome,
+            protocol,
+            started,
+            request_size,
+            response_size: 0,
+            finished: false,
+        }),
+    };
+    Response::from_parts(parts, recorded.boxed_unsync())
+}
+
+/// A response body that counts itself and records the request in the metrics when it is done
+/// (or dropped half-way: the downstream went away, flag DC), so gRPC's status, which travels in
+/// the trailers, and the real duration of a streamed response are what the metrics show.
+struct Recorded {
+    inner: Body,
+    record: Option<Record>,
+}
+
+struct Record {
+    rt: Arc<Runtime>,
+    ln: Arc<ListenerCtx>,
+    outcome: Outcome,
+    protocol: &'static str,
+    started: Instant,
+    request_size: u64,
+    response_size: u64,
+    finished: bool,
+}
+
+impl hyper::body::Body for Recorded {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        let poll = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let Some(r) = self.record.as_mut() {
+            match &poll {
+                std::task::Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        r.response_size += data.len() as u64;
+                    } else if let Some(status) =
+                        frame.trailers_ref().and_then(|t| t.get("grpc-status"))
+                    {
+                        r.outcome.grpc_status = status.to_str().ok().map(str::to_string);
+                    }
+                }
+                std::task::Poll::Ready(None) => r.finished = true,
+                std::task::Poll::Ready(Some(Err(_))) => {
+                    r.outcome.flag = r.outcome.flag.or(Some(Flag::UpstreamReset))
+                }
+                std::task::Poll::Pending => {}
+            }
+        }
+        if matches!(poll, std::task::Poll::Ready(None)) {
+            self.record.take();
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Recorded {
+    fn drop(&mut self) {
+        // An empty body may never be polled: it is done if the inner body says so.
+        if let Some(r) = self.record.as_mut() {
+            r.finished |= hyper::body::Body::is_end_stream(&self.inner);
+        }
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        if !self.finished && self.outcome.flag.is_none() {
+            self.outcome.flag = Some(Flag::DownstreamDisconnect);
+        }
+        let elapsed = self.started.elapsed();
+        self.rt.record(
+            &self.ln,
+            &self.outcome,
+            self.protocol,
+            elapsed,
+            self.request_size,
+            self.response_size,
+        );
+    }
+}
+
+/// Request smuggling guard: a request whose length two headers disagree on is answered 400,
+/// counted, and its connection closed; it is never forwarded.
+pub fn reject_framing(rt: &Runtime, reason: &'static str) -> Response<Body> {
+    rt.metrics
+        .downstream_rejected
+        .get_or_create(&crate::metrics::ReasonLabels { reason })
+        .inc();
+    let e = ProxyError::new(Flag::DownstreamProtocolError, format!("rejected: {reason}"));
+    let mut resp = local_reply(&e);
+    resp.headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     resp
+}
+
+/// Both Content-Length and Transfer-Encoding, or several differing Content-Lengths.
+fn framing_conflict(h: &http::HeaderMap) -> Option<&'static str> {
+    let lengths: Vec<&HeaderValue> = h.get_all(CONTENT_LENGTH).iter().collect();
+    if !lengths.is_empty() && h.contains_key(TRANSFER_ENCODING) {
+        return Some("content_length_and_transfer_encoding");
+    }
+    if lengths.windows(2).any(|w| w[0] != w[1]) {
+        return Some("conflicting_content_length");
+    }
+    None
 }
 
 fn protocol_label<B>(req: &Request<B>) -> &'static str {

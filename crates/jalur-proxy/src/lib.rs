@@ -15,6 +15,7 @@ pub mod resilience;
 pub mod routing;
 pub mod run;
 pub mod runtime;
+pub mod sniff;
 pub mod tcp;
 pub mod upstream;
 pub mod xds;

@@ -34,9 +34,23 @@ struct Active {
 #[derive(Default)]
 pub struct Listeners {
     active: HashMap<String, Active>,
+    /// Sockets bound before any config arrived (a sidecar's own outbound and inbound ports), taken
+    /// by the xDS listener at that address.
+    reserved: HashMap<SocketAddr, TcpListener>,
 }
 
 impl Listeners {
+    pub fn with_reserved(reserved: Vec<TcpListener>) -> Listeners {
+        let reserved = reserved
+            .into_iter()
+            .filter_map(|l| Some((l.local_addr().ok()?, l)))
+            .collect();
+        Listeners {
+            active: HashMap::new(),
+            reserved,
+        }
+    }
+
     /// Brings the bound listeners in line with `snap`. Returns the bind failures (name, error).
     pub async fn reconcile(
         &mut self,
@@ -62,7 +76,11 @@ impl Listeners {
                 a.ctx.store(Arc::new(ctx));
                 continue;
             }
-            match TcpListener::bind(l.addr).await {
+            let socket = match self.reserved.remove(&l.addr) {
+                Some(reserved) => Ok(reserved),
+                None => TcpListener::bind(l.addr).await,
+            };
+            match socket {
                 Ok(socket) => {
                     let bound = socket.local_addr().unwrap_or(l.addr);
                     tracing::info!(listener = %name, addr = %bound, "listening");
@@ -139,10 +157,19 @@ async fn accept_loop(
                 rt.connection_opened();
                 let counted = rt.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| {
+                    let (stream, verdicts) = crate::sniff::Sniff::new(stream);
+                    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         let rt = rt.clone();
                         let ln = ctx.load_full();
+                        let conflicted =
+                            req.version() < http::Version::HTTP_2 && verdicts.next_conflicted();
                         async move {
+                            if conflicted {
+                                return Ok(crate::http::reject_framing(
+                                    &rt,
+                                    "content_length_and_transfer_encoding",
+                                ));
+                            }
                             Ok::<_, std::convert::Infallible>(
                                 crate::http::handle(rt, ln, req, peer).await,
                             )
@@ -156,7 +183,11 @@ async fn accept_loop(
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
                     tokio::pin!(conn);
                     tokio::select! {
-                        r = conn.as_mut() => { let _ = r; }
+                        r = conn.as_mut() => {
+                            if let Err(e) = r {
+                                count_rejection(&counted, e.as_ref());
+                            }
+                        }
                         _ = async { let _ = drain.wait_for(|d| *d).await; } => {
                             // Finish the requests in flight, then close (HTTP/1 "Connection: close",
                             // HTTP/2 GOAWAY).
@@ -177,4 +208,26 @@ async fn accept_loop(
             }
         }
     }
+}
+
+/// A connection that ended on a malformed request: hyper already answered 400 (or 431 for
+/// oversized headers) and nothing was forwarded; count it by reason.
+fn count_rejection(rt: &Runtime, e: &(dyn std::error::Error + 'static)) {
+    let Some(he) = e.downcast_ref::<hyper::Error>() else {
+        return;
+    };
+    let reason = if he.is_parse_too_large() {
+        "headers_too_large"
+    } else if he.is_parse() {
+        "malformed_request"
+    } else if he.is_timeout() {
+        "header_timeout"
+    } else {
+        return;
+    };
+    tracing::debug!(reason, error = %he, "downstream request rejected");
+    rt.metrics
+        .downstream_rejected
+        .get_or_create(&crate::metrics::ReasonLabels { reason })
+        .inc();
 }

@@ -82,6 +82,12 @@ pub enum Error {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("invalid {what} address {value:?}: {reason}")]
+    Address {
+        what: &'static str,
+        value: String,
+        reason: String,
+    },
 }
 
 /// A running proxy.
@@ -99,7 +105,30 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub async fn start(opts: ProxyOptions) -> Result<Proxy, Error> {
+    pub async fn start(mut opts: ProxyOptions) -> Result<Proxy, Error> {
+        // A sidecar owns its outbound and inbound ports from the start (as Envoy's bootstrap
+        // would): bound now, so a taken port fails fast and port 0 resolves before the control
+        // plane hears which ports to configure and register.
+        let mut reserved = Vec::new();
+        if opts.role == Role::Sidecar && !opts.ephemeral_ports {
+            for (what, port) in [
+                ("outbound", &mut opts.outbound_port),
+                ("inbound", &mut opts.inbound_port),
+            ] {
+                let addr: SocketAddr = format!("{}:{}", opts.listen_address, port)
+                    .parse()
+                    .map_err(|e| Error::Address {
+                        what,
+                        value: format!("{}:{port}", opts.listen_address),
+                        reason: format!("{e}"),
+                    })?;
+                let socket = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| Error::Bind { what, addr, source })?;
+                *port = socket.local_addr().map(|a| a.port()).unwrap_or(*port);
+                reserved.push(socket);
+            }
+        }
         let node = node(&opts);
         let node_id = node.id.clone();
         let service = opts.service.clone().unwrap_or_else(|| "unknown".into());
@@ -137,7 +166,7 @@ impl Proxy {
         };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (drain, drain_rx) = watch::channel(false);
-        let listeners = Arc::new(Mutex::new(Listeners::default()));
+        let listeners = Arc::new(Mutex::new(Listeners::with_reserved(reserved)));
         let mut tasks = vec![
             tokio::spawn(admin::serve(admin_l, state.clone(), Endpoints::Admin)),
             tokio::spawn(admin::serve(health_l, state.clone(), Endpoints::Health)),

@@ -161,6 +161,7 @@ impl Runtime {
         protocol: &'static str,
         elapsed: Duration,
         request_bytes: u64,
+        response_bytes: u64,
     ) {
         let (service, subset) = match &o.cluster {
             Some(c) => (c.service.clone(), c.subset.clone()),
@@ -213,6 +214,10 @@ impl Runtime {
             .duration_ms
             .get_or_create(&labels)
             .observe(elapsed.as_secs_f64() * 1000.0);
+        self.metrics
+            .response_bytes
+            .get_or_create(&labels)
+            .observe(response_bytes as f64);
         self.metrics
             .request_bytes
             .get_or_create(&labels)

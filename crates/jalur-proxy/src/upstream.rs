@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::{Cluster, UpstreamProtocol};
 
@@ -31,10 +31,14 @@ impl Upstream {
         connector.enforce_http(true);
         let idle = cluster.idle_timeout.unwrap_or(Duration::from_secs(60));
         let h1 = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
             .pool_idle_timeout(idle)
             .pool_max_idle_per_host(1024)
             .build(connector.clone());
         let h2 = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
             .pool_idle_timeout(idle)
             .http2_only(true)
             .http2_keep_alive_interval(Some(Duration::from_secs(30)))

@@ -4,51 +4,20 @@
 //! breaker overflowing.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use jalur_control::{ControlPlane, Options};
-use jalur_proxy::run::{Proxy, ProxyOptions};
+use jalur_proxy::run::Proxy;
 use jalur_testkit::yaml::{service_entry, share, spread, subsets_rule, workload_entry};
 use jalur_testkit::{
-    assert_eventually, envoy_binary, http_get, require_peer, unique_temp_dir, EchoServer, Envoy,
-    EnvoyOpts,
+    assert_eventually, envoy_binary, http_get, require_peer, EchoServer, Envoy, EnvoyOpts,
 };
 use serde_json::json;
 
+mod common;
+
+use common::{jalur_sidecar, sidecar_opts, Plane};
+
 const HOST: &str = "reviews.bookinfo.svc.cluster.local";
-
-struct Plane {
-    plane: ControlPlane,
-    dir: PathBuf,
-}
-
-impl Plane {
-    async fn start(files: &[(&str, String)]) -> Plane {
-        let dir = unique_temp_dir("jalur-parity").expect("temp dir");
-        for (name, text) in files {
-            std::fs::write(dir.join(name), text).expect("write config");
-        }
-        let opts = Options {
-            config: vec![dir.clone()],
-            xds_addr: ([127, 0, 0, 1], 0).into(),
-            status_addr: ([127, 0, 0, 1], 0).into(),
-            debounce: Duration::from_millis(20),
-            registry_grace: Duration::ZERO,
-            watch_interval: Duration::from_millis(50),
-        };
-        Plane {
-            plane: ControlPlane::start(opts).await.expect("control plane"),
-            dir,
-        }
-    }
-}
-
-impl Drop for Plane {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Kind {
@@ -65,34 +34,11 @@ struct Sidecar {
 }
 
 async fn sidecar(kind: Kind, plane: &Plane) -> Option<Sidecar> {
-    let xds = plane.plane.xds_addr;
+    let xds = plane.xds;
     let (outbound, envoy, proxy) = match kind {
         Kind::Jalur => {
-            let opts = ProxyOptions {
-                xds: xds.to_string(),
-                service: Some("productpage".into()),
-                namespace: "bookinfo".into(),
-                listen_address: "127.0.0.1".into(),
-                ephemeral_ports: true,
-                admin_addr: ([127, 0, 0, 1], 0).into(),
-                health_addr: ([127, 0, 0, 1], 0).into(),
-                stats_addr: ([127, 0, 0, 1], 0).into(),
-                ..ProxyOptions::default()
-            };
-            let proxy = Proxy::start(opts).await.expect("jalur proxy starts");
-            let outbound = assert_eventually(
-                "jalur proxy binds its outbound listener",
-                Duration::from_secs(20),
-                || async {
-                    proxy
-                        .listeners()
-                        .into_iter()
-                        .find(|(n, _)| n == "outbound")
-                        .map(|(_, a)| a)
-                        .ok_or_else(|| "not yet".to_string())
-                },
-            )
-            .await;
+            let (proxy, outbound) =
+                jalur_sidecar(sidecar_opts(xds, "productpage", "bookinfo")).await;
             (outbound, None, Some(proxy))
         }
         Kind::Envoy => {

@@ -1,0 +1,119 @@
+//! Shared by the proxy's integration tests: a control plane on a temp config dir, and jalur
+//! sidecars on loopback.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use jalur_control::{ControlPlane, Options};
+use jalur_proxy::run::{Proxy, ProxyOptions};
+use jalur_testkit::{assert_eventually, http_get, unique_temp_dir};
+
+pub struct Plane {
+    /// None while stopped.
+    pub plane: Option<ControlPlane>,
+    pub xds: SocketAddr,
+    pub dir: PathBuf,
+}
+
+impl Plane {
+    pub async fn start(files: &[(&str, String)]) -> Plane {
+        let dir = unique_temp_dir("jalur-proxy-test").expect("temp dir");
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).expect("write config");
+        }
+        let plane = Plane::start_at(dir.clone(), ([127, 0, 0, 1], 0).into()).await;
+        Plane {
+            xds: plane.xds_addr,
+            plane: Some(plane),
+            dir,
+        }
+    }
+
+    /// Kills the control plane (its xDS streams end).
+    pub async fn stop(&mut self) {
+        if let Some(p) = self.plane.take() {
+            p.stop().await;
+        }
+    }
+
+    /// Starts it again on the same xDS address and config directory.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.plane = Some(Plane::start_at(self.dir.clone(), self.xds).await);
+    }
+
+    /// A control plane on a given xDS address (to restart one where proxies expect it).
+    pub async fn start_at(dir: PathBuf, xds: SocketAddr) -> ControlPlane {
+        let opts = Options {
+            config: vec![dir],
+            xds_addr: xds,
+            status_addr: ([127, 0, 0, 1], 0).into(),
+            debounce: Duration::from_millis(20),
+            registry_grace: Duration::ZERO,
+            watch_interval: Duration::from_millis(50),
+        };
+        ControlPlane::start(opts).await.expect("control plane")
+    }
+
+    pub fn write(&self, name: &str, text: &str) {
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).expect("write");
+        std::fs::rename(&tmp, self.dir.join(name)).expect("rename");
+    }
+}
+
+impl Drop for Plane {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Options for a jalur sidecar on loopback with OS-chosen ports everywhere.
+pub fn sidecar_opts(xds: SocketAddr, service: &str, namespace: &str) -> ProxyOptions {
+    ProxyOptions {
+        xds: xds.to_string(),
+        service: Some(service.into()),
+        namespace: namespace.into(),
+        listen_address: "127.0.0.1".into(),
+        outbound_port: 0,
+        inbound_port: 0,
+        admin_addr: ([127, 0, 0, 1], 0).into(),
+        health_addr: ([127, 0, 0, 1], 0).into(),
+        stats_addr: ([127, 0, 0, 1], 0).into(),
+        drain_timeout: Duration::from_secs(5),
+        ..ProxyOptions::default()
+    }
+}
+
+/// Starts a jalur sidecar and waits until its outbound listener answers; returns it with the
+/// outbound address.
+pub async fn jalur_sidecar(opts: ProxyOptions) -> (Proxy, SocketAddr) {
+    let proxy = Proxy::start(opts).await.expect("jalur proxy starts");
+    let outbound = assert_eventually(
+        "jalur proxy serves its outbound listener",
+        Duration::from_secs(20),
+        || async {
+            proxy
+                .listeners()
+                .into_iter()
+                .find(|(n, _)| n == "outbound")
+                .map(|(_, a)| a)
+                .ok_or_else(|| "not yet".to_string())
+        },
+    )
+    .await;
+    assert_eventually(
+        "the outbound listener accepts",
+        Duration::from_secs(20),
+        || async {
+            http_get(outbound, "warmup.invalid", "/", &[])
+                .await
+                .map(|_| ())
+        },
+    )
+    .await;
+    (proxy, outbound)
+}

@@ -1,0 +1,324 @@
+//! jalur proxy under stress of its surroundings: gRPC through a sidecar pair, the control plane
+//! killed and restarted under steady load, SIGTERM under steady load, and malformed requests.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{jalur_sidecar, sidecar_opts, Plane};
+use jalur_proxy::run::{Proxy, ProxyOptions};
+use jalur_testkit::yaml::{service_entry, workload_entry};
+use jalur_testkit::{
+    assert_eventually, http_get, peer_script, python, require_peer, EchoServer, GrpcBackend,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const HOST: &str = "reviews.bookinfo.svc.cluster.local";
+
+fn routed_config(backend: &EchoServer) -> Vec<(&'static str, String)> {
+    vec![
+        ("service.yaml", service_entry("reviews", "bookinfo", HOST)),
+        ("we.yaml", workload_entry("reviews", "v1", "bookinfo", backend.addr())),
+        (
+            "vs.yaml",
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: bookinfo}\nspec:\n  hosts: [reviews]\n  http:\n  - retries: {attempts: 0}\n    route:\n    - destination: {host: reviews}\n".into(),
+        ),
+    ]
+}
+
+/// Steady load: `workers` loops sending requests until `stop`, counting successes and failures.
+struct Load {
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    fn start(target: std::net::SocketAddr, workers: usize) -> Load {
+        let (ok, failed, stop) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let tasks = (0..workers)
+            .map(|_| {
+                let (ok, failed, stop) = (ok.clone(), failed.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut errors = Vec::new();
+                    while !stop.load(Ordering::SeqCst) {
+                        match http_get(target, HOST, "/", &[]).await {
+                            Ok((200, _, _)) => ok.fetch_add(1, Ordering::SeqCst),
+                            other => {
+                                if errors.len() < 5 {
+                                    errors.push(format!("{other:?}"));
+                                }
+                                failed.fetch_add(1, Ordering::SeqCst)
+                            }
+                        };
+                    }
+                    errors
+                })
+            })
+            .collect();
+        Load {
+            ok,
+            failed,
+            stop,
+            tasks,
+        }
+    }
+
+    async fn finish(self) -> (u64, u64, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut errors = Vec::new();
+        for t in self.tasks {
+            errors.extend(t.await.unwrap_or_default());
+        }
+        (
+            self.ok.load(Ordering::SeqCst),
+            self.failed.load(Ordering::SeqCst),
+            errors,
+        )
+    }
+
+    async fn wait_ok(&self, more_than: u64) {
+        let ok = self.ok.clone();
+        assert_eventually("load flows", Duration::from_secs(20), || {
+            let n = ok.load(Ordering::SeqCst);
+            async move {
+                if n > more_than {
+                    Ok(())
+                } else {
+                    Err(format!("{n} ok so far"))
+                }
+            }
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_killed_under_load_costs_nothing_and_the_proxy_resyncs() {
+    let backend = EchoServer::start("v1").await;
+    let mut plane = Plane::start(&routed_config(&backend)).await;
+    let (proxy, outbound) = jalur_sidecar(sidecar_opts(plane.xds, "productpage", "bookinfo")).await;
+    let load = Load::start(outbound, 4);
+    load.wait_ok(50).await;
+
+    // Kill the control plane: the proxy keeps serving its last good config.
+    plane.stop().await;
+    assert_eventually(
+        "the proxy notices the control plane is gone",
+        Duration::from_secs(10),
+        || async {
+            if proxy.state.config.status().connected {
+                Err("still connected".to_string())
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
+    let during = load.ok.load(Ordering::SeqCst);
+    load.wait_ok(during + 100).await;
+
+    // It comes back on the same address; the proxy reconnects and takes new config.
+    plane.restart().await;
+    assert_eventually("the proxy reconnects", Duration::from_secs(15), || async {
+        let s = proxy.state.config.status();
+        if s.connected {
+            Ok(())
+        } else {
+            Err(format!("{:?}", s.last_error))
+        }
+    })
+    .await;
+    let (ok, failed, errors) = load.finish().await;
+    assert_eq!(
+        failed, 0,
+        "{ok} ok, {failed} failed through the outage: {errors:?}"
+    );
+
+    let v2 = EchoServer::start("v2").await;
+    plane.write(
+        "we.yaml",
+        &workload_entry("reviews", "v1", "bookinfo", v2.addr()),
+    );
+    assert_eventually(
+        "config changed after the restart reaches the proxy",
+        Duration::from_secs(10),
+        || async {
+            match http_get(outbound, HOST, "/", &[]).await {
+                Ok((200, h, _)) if h.get("x-backend").is_some_and(|v| v == "v2") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drain_finishes_every_request_in_flight() {
+    let backend = EchoServer::start("v1").await;
+    let plane = Plane::start(&routed_config(&backend)).await;
+    let (proxy, outbound) = jalur_sidecar(sidecar_opts(plane.xds, "productpage", "bookinfo")).await;
+    backend.delay(Duration::from_millis(300));
+    let in_flight: Vec<_> = (0..12)
+        .map(|_| tokio::spawn(http_get(outbound, HOST, "/slow", &[])))
+        .collect();
+    // Let every request reach the backend, then drain (what SIGTERM does).
+    assert_eventually("requests in flight", Duration::from_secs(5), || {
+        let hits = backend.hits();
+        async move {
+            if hits >= 12 {
+                Ok(())
+            } else {
+                Err(format!("{hits} at the backend"))
+            }
+        }
+    })
+    .await;
+    let drained = tokio::spawn(proxy.shutdown());
+    for r in in_flight {
+        let (status, _, _) = r.await.expect("join").expect("in-flight request completes");
+        assert_eq!(status, 200, "an in-flight request was cut by the drain");
+    }
+    tokio::time::timeout(Duration::from_secs(5), drained)
+        .await
+        .expect("drain ends")
+        .expect("join");
+    let after = http_get(outbound, HOST, "/", &[]).await;
+    assert!(
+        after.is_err(),
+        "no new connections after the drain: {after:?}"
+    );
+}
+
+async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("write");
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_400_are_counted_and_never_forwarded() {
+    let backend = EchoServer::start("v1").await;
+    let plane = Plane::start(&routed_config(&backend)).await;
+    let (proxy, outbound) = jalur_sidecar(sidecar_opts(plane.xds, "productpage", "bookinfo")).await;
+    let before = backend.hits();
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: {HOST}\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100_000)
+    );
+    let cases: [(&str, Vec<u8>); 3] = [
+        ("invalid header bytes", format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nBad\x01Name: y\r\n\r\n").into_bytes()),
+        ("oversized headers", huge.into_bytes()),
+        (
+            "conflicting Content-Length and Transfer-Encoding",
+            format!("POST / HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello").into_bytes(),
+        ),
+    ];
+    for (what, req) in &cases {
+        let reply = raw(outbound, req).await;
+        let status_line = reply.lines().next().unwrap_or("");
+        assert!(
+            status_line.starts_with("HTTP/1.1 400") || status_line.starts_with("HTTP/1.1 431"),
+            "{what}: {status_line:?}"
+        );
+    }
+    let smuggle = format!("POST / HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
+    let reply = raw(outbound, smuggle.as_bytes()).await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "CL + TE: {reply:?}");
+    assert_eq!(
+        backend.hits(),
+        before,
+        "nothing malformed reached the backend"
+    );
+    let stats = http_get(proxy.stats_addr, "stats", "/stats/prometheus", &[])
+        .await
+        .expect("stats")
+        .2;
+    let rejected: u64 = stats
+        .lines()
+        .filter(|l| l.starts_with("jalur_proxy_downstream_rejected_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(rejected >= 4, "every rejection counted: {stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_unary_and_streaming_through_a_sidecar_pair() {
+    let Some(py) = require_peer("python venv with grpcio", python()) else {
+        return;
+    };
+    let backend = GrpcBackend::start(&py, "echo-1")
+        .await
+        .expect("grpc backend");
+    let plane = Plane::start(&[]).await;
+    let xds = plane.xds;
+    // The server side: a sidecar announcing the gRPC workload; callers reach it on its inbound port.
+    let port = backend.addr().port();
+    let server = Proxy::start(ProxyOptions {
+        app_port: Some(port),
+        ports: vec![format!("grpc:{port}")],
+        ..sidecar_opts(xds, "echo", "grpc")
+    })
+    .await
+    .expect("server sidecar");
+    let (client, outbound) = jalur_sidecar(sidecar_opts(xds, "caller", "grpc")).await;
+    let authority = "echo.grpc.svc.cluster.local";
+    let report = assert_eventually(
+        "gRPC through the sidecar pair",
+        Duration::from_secs(20),
+        || {
+            let py = py.clone();
+            async move {
+                let out = tokio::process::Command::new(&py)
+                    .arg(peer_script("grpc_call.py"))
+                    .args([
+                        "--target",
+                        &outbound.to_string(),
+                        "--authority",
+                        authority,
+                        "--count",
+                        "20",
+                        "--stream",
+                        "50",
+                        "--timeout-secs",
+                        "5",
+                    ])
+                    .output()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+                    .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&out.stderr)))?;
+                if v["unary_ok"] == 20 && v["stream"].as_array().is_some_and(|s| s.len() == 50) {
+                    Ok(v)
+                } else {
+                    Err(v.to_string())
+                }
+            }
+        },
+    )
+    .await;
+    assert_eq!(report["stream"][49], "echo-1:49", "{report}");
+    let stats = http_get(server.stats_addr, "s", "/stats/prometheus", &[])
+        .await
+        .expect("stats")
+        .2;
+    assert!(
+        stats.lines().any(|l| l.starts_with("istio_requests_total{")
+            && l.contains("reporter=\"destination\"")
+            && l.contains("request_protocol=\"grpc\"")
+            && l.contains("grpc_response_status=\"0\"")),
+        "the server sidecar reports the gRPC calls as destination: {stats}"
+    );
+    client.shutdown().await;
+    server.shutdown().await;
+}
