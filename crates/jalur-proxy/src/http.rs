@@ -52,6 +52,15 @@ pub async fn handle(
     }
     let compiled = rt.compiled();
     let protocol = protocol_label(&req);
+    let (method, path, authority_of) = if rt.access_log {
+        (
+            req.method().clone(),
+            req.uri().path().to_string(),
+            authority(&req).to_string(),
+        )
+    } else {
+        (http::Method::GET, String::new(), String::new())
+    };
     let request_size = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -70,6 +79,12 @@ pub async fn handle(
             (local_reply(&e), outcome)
         }
     };
+    let access = rt.access_log.then(|| AccessEntry {
+        method: method.clone(),
+        path: path.clone(),
+        authority: authority_of.clone(),
+        peer,
+    });
     let (parts, body) = resp.into_parts();
     let recorded = Recorded {
         inner: body,
@@ -82,6 +97,7 @@ pub async fn handle(
             request_size,
             response_size: 0,
             finished: false,
+            access,
         }),
     };
     Response::from_parts(parts, recorded.boxed_unsync())
@@ -95,7 +111,15 @@ struct Recorded {
     record: Option<Record>,
 }
 
+struct AccessEntry {
+    method: http::Method,
+    path: String,
+    authority: String,
+    peer: SocketAddr,
+}
+
 struct Record {
+    access: Option<AccessEntry>,
     rt: Arc<Runtime>,
     ln: Arc<ListenerCtx>,
     outcome: Outcome,
@@ -163,6 +187,24 @@ impl Drop for Record {
             self.outcome.flag = Some(Flag::DownstreamDisconnect);
         }
         let elapsed = self.started.elapsed();
+        if let Some(a) = &self.access {
+            tracing::info!(
+                target: "jalur::access",
+                listener = %self.ln.name,
+                method = %a.method,
+                authority = %a.authority,
+                path = %a.path,
+                peer = %a.peer,
+                status = self.outcome.status.as_u16(),
+                flags = self.outcome.flag.map(Flag::as_str).unwrap_or("-"),
+                upstream_cluster = self.outcome.cluster.as_ref().map(|c| c.config.name.as_str()).unwrap_or("-"),
+                grpc_status = self.outcome.grpc_status.as_deref().unwrap_or("-"),
+                bytes_received = self.request_size,
+                bytes_sent = self.response_size,
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                protocol = self.protocol,
+            );
+        }
         self.rt.record(
             &self.ln,
             &self.outcome,
@@ -456,6 +498,9 @@ async fn forward(
     let fail = |e: ProxyError| (e, Some(cluster.clone()));
     let _permit = cluster.breakers_try_request().map_err(fail)?;
 
+    let mut req = req;
+    // WebSocket and other HTTP/1.1 upgrades: forwarded as a request, then spliced byte for byte.
+    let upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let hash = cluster.request_hash(
         &fwd.hash,
@@ -470,8 +515,8 @@ async fn forward(
     rewrite(&mut parts, route, fwd);
     apply_ops(&mut parts.headers, &route.request_headers);
     apply_ops(&mut parts.headers, &target.request_headers);
-    strip_hop_by_hop(&mut parts.headers);
-    let mut body = take_body(body, &parts, fwd.retry.is_some())
+    strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
+    let mut body = take_body(body, &parts, fwd.retry.is_some() && upgrade.is_none())
         .await
         .map_err(fail)?;
 
@@ -530,7 +575,11 @@ async fn forward(
     let mut resp = result.map_err(fail)?;
     apply_ops(resp.headers_mut(), &target.response_headers);
     apply_ops(resp.headers_mut(), &route.response_headers);
-    strip_hop_by_hop(resp.headers_mut());
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    strip_hop_by_hop(resp.headers_mut(), switching);
+    if let (Some(downstream), true) = (upgrade, switching) {
+        splice(downstream, hyper::upgrade::on(&mut resp));
+    }
     let grpc_status = resp
         .headers()
         .get("grpc-status")
@@ -567,7 +616,8 @@ async fn send_once(
     if let Some(h) = builder.headers_mut() {
         *h = parts.headers.clone();
     }
-    let downstream_h2 = parts.version == Version::HTTP_2;
+    let downstream_h2 =
+        parts.version == Version::HTTP_2 && !parts.headers.contains_key(http::header::UPGRADE);
     let req_body = match body {
         ReqBody::Held(b) => full(b.clone()),
         ReqBody::Streaming(b) => match b.take() {
@@ -695,15 +745,57 @@ const HOP_BY_HOP: [&str; 7] = [
     "trailer",
 ];
 
-fn strip_hop_by_hop(h: &mut http::HeaderMap) {
-    // `te: trailers` must survive for gRPC.
+fn strip_hop_by_hop(h: &mut http::HeaderMap, upgrading: bool) {
+    // `te: trailers` must survive for gRPC; `connection: upgrade` + `upgrade` for an upgrade.
     let te_trailers = h
         .get("te")
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let kept: Vec<(HeaderName, HeaderValue)> = if upgrading {
+        [http::header::CONNECTION, http::header::UPGRADE]
+            .into_iter()
+            .filter_map(|n| h.get(&n).cloned().map(|v| (n, v)))
+            .collect()
+    } else {
+        Vec::new()
+    };
     for name in HOP_BY_HOP {
         h.remove(name);
     }
     if te_trailers {
         h.insert("te", HeaderValue::from_static("trailers"));
     }
+    for (n, v) in kept {
+        h.insert(n, v);
+    }
+}
+
+/// An HTTP/1.1 upgrade request (`Connection: upgrade` and an `Upgrade` protocol).
+fn is_upgrade(h: &http::HeaderMap) -> bool {
+    let connection_upgrade = h
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        });
+    connection_upgrade && h.contains_key(http::header::UPGRADE)
+}
+
+/// After a 101, copies bytes both ways between the two upgraded connections until either ends.
+fn splice(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    tokio::spawn(async move {
+        let (down, up) = match tokio::try_join!(downstream, upstream) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let mut down = hyper_util::rt::TokioIo::new(down);
+        let mut up = hyper_util::rt::TokioIo::new(up);
+        if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+            tracing::debug!(error = %e, "upgraded stream ended with an error");
+        }
+    });
 }

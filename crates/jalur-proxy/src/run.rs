@@ -48,6 +48,8 @@ pub struct ProxyOptions {
     /// Delta xDS (default) or state of the world.
     pub delta: bool,
     pub drain_timeout: Duration,
+    /// One structured log line per request.
+    pub access_log: bool,
 }
 
 impl Default for ProxyOptions {
@@ -70,6 +72,7 @@ impl Default for ProxyOptions {
             ephemeral_ports: false,
             delta: true,
             drain_timeout: Duration::from_secs(20),
+            access_log: false,
         }
     }
 }
@@ -92,6 +95,9 @@ pub enum Error {
 
 /// A running proxy.
 pub struct Proxy {
+    /// A sidecar's own outbound and inbound addresses (bound at start).
+    pub outbound_addr: Option<SocketAddr>,
+    pub inbound_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
     pub health_addr: SocketAddr,
     pub stats_addr: SocketAddr,
@@ -129,6 +135,12 @@ impl Proxy {
                 reserved.push(socket);
             }
         }
+        let local_of = |i: usize| {
+            reserved
+                .get(i)
+                .and_then(|l: &TcpListener| l.local_addr().ok())
+        };
+        let (outbound_addr, inbound_addr) = (local_of(0), local_of(1));
         let node = node(&opts);
         let node_id = node.id.clone();
         let service = opts.service.clone().unwrap_or_else(|| "unknown".into());
@@ -142,7 +154,7 @@ impl Proxy {
                     .unwrap_or("unknown"),
             ),
         };
-        let rt = Runtime::new(identity);
+        let rt = Runtime::new(identity, opts.access_log);
         let config = ConfigState::new();
         let bind = |what: &'static str, addr: SocketAddr| async move {
             TcpListener::bind(addr)
@@ -188,6 +200,8 @@ impl Proxy {
         )));
         tracing::info!(node = %node_id, xds = %opts.xds, %admin_addr, "jalur proxy started");
         Ok(Proxy {
+            outbound_addr,
+            inbound_addr,
             admin_addr,
             health_addr,
             stats_addr,

@@ -35,6 +35,8 @@ pub struct Runtime {
     pub identity: Identity,
     /// Downstream connections open now (drain waits for this to reach zero).
     pub connections: AtomicUsize,
+    /// Log one structured line per request (target `jalur::access`; JSON with `--log-format json`).
+    pub access_log: bool,
     unknown: Arc<str>,
 }
 
@@ -106,12 +108,13 @@ impl Compiled {
 }
 
 impl Runtime {
-    pub fn new(identity: Identity) -> Arc<Runtime> {
+    pub fn new(identity: Identity, access_log: bool) -> Arc<Runtime> {
         Arc::new(Runtime {
             compiled: ArcSwap::from_pointee(Compiled::default()),
             metrics: Metrics::new(),
             identity,
             connections: AtomicUsize::new(0),
+            access_log,
             unknown: Arc::from("unknown"),
         })
     }

@@ -322,3 +322,73 @@ async fn grpc_unary_and_streaming_through_a_sidecar_pair() {
     client.shutdown().await;
     server.shutdown().await;
 }
+
+/// A backend that answers any request with 101 and then echoes bytes (what a WebSocket server
+/// does after its handshake, minus the framing).
+async fn upgrade_echo_backend() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read_exact(&mut byte).await.is_err() {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let _ = s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").await;
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_passes_through() {
+    let backend = upgrade_echo_backend().await;
+    let files = vec![
+        ("service.yaml", service_entry("reviews", "bookinfo", HOST)),
+        (
+            "we.yaml",
+            workload_entry("reviews", "v1", "bookinfo", backend),
+        ),
+    ];
+    let plane = Plane::start(&files).await;
+    let (proxy, outbound) = jalur_sidecar(sidecar_opts(plane.xds, "productpage", "bookinfo")).await;
+    let mut s = tokio::net::TcpStream::connect(outbound)
+        .await
+        .expect("connect");
+    let handshake = format!(
+        "GET /ws HTTP/1.1\r\nHost: {HOST}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    );
+    s.write_all(handshake.as_bytes()).await.expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.expect("101 head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("upgrade: websocket"),
+        "{head}"
+    );
+    for msg in ["ping", "a longer message after the first"] {
+        s.write_all(msg.as_bytes()).await.expect("send");
+        let mut back = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
+            .await
+            .expect("echo in time")
+            .expect("echo");
+        assert_eq!(back, msg.as_bytes());
+    }
+    proxy.shutdown().await;
+}

@@ -49,20 +49,20 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let plane = ControlPlane::start(opts).await?;
     let status = plane.state.store.status();
-    println!("jalur control plane ready");
-    println!(
+    say!("jalur control plane ready");
+    say!(
         "  config:  {} ({} files, {} resources)",
         paths(&status.paths),
         status.files,
         status.resources
     );
-    println!("  xDS:     {} (ADS, SotW and delta)", plane.xds_addr);
-    println!(
+    say!("  xDS:     {} (ADS, SotW and delta)", plane.xds_addr);
+    say!(
         "  status:  http://{}/debug/syncz  (metrics: /metrics)",
         plane.status_addr
     );
     for w in &status.warnings {
-        println!("  {w}");
+        say!("  {w}");
     }
     wait_for_signal().await;
     tracing::info!("shutting down");

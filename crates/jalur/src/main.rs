@@ -1,6 +1,14 @@
 //! `jalur`: one binary, one subcommand per component. This file only parses flags, sets up
 //! logging and hands over to the subcommand.
 
+/// Prints a line on stdout. A closed stdout (whoever read the banner went away) is no reason for a
+/// server to stop, so write errors are ignored.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        let _ = $crate::write_stdout(&format!("{}\n", format_args!($($arg)*)));
+    };
+}
+
 mod analyze;
 mod control;
 mod proxy;

@@ -55,6 +55,9 @@ pub struct Args {
     /// How long SIGTERM waits for requests in flight (e.g. 20s).
     #[arg(long, env = "JALUR_DRAIN_TIMEOUT", default_value = "20s", value_parser = crate::control::parse_duration)]
     drain_timeout: Duration,
+    /// Log one structured line per request (target jalur::access; JSON with --log-format json).
+    #[arg(long, env = "JALUR_ACCESS_LOG")]
+    access_log: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -91,12 +94,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         ephemeral_ports: args.ephemeral_ports,
         delta: !args.sotw,
         drain_timeout: args.drain_timeout,
+        access_log: args.access_log,
     };
     let proxy = Proxy::start(opts).await?;
-    println!("jalur proxy {} started", proxy.node_id);
-    println!("  admin:  http://{}/config_dump", proxy.admin_addr);
-    println!("  stats:  http://{}/stats/prometheus", proxy.stats_addr);
-    println!("  health: http://{}/healthz/ready", proxy.health_addr);
+    say!("jalur proxy {} started", proxy.node_id);
+    if let (Some(outbound), Some(inbound)) = (proxy.outbound_addr, proxy.inbound_addr) {
+        say!("  outbound: {outbound}  inbound: {inbound}");
+    }
+    say!("  admin:  http://{}/config_dump", proxy.admin_addr);
+    say!("  stats:  http://{}/stats/prometheus", proxy.stats_addr);
+    say!("  health: http://{}/healthz/ready", proxy.health_addr);
     crate::control::wait_for_signal().await;
     proxy.shutdown().await;
     Ok(ExitCode::SUCCESS)

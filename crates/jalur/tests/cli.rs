@@ -111,11 +111,15 @@ fn control_refuses_an_invalid_initial_config_naming_file_and_line() {
 
 /// Starts `jalur control` like the README does (ports 0), and returns its xDS and status addresses.
 fn start_control() -> (ChildGuard, SocketAddr, SocketAddr) {
+    start_control_with("examples/bookinfo")
+}
+
+fn start_control_with(config: &str) -> (ChildGuard, SocketAddr, SocketAddr) {
     let mut cmd = jalur();
     cmd.args([
         "control",
         "--config",
-        "examples/bookinfo",
+        config,
         "--xds-addr",
         "127.0.0.1:0",
         "--status-addr",
@@ -237,4 +241,148 @@ fn proxy_status_without_control_plane_says_so() {
         .expect("run");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the control plane"));
+}
+
+/// `jalur proxy` as a process: serves through its outbound port, logs one JSON access line per
+/// request, shows up in `jalur proxy-status`, and exits 0 on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_cli_serves_logs_access_and_exits_cleanly_on_sigterm() {
+    let backend = jalur_testkit::EchoServer::start("v1").await;
+    let dir = jalur_testkit::unique_temp_dir("jalur-cli-proxy").expect("tmp");
+    let host = "reviews.bookinfo.svc.cluster.local";
+    std::fs::write(
+        dir.join("svc.yaml"),
+        jalur_testkit::yaml::service_entry("reviews", "bookinfo", host),
+    )
+    .expect("write");
+    std::fs::write(
+        dir.join("we.yaml"),
+        jalur_testkit::yaml::workload_entry("reviews", "v1", "bookinfo", backend.addr()),
+    )
+    .expect("write");
+    let (_control, xds, status) = start_control_with(&dir.to_string_lossy());
+
+    let log = dir.join("proxy.log");
+    let mut cmd = jalur();
+    cmd.args([
+        "--log-format",
+        "json",
+        "proxy",
+        "--xds",
+        &xds.to_string(),
+        "--service",
+        "productpage",
+        "--namespace",
+        "bookinfo",
+    ])
+    .args([
+        "--listen-address",
+        "127.0.0.1",
+        "--outbound-port",
+        "0",
+        "--inbound-port",
+        "0",
+        "--access-log",
+    ])
+    .args([
+        "--admin-addr",
+        "127.0.0.1:0",
+        "--health-addr",
+        "127.0.0.1:0",
+        "--stats-addr",
+        "127.0.0.1:0",
+    ])
+    .env("RUST_LOG", "info")
+    .stdout(Stdio::piped())
+    .stderr(std::fs::File::create(&log).expect("log file"));
+    let mut proxy = ChildGuard::spawn("jalur proxy", &mut cmd).expect("spawn jalur proxy");
+    let stdout = proxy.child_mut().stdout.take().expect("stdout");
+    // Keep reading stdout for the life of the proxy, as a terminal would.
+    let mut lines = BufReader::new(stdout).lines();
+    let outbound: SocketAddr = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("outbound:")
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|a| a.parse().ok())
+        })
+        .expect("outbound address printed");
+
+    let reply = assert_eventually(
+        "jalur proxy routes to the backend",
+        Duration::from_secs(20),
+        || async {
+            match jalur_testkit::http_get(outbound, host, "/hello", &[]).await {
+                Ok(r) if r.0 == 200 => Ok(r),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(reply.2, "v1");
+    let access = assert_eventually("an access log line", Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        async move {
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|v| {
+                    v["target"] == "jalur::access"
+                        && v["fields"]["path"] == "/hello"
+                        && v["fields"]["status"] == 200
+                })
+                .ok_or(text)
+        }
+    })
+    .await;
+    assert_eq!(
+        access["fields"]["upstream_cluster"],
+        format!("outbound|9080||{host}"),
+        "{access}"
+    );
+
+    let out = jalur()
+        .args([
+            "proxy-status",
+            "--control",
+            &status.to_string(),
+            "-o",
+            "json",
+        ])
+        .output()
+        .expect("run");
+    let clients: Vec<Value> = serde_json::from_slice(&out.stdout).expect("json");
+    let me = clients
+        .iter()
+        .find(|c| {
+            c["node_id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("sidecar~127.0.0.1~productpage"))
+        })
+        .expect("proxy listed");
+    assert_eq!(me["mode"], "delta");
+    assert!(
+        me["client_version"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("jalur-proxy")),
+        "{me}"
+    );
+
+    let pid = proxy.id().to_string();
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    let code = assert_eventually(
+        "jalur proxy exits on SIGTERM",
+        Duration::from_secs(10),
+        || {
+            let exited = proxy.exited();
+            async move { exited.ok_or_else(|| "still running".to_string()) }
+        },
+    )
+    .await;
+    assert!(code.success(), "exit status {code:?}");
+    let _ = std::fs::remove_dir_all(dir);
 }
