@@ -519,6 +519,7 @@ async fn forward(
     let mut body = take_body(body, &parts, fwd.retry.is_some() && upgrade.is_none())
         .await
         .map_err(fail)?;
+    mirror(compiled, fwd, &parts, &body);
 
     let attempts = async {
         let mut tried: Vec<SocketAddr> = Vec::new();
@@ -592,6 +593,37 @@ async fn forward(
         grpc_status,
     };
     Ok((resp, outcome))
+}
+
+/// Shadow traffic: a copy of the request to each mirror cluster (sampled), fire and forget, with
+/// `-shadow` appended to the authority as Envoy does. Only requests whose body is held.
+fn mirror(compiled: &Compiled, fwd: &Forward, parts: &http::request::Parts, body: &ReqBody) {
+    let ReqBody::Held(bytes) = body else { return };
+    for m in &fwd.mirrors {
+        if !chance(m.ppm) {
+            continue;
+        }
+        let Some(cluster) = compiled.cluster(&m.cluster) else {
+            continue;
+        };
+        let Some(host) = cluster.pick(None, &[]) else {
+            continue;
+        };
+        let mut shadow = http::request::Parts::clone(parts);
+        if let Some(h) = shadow.headers.get(HOST).and_then(|v| v.to_str().ok()) {
+            let shadowed = match h.split_once(':') {
+                Some((name, port)) => format!("{name}-shadow:{port}"),
+                None => format!("{h}-shadow"),
+            };
+            if let Ok(v) = HeaderValue::from_str(&shadowed) {
+                shadow.headers.insert(HOST, v);
+            }
+        }
+        let mut held = ReqBody::Held(bytes.clone());
+        tokio::spawn(async move {
+            let _ = send_once(&cluster, &host, &shadow, &mut held, None).await;
+        });
+    }
 }
 
 async fn send_once(

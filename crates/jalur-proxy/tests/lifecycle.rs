@@ -392,3 +392,59 @@ async fn websocket_upgrade_passes_through() {
     }
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_sends_a_shadow_copy_and_the_caller_sees_only_the_primary() {
+    let (primary, shadow) = (
+        EchoServer::start("primary").await,
+        EchoServer::start("shadow").await,
+    );
+    let files = vec![
+        ("service.yaml", service_entry("reviews", "bookinfo", HOST)),
+        ("we.yaml", workload_entry("reviews", "v1", "bookinfo", primary.addr())),
+        ("shadow.yaml", service_entry("shadow", "bookinfo", "shadow.bookinfo.svc.cluster.local")),
+        ("we-shadow.yaml", workload_entry("shadow", "v1", "bookinfo", shadow.addr())),
+        (
+            "vs.yaml",
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: bookinfo}\nspec:\n  hosts: [reviews]\n  http:\n  - mirror: {host: shadow}\n    mirrorPercentage: {value: 100}\n    route:\n    - destination: {host: reviews}\n".into(),
+        ),
+    ];
+    let plane = Plane::start(&files).await;
+    let (proxy, outbound) = jalur_sidecar(sidecar_opts(plane.xds, "productpage", "bookinfo")).await;
+    assert_eventually(
+        "mirrored route is live",
+        Duration::from_secs(10),
+        || async {
+            let (status, h, _) = http_get(outbound, HOST, "/", &[]).await?;
+            if status == 200
+                && h.get("x-backend").is_some_and(|v| v == "primary")
+                && shadow.hits() > 0
+            {
+                Ok(())
+            } else {
+                Err(format!("{status} {h:?}"))
+            }
+        },
+    )
+    .await;
+    let before = shadow.hits();
+    for _ in 0..20 {
+        let (status, h, _) = http_get(outbound, HOST, "/", &[]).await.expect("request");
+        assert_eq!(
+            (status, h.get("x-backend").and_then(|v| v.to_str().ok())),
+            (200, Some("primary"))
+        );
+    }
+    assert_eventually("every request mirrored", Duration::from_secs(5), || {
+        let n = shadow.hits() - before;
+        async move {
+            if n == 20 {
+                Ok(())
+            } else {
+                Err(format!("{n} mirrored"))
+            }
+        }
+    })
+    .await;
+    proxy.shutdown().await;
+}
