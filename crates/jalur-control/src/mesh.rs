@@ -73,6 +73,10 @@ pub struct Service {
     pub ports: Vec<Port>,
     pub discovery: Discovery,
     pub external: bool,
+    /// Service port -> sidecar-local port for opaque TCP (annotation `jalur.dev/local-ports`,
+    /// `5432=15432,6379=16379`): without iptables, an app reaches a TCP service through a local
+    /// listener of its sidecar.
+    pub local_ports: std::collections::BTreeMap<u32, u32>,
 }
 
 impl Service {
@@ -178,6 +182,7 @@ impl Mesh {
                 ports: ports.clone(),
                 discovery,
                 external,
+                local_ports: local_ports(res),
             };
             self.services.entry(fqdn.clone()).or_insert(service);
             self.endpoints
@@ -198,6 +203,7 @@ impl Mesh {
                 ports: Vec::new(),
                 discovery: Discovery::Eds,
                 external: false,
+                local_ports: Default::default(),
             });
         for p in &w.ports {
             if service.port(p.number).is_none() {
@@ -239,6 +245,25 @@ impl Mesh {
                 healthy: w.healthy,
             });
     }
+}
+
+/// Annotation `jalur.dev/local-ports: "5432=15432,6379=16379"`; malformed items are skipped
+/// (`jalur analyze` reports them).
+pub const LOCAL_PORTS_ANNOTATION: &str = "jalur.dev/local-ports";
+
+fn local_ports(res: &Resource) -> std::collections::BTreeMap<u32, u32> {
+    res.meta
+        .annotations
+        .get(LOCAL_PORTS_ANNOTATION)
+        .map(|v| {
+            v.split(',')
+                .filter_map(|item| {
+                    let (port, local) = item.trim().split_once('=')?;
+                    Some((port.trim().parse().ok()?, local.trim().parse().ok()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn endpoint_of(

@@ -59,6 +59,19 @@ pub fn sidecar(ctx: &Ctx) -> Built {
             });
         }
     }
+    for service in ctx.mesh.services.values() {
+        for (port, local) in &service.local_ports {
+            let Some(p) = service.port(*port) else {
+                continue;
+            };
+            if p.protocol.is_http() {
+                continue;
+            }
+            let targets = tcp_targets(ctx, &service.host, *port);
+            let name = format!("tcp|{port}|{}", service.host);
+            listeners.push(tcp_listener(ctx, &name, c.bind_port(*local), &targets));
+        }
+    }
     let mut route_configs = vec![RouteConfiguration {
         name: OUTBOUND.into(),
         virtual_hosts: vhosts,
@@ -272,6 +285,33 @@ pub fn proxyless(ctx: &Ctx) -> Built {
     (listeners, route_configs, Vec::new())
 }
 
+/// Where a sidecar's TCP listener for `host:port` sends connections: the claiming
+/// VirtualService's first tcp route (weighted), else the service itself.
+fn tcp_targets(ctx: &Ctx, fqdn: &str, port: u32) -> Vec<(String, u32)> {
+    let vs = ctx.mesh.config.virtual_services().find(|(r, vs)| {
+        let for_mesh = vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh");
+        for_mesh
+            && !vs.tcp.is_empty()
+            && vs
+                .hosts
+                .iter()
+                .any(|h| host::matches(&host::qualify(h, &r.meta.namespace), fqdn))
+    });
+    match vs {
+        Some((r, vs)) => vs.tcp[0]
+            .route
+            .iter()
+            .map(|d| {
+                (
+                    destination_cluster(ctx, &d.destination, &r.meta.namespace, port),
+                    d.weight.unwrap_or(100),
+                )
+            })
+            .collect(),
+        None => vec![(super::cluster_name(port, None, fqdn), 100)],
+    }
+}
+
 /// The VirtualService that routes `fqdn` for the mesh (the first in config order; analyze reports
 /// conflicts).
 fn claiming_vs<'a>(ctx: &Ctx<'a>, fqdn: &str) -> Option<(&'a Resource, &'a VirtualService)> {
@@ -430,6 +470,7 @@ fn inbound_cluster(ctx: &Ctx, name: &str, app: &Port) -> Cluster {
         ports: vec![app.clone()],
         discovery: crate::mesh::Discovery::Eds,
         external: false,
+        local_ports: Default::default(),
     };
     let local = Endpoint {
         address: "127.0.0.1".into(),
