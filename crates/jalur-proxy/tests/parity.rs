@@ -277,3 +277,108 @@ both!(retry_503, retry_recovers_from_one_503);
 both!(timeout, route_timeout_fires);
 both!(outlier, outlier_detection_ejects_a_failing_endpoint);
 both!(circuit_breaker, circuit_breaker_overflows_with_503);
+
+/// A gateway of either kind selected by `istio: ingressgateway`; returns the address of its
+/// listener for Gateway port 8080 (bound on an OS-chosen port).
+async fn gateway(kind: Kind, plane: &Plane) -> Option<(SocketAddr, Option<Envoy>, Option<Proxy>)> {
+    let listener = "0.0.0.0_8080";
+    match kind {
+        Kind::Jalur => {
+            let opts = jalur_proxy::run::ProxyOptions {
+                role: jalur_proxy::run::Role::Gateway,
+                labels: [("istio".to_string(), "ingressgateway".to_string())].into(),
+                ephemeral_ports: true,
+                ..sidecar_opts(plane.xds, "edge-gateway", "istio-system")
+            };
+            let proxy = Proxy::start(opts).await.expect("jalur gateway");
+            let addr = assert_eventually(
+                "jalur gateway binds its listener",
+                Duration::from_secs(20),
+                || async {
+                    proxy
+                        .listeners()
+                        .into_iter()
+                        .find(|(n, _)| n == listener)
+                        .map(|(_, a)| a)
+                        .ok_or_else(|| "not yet".to_string())
+                },
+            )
+            .await;
+            Some((addr, None, Some(proxy)))
+        }
+        Kind::Envoy => {
+            let binary = require_peer("envoy", envoy_binary())?;
+            let mut opts = EnvoyOpts::new(
+                plane.xds,
+                "router~127.0.0.1~edge-gw.istio-system~istio-system.svc.cluster.local",
+            );
+            opts.metadata = json!({ "LABELS": { "istio": "ingressgateway" }, "JALUR_EPHEMERAL_PORTS": "true", "JALUR_LISTEN_ADDRESS": "127.0.0.1" });
+            let envoy = Envoy::start_with(&binary, opts)
+                .await
+                .expect("envoy gateway");
+            let port = envoy
+                .listener_port(listener)
+                .await
+                .expect("gateway listener");
+            Some((SocketAddr::from(([127, 0, 0, 1], port)), Some(envoy), None))
+        }
+    }
+}
+
+async fn gateway_serves_bound_virtual_services(kind: Kind) {
+    let v2 = EchoServer::start("v2").await;
+    let mut files = base(&[("v2", &v2)]);
+    files.push(("dr.yaml", subsets_rule("reviews", "bookinfo", &["v2"])));
+    files.push((
+        "gateway.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: edge, namespace: istio-system}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 8080, name: http, protocol: HTTP}\n    hosts: [\"bookinfo/*\"]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: edge, namespace: bookinfo}\nspec:\n  hosts: [bookinfo.example.com]\n  gateways: [istio-system/edge]\n  http:\n  - match: [{uri: {prefix: /api/v0}}]\n    redirect: {uri: /api/v1, redirectCode: 308}\n  - match: [{uri: {prefix: /reviews/}}]\n    rewrite: {uri: /}\n    route:\n    - destination: {host: reviews, subset: v2}\n  - directResponse: {status: 418, body: {string: \"short and stout\"}}\n".to_string(),
+    ));
+    let plane = Plane::start(&files).await;
+    let Some((gw, _envoy, _proxy)) = gateway(kind, &plane).await else {
+        return;
+    };
+    let host = "bookinfo.example.com";
+    let (_, headers, _) = assert_eventually(
+        &format!("{kind:?} gateway routes /reviews/"),
+        Duration::from_secs(20),
+        || async {
+            match http_get(gw, host, "/reviews/123", &[]).await {
+                Ok(r) if r.0 == 200 => Ok(r),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        headers.get("x-backend").and_then(|v| v.to_str().ok()),
+        Some("v2"),
+        "{kind:?}"
+    );
+    assert_eq!(
+        headers.get("x-path").and_then(|v| v.to_str().ok()),
+        Some("/123"),
+        "{kind:?}: prefix rewrite"
+    );
+    let (status, headers, _) = http_get(gw, host, "/api/v0/x", &[])
+        .await
+        .expect("redirect");
+    assert_eq!(status, 308, "{kind:?}");
+    let location = headers
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    assert!(location.ends_with("/api/v1"), "{kind:?}: {location}");
+    let (status, _, body) = http_get(gw, host, "/anything", &[]).await.expect("direct");
+    assert_eq!(
+        (status, body.as_str()),
+        (418, "short and stout"),
+        "{kind:?}"
+    );
+    let (status, _, _) = http_get(gw, "other.example.com", "/reviews/1", &[])
+        .await
+        .expect("other");
+    assert_eq!(status, 404, "{kind:?}: hosts the Gateway does not expose");
+}
+
+both!(gateway_routes, gateway_serves_bound_virtual_services);
