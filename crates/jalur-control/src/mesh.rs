@@ -77,6 +77,9 @@ pub struct Service {
     /// `5432=15432,6379=16379`): without iptables, an app reaches a TCP service through a local
     /// listener of its sidecar.
     pub local_ports: std::collections::BTreeMap<u32, u32>,
+    /// The registry a service was imported from (e.g. `consul`): such clusters get outlier
+    /// detection by default, since a dead instance can stay registered as passing.
+    pub imported_from: Option<String>,
 }
 
 impl Service {
@@ -183,6 +186,7 @@ impl Mesh {
                 discovery,
                 external,
                 local_ports: local_ports(res),
+                imported_from: None,
             };
             self.services.entry(fqdn.clone()).or_insert(service);
             self.endpoints
@@ -204,6 +208,11 @@ impl Mesh {
                 discovery: Discovery::Eds,
                 external: false,
                 local_ports: Default::default(),
+                imported_from: w
+                    .source
+                    .split_once(':')
+                    .map(|(r, _)| r.to_string())
+                    .filter(|r| r != "proxy"),
             });
         for p in &w.ports {
             if service.port(p.number).is_none() {
@@ -227,9 +236,7 @@ impl Mesh {
                     .find(|p| p.number == sp.number || p.name == sp.name);
                 (
                     sp.number,
-                    w.inbound_port
-                        .or(app.map(|p| p.number))
-                        .unwrap_or(sp.number),
+                    w.target_port.or(app.map(|p| p.number)).unwrap_or(sp.number),
                 )
             })
             .collect();

@@ -160,7 +160,7 @@ impl ClientInfo {
             name: self.workload_name.clone(),
             address,
             ports: self.ports.clone(),
-            inbound_port: inbound,
+            target_port: inbound,
             labels: self.labels.clone(),
             weight: 1,
             locality: self.locality.clone(),
@@ -273,7 +273,7 @@ mod tests {
         assert_eq!(w.address, "10.1.2.3");
         assert_eq!(w.labels.get("version").map(String::as_str), Some("v2"));
         assert_eq!(w.ports[0].number, 9080);
-        assert_eq!(w.inbound_port, Some(DEFAULT_INBOUND_PORT));
+        assert_eq!(w.target_port, Some(DEFAULT_INBOUND_PORT));
     }
 
     #[test]

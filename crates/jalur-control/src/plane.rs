@@ -15,6 +15,7 @@ use prometheus_client::registry::Registry as MetricsRegistry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::consul::ConsulRegistries;
 use crate::mesh::Mesh;
 use crate::node::ClientInfo;
 use crate::registry::{ProxyRegistry, Registry, Workload, WorkloadSet};
@@ -67,8 +68,9 @@ pub struct State {
     pub store: ConfigStore,
     pub mesh: Arc<ArcSwap<Mesh>>,
     pub proxies: ProxyRegistry,
-    /// Every workload source: the proxy registry first, then any others (Consul, ...).
+    /// Every workload source: the proxy registry first, then Consul, then any others.
     pub registries: Vec<Arc<dyn Registry>>,
+    pub consul: Arc<ConsulRegistries>,
     pub ads: AdsServer,
     pub metrics: Arc<MetricsRegistry>,
     pub generation: Arc<AtomicU64>,
@@ -157,6 +159,8 @@ impl ControlPlane {
             pm.workloads.clone(),
         );
         store.register_metrics(&mut registry);
+        let consul = ConsulRegistries::start(store.subscribe());
+        consul.register_metrics(&mut registry);
         pm.services
             .set(i64::try_from(mesh.load().services.len()).unwrap_or(i64::MAX));
 
@@ -182,9 +186,14 @@ impl ControlPlane {
             store: store.clone(),
             mesh: mesh.clone(),
             proxies: proxies.clone(),
-            registries: std::iter::once(Arc::new(proxies.clone()) as Arc<dyn Registry>)
-                .chain(extra)
-                .collect(),
+            registries: [
+                Arc::new(proxies.clone()) as Arc<dyn Registry>,
+                consul.clone() as Arc<dyn Registry>,
+            ]
+            .into_iter()
+            .chain(extra)
+            .collect(),
+            consul,
             ads: ads.clone(),
             metrics: Arc::new(registry),
             generation: Arc::new(AtomicU64::new(0)),

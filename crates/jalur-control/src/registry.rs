@@ -21,8 +21,9 @@ pub struct Workload {
     pub address: String,
     /// Application ports (numbers the service is called on).
     pub ports: Vec<Port>,
-    /// When the workload has a sidecar, traffic for every port enters here.
-    pub inbound_port: Option<u32>,
+    /// Every service port is dialled at this port: a sidecar's inbound port, or a registry
+    /// instance's own port (Consul instances of one service often differ in port).
+    pub target_port: Option<u32>,
     pub labels: BTreeMap<String, String>,
     pub weight: u32,
     pub locality: String,

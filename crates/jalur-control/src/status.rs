@@ -67,7 +67,8 @@ fn handle(state: &State, req: Request<Incoming>) -> Reply {
         }
         "/debug/registry" => json_reply(StatusCode::OK, &json!({
             "registries": state.registries.iter().map(|r| json!({ "name": r.name(), "workloads": *r.watch().borrow().clone() })).collect::<Vec<_>>(),
-            "endpoints": state.mesh.load().endpoints,
+            "consul": state.consul.status(),
+                    "endpoints": state.mesh.load().endpoints,
         })),
         _ => text(
             StatusCode::NOT_FOUND,

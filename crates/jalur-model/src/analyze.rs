@@ -48,6 +48,7 @@ pub fn analyze_with(config: &Config, extra: &KnownServices) -> Vec<Diagnostic> {
             Spec::ServiceEntry(se) => service_entry::check(r, se, &mut out),
             Spec::WorkloadEntry(we) => service_entry::check_workload_entry(r, we, &mut out),
             Spec::Gateway(gw) => gateway::check(r, gw, &mut out),
+            Spec::ConsulRegistry(_) => {}
         }
     }
     out.sort_by(|a, b| {

@@ -6,6 +6,7 @@ pub mod analyze;
 pub mod diag;
 pub mod duration;
 pub mod host;
+pub mod jalur;
 pub mod load;
 pub mod networking;
 pub mod span;
@@ -28,19 +29,32 @@ pub enum Kind {
     ServiceEntry,
     WorkloadEntry,
     Gateway,
+    ConsulRegistry,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::ServiceEntry,
         Kind::WorkloadEntry,
         Kind::Gateway,
+        Kind::ConsulRegistry,
     ];
 
     pub fn group(self) -> &'static str {
-        "networking.istio.io"
+        match self {
+            Kind::ConsulRegistry => "jalur.dev",
+            _ => "networking.istio.io",
+        }
+    }
+
+    /// API versions accepted for this kind; the first is the one to write.
+    pub fn versions(self) -> &'static [&'static str] {
+        match self {
+            Kind::ConsulRegistry => &["v1alpha1"],
+            _ => &["v1", "v1beta1", "v1alpha3"],
+        }
     }
 
     pub fn as_str(self) -> &'static str {
@@ -50,6 +64,7 @@ impl Kind {
             Kind::ServiceEntry => "ServiceEntry",
             Kind::WorkloadEntry => "WorkloadEntry",
             Kind::Gateway => "Gateway",
+            Kind::ConsulRegistry => "ConsulRegistry",
         }
     }
 
@@ -122,6 +137,7 @@ pub enum Spec {
     ServiceEntry(networking::ServiceEntry),
     WorkloadEntry(networking::WorkloadEntry),
     Gateway(networking::Gateway),
+    ConsulRegistry(jalur::ConsulRegistry),
 }
 
 impl Spec {
@@ -132,6 +148,7 @@ impl Spec {
             Spec::ServiceEntry(_) => Kind::ServiceEntry,
             Spec::WorkloadEntry(_) => Kind::WorkloadEntry,
             Spec::Gateway(_) => Kind::Gateway,
+            Spec::ConsulRegistry(_) => Kind::ConsulRegistry,
         }
     }
 }
@@ -214,6 +231,7 @@ impl Config {
     typed_iter!(service_entries, ServiceEntry, networking::ServiceEntry);
     typed_iter!(workload_entries, WorkloadEntry, networking::WorkloadEntry);
     typed_iter!(gateways, Gateway, networking::Gateway);
+    typed_iter!(consul_registries, ConsulRegistry, jalur::ConsulRegistry);
 
     /// Sorted by kind, namespace, name so that translation is deterministic whatever the file order.
     pub fn new(mut resources: Vec<Resource>) -> Config {

@@ -11,8 +11,6 @@ use crate::diag::{codes, Code, Diagnostic};
 use crate::span::SpanIndex;
 use crate::{Config, Kind, Meta, Origin, Resource, ResourceRef, Spec};
 
-const API_VERSIONS: [&str; 3] = ["v1", "v1beta1", "v1alpha3"];
-
 /// The result of loading: the resources that parsed, and everything that went wrong.
 /// A caller that must not serve a partial config checks [`Loaded::has_errors`].
 #[derive(Debug, Default)]
@@ -223,6 +221,7 @@ fn typed_spec(kind: Kind, value: yaml_serde::Value) -> Result<Spec, (String, Str
         Kind::ServiceEntry => Spec::ServiceEntry(typed(value)?),
         Kind::WorkloadEntry => Spec::WorkloadEntry(typed(value)?),
         Kind::Gateway => Spec::Gateway(typed(value)?),
+        Kind::ConsulRegistry => Spec::ConsulRegistry(typed(value)?),
     })
 }
 
@@ -281,12 +280,22 @@ fn shift_lines(message: &str, offset: usize) -> String {
 fn check_api_version(kind: Kind, api_version: &str) -> Result<(), String> {
     let ok = api_version
         .split_once('/')
-        .is_some_and(|(g, v)| g == kind.group() && API_VERSIONS.contains(&v));
+        .is_some_and(|(g, v)| g == kind.group() && kind.versions().contains(&v));
     if ok {
         Ok(())
     } else {
+        let (first, rest) = kind
+            .versions()
+            .split_first()
+            .map(|(f, r)| (*f, r.join(", ")))
+            .unwrap_or(("v1", String::new()));
+        let also = if rest.is_empty() {
+            String::new()
+        } else {
+            format!(" ({rest} accepted too)")
+        };
         Err(format!(
-            "apiVersion {api_version:?} is not supported for {kind}; use {}/v1 (v1beta1 and v1alpha3 are accepted too)",
+            "apiVersion {api_version:?} is not supported for {kind}; use {}/{first}{also}",
             kind.group()
         ))
     }

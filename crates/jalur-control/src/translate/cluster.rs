@@ -110,6 +110,9 @@ pub fn clusters(ctx: &Ctx) -> (Vec<Cluster>, Vec<ClusterLoadAssignment>) {
                 let mut policy = Policy::default();
                 policy.layer(dr.and_then(|(_, d)| d.traffic_policy.as_ref()), port.number);
                 policy.layer(subset_policy, port.number);
+                if service.imported_from.is_some() && policy.outlier_detection.is_none() {
+                    policy.outlier_detection = Some(imported_outlier_detection());
+                }
                 let name = cluster_name(port.number, subset, &service.host);
                 let selected: Vec<&Endpoint> =
                     endpoints.iter().filter(|e| e.matches(&labels)).collect();
@@ -273,6 +276,21 @@ fn endpoint_address(e: &LbEndpoint) -> String {
     match socket.port_specifier {
         Some(socket_address::PortSpecifier::PortValue(p)) => format!("{}:{p}", socket.address),
         _ => socket.address.clone(),
+    }
+}
+
+/// Imported (registry) services get outlier detection unless a DestinationRule says otherwise:
+/// a dead instance can stay registered as passing for a while (a missed TTL, a stuck check), and
+/// three consecutive failures (connect failures count) take it out of rotation.
+fn imported_outlier_detection() -> OutlierDetection {
+    use jalur_model::duration::Duration;
+    OutlierDetection {
+        consecutive_5xx_errors: Some(3),
+        consecutive_gateway_errors: Some(3),
+        interval: Some(Duration(std::time::Duration::from_secs(2))),
+        base_ejection_time: Some(Duration(std::time::Duration::from_secs(30))),
+        max_ejection_percent: Some(50),
+        ..OutlierDetection::default()
     }
 }
 

@@ -471,6 +471,7 @@ fn inbound_cluster(ctx: &Ctx, name: &str, app: &Port) -> Cluster {
         discovery: crate::mesh::Discovery::Eds,
         external: false,
         local_ports: Default::default(),
+        imported_from: None,
     };
     let local = Endpoint {
         address: "127.0.0.1".into(),

@@ -1,0 +1,564 @@
+//! Consul as a live registry: every `ConsulRegistry` resource in config becomes a watcher that
+//! follows Consul's catalog and health endpoints with blocking queries and turns instances into
+//! workloads (`payments` -> `payments.service.consul`, plus aliases). Written against Consul's
+//! documented HTTP API: `/v1/catalog/services`, `/v1/health/service/:name`, `index`/`wait`,
+//! `X-Consul-Index` (reset to 0 when it goes backwards), `X-Consul-Token`.
+//!
+//! While Consul is unreachable the last known instances stay; `/debug/registry` and the
+//! `jalur_consul_up` gauge say so.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use jalur_model::jalur::{ConsulRegistry, WarningPolicy};
+use jalur_model::Config;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::mesh::{Port, Protocol};
+use crate::registry::{Registry, Workload, WorkloadSet};
+
+const DEFAULT_WAIT: Duration = Duration::from_secs(30);
+const DEFAULT_SERVICE_PORT: u32 = 80;
+
+type Labels = Vec<(String, String)>;
+
+/// What `/debug/registry` shows per ConsulRegistry.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct WatchStatus {
+    pub registry: String,
+    pub address: String,
+    pub up: bool,
+    pub last_error: Option<String>,
+    pub last_success_unix: Option<u64>,
+    pub services: usize,
+    pub instances: usize,
+}
+
+/// All ConsulRegistry watchers, as one [`Registry`] named `consul`.
+pub struct ConsulRegistries {
+    tx: watch::Sender<WorkloadSet>,
+    inner: Arc<Mutex<Inner>>,
+    up: Family<Labels, Gauge>,
+    errors: Family<Labels, Counter>,
+}
+
+#[derive(Default)]
+struct Inner {
+    watchers: HashMap<String, (ConsulRegistry, JoinHandle<()>)>,
+    workloads: BTreeMap<String, BTreeMap<String, Vec<Workload>>>,
+    status: BTreeMap<String, WatchStatus>,
+}
+
+impl ConsulRegistries {
+    /// Starts following the ConsulRegistry resources of `config`, now and after every change.
+    pub fn start(mut config: watch::Receiver<Arc<Config>>) -> Arc<ConsulRegistries> {
+        let (tx, _) = watch::channel(Arc::new(Vec::new()));
+        let this = Arc::new(ConsulRegistries {
+            tx,
+            inner: Arc::default(),
+            up: Family::default(),
+            errors: Family::default(),
+        });
+        let weak = Arc::downgrade(&this);
+        tokio::spawn(async move {
+            loop {
+                let current = config.borrow_and_update().clone();
+                match weak.upgrade() {
+                    Some(me) => me.reconcile(&current),
+                    None => return,
+                }
+                if config.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        this
+    }
+
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "jalur_consul_up",
+            "1 while the last Consul query of a ConsulRegistry succeeded",
+            self.up.clone(),
+        );
+        registry.register(
+            "jalur_consul_errors",
+            "Failed Consul queries, by ConsulRegistry",
+            self.errors.clone(),
+        );
+    }
+
+    pub fn status(&self) -> Vec<WatchStatus> {
+        self.lock().status.values().cloned().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts watchers for new or changed ConsulRegistry resources, stops removed ones.
+    fn reconcile(self: &Arc<Self>, config: &Config) {
+        let wanted: HashMap<String, ConsulRegistry> = config
+            .consul_registries()
+            .map(|(r, c)| (format!("{}/{}", r.meta.namespace, r.meta.name), c.clone()))
+            .collect();
+        let mut inner = self.lock();
+        let stale: Vec<String> = inner
+            .watchers
+            .iter()
+            .filter(|(k, (spec, _))| wanted.get(*k) != Some(spec))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in stale {
+            if let Some((_, task)) = inner.watchers.remove(&key) {
+                task.abort();
+            }
+            inner.workloads.remove(&key);
+            inner.status.remove(&key);
+        }
+        for (key, spec) in wanted {
+            if inner.watchers.contains_key(&key) {
+                continue;
+            }
+            tracing::info!(registry = %key, addresses = ?spec.addresses, "following Consul");
+            let task =
+                tokio::spawn(Watcher::new(Arc::downgrade(self), key.clone(), spec.clone()).run());
+            inner.watchers.insert(key, (spec, task));
+        }
+        drop(inner);
+        self.publish();
+    }
+
+    fn set_service(&self, registry: &str, service: &str, workloads: Vec<Workload>) {
+        let mut inner = self.lock();
+        let services = inner.workloads.entry(registry.to_string()).or_default();
+        if workloads.is_empty() {
+            services.remove(service);
+        } else {
+            services.insert(service.to_string(), workloads);
+        }
+        let (count, instances) = (services.len(), services.values().map(Vec::len).sum());
+        let st = inner.status.entry(registry.to_string()).or_default();
+        st.services = count;
+        st.instances = instances;
+        drop(inner);
+        self.publish();
+    }
+
+    fn retain_services(&self, registry: &str, keep: &[String]) {
+        let mut inner = self.lock();
+        if let Some(services) = inner.workloads.get_mut(registry) {
+            services.retain(|name, _| keep.contains(name));
+        }
+        drop(inner);
+        self.publish();
+    }
+
+    fn report(&self, registry: &str, address: &str, result: Result<(), String>) {
+        let labels = vec![("registry".to_string(), registry.to_string())];
+        let mut inner = self.lock();
+        let st = inner.status.entry(registry.to_string()).or_default();
+        st.registry = registry.to_string();
+        st.address = address.to_string();
+        match result {
+            Ok(()) => {
+                st.up = true;
+                st.last_error = None;
+                st.last_success_unix = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_secs());
+                self.up.get_or_create(&labels).set(1);
+            }
+            Err(e) => {
+                if st.up || st.last_error.is_none() {
+                    tracing::warn!(registry, address, error = %e, "Consul unreachable; keeping the last known instances");
+                }
+                st.up = false;
+                st.last_error = Some(e);
+                self.up.get_or_create(&labels).set(0);
+                self.errors.get_or_create(&labels).inc();
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let set: Vec<Workload> = self
+            .lock()
+            .workloads
+            .values()
+            .flat_map(|s| s.values().flatten().cloned())
+            .collect();
+        self.tx.send_replace(Arc::new(set));
+    }
+}
+
+impl Registry for ConsulRegistries {
+    fn name(&self) -> &str {
+        "consul"
+    }
+
+    fn watch(&self) -> watch::Receiver<WorkloadSet> {
+        self.tx.subscribe()
+    }
+}
+
+/// One ConsulRegistry: a catalog loop that starts and stops one health loop per service.
+struct Watcher {
+    parent: std::sync::Weak<ConsulRegistries>,
+    key: String,
+    spec: ConsulRegistry,
+    client: Client<HttpConnector, Empty<Bytes>>,
+    token: Option<String>,
+}
+
+impl Watcher {
+    fn new(
+        parent: std::sync::Weak<ConsulRegistries>,
+        key: String,
+        spec: ConsulRegistry,
+    ) -> Arc<Watcher> {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(3)));
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let token = read_token(&spec);
+        Arc::new(Watcher {
+            parent,
+            key,
+            spec,
+            client,
+            token,
+        })
+    }
+
+    fn base(&self) -> String {
+        let a = self
+            .spec
+            .addresses
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "127.0.0.1:8500".into());
+        if a.starts_with("http://") || a.starts_with("https://") {
+            a.trim_end_matches('/').to_string()
+        } else {
+            format!("http://{a}")
+        }
+    }
+
+    fn wait(&self) -> Duration {
+        self.spec.wait.map(|d| d.as_std()).unwrap_or(DEFAULT_WAIT)
+    }
+
+    async fn run(self: Arc<Self>) {
+        let mut index = 0u64;
+        let mut health: HashMap<String, JoinHandle<()>> = HashMap::new();
+        let mut failures = 0u32;
+        loop {
+            let dcs: Vec<Option<String>> = if self.spec.datacenters.is_empty() {
+                vec![None]
+            } else {
+                self.spec.datacenters.iter().cloned().map(Some).collect()
+            };
+            let query = format!(
+                "/v1/catalog/services?index={index}&wait={}s{}",
+                self.wait().as_secs(),
+                dc_param(dcs[0].as_deref())
+            );
+            match self.get(&query).await {
+                Ok((body, new_index)) => {
+                    failures = 0;
+                    self.report(Ok(()));
+                    index = next_index(index, new_index);
+                    let names = self.selected(&body);
+                    health.retain(|name, task| {
+                        let keep = names.contains(name);
+                        if !keep {
+                            task.abort();
+                        }
+                        keep
+                    });
+                    if let Some(p) = self.parent.upgrade() {
+                        p.retain_services(&self.key, &names);
+                    }
+                    for name in names {
+                        health.entry(name.clone()).or_insert_with(|| {
+                            let me = self.clone();
+                            let dcs = dcs.clone();
+                            tokio::spawn(async move { me.follow(name, dcs).await })
+                        });
+                    }
+                }
+                Err(e) => {
+                    self.report(Err(e));
+                    failures += 1;
+                    tokio::time::sleep(backoff(failures)).await;
+                }
+            }
+        }
+    }
+
+    /// Follows one service's health (in every configured datacenter, the first listed).
+    async fn follow(self: Arc<Self>, name: String, dcs: Vec<Option<String>>) {
+        let mut index = 0u64;
+        let mut failures = 0u32;
+        let dc = dcs.first().cloned().flatten();
+        loop {
+            let query = format!(
+                "/v1/health/service/{name}?index={index}&wait={}s{}",
+                self.wait().as_secs(),
+                dc_param(dc.as_deref())
+            );
+            match self.get(&query).await {
+                Ok((body, new_index)) => {
+                    failures = 0;
+                    index = next_index(index, new_index);
+                    let workloads = self.workloads(&name, &body, dc.as_deref());
+                    if let Some(p) = self.parent.upgrade() {
+                        p.set_service(&self.key, &name, workloads);
+                    }
+                }
+                Err(e) => {
+                    self.report(Err(e));
+                    failures += 1;
+                    tokio::time::sleep(backoff(failures)).await;
+                }
+            }
+        }
+    }
+
+    fn report(&self, result: Result<(), String>) {
+        if let Some(p) = self.parent.upgrade() {
+            p.report(&self.key, &self.base(), result);
+        }
+    }
+
+    /// GET a Consul endpoint: the JSON body and `X-Consul-Index`.
+    async fn get(&self, path_and_query: &str) -> Result<(Value, u64), String> {
+        let url = format!("{}{path_and_query}", self.base());
+        let mut req = http::Request::get(&url);
+        if let Some(t) = &self.token {
+            req = req.header("X-Consul-Token", t);
+        }
+        let req = req
+            .body(Empty::new())
+            .map_err(|e| format!("bad request {url}: {e}"))?;
+        let timeout = self.wait() + self.wait() / 16 + Duration::from_secs(5);
+        let resp = tokio::time::timeout(timeout, self.client.request(req))
+            .await
+            .map_err(|_| format!("GET {} timed out", redact(path_and_query)))?
+            .map_err(|e| format!("GET {} failed: {e}", redact(path_and_query)))?;
+        let status = resp.status();
+        let index = resp
+            .headers()
+            .get("x-consul-index")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0);
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("reading Consul's answer: {e}"))?
+            .to_bytes();
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&body).trim().to_string();
+            let hint = if status == 403 {
+                " (check the ACL token: ConsulRegistry spec.token)"
+            } else {
+                ""
+            };
+            return Err(format!(
+                "Consul answered {status} to {}: {text}{hint}",
+                redact(path_and_query)
+            ));
+        }
+        let json = serde_json::from_slice(&body)
+            .map_err(|e| format!("Consul's answer is not JSON: {e}"))?;
+        Ok((json, index))
+    }
+
+    /// Service names from `/v1/catalog/services` that the spec selects.
+    fn selected(&self, catalog: &Value) -> Vec<String> {
+        let Some(map) = catalog.as_object() else {
+            return Vec::new();
+        };
+        let sel = self.spec.services.clone().unwrap_or_default();
+        let mut names: Vec<String> = map
+            .iter()
+            .filter(|(name, _)| name.as_str() != "consul")
+            .filter(|(name, tags)| {
+                let by_name = sel.names.is_empty() || sel.names.iter().any(|n| n == *name);
+                let tags: Vec<&str> = tags
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                let by_tag =
+                    sel.tags.is_empty() || sel.tags.iter().any(|t| tags.contains(&t.as_str()));
+                by_name && by_tag
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Health entries -> workloads for `name.service.consul` and its aliases.
+    fn workloads(&self, name: &str, health: &Value, dc: Option<&str>) -> Vec<Workload> {
+        let include_warning = self.spec.warning == Some(WarningPolicy::Include);
+        let service_port = self.spec.service_port.unwrap_or(DEFAULT_SERVICE_PORT);
+        let mut hosts = vec![format!("{name}.service.consul")];
+        hosts.extend(self.spec.aliases.get(name).cloned().unwrap_or_default());
+        let mut out = Vec::new();
+        for entry in health.as_array().into_iter().flatten() {
+            let svc = &entry["Service"];
+            let address = svc["Address"]
+                .as_str()
+                .filter(|a| !a.is_empty())
+                .or_else(|| entry["Node"]["Address"].as_str());
+            let (Some(address), Some(port)) = (address, svc["Port"].as_u64()) else {
+                continue;
+            };
+            let statuses: Vec<&str> = entry["Checks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c["Status"].as_str())
+                .collect();
+            let critical = statuses.contains(&"critical") || statuses.contains(&"maintenance");
+            let warning = statuses.contains(&"warning");
+            let healthy = !critical && (!warning || include_warning);
+            let weight_key = if warning { "Warning" } else { "Passing" };
+            let weight = svc["Weights"][weight_key].as_u64().unwrap_or(1).max(1) as u32;
+            let mut labels = BTreeMap::new();
+            for tag in svc["Tags"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+            {
+                if let Some((k, v)) = tag.split_once('=').or_else(|| tag.split_once(':')) {
+                    labels.insert(k.to_string(), v.to_string());
+                }
+            }
+            for (k, v) in svc["Meta"].as_object().into_iter().flatten() {
+                if let Some(v) = v.as_str() {
+                    labels.insert(k.clone(), v.to_string());
+                }
+            }
+            let protocol = Protocol::parse(labels.get("protocol").map(String::as_str), None);
+            let protocol = if labels.contains_key("protocol") {
+                protocol
+            } else {
+                Protocol::Http
+            };
+            let datacenter = entry["Node"]["Datacenter"]
+                .as_str()
+                .or(dc)
+                .unwrap_or("")
+                .to_string();
+            for host in &hosts {
+                out.push(Workload {
+                    host: host.clone(),
+                    namespace: "consul".into(),
+                    name: svc["ID"].as_str().unwrap_or(name).to_string(),
+                    address: address.to_string(),
+                    ports: vec![Port {
+                        number: service_port,
+                        name: "http".into(),
+                        protocol,
+                    }],
+                    target_port: u32::try_from(port).ok(),
+                    labels: labels.clone(),
+                    weight,
+                    locality: datacenter.clone(),
+                    healthy,
+                    source: format!("consul:{}", self.key),
+                });
+            }
+        }
+        out
+    }
+}
+
+fn dc_param(dc: Option<&str>) -> String {
+    dc.map(|d| format!("&dc={d}")).unwrap_or_default()
+}
+
+/// Consul's rule: a new index lower than the last one (a snapshot restore, a leader change with
+/// an older raft log) means start over from 0; an index of 0 is treated as 1 so queries block.
+fn next_index(previous: u64, new: u64) -> u64 {
+    if new < previous {
+        0
+    } else {
+        new.max(1)
+    }
+}
+
+/// Exponential backoff with full jitter: 200 ms doubling up to 10 s.
+fn backoff(failures: u32) -> Duration {
+    let cap = Duration::from_millis(200)
+        .saturating_mul(1u32 << failures.min(6))
+        .min(Duration::from_secs(10));
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    cap.mul_f64(0.5 + f64::from(nanos % 1000) / 2000.0)
+}
+
+/// Query strings never carry a token here (it goes in a header), but strip one if a user put it
+/// in an address.
+fn redact(s: &str) -> String {
+    match s.find("token=") {
+        Some(i) => format!("{}token=REDACTED", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+fn read_token(spec: &ConsulRegistry) -> Option<String> {
+    let t = spec.token.as_ref()?;
+    if let Some(file) = &t.file {
+        match std::fs::read_to_string(file) {
+            Ok(s) => return Some(s.trim().to_string()),
+            Err(e) => {
+                tracing::error!(file = %file, error = %e, "cannot read the Consul ACL token file")
+            }
+        }
+    }
+    t.env
+        .as_ref()
+        .and_then(|name| std::env::var(name).ok())
+        .map(|s| s.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_going_backwards_restarts_from_zero() {
+        assert_eq!(next_index(10, 12), 12);
+        assert_eq!(next_index(12, 3), 0);
+        assert_eq!(next_index(0, 0), 1);
+    }
+
+    #[test]
+    fn backoff_is_bounded_and_jittered() {
+        for f in 0..20 {
+            let b = backoff(f);
+            assert!(
+                b <= Duration::from_secs(10) && b >= Duration::from_millis(100),
+                "{b:?}"
+            );
+        }
+    }
+}

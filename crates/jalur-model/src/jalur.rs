@@ -1,0 +1,62 @@
+//! jalur's own resources, `jalur.dev/v1alpha1`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::duration::Duration;
+
+/// A Consul deployment whose services join the mesh: `payments` appears as
+/// `payments.service.consul` (what legacy code already calls) plus any aliases.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConsulRegistry {
+    /// Consul agents or servers, `http://host:port` or `host:port`; tried in order.
+    pub addresses: Vec<String>,
+    /// Datacenters to import from; empty = the agent's own.
+    #[serde(default)]
+    pub datacenters: Vec<String>,
+    /// ACL token source (never logged).
+    #[serde(default)]
+    pub token: Option<TokenSource>,
+    /// Which services to import; default: all.
+    #[serde(default)]
+    pub services: Option<ServiceSelector>,
+    /// What a `warning` check means: `exclude` (as `?passing`, the default) or `include`.
+    #[serde(default)]
+    pub warning: Option<WarningPolicy>,
+    /// Extra mesh hosts per Consul service name, e.g. `payments: [payments.prod.svc.cluster.local]`.
+    #[serde(default)]
+    pub aliases: BTreeMap<String, Vec<String>>,
+    /// The port mesh callers use for imported services (each instance keeps its own port).
+    #[serde(default)]
+    pub service_port: Option<u32>,
+    /// Blocking-query wait (Consul's `wait`), default 30s.
+    #[serde(default)]
+    pub wait: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TokenSource {
+    #[serde(default)]
+    pub file: Option<String>,
+    #[serde(default)]
+    pub env: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceSelector {
+    #[serde(default)]
+    pub names: Vec<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum WarningPolicy {
+    Exclude,
+    Include,
+}
