@@ -64,6 +64,44 @@ pub fn node_client_dir() -> Option<PathBuf> {
     (installed && on_path("node").is_some()).then_some(dir)
 }
 
+/// `redis-server` (Debian `redis-server`): `$JALUR_REDIS_SERVER`, else the one on PATH.
+pub fn redis_server() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("JALUR_REDIS_SERVER").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(path)).filter(|p| is_executable(p));
+    }
+    on_path("redis-server")
+}
+
+/// The PostgreSQL server's bin directory (holding `postgres`, `initdb`, `pg_isready` and
+/// `psql`): `$JALUR_POSTGRES_BIN`, else the newest `/usr/lib/postgresql/<major>/bin`, where
+/// Debian's `postgresql` package puts them (off PATH).
+pub fn postgres_bin_dir() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("JALUR_POSTGRES_BIN").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(path)).filter(|p| is_postgres_bin_dir(p));
+    }
+    postgres_bin_dir_under(Path::new("/usr/lib/postgresql"))
+}
+
+fn postgres_bin_dir_under(root: &Path) -> Option<PathBuf> {
+    let mut majors: Vec<(u32, PathBuf)> = std::fs::read_dir(root)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let major = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            Some((major, entry.path().join("bin")))
+        })
+        .filter(|(_, bin)| is_postgres_bin_dir(bin))
+        .collect();
+    majors.sort();
+    majors.pop().map(|(_, bin)| bin)
+}
+
+fn is_postgres_bin_dir(dir: &Path) -> bool {
+    ["postgres", "initdb", "pg_isready", "psql"]
+        .iter()
+        .all(|program| is_executable(&dir.join(program)))
+}
+
 /// A script under `<repo>/tests/peers`.
 pub fn peer_script(name: &str) -> PathBuf {
     repo_root().join("tests/peers").join(name)
@@ -112,6 +150,31 @@ mod tests {
     fn finds_programs_on_path() {
         assert!(on_path("sh").is_some());
         assert!(on_path("no-such-program-jalur").is_none());
+    }
+
+    #[test]
+    fn the_newest_postgres_major_with_all_programs_wins() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = crate::unique_temp_dir("jalur-pg-bin").expect("temp dir");
+        for (major, complete) in [("9", true), ("15", true), ("16", false), ("x", true)] {
+            let bin = root.join(major).join("bin");
+            std::fs::create_dir_all(&bin).expect("mkdir");
+            let programs: &[&str] = if complete {
+                &["postgres", "initdb", "pg_isready", "psql"]
+            } else {
+                &["postgres"]
+            };
+            for program in programs {
+                let path = bin.join(program);
+                std::fs::write(&path, "#!/bin/sh\n").expect("write");
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                    .expect("chmod");
+            }
+        }
+        let found = postgres_bin_dir_under(&root);
+        let _ = std::fs::remove_dir_all(&root);
+        assert_eq!(found, Some(root.join("15/bin")));
+        assert_eq!(postgres_bin_dir_under(&root.join("missing")), None);
     }
 
     #[test]
