@@ -3,7 +3,12 @@
 //! counting bytes in Istio's `istio_tcp_*` metrics.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use tokio::net::TcpStream;
 
@@ -58,16 +63,26 @@ pub async fn proxy(
         }
     };
     let (sent, received) = match upstream {
-        Some(mut up) => {
+        Some(up) => {
             let _ = up.set_nodelay(true);
-            match tokio::io::copy_bidirectional(&mut downstream, &mut up).await {
-                // (from downstream to upstream, from upstream to downstream)
-                Ok((to_up, to_down)) => (to_down, to_up),
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "TCP stream ended with an error");
-                    (0, 0)
-                }
+            // Count bytes as they pass, so a connection that ends with a reset still reports
+            // what it carried.
+            let (from_down, from_up) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+            let mut down = Counting {
+                inner: &mut downstream,
+                read: from_down.clone(),
+            };
+            let mut up = Counting {
+                inner: up,
+                read: from_up.clone(),
+            };
+            if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                tracing::debug!(%peer, error = %e, "TCP stream ended with an error");
             }
+            (
+                from_up.load(Ordering::Relaxed),
+                from_down.load(Ordering::Relaxed),
+            )
         }
         None => (0, 0),
     };
@@ -78,4 +93,42 @@ pub async fn proxy(
         .get_or_create(&labels)
         .inc_by(received);
     rt.metrics.tcp_closed.get_or_create(&labels).inc();
+}
+
+/// A stream that counts the bytes read from it.
+struct Counting<T> {
+    inner: T,
+    read: Arc<AtomicU64>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counting<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.read
+            .fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
+        poll
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counting<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
