@@ -11,8 +11,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+mod export;
+
+pub use export::OWNER_TAG;
+
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use jalur_model::jalur::{ConsulRegistry, WarningPolicy};
@@ -47,6 +51,7 @@ pub struct WatchStatus {
 /// All ConsulRegistry watchers, as one [`Registry`] named `consul`.
 pub struct ConsulRegistries {
     tx: watch::Sender<WorkloadSet>,
+    exporter: Mutex<Option<JoinHandle<()>>>,
     inner: Arc<Mutex<Inner>>,
     up: Family<Labels, Gauge>,
     errors: Family<Labels, Counter>,
@@ -60,16 +65,24 @@ struct Inner {
 }
 
 impl ConsulRegistries {
-    /// Starts following the ConsulRegistry resources of `config`, now and after every change.
-    pub fn start(mut config: watch::Receiver<Arc<Config>>) -> Arc<ConsulRegistries> {
+    /// Starts following the ConsulRegistry resources of `config`, now and after every change,
+    /// and registering the connected `gateways` their exports select; `shutdown` removes every
+    /// registration jalur owns.
+    pub fn start(
+        mut config: watch::Receiver<Arc<Config>>,
+        gateways: watch::Receiver<Arc<Vec<crate::node::ClientInfo>>>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Arc<ConsulRegistries> {
         let (tx, _) = watch::channel(Arc::new(Vec::new()));
         let this = Arc::new(ConsulRegistries {
             tx,
+            exporter: Mutex::new(None),
             inner: Arc::default(),
             up: Family::default(),
             errors: Family::default(),
         });
         let weak = Arc::downgrade(&this);
+        let export_config = config.clone();
         tokio::spawn(async move {
             loop {
                 let current = config.borrow_and_update().clone();
@@ -82,7 +95,30 @@ impl ConsulRegistries {
                 }
             }
         });
+        let weak = Arc::downgrade(&this);
+        let report = move |key: &str, base: &str, result: Result<(), String>| {
+            if let Some(me) = weak.upgrade() {
+                me.report(key, base, result);
+            }
+        };
+        let task = tokio::spawn(export::run(export_config, gateways, shutdown, report));
+        *this.exporter.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
         this
+    }
+
+    /// Waits (bounded) for the exporter to remove jalur's registrations after shutdown.
+    pub async fn exports_stopped(&self, within: Duration) {
+        let task = self
+            .exporter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(t) = task {
+            let abort = t.abort_handle();
+            if tokio::time::timeout(within, t).await.is_err() {
+                abort.abort();
+            }
+        }
     }
 
     pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
@@ -218,8 +254,97 @@ struct Watcher {
     parent: std::sync::Weak<ConsulRegistries>,
     key: String,
     spec: ConsulRegistry,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    api: Api,
+}
+
+/// Consul's HTTP API at one address, with the ACL token (sent as `X-Consul-Token`, never logged).
+pub(crate) struct Api {
+    pub(crate) base: String,
     token: Option<String>,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Api {
+    pub(crate) fn new(spec: &ConsulRegistry) -> Api {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(3)));
+        let a = spec
+            .addresses
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "127.0.0.1:8500".into());
+        let base = if a.starts_with("http://") || a.starts_with("https://") {
+            a.trim_end_matches('/').to_string()
+        } else {
+            format!("http://{a}")
+        };
+        Api {
+            base,
+            token: read_token(spec),
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
+    /// One call: the JSON answer (Null when empty) and `X-Consul-Index`.
+    pub(crate) async fn call(
+        &self,
+        method: http::Method,
+        path_and_query: &str,
+        body: Option<Value>,
+    ) -> Result<(Value, u64), String> {
+        self.call_within(method, path_and_query, body, Duration::from_secs(10))
+            .await
+    }
+
+    async fn call_within(
+        &self,
+        method: http::Method,
+        path_and_query: &str,
+        body: Option<Value>,
+        timeout: Duration,
+    ) -> Result<(Value, u64), String> {
+        let url = format!("{}{path_and_query}", self.base);
+        let mut req = http::Request::builder().method(method.clone()).uri(&url);
+        if let Some(t) = &self.token {
+            req = req.header("X-Consul-Token", t);
+        }
+        let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        let req = req
+            .body(Full::new(bytes))
+            .map_err(|e| format!("bad request {url}: {e}"))?;
+        let what = format!("{method} {}", redact(path_and_query));
+        let resp = tokio::time::timeout(timeout, self.client.request(req))
+            .await
+            .map_err(|_| format!("{what} timed out"))?
+            .map_err(|e| format!("{what} failed: {e}"))?;
+        let status = resp.status();
+        let index = resp
+            .headers()
+            .get("x-consul-index")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0);
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("reading Consul's answer: {e}"))?
+            .to_bytes();
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&body).trim().to_string();
+            let hint = if status == 403 {
+                " (check the ACL token: ConsulRegistry spec.token)"
+            } else {
+                ""
+            };
+            return Err(format!("Consul answered {status} to {what}: {text}{hint}"));
+        }
+        if body.is_empty() {
+            return Ok((Value::Null, index));
+        }
+        let json = serde_json::from_slice(&body)
+            .map_err(|e| format!("Consul's answer to {what} is not JSON: {e}"))?;
+        Ok((json, index))
+    }
 }
 
 impl Watcher {
@@ -228,31 +353,17 @@ impl Watcher {
         key: String,
         spec: ConsulRegistry,
     ) -> Arc<Watcher> {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(3)));
-        let client = Client::builder(TokioExecutor::new()).build(connector);
-        let token = read_token(&spec);
+        let api = Api::new(&spec);
         Arc::new(Watcher {
             parent,
             key,
             spec,
-            client,
-            token,
+            api,
         })
     }
 
     fn base(&self) -> String {
-        let a = self
-            .spec
-            .addresses
-            .first()
-            .cloned()
-            .unwrap_or_else(|| "127.0.0.1:8500".into());
-        if a.starts_with("http://") || a.starts_with("https://") {
-            a.trim_end_matches('/').to_string()
-        } else {
-            format!("http://{a}")
-        }
+        self.api.base.clone()
     }
 
     fn wait(&self) -> Duration {
@@ -342,48 +453,13 @@ impl Watcher {
         }
     }
 
-    /// GET a Consul endpoint: the JSON body and `X-Consul-Index`.
+    /// A blocking GET: the JSON body and `X-Consul-Index`.
     async fn get(&self, path_and_query: &str) -> Result<(Value, u64), String> {
-        let url = format!("{}{path_and_query}", self.base());
-        let mut req = http::Request::get(&url);
-        if let Some(t) = &self.token {
-            req = req.header("X-Consul-Token", t);
-        }
-        let req = req
-            .body(Empty::new())
-            .map_err(|e| format!("bad request {url}: {e}"))?;
+        // Consul may add up to wait/16 of jitter; allow for it and the network.
         let timeout = self.wait() + self.wait() / 16 + Duration::from_secs(5);
-        let resp = tokio::time::timeout(timeout, self.client.request(req))
+        self.api
+            .call_within(http::Method::GET, path_and_query, None, timeout)
             .await
-            .map_err(|_| format!("GET {} timed out", redact(path_and_query)))?
-            .map_err(|e| format!("GET {} failed: {e}", redact(path_and_query)))?;
-        let status = resp.status();
-        let index = resp
-            .headers()
-            .get("x-consul-index")
-            .and_then(|v| v.to_str().ok()?.parse().ok())
-            .unwrap_or(0);
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("reading Consul's answer: {e}"))?
-            .to_bytes();
-        if !status.is_success() {
-            let text = String::from_utf8_lossy(&body).trim().to_string();
-            let hint = if status == 403 {
-                " (check the ACL token: ConsulRegistry spec.token)"
-            } else {
-                ""
-            };
-            return Err(format!(
-                "Consul answered {status} to {}: {text}{hint}",
-                redact(path_and_query)
-            ));
-        }
-        let json = serde_json::from_slice(&body)
-            .map_err(|e| format!("Consul's answer is not JSON: {e}"))?;
-        Ok((json, index))
     }
 
     /// Service names from `/v1/catalog/services` that the spec selects.

@@ -57,6 +57,8 @@ pub struct ClientInfo {
     pub inbound_port: u32,
     pub outbound_port: u32,
     pub listen_address: String,
+    /// Where the proxy answers `/healthz/ready` (`JALUR_HEALTH_PORT`, default 15021).
+    pub health_port: u32,
     pub ephemeral_ports: bool,
     pub locality: String,
 }
@@ -117,6 +119,7 @@ impl ClientInfo {
             ports,
             inbound_port: port("JALUR_INBOUND_PORT", DEFAULT_INBOUND_PORT),
             outbound_port: port("JALUR_OUTBOUND_PORT", DEFAULT_OUTBOUND_PORT),
+            health_port: port("JALUR_HEALTH_PORT", 15021),
             listen_address: md_str(&md, "JALUR_LISTEN_ADDRESS")
                 .unwrap_or_else(|| "0.0.0.0".to_string()),
             ephemeral_ports: md_str(&md, "JALUR_EPHEMERAL_PORTS").as_deref() == Some("true"),

@@ -159,7 +159,9 @@ impl ControlPlane {
             pm.workloads.clone(),
         );
         store.register_metrics(&mut registry);
-        let consul = ConsulRegistries::start(store.subscribe());
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let consul =
+            ConsulRegistries::start(store.subscribe(), proxies.gateways(), shutdown_rx.clone());
         consul.register_metrics(&mut registry);
         pm.services
             .set(i64::try_from(mesh.load().services.len()).unwrap_or(i64::MAX));
@@ -198,7 +200,6 @@ impl ControlPlane {
             metrics: Arc::new(registry),
             generation: Arc::new(AtomicU64::new(0)),
         };
-        let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(
             store
@@ -241,6 +242,10 @@ impl ControlPlane {
         // (and keep serving their last config), instead of holding a half-dead stream.
         self.state.ads.close_streams();
         let _ = self.shutdown.send(true);
+        self.state
+            .consul
+            .exports_stopped(Duration::from_secs(5))
+            .await;
         for t in self.tasks {
             let abort = t.abort_handle();
             if tokio::time::timeout(Duration::from_secs(2), t)

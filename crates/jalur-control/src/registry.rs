@@ -46,6 +46,8 @@ pub trait Registry: Send + Sync + 'static {
 pub struct ProxyRegistry {
     inner: Arc<Mutex<ProxyState>>,
     tx: Arc<watch::Sender<WorkloadSet>>,
+    /// Connected gateway proxies (for registering them in legacy registries).
+    gateways_tx: Arc<watch::Sender<Arc<Vec<ClientInfo>>>>,
     grace: Duration,
 }
 
@@ -53,6 +55,7 @@ pub struct ProxyRegistry {
 struct ProxyState {
     /// connection id -> workload; several connections may announce the same workload.
     by_conn: HashMap<u64, Workload>,
+    gateways: HashMap<u64, ClientInfo>,
 }
 
 impl ProxyRegistry {
@@ -61,11 +64,27 @@ impl ProxyRegistry {
         ProxyRegistry {
             inner: Arc::default(),
             tx: Arc::new(tx),
+            gateways_tx: Arc::new(watch::channel(Arc::new(Vec::new())).0),
             grace,
         }
     }
 
+    /// Connected gateway proxies, updated on every connect and disconnect.
+    pub fn gateways(&self) -> watch::Receiver<Arc<Vec<ClientInfo>>> {
+        self.gateways_tx.subscribe()
+    }
+
+    fn publish_gateways(&self) {
+        let mut v: Vec<ClientInfo> = self.lock().gateways.values().cloned().collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        self.gateways_tx.send_replace(Arc::new(v));
+    }
+
     pub fn connected(&self, conn_id: u64, client: &ClientInfo) {
+        if client.kind == crate::node::ClientKind::Gateway {
+            self.lock().gateways.insert(conn_id, client.clone());
+            self.publish_gateways();
+        }
         let Some(w) = client.workload() else { return };
         tracing::info!(conn_id, host = %w.host, address = %w.address, "workload registered by its proxy");
         self.lock().by_conn.insert(conn_id, w);
@@ -73,6 +92,9 @@ impl ProxyRegistry {
     }
 
     pub fn disconnected(&self, conn_id: u64) {
+        if self.lock().gateways.remove(&conn_id).is_some() {
+            self.publish_gateways();
+        }
         if !self.lock().by_conn.contains_key(&conn_id) {
             return;
         }

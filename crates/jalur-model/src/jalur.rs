@@ -34,6 +34,24 @@ pub struct ConsulRegistry {
     /// Blocking-query wait (Consul's `wait`), default 30s.
     #[serde(default)]
     pub wait: Option<Duration>,
+    /// Mesh services that legacy callers reach through gateways: jalur registers every
+    /// connected gateway proxy matching `gatewaySelector` in Consul under `name`, with an HTTP
+    /// check on its readiness endpoint, and removes the entry when the export goes away.
+    #[serde(default)]
+    pub exports: Vec<ConsulExport>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConsulExport {
+    /// The Consul service name legacy callers already resolve, e.g. `payments`.
+    pub name: String,
+    /// Labels of the gateway proxies to register (e.g. `istio: ingressgateway`).
+    pub gateway_selector: BTreeMap<String, String>,
+    /// The gateway port legacy callers connect to (a Gateway server port).
+    pub port: u32,
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

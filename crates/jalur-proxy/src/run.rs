@@ -141,8 +141,7 @@ impl Proxy {
                 .and_then(|l: &TcpListener| l.local_addr().ok())
         };
         let (outbound_addr, inbound_addr) = (local_of(0), local_of(1));
-        let node = node(&opts);
-        let node_id = node.id.clone();
+        let node_id = node(&opts).id;
         let service = opts.service.clone().unwrap_or_else(|| "unknown".into());
         let identity = Identity {
             workload: Arc::from(workload_name(&opts).as_str()),
@@ -184,6 +183,9 @@ impl Proxy {
             tokio::spawn(admin::serve(health_l, state.clone(), Endpoints::Health)),
             tokio::spawn(admin::serve(stats_l, state.clone(), Endpoints::Stats)),
         ];
+        // The node goes out after the admin ports are bound, so it carries the real health port.
+        opts.health_addr = health_addr;
+        let node = node(&opts);
         let xds_opts = XdsOptions {
             delta: opts.delta,
             ..XdsOptions::new(opts.xds.clone(), node)
@@ -337,6 +339,7 @@ pub fn node(opts: &ProxyOptions) -> Node {
     put("JALUR_OUTBOUND_PORT", s(opts.outbound_port.to_string()));
     put("JALUR_INBOUND_PORT", s(opts.inbound_port.to_string()));
     put("JALUR_LISTEN_ADDRESS", s(opts.listen_address.clone()));
+    put("JALUR_HEALTH_PORT", s(opts.health_addr.port().to_string()));
     if opts.ephemeral_ports {
         put("JALUR_EPHEMERAL_PORTS", s("true"));
     }

@@ -24,6 +24,7 @@
 use std::path::PathBuf;
 
 pub mod client;
+pub mod consul;
 pub mod echo;
 pub mod envoy;
 pub mod eventually;
@@ -33,6 +34,7 @@ pub mod process;
 pub mod yaml;
 
 pub use client::{http2_get, http_get};
+pub use consul::{ConsulDouble, ConsulOpts};
 pub use echo::{Behaviour, EchoServer};
 pub use envoy::{Envoy, EnvoyOpts};
 pub use eventually::{assert_eventually, eventually};

@@ -1,0 +1,339 @@
+//! Mesh -> legacy (case 3) against a Consul protocol DOUBLE (no Consul server is obtainable
+//! here; the double follows Consul's documented HTTP API): sidecars of both kinds, stock Envoy
+//! and jalur proxy, route `payments.service.consul` to the instances registered in the double;
+//! an instance that dies but stays "passing" costs at most a few requests before outlier
+//! detection ejects it, and none when retries are on.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{jalur_sidecar, sidecar_opts, Plane};
+use jalur_testkit::consul::{ConsulDouble, ConsulOpts, Instance, Status};
+use jalur_testkit::yaml::spread;
+use jalur_testkit::{
+    assert_eventually, envoy_binary, http_get, require_peer, EchoServer, Envoy, EnvoyOpts,
+};
+use serde_json::json;
+
+const HOST: &str = "payments.service.consul";
+
+fn registry(consul: &ConsulDouble) -> String {
+    format!(
+        "apiVersion: jalur.dev/v1alpha1\nkind: ConsulRegistry\nmetadata: {{name: legacy, namespace: default}}\nspec:\n  addresses: [\"{}\"]\n  wait: 2s\n",
+        consul.url()
+    )
+}
+
+fn no_retries() -> String {
+    format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: payments, namespace: default}}\nspec:\n  hosts: [{HOST}]\n  http:\n  - retries: {{attempts: 0}}\n    route:\n    - destination: {{host: {HOST}}}\n")
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Jalur,
+    Envoy,
+}
+
+async fn sidecar(
+    kind: Kind,
+    plane: &Plane,
+) -> Option<(SocketAddr, Option<Envoy>, Option<jalur_proxy::run::Proxy>)> {
+    match kind {
+        Kind::Jalur => {
+            let (p, out) = jalur_sidecar(sidecar_opts(plane.xds, "checkout", "shop")).await;
+            Some((out, None, Some(p)))
+        }
+        Kind::Envoy => {
+            let binary = require_peer("envoy", envoy_binary())?;
+            let mut opts = EnvoyOpts::new(
+                plane.xds,
+                "sidecar~127.0.0.1~checkout-1.shop~shop.svc.cluster.local",
+            );
+            opts.metadata = json!({ "JALUR_EPHEMERAL_PORTS": "true", "JALUR_LISTEN_ADDRESS": "127.0.0.1", "NAMESPACE": "shop" });
+            let envoy = Envoy::start_with(&binary, opts).await.expect("envoy");
+            let port = envoy.listener_port("outbound").await.expect("outbound");
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            assert_eventually("envoy accepts", Duration::from_secs(20), || async {
+                http_get(addr, "warmup.invalid", "/", &[]).await.map(|_| ())
+            })
+            .await;
+            Some((addr, Some(envoy), None))
+        }
+    }
+}
+
+async fn dead_but_passing_instance(kind: Kind, retries: bool) {
+    let consul =
+        ConsulDouble::start_with(ConsulOpts::default().max_wait(Duration::from_secs(2))).await;
+    let (a, b) = (
+        EchoServer::start("legacy-a").await,
+        EchoServer::start("legacy-b").await,
+    );
+    consul.register(
+        Instance::new("payments", "payments-a", "127.0.0.1", a.addr().port())
+            .status(Status::Passing),
+    );
+    consul.register(
+        Instance::new("payments", "payments-b", "127.0.0.1", b.addr().port())
+            .status(Status::Passing),
+    );
+    let mut files = vec![("consul.yaml", registry(&consul))];
+    if !retries {
+        files.push(("vs.yaml", no_retries()));
+    }
+    let plane = Plane::start(&files).await;
+    let Some((out, _envoy, _proxy)) = sidecar(kind, &plane).await else {
+        return;
+    };
+    assert_eventually(
+        &format!("{kind:?} reaches both legacy instances"),
+        Duration::from_secs(20),
+        || async {
+            let seen = spread(out, HOST, 20, &[]).await;
+            if seen.get("legacy-a").is_some() && seen.get("legacy-b").is_some() {
+                Ok(())
+            } else {
+                Err(format!("{seen:?}"))
+            }
+        },
+    )
+    .await;
+
+    // legacy-b dies; Consul still says passing.
+    drop(b);
+    let seen = spread(out, HOST, 60, &[]).await;
+    let failed: usize = seen
+        .iter()
+        .filter(|(k, _)| *k != "legacy-a")
+        .map(|(_, n)| n)
+        .sum();
+    eprintln!("{kind:?} retries={retries}: after the kill {seen:?}");
+    if retries {
+        assert_eq!(failed, 0, "{kind:?} with retries: {seen:?}");
+    } else {
+        assert!(
+            failed <= 5,
+            "{kind:?}: {failed} failed before ejection: {seen:?}"
+        );
+    }
+    let after = spread(out, HOST, 40, &[]).await;
+    assert_eq!(
+        after.get("legacy-a"),
+        Some(&40),
+        "{kind:?}: the dead instance stays ejected: {after:?}"
+    );
+    assert_eq!(
+        consul.status("payments-b"),
+        Some(Status::Passing),
+        "the double still calls it passing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jalur_ejects_a_dead_passing_instance_within_five_failures() {
+    dead_but_passing_instance(Kind::Jalur, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_ejects_a_dead_passing_instance_within_five_failures() {
+    dead_but_passing_instance(Kind::Envoy, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jalur_with_retries_loses_nothing_to_a_dead_passing_instance() {
+    dead_but_passing_instance(Kind::Jalur, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_with_retries_loses_nothing_to_a_dead_passing_instance() {
+    dead_but_passing_instance(Kind::Envoy, true).await;
+}
+
+/// Health changes in Consul reach the sidecar: a critical instance stops getting traffic; and
+/// while Consul is unreachable the last known instances keep serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_health_flaps_and_outages_follow_through() {
+    let consul =
+        ConsulDouble::start_with(ConsulOpts::default().max_wait(Duration::from_secs(2))).await;
+    let (a, b) = (
+        EchoServer::start("legacy-a").await,
+        EchoServer::start("legacy-b").await,
+    );
+    consul.register(
+        Instance::new("payments", "payments-a", "127.0.0.1", a.addr().port())
+            .status(Status::Passing),
+    );
+    consul.register(
+        Instance::new("payments", "payments-b", "127.0.0.1", b.addr().port())
+            .status(Status::Passing),
+    );
+    let plane = Plane::start(&[("consul.yaml", registry(&consul))]).await;
+    let (proxy, out) = jalur_sidecar(sidecar_opts(plane.xds, "checkout", "shop")).await;
+    assert_eventually("both instances", Duration::from_secs(20), || async {
+        let seen = spread(out, HOST, 20, &[]).await;
+        if seen.len() == 2 {
+            Ok(())
+        } else {
+            Err(format!("{seen:?}"))
+        }
+    })
+    .await;
+    consul.set_status("payments-b", Status::Critical);
+    assert_eventually(
+        "critical instance withdrawn",
+        Duration::from_secs(10),
+        || async {
+            let seen = spread(out, HOST, 20, &[]).await;
+            if seen.get("legacy-a") == Some(&20) {
+                Ok(())
+            } else {
+                Err(format!("{seen:?}"))
+            }
+        },
+    )
+    .await;
+    consul.set_status("payments-b", Status::Passing);
+    assert_eventually("instance back", Duration::from_secs(10), || async {
+        let seen = spread(out, HOST, 20, &[]).await;
+        if seen.get("legacy-b").is_some() {
+            Ok(())
+        } else {
+            Err(format!("{seen:?}"))
+        }
+    })
+    .await;
+
+    consul.pause().await;
+    let status = plane.plane.as_ref().map(|p| p.status_addr).expect("plane");
+    assert_eventually(
+        "the status API says Consul is down",
+        Duration::from_secs(15),
+        || async {
+            let (_, _, body) = http_get(status, "s", "/debug/registry", &[]).await?;
+            let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+            if v["consul"][0]["up"] == false {
+                Ok(())
+            } else {
+                Err(body)
+            }
+        },
+    )
+    .await;
+    let seen = spread(out, HOST, 20, &[]).await;
+    assert_eq!(
+        seen.values().sum::<usize>(),
+        seen.get("legacy-a").unwrap_or(&0) + seen.get("legacy-b").unwrap_or(&0),
+        "last known instances keep serving: {seen:?}"
+    );
+    consul.resume().await;
+    proxy.shutdown().await;
+}
+
+/// Legacy -> mesh (case 2): jalur registers the gateway in Consul under the exported name; a
+/// legacy client that resolves `payments` through Consul reaches the meshed service through it;
+/// after a rollback (the export removed) the entry is gone from the catalog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_client_reaches_the_mesh_through_the_registered_gateway_until_rollback() {
+    let consul = ConsulDouble::start_with(
+        ConsulOpts::default()
+            .max_wait(Duration::from_secs(2))
+            .fast_checks(),
+    )
+    .await;
+    let meshed = EchoServer::start("mesh-payments").await;
+    // The gateway port legacy callers will dial is written into config before the gateway
+    // starts, so ask the kernel for a free one (bind :0, read, release).
+    let gw_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let export = |with: bool| {
+        let exports = if with {
+            format!("  exports:\n  - name: payments\n    gatewaySelector: {{istio: ingressgateway}}\n    port: {gw_port}\n")
+        } else {
+            String::new()
+        };
+        format!("{}{exports}", registry(&consul))
+    };
+    let files = vec![
+        ("svc.yaml", jalur_testkit::yaml::service_entry("payments", "default", "payments.default.svc.cluster.local")),
+        ("we.yaml", jalur_testkit::yaml::workload_entry("payments", "v1", "default", meshed.addr())),
+        ("consul.yaml", export(true)),
+        (
+            "gateway.yaml",
+            format!("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: legacy-bridge, namespace: default}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: {gw_port}, name: http, protocol: HTTP}}\n    hosts: [\"*\"]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: payments-from-legacy, namespace: default}}\nspec:\n  hosts: [\"*\"]\n  gateways: [legacy-bridge]\n  http:\n  - route:\n    - destination: {{host: payments.default.svc.cluster.local}}\n"),
+        ),
+    ];
+    let plane = Plane::start(&files).await;
+    let gateway = jalur_proxy::run::Proxy::start(jalur_proxy::run::ProxyOptions {
+        role: jalur_proxy::run::Role::Gateway,
+        labels: [("istio".to_string(), "ingressgateway".to_string())].into(),
+        ..sidecar_opts(plane.xds, "legacy-bridge", "default")
+    })
+    .await
+    .expect("gateway");
+
+    // What a legacy client does: ask Consul for passing instances, call one.
+    let resolve = || async {
+        let url = format!("/v1/health/service/payments?passing");
+        let (status, _, body) = http_get(consul.addr(), "consul", &url, &[]).await?;
+        let v: serde_json::Value =
+            serde_json::from_str(&body).map_err(|e| format!("{status}: {e}: {body}"))?;
+        let addrs: Vec<SocketAddr> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                format!(
+                    "{}:{}",
+                    e["Service"]["Address"].as_str()?,
+                    e["Service"]["Port"].as_u64()?
+                )
+                .parse()
+                .ok()
+            })
+            .collect();
+        Ok::<_, String>(addrs)
+    };
+    let reply = assert_eventually(
+        "a legacy client reaches the mesh via Consul",
+        Duration::from_secs(20),
+        || async {
+            let addrs = resolve().await?;
+            let first = addrs
+                .first()
+                .ok_or("no passing instance of payments in Consul yet")?;
+            match http_get(*first, "payments.service.consul", "/charge", &[]).await {
+                Ok((200, h, body)) => Ok((h, body)),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(reply.1, "mesh-payments");
+    let entries = consul.instances("payments");
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert!(
+        entries[0].tags.iter().any(|t| t == "jalur-managed"),
+        "{entries:?}"
+    );
+
+    // Rollback: the export goes; so does the catalog entry.
+    plane.write("consul.yaml", &export(false));
+    assert_eventually(
+        "the gateway's entry is removed on rollback",
+        Duration::from_secs(10),
+        || async {
+            let left = consul.instances("payments");
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{left:?}"))
+            }
+        },
+    )
+    .await;
+    gateway.shutdown().await;
+}
