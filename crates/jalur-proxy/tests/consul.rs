@@ -277,8 +277,13 @@ async fn legacy_client_reaches_the_mesh_through_the_registered_gateway_until_rol
 
     // What a legacy client does: ask Consul for passing instances, call one.
     let resolve = || async {
-        let url = format!("/v1/health/service/payments?passing");
-        let (status, _, body) = http_get(consul.addr(), "consul", &url, &[]).await?;
+        let (status, _, body) = http_get(
+            consul.addr(),
+            "consul",
+            "/v1/health/service/payments?passing",
+            &[],
+        )
+        .await?;
         let v: serde_json::Value =
             serde_json::from_str(&body).map_err(|e| format!("{status}: {e}: {body}"))?;
         let addrs: Vec<SocketAddr> = v
