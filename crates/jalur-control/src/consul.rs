@@ -31,6 +31,11 @@ use tokio::task::JoinHandle;
 use crate::mesh::{Port, Protocol};
 use crate::registry::{Registry, Workload, WorkloadSet};
 
+/// Every workload carries where it came from, so a DestinationRule can split one service between
+/// its legacy instances (`consul`) and its meshed ones (`mesh`) by subset, whatever the replica
+/// counts: `subsets: [{name: legacy, labels: {jalur.dev/origin: consul}}, {name: mesh, ...}]`.
+pub const ORIGIN_LABEL: &str = "jalur.dev/origin";
+
 const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 const DEFAULT_SERVICE_PORT: u32 = 80;
 
@@ -514,7 +519,7 @@ impl Watcher {
             let healthy = !critical && (!warning || include_warning);
             let weight_key = if warning { "Warning" } else { "Passing" };
             let weight = svc["Weights"][weight_key].as_u64().unwrap_or(1).max(1) as u32;
-            let mut labels = BTreeMap::new();
+            let mut labels = BTreeMap::from([(ORIGIN_LABEL.to_string(), "consul".to_string())]);
             for tag in svc["Tags"]
                 .as_array()
                 .into_iter()

@@ -5,7 +5,8 @@
 //! `router~...`). Metadata keys read: `NAMESPACE`, `LABELS`, `INSTANCE_IPS`, `WORKLOAD_NAME`,
 //! `POD_PORTS` (Istio's JSON list of container ports); and jalur's own:
 //! `JALUR_SERVICE`, `JALUR_ROLE` (sidecar|gateway|fronting|grpc), `JALUR_INBOUND_PORT`,
-//! `JALUR_OUTBOUND_PORT`, `JALUR_LISTEN_ADDRESS`, `JALUR_EPHEMERAL_PORTS` (bind listeners on port
+//! `JALUR_OUTBOUND_PORT`, `JALUR_APP_PORT`, `JALUR_HEALTH_PORT`, `JALUR_LISTEN_ADDRESS`,
+//! `JALUR_EPHEMERAL_PORTS` (bind listeners on port
 //! 0; for tests and side-by-side runs), `JALUR_PORTS` (`http:8080,grpc:9090`).
 
 use std::collections::BTreeMap;
@@ -54,6 +55,8 @@ pub struct ClientInfo {
     pub service: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub ports: Vec<Port>,
+    /// The local app's port (`JALUR_APP_PORT`) when it differs from the service port.
+    pub app_port: Option<u32>,
     pub inbound_port: u32,
     pub outbound_port: u32,
     pub listen_address: String,
@@ -120,6 +123,7 @@ impl ClientInfo {
             inbound_port: port("JALUR_INBOUND_PORT", DEFAULT_INBOUND_PORT),
             outbound_port: port("JALUR_OUTBOUND_PORT", DEFAULT_OUTBOUND_PORT),
             health_port: port("JALUR_HEALTH_PORT", 15021),
+            app_port: md_str(&md, "JALUR_APP_PORT").and_then(|s| s.parse().ok()),
             listen_address: md_str(&md, "JALUR_LISTEN_ADDRESS")
                 .unwrap_or_else(|| "0.0.0.0".to_string()),
             ephemeral_ports: md_str(&md, "JALUR_EPHEMERAL_PORTS").as_deref() == Some("true"),
@@ -164,7 +168,12 @@ impl ClientInfo {
             address,
             ports: self.ports.clone(),
             target_port: inbound,
-            labels: self.labels.clone(),
+            labels: {
+                let mut l = self.labels.clone();
+                l.entry(crate::consul::ORIGIN_LABEL.to_string())
+                    .or_insert_with(|| "mesh".to_string());
+                l
+            },
             weight: 1,
             locality: self.locality.clone(),
             healthy: true,

@@ -336,6 +336,9 @@ pub fn node(opts: &ProxyOptions) -> Node {
     if !ports.is_empty() {
         put("JALUR_PORTS", s(ports.join(",")));
     }
+    if let Some(p) = opts.app_port {
+        put("JALUR_APP_PORT", s(p.to_string()));
+    }
     put("JALUR_OUTBOUND_PORT", s(opts.outbound_port.to_string()));
     put("JALUR_INBOUND_PORT", s(opts.inbound_port.to_string()));
     put("JALUR_LISTEN_ADDRESS", s(opts.listen_address.clone()));

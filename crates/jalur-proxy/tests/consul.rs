@@ -342,3 +342,104 @@ async fn legacy_client_reaches_the_mesh_through_the_registered_gateway_until_rol
     .await;
     gateway.shutdown().await;
 }
+
+/// Fronting topology: the proxies in front of a service (existing fronting Envoys, or jalur)
+/// split it between its legacy instances (from Consul) and its meshed ones by subset — exact
+/// shares whatever the replica counts (three legacy instances, one meshed).
+async fn fronting_split(kind: Kind) {
+    let consul =
+        ConsulDouble::start_with(ConsulOpts::default().max_wait(Duration::from_secs(2))).await;
+    let legacy: Vec<EchoServer> = vec![
+        EchoServer::start("legacy-1").await,
+        EchoServer::start("legacy-2").await,
+        EchoServer::start("legacy-3").await,
+    ];
+    for (i, l) in legacy.iter().enumerate() {
+        consul.register(
+            Instance::new(
+                "payments",
+                &format!("payments-{i}"),
+                "127.0.0.1",
+                l.addr().port(),
+            )
+            .status(Status::Passing),
+        );
+    }
+    let mesh_app = EchoServer::start("mesh-1").await;
+    let mesh_host = "payments.default.svc.cluster.local";
+    let files = vec![
+        ("consul.yaml", format!("{}  servicePort: 9080\n  aliases:\n    payments: [{mesh_host}]\n", registry(&consul))),
+        ("svc.yaml", format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: payments, namespace: default}}\nspec:\n  hosts: [{mesh_host}]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports:\n  - {{number: 9080, name: http, protocol: HTTP}}\n")),
+        ("dr.yaml", format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: payments, namespace: default}}\nspec:\n  host: {mesh_host}\n  subsets:\n  - {{name: legacy, labels: {{jalur.dev/origin: consul}}}}\n  - {{name: mesh, labels: {{jalur.dev/origin: mesh}}}}\n")),
+        ("vs.yaml", format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: payments, namespace: default}}\nspec:\n  hosts: [{mesh_host}]\n  http:\n  - retries: {{attempts: 0}}\n    route:\n    - destination: {{host: {mesh_host}, subset: legacy}}\n      weight: 70\n    - destination: {{host: {mesh_host}, subset: mesh}}\n      weight: 30\n")),
+    ];
+    let plane = Plane::start(&files).await;
+    // The meshed instance: a jalur sidecar registering itself (service port 9080, app elsewhere).
+    let server = jalur_proxy::run::Proxy::start(jalur_proxy::run::ProxyOptions {
+        app_port: Some(mesh_app.addr().port()),
+        ports: vec!["http:9080".into()],
+        ..sidecar_opts(plane.xds, "payments", "default")
+    })
+    .await
+    .expect("meshed instance's sidecar");
+    let front: SocketAddr;
+    let _keep: (Option<Envoy>, Option<jalur_proxy::run::Proxy>);
+    match kind {
+        Kind::Envoy => {
+            let Some(binary) = require_peer("envoy", envoy_binary()) else {
+                return;
+            };
+            // An existing fronting Envoy: its own node id (not Istio's shape), pointed at jalur.
+            let mut opts = EnvoyOpts::new(plane.xds, "payments-front-1");
+            opts.metadata =
+                json!({ "JALUR_EPHEMERAL_PORTS": "true", "JALUR_LISTEN_ADDRESS": "127.0.0.1" });
+            let envoy = Envoy::start_with(&binary, opts)
+                .await
+                .expect("fronting envoy");
+            let port = envoy.listener_port("outbound").await.expect("outbound");
+            front = SocketAddr::from(([127, 0, 0, 1], port));
+            _keep = (Some(envoy), None);
+        }
+        Kind::Jalur => {
+            let (p, out) =
+                jalur_sidecar(sidecar_opts(plane.xds, "payments-front", "default")).await;
+            front = out;
+            _keep = (None, Some(p));
+        }
+    }
+    assert_eventually(
+        &format!("{kind:?} front reaches both origins"),
+        Duration::from_secs(20),
+        || async {
+            let seen = spread(front, mesh_host, 40, &[]).await;
+            if seen.contains_key("mesh-1")
+                && seen.keys().any(|k| k.starts_with("legacy"))
+                && seen
+                    .keys()
+                    .all(|k| k.starts_with("legacy") || k == "mesh-1")
+            {
+                Ok(())
+            } else {
+                Err(format!("{seen:?}"))
+            }
+        },
+    )
+    .await;
+    let seen = spread(front, mesh_host, 1000, &[]).await;
+    let mesh = jalur_testkit::yaml::share(&seen, "mesh-1");
+    assert!(
+        (mesh - 30.0).abs() <= 3.0,
+        "{kind:?}: 70/30 legacy/mesh observed as {seen:?}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fronting_envoy_splits_legacy_and_mesh_exactly() {
+    fronting_split(Kind::Envoy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fronting_jalur_splits_legacy_and_mesh_exactly() {
+    fronting_split(Kind::Jalur).await;
+}

@@ -79,7 +79,12 @@ pub fn sidecar(ctx: &Ctx) -> Built {
     }];
     let mut clusters = Vec::new();
     if ctx.client.kind == crate::node::ClientKind::Sidecar {
-        if let Some(app) = c.ports.first() {
+        if let Some(first) = c.ports.first() {
+            // The app listens on its own port, which may differ from the service port.
+            let app = &Port {
+                number: c.app_port.unwrap_or(first.number),
+                ..first.clone()
+            };
             let name = format!("inbound|{}||", app.number);
             let inbound_routes = RouteConfiguration {
                 name: INBOUND.into(),
