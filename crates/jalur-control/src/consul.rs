@@ -643,3 +643,61 @@ mod tests {
         }
     }
 }
+
+/// A one-shot read of what Consul holds, for `jalur analyze --consul ADDR`: every service with
+/// its tags and how many of its instances pass all their checks.
+pub async fn fetch_view(
+    address: &str,
+    token: Option<String>,
+) -> Result<jalur_model::analyze::hybrid::ConsulView, String> {
+    use jalur_model::analyze::hybrid::{ConsulService, ConsulView};
+    let spec = ConsulRegistry {
+        addresses: vec![address.to_string()],
+        ..ConsulRegistry::default()
+    };
+    let mut api = Api::new(&spec);
+    api.token = token;
+    let (catalog, _) = api
+        .call(http::Method::GET, "/v1/catalog/services", None)
+        .await?;
+    let mut view = ConsulView::default();
+    for (name, tags) in catalog.as_object().into_iter().flatten() {
+        if name == "consul" {
+            continue;
+        }
+        let (health, _) = api
+            .call(
+                http::Method::GET,
+                &format!("/v1/health/service/{name}"),
+                None,
+            )
+            .await?;
+        let entries = health.as_array().cloned().unwrap_or_default();
+        let passing = entries
+            .iter()
+            .filter(|e| {
+                e["Checks"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .all(|c| c["Status"] == "passing")
+            })
+            .count();
+        let tags = tags
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect();
+        view.services.insert(
+            name.clone(),
+            ConsulService {
+                tags,
+                passing,
+                total: entries.len(),
+            },
+        );
+    }
+    Ok(view)
+}

@@ -10,6 +10,7 @@
 mod conflicts;
 mod destination_rule;
 mod gateway;
+pub mod hybrid;
 mod index;
 mod service_entry;
 mod virtual_service;
@@ -38,7 +39,19 @@ pub fn analyze(config: &Config) -> Vec<Diagnostic> {
 /// Runs every analyzer, with `extra` services known besides the ServiceEntry hosts.
 /// Results are sorted by file, line and code, so output is stable whatever the input order.
 pub fn analyze_with(config: &Config, extra: &KnownServices) -> Vec<Diagnostic> {
-    let index = Index::build(config, extra);
+    let mut known = extra.clone();
+    // Hosts a ConsulRegistry will provide at runtime: every `NAME.service.consul`, and aliases.
+    for (_, reg) in config.consul_registries() {
+        known
+            .entry(format!("*.{}", hybrid::CONSUL_DOMAIN))
+            .or_default();
+        for aliases in reg.aliases.values() {
+            for a in aliases {
+                known.entry(a.clone()).or_default();
+            }
+        }
+    }
+    let index = Index::build(config, &known);
     let mut out = Vec::new();
     conflicts::check(config, &mut out);
     for r in &config.resources {

@@ -84,6 +84,29 @@ pub mod codes {
     pub const INVALID_STATUS_CODE: Code = code("JAL0123", "InvalidStatusCode", Severity::Error);
     pub const INVALID_PORT_NUMBER: Code = code("JAL0124", "InvalidPortNumber", Severity::Error);
 
+    // Hybrid findings (`jalur analyze --consul ADDR`): config checked against a live Consul.
+    pub const CONSUL_NAME_SHADOWED: Code = code("JAL0130", "ConsulNameShadowed", Severity::Warning);
+    pub const CONSUL_NAME_COLLIDES: Code = code(
+        "JAL0131",
+        "ConsulNameCollidesWithMeshHost",
+        Severity::Warning,
+    );
+    pub const CONSUL_SERVICE_MISSING: Code =
+        code("JAL0132", "ConsulServiceMissing", Severity::Error);
+    pub const CONSUL_NO_PASSING: Code = code(
+        "JAL0133",
+        "ConsulServiceWithoutPassingInstances",
+        Severity::Warning,
+    );
+
+    /// The hybrid codes, reported only with a Consul to compare against.
+    pub const HYBRID: &[Code] = &[
+        CONSUL_NAME_SHADOWED,
+        CONSUL_NAME_COLLIDES,
+        CONSUL_SERVICE_MISSING,
+        CONSUL_NO_PASSING,
+    ];
+
     /// Every code, in id order: what `jalur analyze` can report.
     pub const ALL: &[Code] = &[
         YAML_SYNTAX,

@@ -20,6 +20,13 @@ pub struct Args {
     /// Show only findings at or above this severity.
     #[arg(long, value_enum, default_value_t = Threshold::Info)]
     output_threshold: Threshold,
+    /// Also check the config against a live Consul (host:port or http://host:port): names that
+    /// collide or shadow, routes to services Consul lacks, imports with no passing instance.
+    #[arg(long, env = "JALUR_CONSUL")]
+    consul: Option<String>,
+    /// Environment variable holding the Consul ACL token (never printed).
+    #[arg(long, default_value = "CONSUL_HTTP_TOKEN")]
+    consul_token_env: String,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -49,7 +56,30 @@ impl Threshold {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let loaded = jalur_model::load_paths(&args.paths);
     let mut findings = loaded.diagnostics.clone();
-    findings.extend(analyze::analyze(&loaded.config));
+    match &args.consul {
+        None => findings.extend(analyze::analyze(&loaded.config)),
+        Some(addr) => {
+            let token = std::env::var(&args.consul_token_env).ok();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let view = rt
+                .block_on(jalur_control::consul::fetch_view(addr, token))
+                .map_err(|e| anyhow::anyhow!("cannot read Consul at {addr}: {e}"))?;
+            let known: analyze::KnownServices = view
+                .services
+                .keys()
+                .map(|n| {
+                    (
+                        format!("{n}.{}", analyze::hybrid::CONSUL_DOMAIN),
+                        Default::default(),
+                    )
+                })
+                .collect();
+            findings.extend(analyze::analyze_with(&loaded.config, &known));
+            findings.extend(analyze::hybrid::check(&loaded.config, &view));
+        }
+    }
     findings.sort_by(|a, b| (&a.file, a.line, a.code).cmp(&(&b.file, b.line, b.code)));
     let shown: Vec<&Diagnostic> = findings
         .iter()

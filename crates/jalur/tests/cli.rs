@@ -386,3 +386,59 @@ async fn proxy_cli_serves_logs_access_and_exits_cleanly_on_sigterm() {
     assert!(code.success(), "exit status {code:?}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `jalur analyze --consul ADDR` against a Consul protocol DOUBLE (no Consul server is
+/// obtainable here): a route to a service Consul lacks is an error, one with no passing instance
+/// a warning, and `*.service.consul` hosts Consul has are known.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analyze_against_consul_reports_hybrid_findings() {
+    use jalur_testkit::consul::{ConsulDouble, Instance, Status};
+    let consul = ConsulDouble::start().await;
+    consul.register(Instance::new("payments", "p-1", "127.0.0.1", 9001).status(Status::Passing));
+    consul.register(Instance::new("fraud", "f-1", "127.0.0.1", 9002).status(Status::Critical));
+    let dir = jalur_testkit::unique_temp_dir("jalur-cli-hybrid").expect("tmp");
+    let vs = |host: &str| {
+        format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: v}}\nspec:\n  hosts: [x.example.com]\n  http:\n  - route:\n    - destination: {{host: {host}}}\n")
+    };
+    let file = dir.join("vs.yaml");
+    let run = |path: &std::path::Path| {
+        jalur()
+            .args([
+                "analyze",
+                &path.to_string_lossy(),
+                "--consul",
+                &consul.url(),
+                "-o",
+                "json",
+            ])
+            .output()
+            .expect("run")
+    };
+    std::fs::write(&file, vs("payments.service.consul")).expect("write");
+    let ok = run(&file);
+    assert!(
+        ok.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&ok.stdout),
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    std::fs::write(&file, vs("refunds.service.consul")).expect("write");
+    let missing = run(&file);
+    assert_eq!(missing.status.code(), Some(1));
+    let findings: Vec<Value> = serde_json::from_slice(&missing.stdout).expect("json");
+    assert!(
+        findings
+            .iter()
+            .any(|f| f["code"] == "JAL0132" && f["line"] == 8),
+        "{findings:?}"
+    );
+    std::fs::write(&file, vs("fraud.service.consul")).expect("write");
+    let unhealthy = run(&file);
+    let findings: Vec<Value> = serde_json::from_slice(&unhealthy.stdout).expect("json");
+    assert!(
+        findings.iter().any(|f| f["code"] == "JAL0133"),
+        "{findings:?}"
+    );
+    assert!(unhealthy.status.success(), "a warning alone passes");
+    let _ = std::fs::remove_dir_all(dir);
+}
