@@ -621,29 +621,6 @@ fn read_token(spec: &ConsulRegistry) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn index_going_backwards_restarts_from_zero() {
-        assert_eq!(next_index(10, 12), 12);
-        assert_eq!(next_index(12, 3), 0);
-        assert_eq!(next_index(0, 0), 1);
-    }
-
-    #[test]
-    fn backoff_is_bounded_and_jittered() {
-        for f in 0..20 {
-            let b = backoff(f);
-            assert!(
-                b <= Duration::from_secs(10) && b >= Duration::from_millis(100),
-                "{b:?}"
-            );
-        }
-    }
-}
-
 /// A one-shot read of what Consul holds, for `jalur analyze --consul ADDR`: every service with
 /// its tags and how many of its instances pass all their checks.
 pub async fn fetch_view(
@@ -700,4 +677,27 @@ pub async fn fetch_view(
         );
     }
     Ok(view)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_going_backwards_restarts_from_zero() {
+        assert_eq!(next_index(10, 12), 12);
+        assert_eq!(next_index(12, 3), 0);
+        assert_eq!(next_index(0, 0), 1);
+    }
+
+    #[test]
+    fn backoff_is_bounded_and_jittered() {
+        for f in 0..20 {
+            let b = backoff(f);
+            assert!(
+                b <= Duration::from_secs(10) && b >= Duration::from_millis(100),
+                "{b:?}"
+            );
+        }
+    }
 }
