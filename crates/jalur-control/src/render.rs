@@ -98,8 +98,11 @@ fn render_cluster(c: &Cluster) -> Value {
         .unwrap_or("?");
     let cb = c.circuit_breakers.as_ref().and_then(|cb| cb.thresholds.first()).map(|t| {
         let v = |x: &Option<envoy_types::pb::google::protobuf::UInt32Value>| x.as_ref().map(|x| x.value);
-        json!({ "max_connections": v(&t.max_connections), "max_pending_requests": v(&t.max_pending_requests),
-                "max_requests": v(&t.max_requests), "max_retries": v(&t.max_retries) })
+        let budget = t.retry_budget.as_ref().map(|b| {
+            json!({ "percent": b.budget_percent.as_ref().map(|p| p.value), "min_concurrency": v(&b.min_retry_concurrency) })
+        });
+        prune(json!({ "max_connections": v(&t.max_connections), "max_pending_requests": v(&t.max_pending_requests),
+                "max_requests": v(&t.max_requests), "max_retries": v(&t.max_retries), "retry_budget": budget }))
     });
     let od = c.outlier_detection.as_ref().map(|o| {
         let v = |x: &Option<envoy_types::pb::google::protobuf::UInt32Value>| x.as_ref().map(|x| x.value);

@@ -293,6 +293,9 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     pub protocol: UpstreamProtocol,
     pub breakers: Thresholds,
+    /// Envoy's retry budget: concurrent retries at most `percent` of active requests (never
+    /// fewer than `min_concurrency`), so retries cannot amplify an outage. Replaces max_retries.
+    pub retry_budget: Option<RetryBudgetConfig>,
     pub outlier: Option<OutlierConfig>,
     pub max_requests_per_connection: Option<u32>,
     pub idle_timeout: Option<Duration>,
@@ -343,6 +346,12 @@ impl Default for Thresholds {
             max_retries: 3,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudgetConfig {
+    pub percent: f64,
+    pub min_concurrency: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]

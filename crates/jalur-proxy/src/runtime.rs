@@ -308,7 +308,14 @@ impl ClusterRuntime {
             });
             ClusterRuntime {
                 balancer: ArcSwap::from_pointee(Balancer::new(config.lb, hosts)),
-                breakers: Breakers::new(config.breakers),
+                breakers: {
+                    let b = Breakers::new(config.breakers);
+                    b.set_retry_budget(config.retry_budget.map(|r| resilience::RetryBudget {
+                        budget_percent: r.percent,
+                        min_retry_concurrency: r.min_concurrency,
+                    }));
+                    b
+                },
                 outlier,
                 upstream: Upstream::new(&config),
                 service,

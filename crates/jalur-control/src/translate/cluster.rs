@@ -315,8 +315,12 @@ fn lb_policy(ctx: &Ctx, lb: Option<&LoadBalancerSettings>) -> cluster::LbPolicy 
     }
 }
 
-/// Istio lifts Envoy's 1024 defaults to "unlimited" unless the DestinationRule sets a limit.
+/// Istio lifts Envoy's 1024 defaults to "unlimited" unless the DestinationRule sets a limit. For
+/// retries jalur goes further than Istio: without `maxRetries`, a retry budget (20 % of active
+/// requests, at least 3) keeps retries from amplifying an outage.
 fn circuit_breakers(pool: &ConnectionPoolSettings) -> CircuitBreakers {
+    use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::thresholds::RetryBudget;
+    use envoy_types::pb::envoy::r#type::v3::Percent;
     let limit = |v: Option<u32>| {
         Some(UInt32Value {
             value: v.unwrap_or(u32::MAX),
@@ -324,12 +328,18 @@ fn circuit_breakers(pool: &ConnectionPoolSettings) -> CircuitBreakers {
     };
     let http = pool.http.clone().unwrap_or_default();
     let tcp = pool.tcp.clone().unwrap_or_default();
+    let retry_budget = http.max_retries.is_none().then(|| RetryBudget {
+        budget_percent: Some(Percent { value: 20.0 }),
+        min_retry_concurrency: Some(UInt32Value { value: 3 }),
+        ..RetryBudget::default()
+    });
     CircuitBreakers {
         thresholds: vec![Thresholds {
             max_connections: limit(tcp.max_connections),
             max_pending_requests: limit(http.http1_max_pending_requests),
             max_requests: limit(http.http2_max_requests),
             max_retries: limit(http.max_retries),
+            retry_budget,
             track_remaining: true,
             ..Thresholds::default()
         }],

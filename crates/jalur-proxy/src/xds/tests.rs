@@ -122,6 +122,7 @@ fn fake_cluster(c: &XdsCluster) -> Result<(Cluster, Option<EndpointSet>), Conver
         connect_timeout: Duration::from_secs(1),
         protocol: UpstreamProtocol::Http1,
         breakers: Thresholds::default(),
+        retry_budget: None,
         outlier: None,
         max_requests_per_connection: None,
         idle_timeout: None,

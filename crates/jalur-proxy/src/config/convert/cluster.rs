@@ -23,8 +23,8 @@ use super::{
     Invalid, Res,
 };
 use crate::config::{
-    Cluster, Discovery, Endpoint, EndpointSet, LbPolicy, OutlierConfig, Thresholds,
-    UpstreamProtocol,
+    Cluster, Discovery, Endpoint, EndpointSet, LbPolicy, OutlierConfig, RetryBudgetConfig,
+    Thresholds, UpstreamProtocol,
 };
 
 /// Envoy's defaults where the cluster sets none.
@@ -42,9 +42,9 @@ pub(super) fn cluster(c: &XdsCluster) -> Res<(Cluster, Option<EndpointSet>)> {
     let lb = lb_policy(c.lb_policy).at("lb_policy")?;
     let connect_timeout =
         positive(c.connect_timeout.as_ref(), CONNECT_TIMEOUT).at("connect_timeout")?;
-    let breakers = match &c.circuit_breakers {
+    let (breakers, retry_budget) = match &c.circuit_breakers {
         Some(cb) => thresholds(cb).at("circuit_breakers")?,
-        None => Thresholds::default(),
+        None => (Thresholds::default(), None),
     };
     let outlier = c
         .outlier_detection
@@ -61,6 +61,7 @@ pub(super) fn cluster(c: &XdsCluster) -> Res<(Cluster, Option<EndpointSet>)> {
         connect_timeout,
         protocol: http.protocol,
         breakers,
+        retry_budget,
         outlier,
         max_requests_per_connection: http.max_requests_per_connection,
         idle_timeout: http.idle_timeout,
@@ -218,7 +219,7 @@ fn lb_policy(p: i32) -> Res<LbPolicy> {
 }
 
 /// The DEFAULT priority's thresholds; HIGH priority traffic does not exist in jalur.
-fn thresholds(cb: &CircuitBreakers) -> Res<Thresholds> {
+fn thresholds(cb: &CircuitBreakers) -> Res<(Thresholds, Option<RetryBudgetConfig>)> {
     reject_if(
         !cb.per_host_thresholds.is_empty(),
         "per_host_thresholds",
@@ -231,20 +232,32 @@ fn thresholds(cb: &CircuitBreakers) -> Res<Thresholds> {
         .enumerate()
         .find(|(_, t)| t.priority == RoutingPriority::Default as i32)
     else {
-        return Ok(out);
+        return Ok((out, None));
     };
     let t: &circuit_breakers::Thresholds = t;
-    reject_if(
-        t.retry_budget.is_some(),
-        &format!("thresholds[{i}].retry_budget"),
-        "retry budgets are not supported; use max_retries",
-    )?;
+    // Envoy's defaults: 20 % of active requests, at least 3 concurrent retries.
+    let budget = match &t.retry_budget {
+        None => None,
+        Some(b) => {
+            let percent = b.budget_percent.as_ref().map_or(20.0, |p| p.value);
+            reject_if(
+                !(0.0..=100.0).contains(&percent),
+                &format!("thresholds[{i}].retry_budget.budget_percent"),
+                "must be between 0 and 100",
+            )?;
+            let min_concurrency = b.min_retry_concurrency.as_ref().map_or(3, |v| v.value);
+            Some(RetryBudgetConfig {
+                percent,
+                min_concurrency,
+            })
+        }
+    };
     let or = |v: &Option<UInt32Value>, default: u32| v.as_ref().map_or(default, |v| v.value);
     out.max_connections = or(&t.max_connections, out.max_connections);
     out.max_pending_requests = or(&t.max_pending_requests, out.max_pending_requests);
     out.max_requests = or(&t.max_requests, out.max_requests);
     out.max_retries = or(&t.max_retries, out.max_retries);
-    Ok(out)
+    Ok((out, budget))
 }
 
 /// Consecutive-5xx and consecutive-gateway-failure ejection, with Envoy's defaults; `None` when

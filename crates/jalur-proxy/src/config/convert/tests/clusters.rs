@@ -366,11 +366,26 @@ fn cluster_errors_name_their_field() {
 
     let mut budget = eds_cluster("c");
     if let Some(cb) = budget.circuit_breakers.as_mut() {
-        cb.thresholds[0].retry_budget = Some(Default::default());
+        cb.thresholds[0].retry_budget = Some(envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::thresholds::RetryBudget {
+            budget_percent: Some(envoy_types::pb::envoy::r#type::v3::Percent { value: 150.0 }),
+            ..Default::default()
+        });
     }
     assert_eq!(
         field(cluster(&budget)),
-        "circuit_breakers.thresholds[0].retry_budget"
+        "circuit_breakers.thresholds[0].retry_budget.budget_percent"
+    );
+    if let Some(cb) = budget.circuit_breakers.as_mut() {
+        cb.thresholds[0].retry_budget = Some(Default::default());
+    }
+    let (converted, _) = cluster(&budget).expect("a default retry budget converts");
+    assert_eq!(
+        converted.retry_budget,
+        Some(crate::config::RetryBudgetConfig {
+            percent: 20.0,
+            min_concurrency: 3
+        }),
+        "Envoy's defaults"
     );
     assert_eq!(field(cluster(&XdsCluster::default())), "name");
 }
