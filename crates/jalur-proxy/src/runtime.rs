@@ -141,7 +141,10 @@ impl Runtime {
             let endpoints = endpoints_of(&snap, cfg);
             let rt = match prev.clusters.get(name) {
                 Some(old) if *old.config == **cfg => {
-                    old.update_endpoints(endpoints);
+                    // A DNS cluster's endpoints come from its own resolver, not from the snapshot.
+                    if !matches!(cfg.discovery, crate::config::Discovery::Dns { .. }) {
+                        old.update_endpoints(endpoints);
+                    }
                     old.clone()
                 }
                 Some(old) => ClusterRuntime::new(cfg.clone(), endpoints, Some(old)),
@@ -268,14 +271,51 @@ pub struct ClusterRuntime {
     pub service: Arc<str>,
     /// `destination_version` as the subset name, or "unknown".
     pub subset: Arc<str>,
-    outlier_task: Option<tokio::task::AbortHandle>,
+    /// Background work tied to the cluster's life: outlier detection intervals, DNS refresh.
+    tasks: Vec<tokio::task::AbortHandle>,
 }
 
 impl Drop for ClusterRuntime {
     fn drop(&mut self) {
-        if let Some(t) = &self.outlier_task {
+        for t in &self.tasks {
             t.abort();
         }
+    }
+}
+
+/// How often a DNS cluster's hostnames are resolved again (Envoy's dns_refresh_rate default).
+const DNS_REFRESH: Duration = Duration::from_secs(5);
+
+/// Resolves a DNS cluster's hostnames now and every [`DNS_REFRESH`], until the cluster is gone.
+/// A failed lookup keeps the last addresses (a DNS blip must not empty a cluster).
+async fn resolve_loop(weak: Weak<ClusterRuntime>, hosts: Vec<(String, u16)>) {
+    loop {
+        let mut endpoints = Vec::new();
+        let mut failed = false;
+        for (host, port) in &hosts {
+            match tokio::net::lookup_host((host.as_str(), *port)).await {
+                Ok(addrs) => endpoints.extend(addrs.filter(|a| a.is_ipv4()).map(|addr| Endpoint {
+                    addr,
+                    weight: 1,
+                    healthy: true,
+                    locality: String::new(),
+                })),
+                Err(e) => {
+                    failed = true;
+                    tracing::warn!(%host, error = %e, "DNS lookup failed; keeping the last addresses");
+                }
+            }
+        }
+        let Some(cluster) = weak.upgrade() else {
+            return;
+        };
+        if !failed || !endpoints.is_empty() {
+            endpoints.sort_by_key(|e| e.addr);
+            endpoints.dedup_by_key(|e| e.addr);
+            cluster.update_endpoints(endpoints);
+        }
+        drop(cluster);
+        tokio::time::sleep(DNS_REFRESH).await;
     }
 }
 
@@ -293,6 +333,16 @@ impl ClusterRuntime {
         let (service, subset) = names(&config.name);
         let outlier = config.outlier.clone().map(|o| Arc::new(Outlier::new(o)));
         Arc::new_cyclic(|weak: &Weak<ClusterRuntime>| {
+            let mut tasks = Vec::new();
+            if let (crate::config::Discovery::Dns { hosts }, Ok(handle)) =
+                (&config.discovery, tokio::runtime::Handle::try_current())
+            {
+                tasks.push(
+                    handle
+                        .spawn(resolve_loop(weak.clone(), hosts.clone()))
+                        .abort_handle(),
+                );
+            }
             let outlier_task = outlier.as_ref().and_then(|o| {
                 let o = o.clone();
                 let weak = weak.clone();
@@ -320,7 +370,7 @@ impl ClusterRuntime {
                 upstream: Upstream::new(&config),
                 service,
                 subset,
-                outlier_task,
+                tasks: tasks.into_iter().chain(outlier_task).collect(),
                 config,
             }
         })

@@ -33,6 +33,14 @@ pub async fn proxy(
     };
     let labels = rt.tcp_labels(&cluster, None);
     rt.metrics.tcp_opened.get_or_create(&labels).inc();
+    // The cluster's max connections (DestinationRule connectionPool.tcp.maxConnections): over it,
+    // the connection is closed at once and counted with flag UO.
+    let Ok(_connection) = cluster.breakers.try_connection() else {
+        tracing::debug!(cluster = %cluster.config.name, "TCP: max connections reached; closing");
+        let labels = rt.tcp_labels(&cluster, Some(Flag::UpstreamOverflow));
+        rt.metrics.tcp_closed.get_or_create(&labels).inc();
+        return;
+    };
     let mut flag: Option<Flag> = None;
     let mut tried = Vec::new();
     let upstream = loop {

@@ -534,3 +534,32 @@ async fn tcp_service_through_a_local_port_is_proxied_and_counted() {
     );
     proxy.shutdown().await;
 }
+
+/// A ServiceEntry with resolution DNS: jalur resolves the endpoint hostnames itself (and keeps
+/// refreshing them), as Envoy's STRICT_DNS clusters do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_service_entry_is_resolved_by_the_proxy() {
+    let backend = EchoServer::start("dns-backend").await;
+    let se = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: legacy-api, namespace: bookinfo}}\nspec:\n  hosts: [api.legacy.example]\n  location: MESH_EXTERNAL\n  resolution: DNS\n  ports:\n  - {{number: 80, name: http, protocol: HTTP}}\n  endpoints:\n  - address: localhost\n    ports: {{http: {}}}\n",
+        backend.addr().port()
+    );
+    let plane = Plane::start(&[("se.yaml", se)]).await;
+    let (proxy, outbound) = jalur_sidecar(sidecar_opts(plane.xds, "productpage", "bookinfo")).await;
+    let (_, headers, _) = assert_eventually(
+        "the DNS cluster resolves and routes",
+        Duration::from_secs(15),
+        || async {
+            match http_get(outbound, "api.legacy.example", "/", &[]).await {
+                Ok(r) if r.0 == 200 => Ok(r),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        headers.get("x-backend").and_then(|v| v.to_str().ok()),
+        Some("dns-backend")
+    );
+    proxy.shutdown().await;
+}
