@@ -196,10 +196,11 @@ impl ConsulRegistries {
         self.publish();
     }
 
-    fn retain_services(&self, registry: &str, keep: &[String]) {
+    /// Drops the services of one datacenter (keys ending in `suffix`) that are not in `keep`.
+    fn retain_services(&self, registry: &str, suffix: &str, keep: &[String]) {
         let mut inner = self.lock();
         if let Some(services) = inner.workloads.get_mut(registry) {
-            services.retain(|name, _| keep.contains(name));
+            services.retain(|key, _| !key.ends_with(suffix) || keep.contains(key));
         }
         drop(inner);
         self.publish();
@@ -375,20 +376,35 @@ impl Watcher {
         self.spec.wait.map(|d| d.as_std()).unwrap_or(DEFAULT_WAIT)
     }
 
+    /// One catalog loop per datacenter (the agent's own when none is listed).
     async fn run(self: Arc<Self>) {
+        let dcs: Vec<Option<String>> = if self.spec.datacenters.is_empty() {
+            vec![None]
+        } else {
+            self.spec.datacenters.iter().cloned().map(Some).collect()
+        };
+        let loops = Tasks(
+            dcs.into_iter()
+                .map(|dc| tokio::spawn(self.clone().run_dc(dc)))
+                .collect(),
+        );
+        std::future::pending::<()>().await;
+        drop(loops);
+    }
+
+    /// Follows one datacenter's catalog and starts/stops one health loop per selected service.
+    async fn run_dc(self: Arc<Self>, dc: Option<String>) {
         let mut index = 0u64;
-        let mut health: HashMap<String, JoinHandle<()>> = HashMap::new();
+        // Dropped (aborting every health loop) when this loop is aborted: a reconfigured or
+        // removed registry leaves nothing running behind.
+        let mut health: HashMap<String, AbortOnDrop> = HashMap::new();
         let mut failures = 0u32;
+        let suffix = dc_suffix(dc.as_deref());
         loop {
-            let dcs: Vec<Option<String>> = if self.spec.datacenters.is_empty() {
-                vec![None]
-            } else {
-                self.spec.datacenters.iter().cloned().map(Some).collect()
-            };
             let query = format!(
                 "/v1/catalog/services?index={index}&wait={}s{}",
                 self.wait().as_secs(),
-                dc_param(dcs[0].as_deref())
+                dc_param(dc.as_deref())
             );
             match self.get(&query).await {
                 Ok((body, new_index)) => {
@@ -396,21 +412,17 @@ impl Watcher {
                     self.report(Ok(()));
                     index = next_index(index, new_index);
                     let names = self.selected(&body);
-                    health.retain(|name, task| {
-                        let keep = names.contains(name);
-                        if !keep {
-                            task.abort();
-                        }
-                        keep
-                    });
+                    health.retain(|name, _| names.contains(name));
                     if let Some(p) = self.parent.upgrade() {
-                        p.retain_services(&self.key, &names);
+                        let keys: Vec<String> =
+                            names.iter().map(|n| format!("{n}{suffix}")).collect();
+                        p.retain_services(&self.key, &suffix, &keys);
                     }
                     for name in names {
                         health.entry(name.clone()).or_insert_with(|| {
                             let me = self.clone();
-                            let dcs = dcs.clone();
-                            tokio::spawn(async move { me.follow(name, dcs).await })
+                            let dc = dc.clone();
+                            AbortOnDrop(tokio::spawn(async move { me.follow(name, dc).await }))
                         });
                     }
                 }
@@ -423,11 +435,11 @@ impl Watcher {
         }
     }
 
-    /// Follows one service's health (in every configured datacenter, the first listed).
-    async fn follow(self: Arc<Self>, name: String, dcs: Vec<Option<String>>) {
+    /// Follows one service's health in one datacenter.
+    async fn follow(self: Arc<Self>, name: String, dc: Option<String>) {
         let mut index = 0u64;
         let mut failures = 0u32;
-        let dc = dcs.first().cloned().flatten();
+        let key = format!("{name}{}", dc_suffix(dc.as_deref()));
         loop {
             let query = format!(
                 "/v1/health/service/{name}?index={index}&wait={}s{}",
@@ -440,7 +452,7 @@ impl Watcher {
                     index = next_index(index, new_index);
                     let workloads = self.workloads(&name, &body, dc.as_deref());
                     if let Some(p) = self.parent.upgrade() {
-                        p.set_service(&self.key, &name, workloads);
+                        p.set_service(&self.key, &key, workloads);
                     }
                 }
                 Err(e) => {
@@ -568,6 +580,31 @@ impl Watcher {
         }
         out
     }
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Aborts every task when dropped.
+struct Tasks(Vec<JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// How a service's key in the workload map names its datacenter.
+fn dc_suffix(dc: Option<&str>) -> String {
+    format!("@{}", dc.unwrap_or("local"))
 }
 
 fn dc_param(dc: Option<&str>) -> String {

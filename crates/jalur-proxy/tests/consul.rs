@@ -443,3 +443,63 @@ async fn fronting_envoy_splits_legacy_and_mesh_exactly() {
 async fn fronting_jalur_splits_legacy_and_mesh_exactly() {
     fronting_split(Kind::Jalur).await;
 }
+
+/// An ACL-protected Consul: without the token the registry reports the 403 (and imports
+/// nothing); with the token from a file it imports. The token never shows in the status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_token_is_required_and_never_shown() {
+    let consul = ConsulDouble::start_with(
+        ConsulOpts::default()
+            .max_wait(Duration::from_secs(2))
+            .acl_token("s3cr3t-token"),
+    )
+    .await;
+    consul.register(Instance::new("payments", "p-1", "127.0.0.1", 9001).status(Status::Passing));
+    let mut plane = Plane::start(&[("consul.yaml", registry(&consul))]).await;
+    let status = plane.plane.as_ref().map(|p| p.status_addr).expect("plane");
+    let registry_status = || async {
+        let (_, _, body) = http_get(status, "s", "/debug/registry", &[]).await?;
+        serde_json::from_str::<serde_json::Value>(&body).map_err(|e| e.to_string())
+    };
+    let denied = assert_eventually("the 403 is reported", Duration::from_secs(10), || async {
+        let v = registry_status().await?;
+        if v["consul"][0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("403"))
+        {
+            Ok(v)
+        } else {
+            Err(v.to_string())
+        }
+    })
+    .await;
+    assert_eq!(denied["consul"][0]["up"], false);
+    let token_file = plane.dir.join("consul-token");
+    std::fs::write(&token_file, "s3cr3t-token\n").expect("token file");
+    plane.write(
+        "consul.yaml",
+        &format!(
+            "{}  token: {{file: {}}}\n",
+            registry(&consul),
+            token_file.display()
+        ),
+    );
+    let ok = assert_eventually(
+        "imports with the token",
+        Duration::from_secs(10),
+        || async {
+            let v = registry_status().await?;
+            if v["consul"][0]["up"] == true && v["consul"][0]["instances"] == 1 {
+                Ok(v)
+            } else {
+                Err(v.to_string())
+            }
+        },
+    )
+    .await;
+    assert!(
+        !ok.to_string().contains("s3cr3t-token"),
+        "the token leaked into the status: {ok}"
+    );
+    plane.stop().await;
+}
