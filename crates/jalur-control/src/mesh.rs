@@ -77,8 +77,8 @@ pub struct Service {
     /// `5432=15432,6379=16379`): without iptables, an app reaches a TCP service through a local
     /// listener of its sidecar.
     pub local_ports: std::collections::BTreeMap<u32, u32>,
-    /// The registry a service was imported from (e.g. `consul`): such clusters get outlier
-    /// detection by default, since a dead instance can stay registered as passing.
+    /// The registry a service was imported from (`consul:NAMESPACE/NAME`): such clusters get
+    /// outlier detection by default, since a dead instance can stay registered as passing.
     pub imported_from: Option<String>,
 }
 
@@ -208,11 +208,7 @@ impl Mesh {
                 discovery: Discovery::Eds,
                 external: false,
                 local_ports: Default::default(),
-                imported_from: w
-                    .source
-                    .split_once(':')
-                    .map(|(r, _)| r.to_string())
-                    .filter(|r| r != "proxy"),
+                imported_from: Some(w.source.clone()).filter(|s| !s.starts_with("proxy:")),
             });
         for p in &w.ports {
             if service.port(p.number).is_none() {

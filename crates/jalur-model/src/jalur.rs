@@ -34,6 +34,10 @@ pub struct ConsulRegistry {
     /// Blocking-query wait (Consul's `wait`), default 30s.
     #[serde(default)]
     pub wait: Option<Duration>,
+    /// Active health checks of imported instances, on top of Consul's own checks and outlier
+    /// detection: an instance that fails them leaves rotation even while Consul says passing.
+    #[serde(default)]
+    pub health_check: Option<ActiveHealthCheck>,
     /// Mesh services that legacy callers reach through gateways: jalur registers every
     /// connected gateway proxy matching `gatewaySelector` in Consul under `name`, with an HTTP
     /// check on its readiness endpoint, and removes the entry when the export goes away.
@@ -77,4 +81,20 @@ pub struct ServiceSelector {
 pub enum WarningPolicy {
     Exclude,
     Include,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ActiveHealthCheck {
+    /// HTTP GET path (2xx = healthy); without it, a TCP connect check.
+    #[serde(default)]
+    pub http_path: Option<String>,
+    #[serde(default)]
+    pub interval: Option<Duration>,
+    #[serde(default)]
+    pub timeout: Option<Duration>,
+    #[serde(default)]
+    pub unhealthy_threshold: Option<u32>,
+    #[serde(default)]
+    pub healthy_threshold: Option<u32>,
 }

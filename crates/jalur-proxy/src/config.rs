@@ -297,6 +297,8 @@ pub struct Cluster {
     /// fewer than `min_concurrency`), so retries cannot amplify an outage. Replaces max_retries.
     pub retry_budget: Option<RetryBudgetConfig>,
     pub outlier: Option<OutlierConfig>,
+    /// Active health checking of every host.
+    pub health_check: Option<HealthCheckConfig>,
     pub max_requests_per_connection: Option<u32>,
     pub idle_timeout: Option<Duration>,
 }
@@ -346,6 +348,16 @@ impl Default for Thresholds {
             max_retries: 3,
         }
     }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheckConfig {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub unhealthy_threshold: u32,
+    pub healthy_threshold: u32,
+    /// `Some(path)`: HTTP GET, 2xx healthy; `None`: a TCP connect.
+    pub http_path: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

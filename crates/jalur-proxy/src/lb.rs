@@ -45,6 +45,8 @@ pub struct Host {
 struct HostState {
     active_requests: AtomicU32,
     outlier: HostOutlier,
+    /// Failed the cluster's active health check (cleared when it passes again).
+    check_failed: std::sync::atomic::AtomicBool,
 }
 
 impl Host {
@@ -52,6 +54,7 @@ impl Host {
         let state = Arc::new(HostState {
             active_requests: AtomicU32::new(0),
             outlier: HostOutlier::default(),
+            check_failed: std::sync::atomic::AtomicBool::new(false),
         });
         Host::with_state(endpoint, state)
     }
@@ -79,8 +82,23 @@ impl Host {
     }
 
     /// Ejected by outlier detection right now (an ejection whose time has passed ends here).
+    /// Out of rotation for now: ejected by outlier detection, or failing its active health check.
     pub fn is_ejected(&self) -> bool {
-        self.state.outlier.is_ejected_now()
+        self.state.outlier.is_ejected_now() || self.check_failed()
+    }
+
+    pub fn check_failed(&self) -> bool {
+        self.state
+            .check_failed
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Records the active health check's verdict; returns whether it changed.
+    pub fn set_check_failed(&self, failed: bool) -> bool {
+        self.state
+            .check_failed
+            .swap(failed, std::sync::atomic::Ordering::AcqRel)
+            != failed
     }
 
     /// Healthy per EDS and not ejected.

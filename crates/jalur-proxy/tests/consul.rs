@@ -503,3 +503,72 @@ async fn acl_token_is_required_and_never_shown() {
     );
     plane.stop().await;
 }
+
+/// Optional active health checks for imported services: an instance whose health endpoint fails
+/// leaves rotation though Consul still says passing (outlier detection switched off here, so
+/// only the health check can do it).
+async fn active_health_check_takes_a_failing_instance_out(kind: Kind) {
+    let consul =
+        ConsulDouble::start_with(ConsulOpts::default().max_wait(Duration::from_secs(2))).await;
+    let (a, b) = (
+        EchoServer::start("legacy-a").await,
+        EchoServer::start("legacy-b").await,
+    );
+    consul.register(
+        Instance::new("payments", "payments-a", "127.0.0.1", a.addr().port())
+            .status(Status::Passing),
+    );
+    consul.register(
+        Instance::new("payments", "payments-b", "127.0.0.1", b.addr().port())
+            .status(Status::Passing),
+    );
+    let files = vec![
+        ("consul.yaml", format!("{}  healthCheck: {{httpPath: /healthz, interval: 200ms, timeout: 500ms, unhealthyThreshold: 2}}\n", registry(&consul))),
+        ("vs.yaml", no_retries()),
+        ("dr.yaml", format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: payments, namespace: default}}\nspec:\n  host: {HOST}\n  trafficPolicy:\n    outlierDetection: {{consecutive5xxErrors: 0, consecutiveGatewayErrors: 0}}\n")),
+    ];
+    let plane = Plane::start(&files).await;
+    let Some((out, _envoy, _proxy)) = sidecar(kind, &plane).await else {
+        return;
+    };
+    assert_eventually(
+        &format!("{kind:?} reaches both"),
+        Duration::from_secs(20),
+        || async {
+            let seen = spread(out, HOST, 20, &[]).await;
+            if seen.contains_key("legacy-a") && seen.contains_key("legacy-b") {
+                Ok(())
+            } else {
+                Err(format!("{seen:?}"))
+            }
+        },
+    )
+    .await;
+    b.fail_always(503);
+    assert_eventually(
+        &format!("{kind:?} health check takes legacy-b out"),
+        Duration::from_secs(15),
+        || async {
+            let seen = spread(out, HOST, 20, &[]).await;
+            if seen.get("legacy-a") == Some(&20) {
+                Ok(())
+            } else {
+                Err(format!("{seen:?}"))
+            }
+        },
+    )
+    .await;
+    let after = spread(out, HOST, 40, &[]).await;
+    assert_eq!(after.get("legacy-a"), Some(&40), "{kind:?}: {after:?}");
+    assert_eq!(consul.status("payments-b"), Some(Status::Passing));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jalur_active_health_check_takes_a_failing_instance_out() {
+    active_health_check_takes_a_failing_instance_out(Kind::Jalur).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_active_health_check_takes_a_failing_instance_out() {
+    active_health_check_takes_a_failing_instance_out(Kind::Envoy).await;
+}

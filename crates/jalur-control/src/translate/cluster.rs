@@ -113,13 +113,22 @@ pub fn clusters(ctx: &Ctx) -> (Vec<Cluster>, Vec<ClusterLoadAssignment>) {
                 if service.imported_from.is_some() && policy.outlier_detection.is_none() {
                     policy.outlier_detection = Some(imported_outlier_detection());
                 }
+                let health_check = service
+                    .imported_from
+                    .as_deref()
+                    .and_then(|src| active_health_check(ctx, src));
                 let name = cluster_name(port.number, subset, &service.host);
                 let selected: Vec<&Endpoint> =
                     endpoints.iter().filter(|e| e.matches(&labels)).collect();
                 let cla = load_assignment(&name, port.number, &selected);
                 match service.discovery {
                     Discovery::Eds => {
-                        clusters.push(cluster(ctx, &name, service, port, &policy, None));
+                        let mut c = cluster(ctx, &name, service, port, &policy, None);
+                        // gRPC clients do no active health checking; only proxies get it.
+                        if !ctx.proxyless {
+                            c.health_checks.extend(health_check.clone());
+                        }
+                        clusters.push(c);
                         assignments.push(cla);
                     }
                     Discovery::Dns if ctx.proxyless => {
@@ -277,6 +286,55 @@ fn endpoint_address(e: &LbEndpoint) -> String {
         Some(socket_address::PortSpecifier::PortValue(p)) => format!("{}:{p}", socket.address),
         _ => socket.address.clone(),
     }
+}
+
+/// The active health check a ConsulRegistry asks for its imports (`source` is
+/// `consul:NAMESPACE/NAME`), as Envoy's HealthCheck.
+fn active_health_check(
+    ctx: &Ctx,
+    source: &str,
+) -> Option<envoy_types::pb::envoy::config::core::v3::HealthCheck> {
+    use envoy_types::pb::envoy::config::core::v3::health_check::{
+        HealthChecker, HttpHealthCheck, TcpHealthCheck,
+    };
+    use envoy_types::pb::envoy::config::core::v3::HealthCheck;
+    let key = source.strip_prefix("consul:")?;
+    let (_, reg) = ctx
+        .mesh
+        .config
+        .consul_registries()
+        .find(|(r, _)| format!("{}/{}", r.meta.namespace, r.meta.name) == key)?;
+    let hc = reg.health_check.as_ref()?;
+    let secs = |d: Option<jalur_model::duration::Duration>, default: u64| {
+        duration(
+            d.map(|d| d.as_std())
+                .unwrap_or(std::time::Duration::from_secs(default)),
+        )
+    };
+    let checker = match &hc.http_path {
+        Some(path) => HealthChecker::HttpHealthCheck(HttpHealthCheck {
+            path: path.clone(),
+            ..HttpHealthCheck::default()
+        }),
+        None => HealthChecker::TcpHealthCheck(TcpHealthCheck::default()),
+    };
+    let interval = secs(hc.interval, 5);
+    Some(HealthCheck {
+        // Envoy checks a cluster without traffic only every 60 s by default, and switches to
+        // `interval` only at the next check: make both the interval.
+        no_traffic_interval: Some(interval),
+        no_traffic_healthy_interval: Some(interval),
+        interval: Some(interval),
+        timeout: Some(secs(hc.timeout, 1)),
+        unhealthy_threshold: Some(UInt32Value {
+            value: hc.unhealthy_threshold.unwrap_or(2),
+        }),
+        healthy_threshold: Some(UInt32Value {
+            value: hc.healthy_threshold.unwrap_or(1),
+        }),
+        health_checker: Some(checker),
+        ..HealthCheck::default()
+    })
 }
 
 /// Imported (registry) services get outlier detection unless a DestinationRule says otherwise:

@@ -234,3 +234,46 @@ fn proxyless_dns_clusters_have_one_endpoint_each() {
         );
     }
 }
+
+#[test]
+fn imported_services_get_the_registry_active_health_check() {
+    use crate::mesh::{Port, Protocol};
+    use crate::registry::Workload;
+    let yaml = "apiVersion: jalur.dev/v1alpha1\nkind: ConsulRegistry\nmetadata: {name: legacy, namespace: default}\nspec:\n  addresses: [127.0.0.1:8500]\n  healthCheck: {httpPath: /healthz, interval: 200ms}\n";
+    let (res, diags) = jalur_model::parse_str(std::path::Path::new("c.yaml"), yaml);
+    assert!(diags.is_empty(), "{diags:?}");
+    let w = Workload {
+        host: "payments.service.consul".into(),
+        namespace: "consul".into(),
+        name: "p-1".into(),
+        address: "127.0.0.1".into(),
+        ports: vec![Port {
+            number: 80,
+            name: "http".into(),
+            protocol: Protocol::Http,
+        }],
+        target_port: Some(9001),
+        labels: Default::default(),
+        weight: 1,
+        locality: String::new(),
+        healthy: true,
+        source: "consul:default/legacy".into(),
+    };
+    let mesh = Mesh::build(Arc::new(jalur_model::Config::new(res)), &[w]);
+    let client = node(
+        "sidecar~10.0.1.1~a.default~default.svc.cluster.local",
+        "envoy",
+        &[],
+    );
+    let snap = translate(&mesh, &client);
+    let c = &snap.resources[&jalur_xds::TypeUrl::Cluster]["outbound|80||payments.service.consul"];
+    use prost::Message;
+    let cluster =
+        envoy_types::pb::envoy::config::cluster::v3::Cluster::decode(c.body.value.as_slice())
+            .expect("decode");
+    assert_eq!(cluster.health_checks.len(), 1, "{cluster:?}");
+    assert!(
+        cluster.outlier_detection.is_some(),
+        "imported services get outlier detection by default"
+    );
+}

@@ -123,6 +123,7 @@ fn fake_cluster(c: &XdsCluster) -> Result<(Cluster, Option<EndpointSet>), Conver
         protocol: UpstreamProtocol::Http1,
         breakers: Thresholds::default(),
         retry_budget: None,
+        health_check: None,
         outlier: None,
         max_requests_per_connection: None,
         idle_timeout: None,

@@ -23,8 +23,8 @@ use super::{
     Invalid, Res,
 };
 use crate::config::{
-    Cluster, Discovery, Endpoint, EndpointSet, LbPolicy, OutlierConfig, RetryBudgetConfig,
-    Thresholds, UpstreamProtocol,
+    Cluster, Discovery, Endpoint, EndpointSet, HealthCheckConfig, LbPolicy, OutlierConfig,
+    RetryBudgetConfig, Thresholds, UpstreamProtocol,
 };
 
 /// Envoy's defaults where the cluster sets none.
@@ -53,6 +53,12 @@ pub(super) fn cluster(c: &XdsCluster) -> Res<(Cluster, Option<EndpointSet>)> {
         .transpose()
         .at("outlier_detection")?
         .flatten();
+    let health_check = c
+        .health_checks
+        .first()
+        .map(health_check)
+        .transpose()
+        .at("health_checks[0]")?;
     let http = protocol(c)?;
     let cluster = Cluster {
         name: c.name.clone(),
@@ -62,6 +68,7 @@ pub(super) fn cluster(c: &XdsCluster) -> Res<(Cluster, Option<EndpointSet>)> {
         protocol: http.protocol,
         breakers,
         retry_budget,
+        health_check,
         outlier,
         max_requests_per_connection: http.max_requests_per_connection,
         idle_timeout: http.idle_timeout,
@@ -83,9 +90,9 @@ fn unsupported(c: &XdsCluster) -> Res<()> {
         "TLS not supported yet",
     )?;
     reject_if(
-        !c.health_checks.is_empty(),
+        c.health_checks.len() > 1,
         "health_checks",
-        "active health checking is not supported; EDS health status is honoured",
+        "one active health check per cluster is supported",
     )?;
     reject_if(
         c.lb_subset_config.is_some(),
@@ -216,6 +223,44 @@ fn lb_policy(p: i32) -> Res<LbPolicy> {
         ))),
         Err(_) => Err(Invalid::here(format!("unknown lb_policy {p}"))),
     }
+}
+
+/// An HTTP (GET path, 2xx healthy) or TCP (connect) active health check.
+fn health_check(
+    h: &envoy_types::pb::envoy::config::core::v3::HealthCheck,
+) -> Res<HealthCheckConfig> {
+    use envoy_types::pb::envoy::config::core::v3::health_check::HealthChecker;
+    let interval = positive(h.interval.as_ref(), Duration::from_secs(5)).at("interval")?;
+    let timeout = positive(h.timeout.as_ref(), Duration::from_secs(1)).at("timeout")?;
+    let threshold = |v: &Option<UInt32Value>| v.as_ref().map_or(1, |v| v.value.max(1));
+    let http_path = match &h.health_checker {
+        Some(HealthChecker::HttpHealthCheck(http)) => Some(if http.path.is_empty() {
+            "/".to_string()
+        } else {
+            http.path.clone()
+        }),
+        Some(HealthChecker::TcpHealthCheck(tcp)) => {
+            reject_if(
+                tcp.send.is_some() || !tcp.receive.is_empty(),
+                "tcp_health_check",
+                "only a plain connect check is supported",
+            )?;
+            None
+        }
+        _ => {
+            return Err(Invalid::here(
+                "only HTTP and TCP health checks are supported",
+            ))
+            .at("health_checker")
+        }
+    };
+    Ok(HealthCheckConfig {
+        interval,
+        timeout,
+        unhealthy_threshold: threshold(&h.unhealthy_threshold),
+        healthy_threshold: threshold(&h.healthy_threshold),
+        http_path,
+    })
 }
 
 /// The DEFAULT priority's thresholds; HIGH priority traffic does not exist in jalur.
