@@ -10,6 +10,7 @@
 #   BENCH_ROWS            rows to run (default: all, in this order)
 #   BENCH_CONNS=32 BENCH_WARMUP=3 BENCH_MAX_DURATION=10     closed-loop max-rps run (wrk)
 #   BENCH_RATE=1000 BENCH_FIXED_DURATION=15                 open-loop fixed-rate run (oha)
+#   BENCH_PROXY_CPU=0 BENCH_LOAD_CPU=1   the CPUs (both 1: a diagnostic without the cross-CPU hop)
 #   BENCH_NO_INSTALL=1    skip apt/cargo install and the build (use what is there)
 #   BENCH_NO_RESULTS=1    print the table but leave bench/RESULTS.md alone
 #   BENCH_NOTE="..."      a line added to the notes of RESULTS.md
@@ -44,6 +45,8 @@ install_tools() {
   command -v wrk >/dev/null 2>&1 || missing+=(wrk)
   command -v curl >/dev/null 2>&1 || missing+=(curl)
   command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
+  command -v ss >/dev/null 2>&1 || missing+=(iproute2)
+  command -v pgrep >/dev/null 2>&1 || missing+=(procps)
   if ((${#missing[@]} > 0)); then
     say "apt-get install ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -69,7 +72,7 @@ NGINX="$(command -v nginx)"
 HAPROXY="$(command -v haproxy)"
 [[ -x "$JALUR" ]] || die "no $JALUR (cargo build --release -p jalur)"
 [[ -x "$ENVOY" ]] || die "no Envoy in .venv (scripts/install-peers)"
-for t in wrk oha curl taskset python3; do command -v "$t" >/dev/null 2>&1 || die "$t missing"; done
+for t in wrk oha curl taskset ss pgrep python3; do command -v "$t" >/dev/null 2>&1 || die "$t missing"; done
 (($(nproc) >= 2)) || die "needs 2 CPUs (proxy on $PROXY_CPU, load on $LOAD_CPU)"
 
 # ---------------------------------------------------------------- processes
@@ -130,6 +133,7 @@ stop() {
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
+  set +e # stop everything even if one step fails
   if ((${#ALL_PIDS[@]} > 0)); then
     stop "${ALL_PIDS[@]}"
   fi

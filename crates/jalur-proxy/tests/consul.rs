@@ -9,7 +9,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{jalur_sidecar, sidecar_opts, Plane};
+use common::{envoy_sidecar, jalur_sidecar, sidecar_opts, Plane};
 use jalur_testkit::consul::{ConsulDouble, ConsulOpts, Instance, Status};
 use jalur_testkit::yaml::spread;
 use jalur_testkit::{
@@ -46,20 +46,8 @@ async fn sidecar(
             Some((out, None, Some(p)))
         }
         Kind::Envoy => {
-            let binary = require_peer("envoy", envoy_binary())?;
-            let mut opts = EnvoyOpts::new(
-                plane.xds,
-                "sidecar~127.0.0.1~checkout-1.shop~shop.svc.cluster.local",
-            );
-            opts.metadata = json!({ "JALUR_EPHEMERAL_PORTS": "true", "JALUR_LISTEN_ADDRESS": "127.0.0.1", "NAMESPACE": "shop" });
-            let envoy = Envoy::start_with(&binary, opts).await.expect("envoy");
-            let port = envoy.listener_port("outbound").await.expect("outbound");
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            assert_eventually("envoy accepts", Duration::from_secs(20), || async {
-                http_get(addr, "warmup.invalid", "/", &[]).await.map(|_| ())
-            })
-            .await;
-            Some((addr, Some(envoy), None))
+            let (envoy, out) = envoy_sidecar(plane.xds, "checkout-1", "shop").await?;
+            Some((out, Some(envoy), None))
         }
     }
 }

@@ -15,7 +15,7 @@ use serde_json::json;
 
 mod common;
 
-use common::{jalur_sidecar, sidecar_opts, Plane};
+use common::{envoy_sidecar, jalur_sidecar, sidecar_opts, Plane};
 
 const HOST: &str = "reviews.bookinfo.svc.cluster.local";
 
@@ -42,32 +42,10 @@ async fn sidecar(kind: Kind, plane: &Plane) -> Option<Sidecar> {
             (outbound, None, Some(proxy))
         }
         Kind::Envoy => {
-            let binary = require_peer("envoy", envoy_binary())?;
-            let mut opts = EnvoyOpts::new(
-                xds,
-                "sidecar~127.0.0.1~productpage-v1.bookinfo~bookinfo.svc.cluster.local",
-            );
-            opts.metadata = json!({ "JALUR_EPHEMERAL_PORTS": "true", "JALUR_LISTEN_ADDRESS": "127.0.0.1", "NAMESPACE": "bookinfo" });
-            let envoy = Envoy::start_with(&binary, opts)
-                .await
-                .expect("envoy starts");
-            let port = envoy
-                .listener_port("outbound")
-                .await
-                .expect("outbound listener");
-            (SocketAddr::from(([127, 0, 0, 1], port)), Some(envoy), None)
+            let (envoy, outbound) = envoy_sidecar(xds, "productpage-v1", "bookinfo").await?;
+            (outbound, Some(envoy), None)
         }
     };
-    assert_eventually(
-        "the outbound listener accepts",
-        Duration::from_secs(20),
-        || async {
-            http_get(outbound, "warmup.invalid", "/", &[])
-                .await
-                .map(|_| ())
-        },
-    )
-    .await;
     Some(Sidecar {
         kind,
         outbound,

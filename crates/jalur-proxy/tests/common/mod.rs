@@ -105,15 +105,38 @@ pub async fn jalur_sidecar(opts: ProxyOptions) -> (Proxy, SocketAddr) {
         },
     )
     .await;
-    assert_eventually(
-        "the outbound listener accepts",
-        Duration::from_secs(20),
-        || async {
-            http_get(outbound, "warmup.invalid", "/", &[])
-                .await
-                .map(|_| ())
-        },
-    )
-    .await;
+    wait_accepts(outbound).await;
     (proxy, outbound)
+}
+
+/// Waits until `addr` answers HTTP at all: a listener bound on port 0 shows up before it accepts
+/// (it warms until its routes arrive).
+pub async fn wait_accepts(addr: SocketAddr) {
+    assert_eventually("the listener accepts", Duration::from_secs(20), || async {
+        http_get(addr, "warmup.invalid", "/", &[]).await.map(|_| ())
+    })
+    .await;
+}
+
+/// A stock Envoy sidecar for `workload` in `namespace` (Istio's node id), on loopback with
+/// OS-chosen ports, and its outbound address; `None` when Envoy is not installed (and not CI).
+pub async fn envoy_sidecar(
+    xds: SocketAddr,
+    workload: &str,
+    namespace: &str,
+) -> Option<(jalur_testkit::Envoy, SocketAddr)> {
+    let binary = jalur_testkit::require_peer("envoy", jalur_testkit::envoy_binary())?;
+    let id = format!("sidecar~127.0.0.1~{workload}.{namespace}~{namespace}.svc.cluster.local");
+    let mut opts = jalur_testkit::EnvoyOpts::new(xds, &id);
+    opts.metadata = serde_json::json!({ "JALUR_EPHEMERAL_PORTS": "true", "JALUR_LISTEN_ADDRESS": "127.0.0.1", "NAMESPACE": namespace });
+    let envoy = jalur_testkit::Envoy::start_with(&binary, opts)
+        .await
+        .expect("envoy starts");
+    let port = envoy
+        .listener_port("outbound")
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", envoy.log_tail()));
+    let outbound = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_accepts(outbound).await;
+    Some((envoy, outbound))
 }
