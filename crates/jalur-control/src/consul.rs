@@ -265,7 +265,10 @@ struct Watcher {
 
 /// Consul's HTTP API at one address, with the ACL token (sent as `X-Consul-Token`, never logged).
 pub(crate) struct Api {
-    pub(crate) base: String,
+    /// Every configured address; calls go to `current` and move to the next one when it
+    /// cannot be reached (an agent restarting, a server gone).
+    bases: Vec<String>,
+    current: std::sync::atomic::AtomicUsize,
     token: Option<String>,
     client: Client<HttpConnector, Full<Bytes>>,
 }
@@ -274,20 +277,42 @@ impl Api {
     pub(crate) fn new(spec: &ConsulRegistry) -> Api {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(3)));
-        let a = spec
+        let mut bases: Vec<String> = spec
             .addresses
-            .first()
-            .cloned()
-            .unwrap_or_else(|| "127.0.0.1:8500".into());
-        let base = if a.starts_with("http://") || a.starts_with("https://") {
-            a.trim_end_matches('/').to_string()
-        } else {
-            format!("http://{a}")
-        };
+            .iter()
+            .map(|a| {
+                if a.starts_with("http://") || a.starts_with("https://") {
+                    a.trim_end_matches('/').to_string()
+                } else {
+                    format!("http://{a}")
+                }
+            })
+            .collect();
+        if bases.is_empty() {
+            bases.push("http://127.0.0.1:8500".into());
+        }
         Api {
-            base,
+            bases,
+            current: std::sync::atomic::AtomicUsize::new(0),
             token: read_token(spec),
             client: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
+    /// The address calls go to now.
+    pub(crate) fn base(&self) -> String {
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        self.bases[i % self.bases.len()].clone()
+    }
+
+    /// The address could not be reached: the next call tries the next one.
+    fn fail_over(&self) {
+        if self.bases.len() > 1 {
+            let next = self
+                .current
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1;
+            tracing::warn!(next = %self.bases[next % self.bases.len()], "Consul address unreachable; trying the next one");
         }
     }
 
@@ -309,7 +334,7 @@ impl Api {
         body: Option<Value>,
         timeout: Duration,
     ) -> Result<(Value, u64), String> {
-        let url = format!("{}{path_and_query}", self.base);
+        let url = format!("{}{path_and_query}", self.base());
         let mut req = http::Request::builder().method(method.clone()).uri(&url);
         if let Some(t) = &self.token {
             req = req.header("X-Consul-Token", t);
@@ -319,10 +344,17 @@ impl Api {
             .body(Full::new(bytes))
             .map_err(|e| format!("bad request {url}: {e}"))?;
         let what = format!("{method} {}", redact(path_and_query));
-        let resp = tokio::time::timeout(timeout, self.client.request(req))
-            .await
-            .map_err(|_| format!("{what} timed out"))?
-            .map_err(|e| format!("{what} failed: {e}"))?;
+        let resp = match tokio::time::timeout(timeout, self.client.request(req)).await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => {
+                self.fail_over();
+                return Err(format!("{what} failed: {e}"));
+            }
+            Err(_) => {
+                self.fail_over();
+                return Err(format!("{what} timed out"));
+            }
+        };
         let status = resp.status();
         let index = resp
             .headers()
@@ -369,7 +401,7 @@ impl Watcher {
     }
 
     fn base(&self) -> String {
-        self.api.base.clone()
+        self.api.base()
     }
 
     fn wait(&self) -> Duration {

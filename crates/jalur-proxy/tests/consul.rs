@@ -560,3 +560,36 @@ async fn jalur_active_health_check_takes_a_failing_instance_out() {
 async fn envoy_active_health_check_takes_a_failing_instance_out() {
     active_health_check_takes_a_failing_instance_out(Kind::Envoy).await;
 }
+
+/// Several addresses: an unreachable first one fails over to the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_consul_address_fails_over_to_the_next() {
+    let consul =
+        ConsulDouble::start_with(ConsulOpts::default().max_wait(Duration::from_secs(2))).await;
+    consul.register(Instance::new("payments", "p-1", "127.0.0.1", 9001).status(Status::Passing));
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port");
+    let spec = format!(
+        "apiVersion: jalur.dev/v1alpha1\nkind: ConsulRegistry\nmetadata: {{name: legacy, namespace: default}}\nspec:\n  addresses: [\"127.0.0.1:{}\", \"{}\"]\n  wait: 2s\n",
+        dead.port(),
+        consul.url()
+    );
+    let mut plane = Plane::start(&[("consul.yaml", spec)]).await;
+    let status = plane.plane.as_ref().map(|p| p.status_addr).expect("plane");
+    assert_eventually(
+        "imports through the second address",
+        Duration::from_secs(15),
+        || async {
+            let (_, _, body) = http_get(status, "s", "/debug/registry", &[]).await?;
+            let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+            if v["consul"][0]["instances"] == 1 && v["consul"][0]["address"] == consul.url() {
+                Ok(())
+            } else {
+                Err(body)
+            }
+        },
+    )
+    .await;
+    plane.stop().await;
+}

@@ -132,7 +132,7 @@ pub(crate) async fn run(
             if let Err(e) = &result {
                 tracing::warn!(registry = %key, error = %e, "cannot reconcile gateway registrations in Consul; will retry");
             }
-            report(key, &api.base, result);
+            report(key, &api.base(), result);
         }
         known.retain(|k, _| live.contains(k));
         tokio::select! {
