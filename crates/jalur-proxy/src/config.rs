@@ -26,6 +26,17 @@ pub struct Listener {
     pub name: String,
     pub addr: SocketAddr,
     pub kind: ListenerKind,
+    /// Terminate TLS on this listener (a gateway's HTTPS server).
+    pub tls: Option<ServerTls>,
+}
+
+/// A server certificate and key (PEM, read when the config was applied) and the ALPN protocols
+/// offered (`h2`, `http/1.1`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerTls {
+    pub cert_chain_pem: Vec<u8>,
+    pub private_key_pem: Vec<u8>,
+    pub alpn: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -24,6 +24,7 @@ pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 struct Active {
     addr: SocketAddr,
+    tls: Option<crate::config::ServerTls>,
     bound: SocketAddr,
     kind: std::mem::Discriminant<ListenerKind>,
     ctx: Arc<ArcSwap<ListenerCtx>>,
@@ -60,10 +61,9 @@ impl Listeners {
     ) -> Vec<(String, String)> {
         let mut failures = Vec::new();
         self.active.retain(|name, a| {
-            let keep = snap
-                .listeners
-                .get(name)
-                .is_some_and(|l| l.addr == a.addr && std::mem::discriminant(&l.kind) == a.kind);
+            let keep = snap.listeners.get(name).is_some_and(|l| {
+                l.addr == a.addr && l.tls == a.tls && std::mem::discriminant(&l.kind) == a.kind
+            });
             if !keep {
                 tracing::info!(listener = %name, addr = %a.bound, "listener closed");
                 a.task.abort();
@@ -76,6 +76,14 @@ impl Listeners {
                 a.ctx.store(Arc::new(ctx));
                 continue;
             }
+            let acceptor = match l.tls.as_ref().map(tls_acceptor).transpose() {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::error!(listener = %name, error = %e, "cannot set up TLS");
+                    failures.push((name.clone(), e));
+                    continue;
+                }
+            };
             let socket = match self.reserved.remove(&l.addr) {
                 Some(reserved) => Ok(reserved),
                 None => TcpListener::bind(l.addr).await,
@@ -91,11 +99,13 @@ impl Listeners {
                         socket,
                         ctx.clone(),
                         drain.clone(),
+                        acceptor,
                     ));
                     self.active.insert(
                         name.clone(),
                         Active {
                             addr: l.addr,
+                            tls: l.tls.clone(),
                             bound,
                             kind: std::mem::discriminant(&l.kind),
                             ctx,
@@ -137,6 +147,7 @@ async fn accept_loop(
     socket: TcpListener,
     ctx: Arc<ArcSwap<ListenerCtx>>,
     drain: watch::Receiver<bool>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
 ) {
     loop {
         let (stream, peer) = match socket.accept().await {
@@ -151,51 +162,28 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let rt = rt.clone();
         let ctx = ctx.clone();
-        let mut drain = drain.clone();
+        let drain = drain.clone();
         match &l.kind {
             ListenerKind::Http(_) => {
                 rt.connection_opened();
-                let counted = rt.clone();
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let (stream, verdicts) = crate::sniff::Sniff::new(stream);
-                    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let rt = rt.clone();
-                        let ln = ctx.load_full();
-                        let conflicted =
-                            req.version() < http::Version::HTTP_2 && verdicts.next_conflicted();
-                        async move {
-                            if conflicted {
-                                return Ok(crate::http::reject_framing(
-                                    &rt,
-                                    "content_length_and_transfer_encoding",
-                                ));
+                    match acceptor {
+                        None => serve_http(stream, rt.clone(), ctx, peer, drain).await,
+                        Some(acceptor) => match tokio::time::timeout(
+                            TLS_HANDSHAKE_TIMEOUT,
+                            acceptor.accept(stream),
+                        )
+                        .await
+                        {
+                            Ok(Ok(tls)) => serve_http(tls, rt.clone(), ctx, peer, drain).await,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed")
                             }
-                            Ok::<_, std::convert::Infallible>(
-                                crate::http::handle(rt, ln, req, peer).await,
-                            )
-                        }
-                    });
-                    let mut builder = auto::Builder::new(TokioExecutor::new());
-                    builder
-                        .http1()
-                        .max_buf_size(MAX_HEADER_BYTES)
-                        .keep_alive(true);
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                    tokio::pin!(conn);
-                    tokio::select! {
-                        r = conn.as_mut() => {
-                            if let Err(e) = r {
-                                count_rejection(&counted, e.as_ref());
-                            }
-                        }
-                        _ = async { let _ = drain.wait_for(|d| *d).await; } => {
-                            // Finish the requests in flight, then close (HTTP/1 "Connection: close",
-                            // HTTP/2 GOAWAY).
-                            conn.as_mut().graceful_shutdown();
-                            let _ = conn.await;
-                        }
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        },
                     }
-                    counted.connection_closed();
+                    rt.connection_closed();
                 });
             }
             ListenerKind::Tcp(tcp) => {
@@ -206,6 +194,77 @@ async fn accept_loop(
                     rt.connection_closed();
                 });
             }
+        }
+    }
+}
+
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A rustls acceptor for a listener's certificate, offering its ALPN protocols (`h2` first, so
+/// HTTP/2 clients get HTTP/2).
+fn tls_acceptor(tls: &crate::config::ServerTls) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&tls.cert_chain_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("certificate chain is not valid PEM: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(&tls.private_key_pem)
+        .map_err(|e| format!("private key is not valid PEM: {e}"))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS versions: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("certificate and key do not make a server identity: {e}"))?;
+    config.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves HTTP/1.1 or HTTP/2 (prior knowledge or ALPN) on one connection until it ends or the
+/// proxy drains.
+async fn serve_http<I>(
+    io: I,
+    rt: Arc<Runtime>,
+    ctx: Arc<ArcSwap<ListenerCtx>>,
+    peer: SocketAddr,
+    mut drain: watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let counted = rt.clone();
+    let (stream, verdicts) = crate::sniff::Sniff::new(io);
+    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let rt = rt.clone();
+        let ln = ctx.load_full();
+        let conflicted = req.version() < http::Version::HTTP_2 && verdicts.next_conflicted();
+        async move {
+            if conflicted {
+                return Ok(crate::http::reject_framing(
+                    &rt,
+                    "content_length_and_transfer_encoding",
+                ));
+            }
+            Ok::<_, std::convert::Infallible>(crate::http::handle(rt, ln, req, peer).await)
+        }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .max_buf_size(MAX_HEADER_BYTES)
+        .keep_alive(true);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                count_rejection(&counted, e.as_ref());
+            }
+        }
+        _ = async { let _ = drain.wait_for(|d| *d).await; } => {
+            // Finish the requests in flight, then close (HTTP/1 "Connection: close", HTTP/2 GOAWAY).
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
         }
     }
 }

@@ -360,3 +360,86 @@ async fn gateway_serves_bound_virtual_services(kind: Kind) {
 }
 
 both!(gateway_routes, gateway_serves_bound_virtual_services);
+
+/// An HTTPS Gateway server (mode SIMPLE, certificate and key from files): the gateway
+/// terminates TLS, negotiates HTTP/2 by ALPN, and routes the bound VirtualService.
+async fn gateway_terminates_tls_with_alpn_h2(kind: Kind) {
+    let v2 = EchoServer::start("v2").await;
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["bookinfo.example.com".to_string()]).expect("cert");
+    let dir = jalur_testkit::unique_temp_dir("jalur-tls").expect("tmp");
+    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_file, cert.cert.pem()).expect("cert file");
+    std::fs::write(&key_file, cert.signing_key.serialize_pem()).expect("key file");
+    let mut files = base(&[("v2", &v2)]);
+    files.push((
+        "gateway.yaml",
+        format!("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: edge, namespace: istio-system}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 8080, name: https, protocol: HTTPS}}\n    hosts: [\"bookinfo/*\"]\n    tls: {{mode: SIMPLE, serverCertificate: {}, privateKey: {}}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: edge, namespace: bookinfo}}\nspec:\n  hosts: [bookinfo.example.com]\n  gateways: [istio-system/edge]\n  http:\n  - route:\n    - destination: {{host: reviews}}\n", cert_file.display(), key_file.display()),
+    ));
+    let plane = Plane::start(&files).await;
+    let Some((gw, _envoy, _proxy)) = gateway(kind, &plane).await else {
+        return;
+    };
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).expect("root");
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let (status, version, body) = assert_eventually(
+        &format!("{kind:?} serves HTTPS"),
+        Duration::from_secs(20),
+        || {
+            let connector = connector.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(gw)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let name = rustls::pki_types::ServerName::try_from("bookinfo.example.com")
+                    .map_err(|e| e.to_string())?;
+                let tls = connector
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("handshake: {e}"))?;
+                let alpn = tls.get_ref().1.alpn_protocol().map(|p| p.to_vec());
+                if alpn.as_deref() != Some(b"h2".as_slice()) {
+                    return Err(format!("ALPN negotiated {alpn:?}"));
+                }
+                let (mut send, conn) = hyper::client::conn::http2::handshake(
+                    hyper_util::rt::TokioExecutor::new(),
+                    hyper_util::rt::TokioIo::new(tls),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                tokio::spawn(conn);
+                let req = http::Request::get("https://bookinfo.example.com/reviews/1")
+                    .body(http_body_util::Empty::<bytes::Bytes>::new())
+                    .map_err(|e| e.to_string())?;
+                let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+                let (status, version) = (resp.status(), resp.version());
+                let body = http_body_util::BodyExt::collect(resp.into_body())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .to_bytes();
+                if status != 200 {
+                    return Err(format!("{status}"));
+                }
+                Ok((status, version, String::from_utf8_lossy(&body).to_string()))
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        (status.as_u16(), version, body.as_str()),
+        (200, http::Version::HTTP_2, "v2"),
+        "{kind:?}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+both!(gateway_tls, gateway_terminates_tls_with_alpn_h2);

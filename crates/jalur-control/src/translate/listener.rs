@@ -3,7 +3,7 @@
 //! listeners (one per `host:port` it may resolve).
 
 use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
-use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
+use envoy_types::pb::envoy::config::core::v3::{TrafficDirection, TransportSocket};
 use envoy_types::pb::envoy::config::listener::v3::{
     filter, ApiListener, Filter, FilterChain, Listener,
 };
@@ -126,16 +126,23 @@ pub fn gateway(ctx: &Ctx) -> Built {
                     .all(|(k, v)| ctx.client.labels.get(k) == Some(v))
         })
         .collect();
-    let mut ports: Vec<(u32, Protocol)> = Vec::new();
+    // Per port: its protocol and, for an HTTPS server terminating TLS (SIMPLE with a
+    // certificate and key), the TLS context.
+    let mut ports: Vec<(u32, Protocol, Option<TransportSocket>)> = Vec::new();
     for (_, g) in &selected {
         for s in &g.servers {
-            let protocol = Protocol::parse(s.port.protocol.as_deref(), s.port.name.as_deref());
-            if !ports.iter().any(|(p, _)| *p == s.port.number) {
-                ports.push((s.port.number, protocol));
+            let tls = s.tls.as_ref().and_then(terminating_tls);
+            let protocol = match Protocol::parse(s.port.protocol.as_deref(), s.port.name.as_deref())
+            {
+                Protocol::Https if tls.is_some() => Protocol::Http,
+                p => p,
+            };
+            if !ports.iter().any(|(p, _, _)| *p == s.port.number) {
+                ports.push((s.port.number, protocol, tls));
             }
         }
     }
-    for (port, protocol) in ports {
+    for (port, protocol, tls) in ports {
         let names: Vec<String> = selected
             .iter()
             .filter(|(_, g)| g.servers.iter().any(|s| s.port.number == port))
@@ -160,13 +167,17 @@ pub fn gateway(ctx: &Ctx) -> Built {
         let bind = ctx.client.bind_port(port);
         if protocol.is_http() {
             let route_name = format!("http.{port}");
-            listeners.push(http_listener(
+            let mut listener = http_listener(
                 ctx,
                 &name,
                 bind,
                 rds(&route_name),
                 TrafficDirection::Outbound,
-            ));
+            );
+            if let Some(chain) = listener.filter_chains.first_mut() {
+                chain.transport_socket = tls;
+            }
+            listeners.push(listener);
             let server_hosts: Vec<(String, String)> = selected
                 .iter()
                 .flat_map(|(r, g)| {
@@ -387,6 +398,42 @@ fn http_filters(with_fault: bool) -> Vec<HttpFilter> {
         pack_any(Router::default()),
     ));
     filters
+}
+
+/// A Gateway server's TLS as Envoy's DownstreamTlsContext, when the server terminates TLS with
+/// files (`mode: SIMPLE`, `serverCertificate`, `privateKey`), offering h2 and http/1.1 by ALPN.
+/// Other modes (PASSTHROUGH, MUTUAL, credentialName via SDS) are not translated yet.
+fn terminating_tls(tls: &jalur_model::networking::ServerTlsSettings) -> Option<TransportSocket> {
+    use envoy_types::pb::envoy::config::core::v3::{
+        data_source::Specifier, transport_socket, DataSource,
+    };
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        CommonTlsContext, DownstreamTlsContext, TlsCertificate,
+    };
+    use jalur_model::networking::ServerTlsMode;
+    if tls.mode != Some(ServerTlsMode::Simple) {
+        return None;
+    }
+    let file = |f: &String| DataSource {
+        specifier: Some(Specifier::Filename(f.clone())),
+        ..DataSource::default()
+    };
+    let ctx = DownstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificates: vec![TlsCertificate {
+                certificate_chain: Some(file(tls.server_certificate.as_ref()?)),
+                private_key: Some(file(tls.private_key.as_ref()?)),
+                ..TlsCertificate::default()
+            }],
+            alpn_protocols: vec!["h2".into(), "http/1.1".into()],
+            ..CommonTlsContext::default()
+        }),
+        ..DownstreamTlsContext::default()
+    };
+    Some(TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(ctx))),
+    })
 }
 
 fn http_listener(

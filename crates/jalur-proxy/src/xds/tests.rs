@@ -75,6 +75,7 @@ fn fake_listener(l: &XdsListener) -> Result<Listener, ConvertError> {
         name: l.name.clone(),
         addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         kind,
+        tls: None,
     })
 }
 

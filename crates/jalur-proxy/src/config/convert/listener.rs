@@ -17,9 +17,7 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_pr
 use envoy_types::pb::google::protobuf::Any;
 use prost::Name;
 
-use super::{
-    ads_source, decode, plaintext, reject_if, socket_addr, timeout, type_name, At, Invalid, Res,
-};
+use super::{ads_source, decode, reject_if, socket_addr, timeout, type_name, At, Invalid, Res};
 use crate::config::{
     HttpListener, Listener, ListenerKind, RouteSource, TcpListener, WeightedCluster,
 };
@@ -97,16 +95,17 @@ pub(super) fn listener(l: &XdsListener) -> Res<Listener> {
             ))
         }
     };
-    let kind = filter_chain(chain).at(path)?;
+    let (kind, tls) = filter_chain(chain).at(path)?;
     Ok(Listener {
         name: l.name.clone(),
         addr,
         kind,
+        tls,
     })
 }
 
 #[allow(deprecated)] // use_proxy_proto: still honoured by Envoy, so still refused.
-fn filter_chain(chain: &FilterChain) -> Res<ListenerKind> {
+fn filter_chain(chain: &FilterChain) -> Res<(ListenerKind, Option<crate::config::ServerTls>)> {
     if let Some(m) = &chain.filter_chain_match {
         reject_if(
             *m != FilterChainMatch::default(),
@@ -114,7 +113,7 @@ fn filter_chain(chain: &FilterChain) -> Res<ListenerKind> {
             "filter chain matching is not supported; leave filter_chain_match empty",
         )?;
     }
-    plaintext(chain.transport_socket.as_ref()).at("transport_socket")?;
+    let tls = super::downstream_tls(chain.transport_socket.as_ref()).at("transport_socket")?;
     reject_if(
         chain.use_proxy_proto.as_ref().is_some_and(|b| b.value),
         "use_proxy_proto",
@@ -130,7 +129,7 @@ fn filter_chain(chain: &FilterChain) -> Res<ListenerKind> {
             )))
         }
     };
-    network_filter(filter).at("filters[0]")
+    Ok((network_filter(filter).at("filters[0]")?, tls))
 }
 
 fn network_filter(f: &Filter) -> Res<ListenerKind> {

@@ -559,7 +559,59 @@ fn listener_errors_name_their_field() {
     let err = listener(&tls).expect_err("tls");
     assert_eq!(
         (err.field.as_str(), err.message.as_str()),
-        ("filter_chains[0].transport_socket", "TLS not supported yet")
+        (
+            "filter_chains[0].transport_socket",
+            "TLS not supported here yet (only a listener's DownstreamTlsContext terminating with one certificate)"
+        )
+    );
+
+    // TLS termination: inline PEM accepted (with ALPN defaults); client certificates refused.
+    use envoy_types::pb::envoy::config::core::v3::{data_source::Specifier, DataSource};
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        CommonTlsContext, DownstreamTlsContext, TlsCertificate,
+    };
+    let pem = |s: &str| {
+        Some(DataSource {
+            specifier: Some(Specifier::InlineString(s.into())),
+            ..DataSource::default()
+        })
+    };
+    let mut ctx = DownstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificates: vec![TlsCertificate {
+                certificate_chain: pem("CERT"),
+                private_key: pem("KEY"),
+                ..TlsCertificate::default()
+            }],
+            ..CommonTlsContext::default()
+        }),
+        ..DownstreamTlsContext::default()
+    };
+    let with = |ctx: &DownstreamTlsContext| {
+        let mut l = outbound();
+        l.filter_chains[0].transport_socket = Some(TransportSocket {
+            name: "envoy.transport_sockets.tls".into(),
+            config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(
+                ctx.clone(),
+            ))),
+        });
+        listener(&l)
+    };
+    let ok = with(&ctx).expect("TLS termination converts");
+    let tls = ok.tls.expect("tls kept");
+    assert_eq!(
+        (tls.cert_chain_pem.as_slice(), tls.alpn.clone()),
+        (
+            b"CERT".as_slice(),
+            vec!["h2".to_string(), "http/1.1".to_string()]
+        )
+    );
+    ctx.require_client_certificate =
+        Some(envoy_types::pb::google::protobuf::BoolValue { value: true });
+    let err = with(&ctx).expect_err("mutual TLS");
+    assert_eq!(
+        err.field,
+        "filter_chains[0].transport_socket.typed_config.require_client_certificate"
     );
 
     let mut raw = outbound();

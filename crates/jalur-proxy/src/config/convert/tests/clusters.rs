@@ -325,7 +325,10 @@ fn cluster_errors_name_their_field() {
     let err = cluster(&tls).expect_err("tls");
     assert_eq!(
         (err.field.as_str(), err.message.as_str()),
-        ("transport_socket", "TLS not supported yet")
+        (
+            "transport_socket",
+            "TLS not supported here yet (only a listener's DownstreamTlsContext terminating with one certificate)"
+        )
     );
     assert!(
         err.to_string().starts_with("Cluster c: transport_socket: "),
