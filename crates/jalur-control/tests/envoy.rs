@@ -115,7 +115,7 @@ async fn routes_as_the_virtual_service_says(delta: bool) {
         return;
     };
 
-    // Wait until the route is live, then measure the split over 1,000 requests.
+    // Wait until the route is live, then measure the split over 2,000 requests (±3 points is then ~3σ; at 1,000 it flaked about once in 80 runs).
     assert_eventually("Envoy routes reviews", Duration::from_secs(20), || async {
         let seen = spread(proxy, HOST, 5, &[]).await;
         if seen.keys().all(|k| k.starts_with("v1") || k == "v3") {
@@ -125,7 +125,7 @@ async fn routes_as_the_virtual_service_says(delta: bool) {
         }
     })
     .await;
-    let seen = spread(proxy, HOST, 1000, &[]).await;
+    let seen = spread(proxy, HOST, 2000, &[]).await;
     let (s1, s3) = (share(&seen, "v1") + share(&seen, "v1b"), share(&seen, "v3"));
     assert!(
         (s1 - 90.0).abs() <= 3.0 && (s3 - 10.0).abs() <= 3.0,

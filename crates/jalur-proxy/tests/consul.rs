@@ -413,7 +413,7 @@ async fn fronting_split(kind: Kind) {
         },
     )
     .await;
-    let seen = spread(front, mesh_host, 1000, &[]).await;
+    let seen = spread(front, mesh_host, 2000, &[]).await;
     let mesh = jalur_testkit::yaml::share(&seen, "mesh-1");
     assert!(
         (mesh - 30.0).abs() <= 3.0,

@@ -104,7 +104,7 @@ async fn split_and_header_routing(kind: Kind) {
         return;
     };
     wait_routed(&s, |k| k == "v1" || k == "v3").await;
-    let seen = spread(s.outbound, HOST, 1000, &[]).await;
+    let seen = spread(s.outbound, HOST, 2000, &[]).await;
     assert!(
         (share(&seen, "v1") - 90.0).abs() <= 3.0,
         "{kind:?}: 90/10 observed as {seen:?}"
