@@ -563,3 +563,26 @@ async fn dns_service_entry_is_resolved_by_the_proxy() {
     );
     proxy.shutdown().await;
 }
+
+/// The outbound listener works as an HTTP proxy (`http_proxy=localhost:15001`): requests in
+/// absolute form route by their authority.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_listener_serves_as_an_http_proxy() {
+    let backend = EchoServer::start("v1").await;
+    let plane = Plane::start(&routed_config(&backend)).await;
+    let (proxy, outbound) = jalur_sidecar(sidecar_opts(plane.xds, "productpage", "bookinfo")).await;
+    let reply = raw(
+        outbound,
+        format!(
+            "GET http://{HOST}/via-proxy HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(
+        reply.contains("x-path: /via-proxy"),
+        "the upstream sees origin form: {reply}"
+    );
+    proxy.shutdown().await;
+}
