@@ -14,7 +14,7 @@ use prometheus_client::registry::Registry;
 /// request copies pointers, not strings.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RequestLabels {
-    pub reporter: Arc<str>,
+    pub reporter: &'static str,
     pub source_workload: Arc<str>,
     pub source_canonical_service: Arc<str>,
     pub destination_service: Arc<str>,
@@ -23,7 +23,7 @@ pub struct RequestLabels {
     pub destination_version: Arc<str>,
     pub response_code: u16,
     pub response_flags: &'static str,
-    pub grpc_response_status: Arc<str>,
+    pub grpc_response_status: std::borrow::Cow<'static, str>,
     pub request_protocol: &'static str,
     pub connection_security_policy: &'static str,
 }
@@ -32,7 +32,7 @@ impl EncodeLabelSet for RequestLabels {
     fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
         let code = self.response_code.to_string();
         [
-            ("reporter", &*self.reporter),
+            ("reporter", self.reporter),
             ("source_workload", &*self.source_workload),
             ("source_canonical_service", &*self.source_canonical_service),
             ("destination_service", &*self.destination_service),
@@ -44,7 +44,7 @@ impl EncodeLabelSet for RequestLabels {
             ("destination_version", &*self.destination_version),
             ("response_code", code.as_str()),
             ("response_flags", self.response_flags),
-            ("grpc_response_status", &*self.grpc_response_status),
+            ("grpc_response_status", self.grpc_response_status.as_ref()),
             ("request_protocol", self.request_protocol),
             (
                 "connection_security_policy",

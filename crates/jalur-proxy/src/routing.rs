@@ -65,10 +65,15 @@ impl CompiledTable {
 
     /// Envoy's order: exact, then suffix wildcards, then prefix wildcards, then `*`.
     pub fn virtual_host(&self, authority: &str) -> Option<&VirtualHost> {
-        let host = authority.to_ascii_lowercase();
+        // Hosts are almost always lowercase already: allocate only when they are not.
+        let host: std::borrow::Cow<'_, str> = if authority.bytes().any(|b| b.is_ascii_uppercase()) {
+            std::borrow::Cow::Owned(authority.to_ascii_lowercase())
+        } else {
+            std::borrow::Cow::Borrowed(authority)
+        };
         let hit = self
             .exact
-            .get(&host)
+            .get(host.as_ref())
             .copied()
             .or_else(|| {
                 self.suffixes

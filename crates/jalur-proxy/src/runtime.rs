@@ -169,13 +169,17 @@ impl Runtime {
         request_bytes: u64,
         response_bytes: u64,
     ) {
-        let (service, subset) = match &o.cluster {
-            Some(c) => (c.service.clone(), c.subset.clone()),
-            None => (self.unknown.clone(), self.unknown.clone()),
+        let (service, canonical, subset) = match &o.cluster {
+            Some(c) => (c.service.clone(), c.canonical.clone(), c.subset.clone()),
+            None => (
+                self.unknown.clone(),
+                self.unknown.clone(),
+                self.unknown.clone(),
+            ),
         };
         let id = &self.identity;
         let labels = RequestLabels {
-            reporter: Arc::from(if ln.inbound { "destination" } else { "source" }),
+            reporter: if ln.inbound { "destination" } else { "source" },
             source_workload: if ln.inbound {
                 self.unknown.clone()
             } else {
@@ -199,7 +203,7 @@ impl Runtime {
             destination_canonical_service: if ln.inbound {
                 id.canonical_service.clone()
             } else {
-                Arc::from(service.split('.').next().unwrap_or("unknown"))
+                canonical
             },
             destination_version: if ln.inbound {
                 id.version.clone()
@@ -208,11 +212,7 @@ impl Runtime {
             },
             response_code: o.status.as_u16(),
             response_flags: o.flag.map(Flag::as_str).unwrap_or("-"),
-            grpc_response_status: o
-                .grpc_status
-                .as_deref()
-                .map(Arc::from)
-                .unwrap_or_else(|| Arc::from("")),
+            grpc_response_status: grpc_status_label(o.grpc_status.as_deref()),
             request_protocol: protocol,
             connection_security_policy: "none",
         };
@@ -249,6 +249,20 @@ impl Runtime {
     }
 }
 
+/// gRPC status codes 0..=16 as static labels (no allocation per request); anything else as is.
+fn grpc_status_label(status: Option<&str>) -> std::borrow::Cow<'static, str> {
+    const CODES: [&str; 17] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    ];
+    match status {
+        None => std::borrow::Cow::Borrowed(""),
+        Some(s) => match CODES.iter().find(|c| **c == s) {
+            Some(c) => std::borrow::Cow::Borrowed(c),
+            None => std::borrow::Cow::Owned(s.to_string()),
+        },
+    }
+}
+
 fn endpoints_of(snap: &Snapshot, cfg: &Cluster) -> Vec<Endpoint> {
     let key = match &cfg.discovery {
         crate::config::Discovery::Eds { service_name } => service_name.as_str(),
@@ -271,6 +285,8 @@ pub struct ClusterRuntime {
     pub service: Arc<str>,
     /// `destination_version` as the subset name, or "unknown".
     pub subset: Arc<str>,
+    /// `destination_canonical_service`: the service's first label.
+    pub canonical: Arc<str>,
     /// Background work tied to the cluster's life: outlier detection intervals, DNS refresh.
     tasks: Vec<tokio::task::AbortHandle>,
 }
@@ -435,6 +451,7 @@ impl ClusterRuntime {
                 },
                 outlier,
                 upstream: Upstream::new(&config),
+                canonical: Arc::from(service.split('.').next().unwrap_or("unknown")),
                 service,
                 subset,
                 tasks: tasks.into_iter().chain(outlier_task).collect(),
