@@ -75,19 +75,7 @@ async fn dead_but_passing_instance(kind: Kind, retries: bool) {
     let Some((out, _envoy, _proxy)) = sidecar(kind, &plane).await else {
         return;
     };
-    assert_eventually(
-        &format!("{kind:?} reaches both legacy instances"),
-        Duration::from_secs(20),
-        || async {
-            let seen = spread(out, HOST, 20, &[]).await;
-            if seen.contains_key("legacy-a") && seen.contains_key("legacy-b") {
-                Ok(())
-            } else {
-                Err(format!("{seen:?}"))
-            }
-        },
-    )
-    .await;
+    reaches_both(kind, out).await;
 
     // legacy-b dies; Consul still says passing.
     drop(b);
@@ -117,6 +105,23 @@ async fn dead_but_passing_instance(kind: Kind, retries: bool) {
         Some(Status::Passing),
         "the double still calls it passing"
     );
+}
+
+/// Waits until requests through `out` reach both legacy instances.
+async fn reaches_both(kind: Kind, out: SocketAddr) {
+    assert_eventually(
+        &format!("{kind:?} reaches both legacy instances"),
+        Duration::from_secs(20),
+        || async {
+            let seen = spread(out, HOST, 20, &[]).await;
+            if seen.contains_key("legacy-a") && seen.contains_key("legacy-b") {
+                Ok(())
+            } else {
+                Err(format!("{seen:?}"))
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -519,19 +524,7 @@ async fn active_health_check_takes_a_failing_instance_out(kind: Kind) {
     let Some((out, _envoy, _proxy)) = sidecar(kind, &plane).await else {
         return;
     };
-    assert_eventually(
-        &format!("{kind:?} reaches both"),
-        Duration::from_secs(20),
-        || async {
-            let seen = spread(out, HOST, 20, &[]).await;
-            if seen.contains_key("legacy-a") && seen.contains_key("legacy-b") {
-                Ok(())
-            } else {
-                Err(format!("{seen:?}"))
-            }
-        },
-    )
-    .await;
+    reaches_both(kind, out).await;
     b.fail_always(503);
     assert_eventually(
         &format!("{kind:?} health check takes legacy-b out"),
