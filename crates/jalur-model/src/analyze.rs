@@ -12,6 +12,7 @@ mod destination_rule;
 mod gateway;
 pub mod hybrid;
 mod index;
+mod migration;
 mod service_entry;
 mod virtual_service;
 
@@ -62,6 +63,7 @@ pub fn analyze_with(config: &Config, extra: &KnownServices) -> Vec<Diagnostic> {
             Spec::WorkloadEntry(we) => service_entry::check_workload_entry(r, we, &mut out),
             Spec::Gateway(gw) => gateway::check(r, gw, &mut out),
             Spec::ConsulRegistry(_) => {}
+            Spec::Migration(m) => migration::check(config, r, m, &mut out),
         }
     }
     out.sort_by(|a, b| {

@@ -84,6 +84,8 @@ pub mod codes {
     pub const INVALID_STATUS_CODE: Code = code("JAL0123", "InvalidStatusCode", Severity::Error);
     pub const INVALID_PORT_NUMBER: Code = code("JAL0124", "InvalidPortNumber", Severity::Error);
 
+    pub const INVALID_MIGRATION: Code = code("JAL0125", "InvalidMigration", Severity::Error);
+
     // Hybrid findings (`jalur analyze --consul ADDR`): config checked against a live Consul.
     pub const CONSUL_NAME_SHADOWED: Code = code("JAL0130", "ConsulNameShadowed", Severity::Warning);
     pub const CONSUL_NAME_COLLIDES: Code = code(
@@ -139,6 +141,7 @@ pub mod codes {
         INCOMPLETE_TLS_SETTINGS,
         INVALID_STATUS_CODE,
         INVALID_PORT_NUMBER,
+        INVALID_MIGRATION,
     ];
 }
 

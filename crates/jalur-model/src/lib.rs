@@ -30,21 +30,23 @@ pub enum Kind {
     WorkloadEntry,
     Gateway,
     ConsulRegistry,
+    Migration,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::ServiceEntry,
         Kind::WorkloadEntry,
         Kind::Gateway,
         Kind::ConsulRegistry,
+        Kind::Migration,
     ];
 
     pub fn group(self) -> &'static str {
         match self {
-            Kind::ConsulRegistry => "jalur.dev",
+            Kind::ConsulRegistry | Kind::Migration => "jalur.dev",
             _ => "networking.istio.io",
         }
     }
@@ -52,7 +54,7 @@ impl Kind {
     /// API versions accepted for this kind; the first is the one to write.
     pub fn versions(self) -> &'static [&'static str] {
         match self {
-            Kind::ConsulRegistry => &["v1alpha1"],
+            Kind::ConsulRegistry | Kind::Migration => &["v1alpha1"],
             _ => &["v1", "v1beta1", "v1alpha3"],
         }
     }
@@ -65,6 +67,7 @@ impl Kind {
             Kind::WorkloadEntry => "WorkloadEntry",
             Kind::Gateway => "Gateway",
             Kind::ConsulRegistry => "ConsulRegistry",
+            Kind::Migration => "Migration",
         }
     }
 
@@ -138,6 +141,7 @@ pub enum Spec {
     WorkloadEntry(networking::WorkloadEntry),
     Gateway(networking::Gateway),
     ConsulRegistry(jalur::ConsulRegistry),
+    Migration(jalur::Migration),
 }
 
 impl Spec {
@@ -149,6 +153,7 @@ impl Spec {
             Spec::WorkloadEntry(_) => Kind::WorkloadEntry,
             Spec::Gateway(_) => Kind::Gateway,
             Spec::ConsulRegistry(_) => Kind::ConsulRegistry,
+            Spec::Migration(_) => Kind::Migration,
         }
     }
 }
@@ -232,6 +237,7 @@ impl Config {
     typed_iter!(workload_entries, WorkloadEntry, networking::WorkloadEntry);
     typed_iter!(gateways, Gateway, networking::Gateway);
     typed_iter!(consul_registries, ConsulRegistry, jalur::ConsulRegistry);
+    typed_iter!(migrations, Migration, jalur::Migration);
 
     /// Sorted by kind, namespace, name so that translation is deterministic whatever the file order.
     pub fn new(mut resources: Vec<Resource>) -> Config {
