@@ -19,7 +19,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 
 /// How the echo server answers the requests that come next.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -108,7 +108,13 @@ impl EchoServer {
             hits: AtomicU64::new(0),
             behaviour: Mutex::new(Behaviour::Answer),
         });
-        let accept = tokio::spawn(accept_loop(listener, state.clone()));
+        let what = format!("echo server {}", state.name);
+        let served = state.clone();
+        let accept = tokio::spawn(jalur_demo::app::accept_loop(
+            listener,
+            what,
+            move |stream| serve_connection(stream, served.clone()),
+        ));
         EchoServer {
             addr,
             state,
@@ -168,25 +174,6 @@ impl Drop for EchoServer {
     fn drop(&mut self) {
         // The connection tasks live in the accept task's JoinSet, so they end with it.
         self.accept.abort();
-    }
-}
-
-async fn accept_loop(listener: TcpListener, state: Arc<State>) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    connections.spawn(serve_connection(stream, state.clone()));
-                }
-                Err(err) => {
-                    tracing::warn!(name = %state.name, %err, "echo server: accept failed");
-                    // Back off: errors such as EMFILE persist, and retrying at once would spin.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
     }
 }
 

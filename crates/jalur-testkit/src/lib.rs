@@ -24,13 +24,16 @@
 use std::path::PathBuf;
 
 pub mod client;
-pub mod consul;
+/// The Consul protocol double, which lives in `jalur-demo` (the demo runs it as its legacy
+/// registry); re-exported so tests keep using `jalur_testkit::consul`.
+pub use jalur_demo::consul;
 pub mod echo;
 pub mod envoy;
 pub mod eventually;
 pub mod grpc;
 pub mod peers;
 pub mod process;
+pub mod prometheus;
 pub mod yaml;
 
 pub use client::{http2_get, http_get};

@@ -43,7 +43,7 @@
 //! gRPC and alias checks (400 on registration), namespaces, prepared queries, KV, Connect.
 //!
 //! ```no_run
-//! use jalur_testkit::consul::{ConsulDouble, Instance, Status};
+//! use jalur_demo::consul::{ConsulDouble, Instance, Status};
 //! # async fn example() {
 //! let consul = ConsulDouble::start().await;
 //! consul.register(Instance::new("payments", "payments-1", "127.0.0.1", 8080).tag("version=v2"));

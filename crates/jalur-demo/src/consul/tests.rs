@@ -1,5 +1,6 @@
 //! Tests of the Consul protocol double, through its HTTP API with a bare hyper client.
 
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -8,11 +9,11 @@ use http::{HeaderMap, Request};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
 use super::checks::parse_go_duration;
 use super::*;
-use crate::{assert_eventually, EchoServer};
+use crate::eventually::assert_eventually;
 
 /// A status, the response headers and the body.
 type Reply = (u16, HeaderMap, String);
@@ -113,6 +114,73 @@ fn ids(entries: &Value) -> Vec<String> {
                 .to_string()
         })
         .collect()
+}
+
+/// The endpoint an HTTP check polls: answers every request with a status the test sets
+/// (200 at first) and counts the requests. Stops when dropped.
+struct CheckedEndpoint {
+    addr: SocketAddr,
+    status: Arc<AtomicU16>,
+    hits: Arc<AtomicU64>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl CheckedEndpoint {
+    async fn start() -> CheckedEndpoint {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let addr = listener.local_addr().expect("a local address");
+        let status = Arc::new(AtomicU16::new(200));
+        let hits = Arc::new(AtomicU64::new(0));
+        let (answer_with, count) = (status.clone(), hits.clone());
+        let accept = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                let (status, hits) = (answer_with.clone(), count.clone());
+                let service = hyper::service::service_fn(move |_request| {
+                    hits.fetch_add(1, Ordering::SeqCst);
+                    let status = status.load(Ordering::SeqCst);
+                    let response = http::Response::builder()
+                        .status(status)
+                        .body(Full::new(Bytes::from_static(b"checked\n")));
+                    std::future::ready(response)
+                });
+                connections.spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        CheckedEndpoint {
+            addr,
+            status,
+            hits,
+            accept,
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn hits(&self) -> u64 {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    fn fail_always(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
+    }
+
+    fn answer(&self) {
+        self.status.store(200, Ordering::SeqCst);
+    }
+}
+
+impl Drop for CheckedEndpoint {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
 }
 
 /// Waits until the double holds a blocking query (one with `index`) still unanswered.
@@ -578,7 +646,7 @@ async fn acl_rejects_missing_and_unknown_tokens() {
 #[tokio::test]
 async fn http_check_follows_the_checked_endpoint() {
     let consul = ConsulDouble::start_with(fast()).await;
-    let backend = EchoServer::start("gateway").await;
+    let backend = CheckedEndpoint::start().await;
     let (status, _, body) = put(
         &consul,
         "/v1/agent/service/register",
@@ -703,7 +771,7 @@ async fn deregister_critical_service_after_removes_the_instance() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.local_addr().expect("addr")
     };
-    let healthy = EchoServer::start("healthy").await;
+    let healthy = CheckedEndpoint::start().await;
     let started = Instant::now();
     for (id, target) in [("dead-1", closed), ("alive-1", healthy.addr())] {
         let (status, _, body) = put(
