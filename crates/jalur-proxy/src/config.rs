@@ -195,6 +195,31 @@ pub struct Forward {
     pub host_rewrite: Option<String>,
     pub mirrors: Vec<Mirror>,
     pub hash: Vec<HashPolicy>,
+    /// Where this route is in its weighted sequence (see [`Draws`]).
+    pub draws: Draws,
+}
+
+/// A route's count of weighted picks. Splits are drawn from a low-discrepancy sequence over it,
+/// not at random, so any run of requests splits within a request or two of the weights: a
+/// 5 % stage of a migration is 5 % over the next 100 requests, not "5 % give or take 2 points".
+/// Shared by clones of one route (one compiled config), ignored by equality.
+#[derive(Debug, Clone, Default)]
+pub struct Draws(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl Draws {
+    /// The next draw in `0..total`: `floor(frac(n * phi) * total)` for the route's n-th pick.
+    pub fn next(&self, total: u64) -> u64 {
+        const PHI_FRACTION: f64 = 0.618_033_988_749_894_9;
+        let n = self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let x = (n as f64 * PHI_FRACTION).fract();
+        ((x * total as f64) as u64).min(total.saturating_sub(1))
+    }
+}
+
+impl PartialEq for Draws {
+    fn eq(&self, _: &Draws) -> bool {
+        true
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -370,7 +370,13 @@ async fn forward(
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<(Response<Body>, Outcome), Failed> {
-    let target = pick_weighted(&fwd.targets, fastrand()).ok_or_else(|| {
+    let total: u64 = fwd.targets.iter().map(|t| u64::from(t.weight)).sum();
+    let draw = if fwd.targets.len() > 1 {
+        fwd.draws.next(total.max(1))
+    } else {
+        0
+    };
+    let target = pick_weighted(&fwd.targets, draw).ok_or_else(|| {
         (
             ProxyError::new(Flag::NoCluster, "route has no clusters"),
             None,

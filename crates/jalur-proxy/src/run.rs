@@ -52,6 +52,26 @@ pub struct ProxyOptions {
     pub access_log: bool,
 }
 
+impl ProxyOptions {
+    /// A sidecar of `service` on loopback with OS-chosen ports everywhere: several proxies on
+    /// one host (tests, `jalur demo`). Its real ports are announced to the control plane.
+    pub fn loopback(xds: SocketAddr, service: &str, namespace: &str) -> ProxyOptions {
+        ProxyOptions {
+            xds: xds.to_string(),
+            service: Some(service.into()),
+            namespace: namespace.into(),
+            listen_address: "127.0.0.1".into(),
+            outbound_port: 0,
+            inbound_port: 0,
+            admin_addr: ([127, 0, 0, 1], 0).into(),
+            health_addr: ([127, 0, 0, 1], 0).into(),
+            stats_addr: ([127, 0, 0, 1], 0).into(),
+            drain_timeout: Duration::from_secs(5),
+            ..ProxyOptions::default()
+        }
+    }
+}
+
 impl Default for ProxyOptions {
     fn default() -> ProxyOptions {
         ProxyOptions {
@@ -183,8 +203,10 @@ impl Proxy {
             tokio::spawn(admin::serve(health_l, state.clone(), Endpoints::Health)),
             tokio::spawn(admin::serve(stats_l, state.clone(), Endpoints::Stats)),
         ];
-        // The node goes out after the admin ports are bound, so it carries the real health port.
+        // The node goes out after the admin ports are bound, so it carries the real health and
+        // stats ports.
         opts.health_addr = health_addr;
+        opts.stats_addr = stats_addr;
         let node = node(&opts);
         let xds_opts = XdsOptions {
             delta: opts.delta,
@@ -343,6 +365,7 @@ pub fn node(opts: &ProxyOptions) -> Node {
     put("JALUR_INBOUND_PORT", s(opts.inbound_port.to_string()));
     put("JALUR_LISTEN_ADDRESS", s(opts.listen_address.clone()));
     put("JALUR_HEALTH_PORT", s(opts.health_addr.port().to_string()));
+    put("JALUR_STATS_PORT", s(opts.stats_addr.port().to_string()));
     if opts.ephemeral_ports {
         put("JALUR_EPHEMERAL_PORTS", s("true"));
     }

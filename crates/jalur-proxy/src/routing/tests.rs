@@ -124,14 +124,17 @@ fn virtual_host_order_and_route_order() {
     );
 }
 
-#[test]
-fn weighted_pick_follows_weights() {
-    let t = |c: &str, w| WeightedCluster {
+fn t(c: &str, w: u32) -> WeightedCluster {
+    WeightedCluster {
         cluster: c.into(),
         weight: w,
         request_headers: HeaderOps::default(),
         response_headers: HeaderOps::default(),
-    };
+    }
+}
+
+#[test]
+fn weighted_pick_follows_weights() {
     let targets = vec![t("a", 90), t("b", 10)];
     let hits = (0..1000u64)
         .filter(|r| pick_weighted(&targets, *r).map(|w| w.cluster.as_str()) == Some("b"))
@@ -141,4 +144,26 @@ fn weighted_pick_follows_weights() {
         pick_weighted(&[t("z", 0)], 5).map(|w| w.cluster.as_str()),
         Some("z")
     );
+}
+
+#[test]
+fn weighted_draws_split_any_run_of_requests_within_a_request_or_two() {
+    use crate::config::Draws;
+    let targets = [t("legacy", 95), t("mesh", 5)];
+    let draws = Draws::default();
+    let picks: Vec<bool> = (0..10_000)
+        .map(|_| {
+            pick_weighted(&targets, draws.next(100)).map(|w| w.cluster.as_str()) == Some("mesh")
+        })
+        .collect();
+    for window in [100, 1000] {
+        for start in (0..10_000 - window).step_by(37) {
+            let mesh = picks[start..start + window].iter().filter(|m| **m).count() as f64;
+            let want = window as f64 * 0.05;
+            assert!(
+                (mesh - want).abs() <= 2.0,
+                "{mesh} mesh picks in {window} from {start}, want {want}"
+            );
+        }
+    }
 }

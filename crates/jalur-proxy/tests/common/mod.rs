@@ -16,20 +16,42 @@ pub struct Plane {
     pub plane: Option<ControlPlane>,
     pub xds: SocketAddr,
     pub dir: PathBuf,
+    /// Options of every (re)start; `config` and `xds_addr` are filled in.
+    pub template: Options,
 }
 
 impl Plane {
     pub async fn start(files: &[(&str, String)]) -> Plane {
+        Plane::start_with(files, Plane::options()).await
+    }
+
+    /// Test defaults: loopback, OS-chosen ports, short debounce and polling, no grace.
+    pub fn options() -> Options {
+        Options {
+            status_addr: ([127, 0, 0, 1], 0).into(),
+            debounce: Duration::from_millis(20),
+            registry_grace: Duration::ZERO,
+            watch_interval: Duration::from_millis(50),
+            ..Options::default()
+        }
+    }
+
+    pub async fn start_with(files: &[(&str, String)], template: Options) -> Plane {
         let dir = unique_temp_dir("jalur-proxy-test").expect("temp dir");
         for (name, text) in files {
             std::fs::write(dir.join(name), text).expect("write config");
         }
-        let plane = Plane::start_at(dir.clone(), ([127, 0, 0, 1], 0).into()).await;
+        let plane = Plane::launch(&template, dir.clone(), ([127, 0, 0, 1], 0).into()).await;
         Plane {
             xds: plane.xds_addr,
             plane: Some(plane),
             dir,
+            template,
         }
+    }
+
+    pub fn control(&self) -> &ControlPlane {
+        self.plane.as_ref().expect("control plane running")
     }
 
     /// Kills the control plane (its xDS streams end).
@@ -42,18 +64,15 @@ impl Plane {
     /// Starts it again on the same xDS address and config directory.
     pub async fn restart(&mut self) {
         self.stop().await;
-        self.plane = Some(Plane::start_at(self.dir.clone(), self.xds).await);
+        self.plane = Some(Plane::launch(&self.template, self.dir.clone(), self.xds).await);
     }
 
     /// A control plane on a given xDS address (to restart one where proxies expect it).
-    pub async fn start_at(dir: PathBuf, xds: SocketAddr) -> ControlPlane {
+    async fn launch(template: &Options, dir: PathBuf, xds: SocketAddr) -> ControlPlane {
         let opts = Options {
             config: vec![dir],
             xds_addr: xds,
-            status_addr: ([127, 0, 0, 1], 0).into(),
-            debounce: Duration::from_millis(20),
-            registry_grace: Duration::ZERO,
-            watch_interval: Duration::from_millis(50),
+            ..template.clone()
         };
         ControlPlane::start(opts).await.expect("control plane")
     }
@@ -73,19 +92,7 @@ impl Drop for Plane {
 
 /// Options for a jalur sidecar on loopback with OS-chosen ports everywhere.
 pub fn sidecar_opts(xds: SocketAddr, service: &str, namespace: &str) -> ProxyOptions {
-    ProxyOptions {
-        xds: xds.to_string(),
-        service: Some(service.into()),
-        namespace: namespace.into(),
-        listen_address: "127.0.0.1".into(),
-        outbound_port: 0,
-        inbound_port: 0,
-        admin_addr: ([127, 0, 0, 1], 0).into(),
-        health_addr: ([127, 0, 0, 1], 0).into(),
-        stats_addr: ([127, 0, 0, 1], 0).into(),
-        drain_timeout: Duration::from_secs(5),
-        ..ProxyOptions::default()
-    }
+    ProxyOptions::loopback(xds, service, namespace)
 }
 
 /// Starts a jalur sidecar and waits until its outbound listener answers; returns it with the

@@ -57,6 +57,7 @@ pub(super) fn forward(a: &RouteAction, vhost_retry: Option<&RetryPolicy>) -> Res
         host_rewrite,
         mirrors,
         hash,
+        draws: Default::default(),
     })
 }
 
