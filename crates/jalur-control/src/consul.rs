@@ -67,6 +67,8 @@ struct Inner {
     watchers: HashMap<String, (ConsulRegistry, JoinHandle<()>)>,
     workloads: BTreeMap<String, BTreeMap<String, Vec<Workload>>>,
     status: BTreeMap<String, WatchStatus>,
+    /// `registry|service` health loops that have not had their first answer yet.
+    first_pending: std::collections::HashSet<String>,
 }
 
 impl ConsulRegistries {
@@ -178,6 +180,24 @@ impl ConsulRegistries {
         }
         drop(inner);
         self.publish();
+    }
+
+    /// Every registry has answered its catalog at least once and every service it selected has
+    /// had its first health answer (or error): the instances known are what Consul says, not
+    /// an empty start.
+    /// `expected` is the number of ConsulRegistry resources in the config (watchers start
+    /// asynchronously).
+    pub fn synced(&self, expected: usize) -> bool {
+        let inner = self.lock();
+        inner.watchers.len() >= expected
+            && inner.first_pending.is_empty()
+            && inner.watchers.keys().all(|k| inner.status.contains_key(k))
+    }
+
+    fn first_answer(&self, registry: &str, service: &str) {
+        self.lock()
+            .first_pending
+            .remove(&format!("{registry}|{service}"));
     }
 
     fn set_service(&self, registry: &str, service: &str, workloads: Vec<Workload>) {
@@ -441,7 +461,6 @@ impl Watcher {
             match self.get(&query).await {
                 Ok((body, new_index)) => {
                     failures = 0;
-                    self.report(Ok(()));
                     index = next_index(index, new_index);
                     let names = self.selected(&body);
                     health.retain(|name, _| names.contains(name));
@@ -452,11 +471,17 @@ impl Watcher {
                     }
                     for name in names {
                         health.entry(name.clone()).or_insert_with(|| {
+                            if let Some(p) = self.parent.upgrade() {
+                                let pending = format!("{}|{name}{suffix}", self.key);
+                                p.lock().first_pending.insert(pending);
+                            }
                             let me = self.clone();
                             let dc = dc.clone();
                             AbortOnDrop(tokio::spawn(async move { me.follow(name, dc).await }))
                         });
                     }
+                    // After the health loops are pending, so `synced` never sees a gap.
+                    self.report(Ok(()));
                 }
                 Err(e) => {
                     self.report(Err(e));
@@ -485,9 +510,13 @@ impl Watcher {
                     let workloads = self.workloads(&name, &body, dc.as_deref());
                     if let Some(p) = self.parent.upgrade() {
                         p.set_service(&self.key, &key, workloads);
+                        p.first_answer(&self.key, &key);
                     }
                 }
                 Err(e) => {
+                    if let Some(p) = self.parent.upgrade() {
+                        p.first_answer(&self.key, &key);
+                    }
                     self.report(Err(e));
                     failures += 1;
                     tokio::time::sleep(backoff(failures)).await;

@@ -5,7 +5,7 @@
 //! `router~...`). Metadata keys read: `NAMESPACE`, `LABELS`, `INSTANCE_IPS`, `WORKLOAD_NAME`,
 //! `POD_PORTS` (Istio's JSON list of container ports); and jalur's own:
 //! `JALUR_SERVICE`, `JALUR_ROLE` (sidecar|gateway|fronting|grpc), `JALUR_INBOUND_PORT`,
-//! `JALUR_OUTBOUND_PORT`, `JALUR_APP_PORT`, `JALUR_HEALTH_PORT`, `JALUR_LISTEN_ADDRESS`,
+//! `JALUR_OUTBOUND_PORT`, `JALUR_APP_PORT`, `JALUR_HEALTH_PORT`, `JALUR_STATS_PORT`, `JALUR_LISTEN_ADDRESS`,
 //! `JALUR_EPHEMERAL_PORTS` (bind listeners on port
 //! 0; for tests and side-by-side runs), `JALUR_PORTS` (`http:8080,grpc:9090`).
 
@@ -62,6 +62,9 @@ pub struct ClientInfo {
     pub listen_address: String,
     /// Where the proxy answers `/healthz/ready` (`JALUR_HEALTH_PORT`, default 15021).
     pub health_port: u32,
+    /// Where the proxy serves `/stats/prometheus` (`JALUR_STATS_PORT`; jalur proxies announce
+    /// it), scraped by the migration controller.
+    pub stats_port: Option<u32>,
     pub ephemeral_ports: bool,
     pub locality: String,
 }
@@ -123,6 +126,7 @@ impl ClientInfo {
             inbound_port: port("JALUR_INBOUND_PORT", DEFAULT_INBOUND_PORT),
             outbound_port: port("JALUR_OUTBOUND_PORT", DEFAULT_OUTBOUND_PORT),
             health_port: port("JALUR_HEALTH_PORT", 15021),
+            stats_port: md_str(&md, "JALUR_STATS_PORT").and_then(|s| s.parse().ok()),
             app_port: md_str(&md, "JALUR_APP_PORT").and_then(|s| s.parse().ok()),
             listen_address: md_str(&md, "JALUR_LISTEN_ADDRESS")
                 .unwrap_or_else(|| "0.0.0.0".to_string()),

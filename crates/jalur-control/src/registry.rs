@@ -56,6 +56,10 @@ struct ProxyState {
     /// connection id -> workload; several connections may announce the same workload.
     by_conn: HashMap<u64, Workload>,
     gateways: HashMap<u64, ClientInfo>,
+    /// connection id -> where that proxy serves `/stats/prometheus`.
+    stats: HashMap<u64, std::net::SocketAddr>,
+    /// connection id -> node id of every connected client.
+    ids: HashMap<u64, String>,
 }
 
 impl ProxyRegistry {
@@ -80,7 +84,36 @@ impl ProxyRegistry {
         self.gateways_tx.send_replace(Arc::new(v));
     }
 
+    /// The `/stats/prometheus` endpoints of the connected proxies that announce one.
+    pub fn stats_targets(&self) -> Vec<std::net::SocketAddr> {
+        let mut v: Vec<_> = self.lock().stats.values().copied().collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Node ids of the connected clients (sorted, unique).
+    pub fn connected_ids(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.lock().ids.values().cloned().collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
     pub fn connected(&self, conn_id: u64, client: &ClientInfo) {
+        self.lock().ids.insert(conn_id, client.id.clone());
+        let stats = client.stats_port.and_then(|port| {
+            let ip: std::net::IpAddr = client.ip.as_deref()?.parse().ok()?;
+            let ip = if ip.is_unspecified() {
+                [127, 0, 0, 1].into()
+            } else {
+                ip
+            };
+            Some(std::net::SocketAddr::new(ip, u16::try_from(port).ok()?))
+        });
+        if let Some(addr) = stats {
+            self.lock().stats.insert(conn_id, addr);
+        }
         if client.kind == crate::node::ClientKind::Gateway {
             self.lock().gateways.insert(conn_id, client.clone());
             self.publish_gateways();
@@ -92,6 +125,8 @@ impl ProxyRegistry {
     }
 
     pub fn disconnected(&self, conn_id: u64) {
+        self.lock().stats.remove(&conn_id);
+        self.lock().ids.remove(&conn_id);
         if self.lock().gateways.remove(&conn_id).is_some() {
             self.publish_gateways();
         }
@@ -124,8 +159,22 @@ impl ProxyRegistry {
 
     fn publish(&self) {
         let mut set: Vec<Workload> = self.lock().by_conn.values().cloned().collect();
-        set.sort_by(|a, b| (&a.host, &a.address, &a.source).cmp(&(&b.host, &b.address, &b.source)));
-        set.dedup_by(|a, b| a.host == b.host && a.address == b.address && a.ports == b.ports);
+        set.sort_by(|a, b| {
+            (&a.host, &a.address, a.target_port, &a.source).cmp(&(
+                &b.host,
+                &b.address,
+                b.target_port,
+                &b.source,
+            ))
+        });
+        // Several connections of one proxy announce one endpoint; two proxies on one address
+        // (side-by-side sidecars with their own inbound ports) are two.
+        set.dedup_by(|a, b| {
+            a.host == b.host
+                && a.address == b.address
+                && a.ports == b.ports
+                && a.target_port == b.target_port
+        });
         self.tx.send_replace(Arc::new(set));
     }
 }

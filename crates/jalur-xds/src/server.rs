@@ -81,6 +81,9 @@ pub(crate) struct Shared {
     pub(crate) next_conn_id: AtomicU64,
     /// Flips to true to end every stream (server shutdown).
     pub(crate) closing: watch::Sender<bool>,
+    /// False while the control plane is warming up: clients are registered (`connected`) as
+    /// they come, but nobody is answered until it turns true.
+    pub(crate) warm: watch::Receiver<bool>,
 }
 
 /// Handle to the ADS server. Cheap to clone; all clones serve the same clients.
@@ -101,6 +104,17 @@ impl AdsServer {
     /// `changes` carries a generation counter bumped (already debounced) by the control plane
     /// whenever config or endpoints changed.
     pub fn new(generator: Arc<dyn Generator>, changes: watch::Receiver<u64>) -> AdsServer {
+        AdsServer::with_warmup(generator, changes, watch::channel(true).1)
+    }
+
+    /// As [`AdsServer::new`], answering no client until `warm` is true: a restarted control
+    /// plane first lets its registries fill (proxies reconnecting, Consul answering) so that no
+    /// proxy receives an endpoint set that merely lacks instances not yet re-announced.
+    pub fn with_warmup(
+        generator: Arc<dyn Generator>,
+        changes: watch::Receiver<u64>,
+        warm: watch::Receiver<bool>,
+    ) -> AdsServer {
         let (closing, _) = watch::channel(false);
         let shared = Shared {
             generator,
@@ -110,6 +124,7 @@ impl AdsServer {
             convergence: Convergence::default(),
             next_conn_id: AtomicU64::new(1),
             closing,
+            warm,
         };
         AdsServer {
             shared: Arc::new(shared),

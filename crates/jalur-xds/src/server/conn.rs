@@ -59,17 +59,17 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
+    /// `id` was already announced to the generator (`connected`) by [`run`].
     fn open(
         shared: Arc<Shared>,
+        id: u64,
         node: Node,
         mode: Mode,
         peer: Option<SocketAddr>,
         changes: &mut watch::Receiver<u64>,
     ) -> Conn {
-        let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
         let kind = shared.generator.client_kind(&node);
         shared.convergence.joined(id);
-        shared.generator.connected(id, &node);
         // Mark the generation seen before generating, so a change racing with this connect
         // triggers a regeneration instead of being lost.
         let generation = *changes.borrow_and_update();
@@ -211,7 +211,23 @@ pub(crate) async fn run<P: Protocol>(
         let msg = "node.id is empty: the control plane identifies proxies by it";
         return end(&tx, Some(Status::invalid_argument(msg))).await;
     }
-    let mut conn = Conn::open(shared, node, P::MODE, peer, &mut changes);
+    // Registered at once (its workload counts while the plane warms up), answered once warm.
+    let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+    shared.generator.connected(id, &node);
+    let mut warm = shared.warm.clone();
+    if !*warm.borrow() {
+        debug!(conn = id, node = %node.id, "holding the first response until the control plane is warm");
+        let ready = tokio::select! {
+            r = warm.wait_for(|w| *w) => r.is_ok(),
+            _ = shutdown(&mut closing) => false,
+            _ = tx.closed() => false,
+        };
+        if !ready {
+            shared.generator.disconnected(id, &node);
+            return end(&tx, Some(shutting_down())).await;
+        }
+    }
+    let mut conn = Conn::open(shared, id, node, P::MODE, peer, &mut changes);
     let mut proto = P::default();
     let mut watching = true;
     let mut event = Event::Request(first);
