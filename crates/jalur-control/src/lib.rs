@@ -3,6 +3,7 @@
 
 pub mod consul;
 pub mod mesh;
+pub mod migrate;
 pub mod node;
 pub mod plane;
 pub mod registry;

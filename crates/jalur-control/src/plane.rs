@@ -17,6 +17,8 @@ use tokio::sync::watch;
 
 use crate::consul::ConsulRegistries;
 use crate::mesh::Mesh;
+use crate::migrate::metrics::{MetricsSource, PrometheusSource, ScrapeSource};
+use crate::migrate::Migrations;
 use crate::node::ClientInfo;
 use crate::registry::{ProxyRegistry, Registry, Workload, WorkloadSet};
 use crate::store::{ConfigStore, InvalidConfig};
@@ -33,6 +35,17 @@ pub struct Options {
     pub registry_grace: Duration,
     /// How often the config paths are checked for edits.
     pub watch_interval: Duration,
+    /// Where controller state lives (migrations); default `.jalur/` in the first config
+    /// directory (or beside the first config file).
+    pub state_dir: Option<PathBuf>,
+    /// A Prometheus server to read migration metrics from (PromQL); default: the controller
+    /// scrapes the connected proxies' `/stats/prometheus` itself.
+    pub prometheus: Option<String>,
+    /// Extra `/stats/prometheus` endpoints to scrape besides the proxies that announce theirs.
+    pub scrape_targets: Vec<SocketAddr>,
+    pub scrape_interval: Duration,
+    /// How often the migration controller judges its stages.
+    pub migration_tick: Duration,
 }
 
 impl Default for Options {
@@ -44,6 +57,11 @@ impl Default for Options {
             debounce: Duration::from_millis(100),
             registry_grace: Duration::from_secs(5),
             watch_interval: Duration::from_millis(250),
+            state_dir: None,
+            prometheus: None,
+            scrape_targets: Vec::new(),
+            scrape_interval: Duration::from_millis(500),
+            migration_tick: Duration::from_millis(200),
         }
     }
 }
@@ -74,6 +92,7 @@ pub struct State {
     pub ads: AdsServer,
     pub metrics: Arc<MetricsRegistry>,
     pub generation: Arc<AtomicU64>,
+    pub migrations: Migrations,
 }
 
 /// A started control plane: its bound addresses, and its state.
@@ -81,7 +100,10 @@ pub struct ControlPlane {
     pub xds_addr: SocketAddr,
     pub status_addr: SocketAddr,
     pub state: State,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Background loops (config watch, rebuilds, controller): aborted at once on stop.
+    loops: Vec<tokio::task::JoinHandle<()>>,
+    /// The servers: given a moment to end their connections on stop.
+    servers: Vec<tokio::task::JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -128,13 +150,41 @@ impl ControlPlane {
     ) -> Result<ControlPlane, Error> {
         let store = ConfigStore::open(opts.config.clone())?;
         let proxies = ProxyRegistry::new(opts.registry_grace);
-        let mesh = Arc::new(ArcSwap::from_pointee(Mesh::build(store.current(), &[])));
+        let generation = Arc::new(AtomicU64::new(0));
+        let state_dir = opts
+            .state_dir
+            .clone()
+            .or_else(|| default_state_dir(&opts.config));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let source: Arc<dyn MetricsSource> = match &opts.prometheus {
+            Some(url) => Arc::new(PrometheusSource::new(url)),
+            None => {
+                let (proxies, extra) = (proxies.clone(), opts.scrape_targets.clone());
+                let targets = Arc::new(move || {
+                    let mut t = proxies.stats_targets();
+                    t.extend(extra.iter().copied());
+                    t
+                });
+                let scraper =
+                    ScrapeSource::new(targets, opts.scrape_interval, Duration::from_secs(600));
+                tokio::spawn(scraper.clone().run(shutdown_rx.clone()));
+                scraper
+            }
+        };
+        let migrations =
+            Migrations::new(store.clone(), state_dir.clone(), source, generation.clone());
+        // The first push already carries the persisted weights: a restarted control plane
+        // resumes a migration where it was, never at the route's unmigrated default.
+        let served = crate::migrate::apply(&store.current(), &migrations.current_overlay());
+        let mesh = Arc::new(ArcSwap::from_pointee(Mesh::build(served, &[])));
         let (gen_tx, gen_rx) = watch::channel(0u64);
         let generator = MeshGenerator {
             mesh: mesh.clone(),
             proxies: proxies.clone(),
         };
-        let ads = AdsServer::new(Arc::new(generator), gen_rx);
+        let (warm_tx, warm_rx) = watch::channel(false);
+        let ads = AdsServer::with_warmup(Arc::new(generator), gen_rx, warm_rx);
+        let kick = Arc::new(tokio::sync::Notify::new());
 
         let mut registry = MetricsRegistry::default();
         ads.register_metrics(&mut registry);
@@ -159,7 +209,6 @@ impl ControlPlane {
             pm.workloads.clone(),
         );
         store.register_metrics(&mut registry);
-        let (shutdown, shutdown_rx) = watch::channel(false);
         let consul =
             ConsulRegistries::start(store.subscribe(), proxies.gateways(), shutdown_rx.clone());
         consul.register_metrics(&mut registry);
@@ -198,22 +247,40 @@ impl ControlPlane {
             consul,
             ads: ads.clone(),
             metrics: Arc::new(registry),
-            generation: Arc::new(AtomicU64::new(0)),
+            generation,
+            migrations: migrations.clone(),
         };
+        migrations.set_ads(ads.clone());
         let mut tasks = Vec::new();
+        let mut servers = Vec::new();
         tasks.push(tokio::spawn(
             store
                 .clone()
                 .watch(opts.watch_interval, opts.watch_interval),
+        ));
+        tasks.push(tokio::spawn(
+            migrations.run(opts.migration_tick, shutdown_rx.clone()),
         ));
         tasks.push(tokio::spawn(rebuild_loop(
             state.clone(),
             gen_tx,
             opts.debounce,
             pm,
+            kick.clone(),
         )));
+        let clients_file = state_dir.map(|d| d.join("clients.json"));
+        tasks.push(tokio::spawn(warm_up(
+            state.clone(),
+            clients_file.clone(),
+            opts.registry_grace,
+            kick,
+            warm_tx,
+        )));
+        if let Some(file) = clients_file {
+            tasks.push(tokio::spawn(remember_clients(state.proxies.clone(), file)));
+        }
         let mut rx = shutdown_rx.clone();
-        tasks.push(tokio::spawn(async move {
+        servers.push(tokio::spawn(async move {
             let stop = async move {
                 let _ = rx.wait_for(|s| *s).await;
             };
@@ -221,7 +288,7 @@ impl ControlPlane {
                 tracing::error!(error = %e, "xDS server stopped");
             }
         }));
-        tasks.push(tokio::spawn(crate::status::serve(
+        servers.push(tokio::spawn(crate::status::serve(
             status_listener,
             state.clone(),
             shutdown_rx,
@@ -231,14 +298,20 @@ impl ControlPlane {
             xds_addr,
             status_addr,
             state,
-            tasks,
+            loops: tasks,
+            servers,
             shutdown,
         })
     }
 
     /// Stops serving: xDS streams end (clients keep their last config and reconnect elsewhere).
-    pub async fn stop(self) {
-        // End every ADS stream first: connected proxies see the control plane go away at once
+    pub async fn stop(mut self) {
+        // The loops first: nothing may record the proxies leaving as the fleet's new shape
+        // (`clients.json` must still list whom the next start waits for).
+        for t in self.loops.drain(..) {
+            t.abort();
+        }
+        // Then end every ADS stream: connected proxies see the control plane go away at once
         // (and keep serving their last config), instead of holding a half-dead stream.
         self.state.ads.close_streams();
         let _ = self.shutdown.send(true);
@@ -246,13 +319,13 @@ impl ControlPlane {
             .consul
             .exports_stopped(Duration::from_secs(5))
             .await;
-        for t in self.tasks {
-            let abort = t.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(2), t)
-                .await
-                .is_err()
-            {
-                abort.abort();
+        let servers = futures::future::join_all(self.servers.iter_mut());
+        if tokio::time::timeout(Duration::from_secs(2), servers)
+            .await
+            .is_err()
+        {
+            for t in &self.servers {
+                t.abort();
             }
         }
     }
@@ -265,9 +338,12 @@ async fn rebuild_loop(
     gen_tx: watch::Sender<u64>,
     debounce: Duration,
     pm: PlaneMetrics,
+    kick: Arc<tokio::sync::Notify>,
 ) {
     let mut config_rx = state.store.subscribe();
     config_rx.borrow_and_update();
+    let mut overlay_rx = state.migrations.overlay();
+    overlay_rx.borrow_and_update();
     let mut registry_rxs: Vec<watch::Receiver<WorkloadSet>> =
         state.registries.iter().map(|r| r.watch()).collect();
     let (changed_tx, mut changed_rx) = tokio::sync::mpsc::channel::<()>(1);
@@ -283,7 +359,9 @@ async fn rebuild_loop(
     loop {
         tokio::select! {
             r = config_rx.changed() => if r.is_err() { return },
+            r = overlay_rx.changed() => if r.is_err() { return },
             Some(()) = changed_rx.recv() => {},
+            () = kick.notified() => {},
         }
         // Let a burst settle (a directory of edits, a fleet reconnecting), then push once.
         tokio::time::sleep(debounce).await;
@@ -293,6 +371,7 @@ async fn rebuild_loop(
             .flat_map(|rx| rx.borrow_and_update().iter().cloned().collect::<Vec<_>>())
             .collect();
         let config = config_rx.borrow_and_update().clone();
+        let config = crate::migrate::apply(&config, &overlay_rx.borrow_and_update());
         let mesh = Mesh::build(config, &workloads);
         pm.services
             .set(i64::try_from(mesh.services.len()).unwrap_or(i64::MAX));
@@ -304,4 +383,100 @@ async fn rebuild_loop(
         gen_tx.send_replace(generation);
         tracing::debug!(generation, workloads = workloads.len(), "mesh rebuilt");
     }
+}
+
+/// The longest a start waits for Consul's first answers before serving what it has.
+const CONSUL_WARM_MAX: Duration = Duration::from_secs(3);
+
+/// Holds every xDS answer until the registries are filled: Consul has answered once, and the
+/// proxies connected at the last run (`clients.json`) have re-announced themselves, or
+/// `grace` passed. Then one rebuild with all of it, and the first answers go out. A fresh
+/// start (nothing remembered, no Consul) is warm after one rebuild.
+async fn warm_up(
+    state: State,
+    clients_file: Option<PathBuf>,
+    grace: Duration,
+    kick: Arc<tokio::sync::Notify>,
+    warm: watch::Sender<bool>,
+) {
+    let previous: Vec<String> = clients_file
+        .as_ref()
+        .and_then(|f| std::fs::read(f).ok())
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let started = tokio::time::Instant::now();
+    let mut waited_for = "nothing";
+    loop {
+        let expected = state.store.current().consul_registries().count();
+        let consul = state.consul.synced(expected) || started.elapsed() > CONSUL_WARM_MAX;
+        let ids = state.proxies.connected_ids();
+        let back = previous.iter().filter(|p| ids.contains(p)).count();
+        let proxies = back == previous.len() || started.elapsed() > grace;
+        if consul && proxies {
+            if back < previous.len() {
+                tracing::warn!(missing = previous.len() - back, "proxies of the last run did not reconnect within the grace period; serving without them");
+            }
+            break;
+        }
+        waited_for = "registries";
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if waited_for == "nothing" {
+        // A fresh start: the mesh built at start is all there is; changes flow as usual.
+        warm.send_replace(true);
+        return;
+    }
+    let before = state.generation.load(Ordering::SeqCst);
+    kick.notify_one();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while state.generation.load(Ordering::SeqCst) == before
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tracing::info!(
+        waited_ms = started.elapsed().as_millis() as u64,
+        waited_for,
+        remembered_proxies = previous.len(),
+        "control plane warm: answering xDS clients"
+    );
+    warm.send_replace(true);
+}
+
+/// Keeps `clients.json` (node ids of the connected clients) current, so the next start knows
+/// whom to wait for.
+async fn remember_clients(proxies: ProxyRegistry, file: PathBuf) {
+    let mut written: Option<Vec<String>> = None;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let ids = proxies.connected_ids();
+        if written.as_ref() == Some(&ids) {
+            continue;
+        }
+        let result = file
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| {
+                let tmp = file.with_extension("json.tmp");
+                std::fs::write(&tmp, serde_json::to_vec(&ids).unwrap_or_default())?;
+                std::fs::rename(&tmp, &file)
+            });
+        match result {
+            Ok(()) => written = Some(ids),
+            Err(e) => {
+                tracing::warn!(file = %file.display(), error = %e, "cannot record connected clients")
+            }
+        }
+    }
+}
+
+/// `.jalur/` in the first config directory, or beside the first config file.
+fn default_state_dir(config: &[PathBuf]) -> Option<PathBuf> {
+    let first = config.first()?;
+    let dir = if first.is_dir() {
+        first.clone()
+    } else {
+        first.parent()?.to_path_buf()
+    };
+    Some(dir.join(".jalur"))
 }

@@ -45,6 +45,9 @@ pub async fn serve(listener: TcpListener, state: State, mut shutdown: watch::Rec
 }
 
 fn handle(state: &State, req: Request<Incoming>) -> Reply {
+    if let Some(rest) = req.uri().path().strip_prefix("/api/migrations") {
+        return migrations(state, req.method(), rest, req.uri().query().unwrap_or(""));
+    }
     if req.method() != Method::GET {
         return text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -72,7 +75,48 @@ fn handle(state: &State, req: Request<Incoming>) -> Reply {
         })),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /ready, /metrics, /debug/syncz, /debug/config_dump?proxy=ID, /debug/config, /debug/registry\n".into(),
+            "not found; try /ready, /metrics, /debug/syncz, /debug/config_dump?proxy=ID, /debug/config, /debug/registry, /api/migrations\n".into(),
+        ),
+    }
+}
+
+/// `GET /api/migrations`, `GET /api/migrations/NAME`, `POST /api/migrations/NAME/COMMAND`
+/// (start, promote, pause, resume, rollback); `?namespace=NS` narrows the name.
+fn migrations(state: &State, method: &Method, rest: &str, query: &str) -> Reply {
+    use crate::migrate::{Command, CommandError};
+    let ns = query_param(query, "namespace");
+    let parts: Vec<&str> = rest
+        .trim_matches('/')
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .collect();
+    let error = |e: CommandError| {
+        let status = match e {
+            CommandError::NotFound(_) => StatusCode::NOT_FOUND,
+            CommandError::Invalid { .. } | CommandError::Ambiguous(..) => StatusCode::CONFLICT,
+        };
+        json_reply(status, &json!({ "error": e.to_string() }))
+    };
+    let ok = |v: serde_json::Value| json_reply(StatusCode::OK, &v);
+    match (method, parts.as_slice()) {
+        (&Method::GET, []) => ok(json!(state.migrations.statuses())),
+        (&Method::GET, [name]) => match state.migrations.status(name, ns.as_deref()) {
+            Ok(s) => ok(json!(s)),
+            Err(e) => error(e),
+        },
+        (&Method::POST, [name, cmd]) => match Command::parse(cmd) {
+            Some(c) => match state.migrations.command(name, ns.as_deref(), c) {
+                Ok(s) => ok(json!(s)),
+                Err(e) => error(e),
+            },
+            None => json_reply(
+                StatusCode::BAD_REQUEST,
+                &json!({ "error": format!("unknown command {cmd:?}: use start, promote, pause, resume or rollback") }),
+            ),
+        },
+        _ => json_reply(
+            StatusCode::NOT_FOUND,
+            &json!({ "error": "use GET /api/migrations[/NAME] or POST /api/migrations/NAME/COMMAND" }),
         ),
     }
 }

@@ -213,7 +213,12 @@ fn walk(path: &PathBuf, out: &mut Fingerprint) {
     if meta.is_dir() {
         out.push((path.clone(), meta.modified().ok(), 0));
         if let Ok(entries) = std::fs::read_dir(path) {
-            for e in entries.flatten() {
+            // Hidden entries are not config (the loader skips them too); `.jalur/` holds the
+            // controller's own state, which must not look like an edit.
+            for e in entries
+                .flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            {
                 walk(&e.path(), out);
             }
         }

@@ -31,6 +31,7 @@ impl Plane {
             debounce: Duration::from_millis(20),
             registry_grace: Duration::ZERO,
             watch_interval: Duration::from_millis(50),
+            ..Options::default()
         };
         let plane = ControlPlane::start(opts)
             .await
