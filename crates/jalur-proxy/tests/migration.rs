@@ -1,0 +1,532 @@
+//! Migration drills: a service moves from its legacy instances (registered in a Consul protocol
+//! DOUBLE — no Consul server is obtainable here; the double follows Consul's documented HTTP
+//! API) to meshed instances behind jalur sidecars, through a fronting jalur proxy, under steady
+//! mixed HTTP and gRPC load. The controller runs inside the control plane and reads the fronting
+//! proxy's `/stats/prometheus` (or a real Prometheus scraping it).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{jalur_sidecar, sidecar_opts, Plane};
+use jalur_control::migrate::{Command, MigrationStatus, Phase};
+use jalur_demo::app::SampleApp;
+use jalur_demo::load::{LoadGen, LoadProtocol, LoadSpec, LoadTarget, Sample};
+use jalur_proxy::run::{Proxy, ProxyOptions};
+use jalur_testkit::consul::{ConsulDouble, ConsulOpts, Instance, Status};
+use jalur_testkit::{assert_eventually, http_get};
+
+const ROUTE: &str = "reviews.service.consul";
+const RATE: u32 = 320;
+
+struct Fleet {
+    plane: Plane,
+    _consul: ConsulDouble,
+    legacy: Vec<SampleApp>,
+    mesh: Vec<SampleApp>,
+    sidecars: Vec<Proxy>,
+    front: Proxy,
+    front_addr: SocketAddr,
+}
+
+/// Two legacy instances in Consul, two meshed ones behind their sidecars, one fronting proxy;
+/// `migration` is the Migration's spec body after `stages:`.
+async fn fleet(migration: &str, opts: jalur_control::Options) -> Fleet {
+    let consul =
+        ConsulDouble::start_with(ConsulOpts::default().max_wait(Duration::from_secs(2))).await;
+    let mut legacy = Vec::new();
+    for i in 1..=2 {
+        let app = SampleApp::start("reviews", &format!("legacy-{i}")).expect("legacy app");
+        consul.register(
+            Instance::new(
+                "reviews",
+                &format!("reviews-{i}"),
+                "127.0.0.1",
+                app.addr().port(),
+            )
+            .meta("protocol", "http2")
+            .status(Status::Passing),
+        );
+        legacy.push(app);
+    }
+    let files = vec![
+        ("consul.yaml", format!("apiVersion: jalur.dev/v1alpha1\nkind: ConsulRegistry\nmetadata: {{name: legacy, namespace: default}}\nspec:\n  addresses: [\"{}\"]\n  wait: 2s\n  servicePort: 9080\n", consul.url())),
+        ("svc.yaml", "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: reviews, namespace: default}\nspec:\n  hosts: [reviews.default.svc.cluster.local]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports:\n  - {number: 9080, name: http2, protocol: HTTP2}\n".to_string()),
+        ("migration.yaml", format!("apiVersion: jalur.dev/v1alpha1\nkind: Migration\nmetadata: {{name: reviews, namespace: default}}\nspec:\n  legacy: {{registry: legacy, service: reviews}}\n  mesh: {{host: reviews}}\n{migration}")),
+    ];
+    let plane = Plane::start_with(&files, opts).await;
+    let mut mesh = Vec::new();
+    let mut sidecars = Vec::new();
+    for i in 1..=2 {
+        let app = SampleApp::start("reviews", &format!("mesh-{i}")).expect("mesh app");
+        let sidecar = Proxy::start(ProxyOptions {
+            app_port: Some(app.addr().port()),
+            ports: vec!["http2:9080".into()],
+            labels: [("version".to_string(), format!("mesh-{i}"))].into(),
+            ..sidecar_opts(plane.xds, "reviews", "default")
+        })
+        .await
+        .expect("meshed instance's sidecar");
+        mesh.push(app);
+        sidecars.push(sidecar);
+    }
+    let (front, front_addr) = jalur_sidecar(sidecar_opts(plane.xds, "front", "default")).await;
+    // Before the migration starts the route is the legacy path only; the mesh path is ready.
+    assert_eventually(
+        "the front reaches the legacy path",
+        Duration::from_secs(20),
+        || async {
+            match http_get(front_addr, ROUTE, "/", &[]).await {
+                Ok((200, h, _))
+                    if h.get("x-jalur-instance")
+                        .is_some_and(|v| v.to_str().is_ok_and(|v| v.starts_with("legacy"))) =>
+                {
+                    Ok(())
+                }
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    assert_eventually(
+        "both meshed instances are registered",
+        Duration::from_secs(20),
+        || async {
+            let n = plane
+                .control()
+                .state
+                .mesh
+                .load()
+                .endpoints
+                .iter()
+                .filter(|(k, _)| k.contains("reviews.default.svc.cluster.local"))
+                .map(|(_, v)| v.len())
+                .sum::<usize>();
+            if n >= 2 {
+                Ok(())
+            } else {
+                Err(format!("{n} endpoints"))
+            }
+        },
+    )
+    .await;
+    Fleet {
+        plane,
+        _consul: consul,
+        legacy,
+        mesh,
+        sidecars,
+        front,
+        front_addr,
+    }
+}
+
+impl Fleet {
+    fn load(&self) -> LoadGen {
+        let target = |name: &str, protocol| LoadTarget {
+            name: name.into(),
+            addr: self.front_addr,
+            authority: ROUTE.into(),
+            protocol,
+            weight: 1,
+        };
+        LoadGen::start(LoadSpec {
+            rate: RATE,
+            targets: vec![
+                target("http", LoadProtocol::Http),
+                target("grpc", LoadProtocol::Grpc),
+            ],
+            timeout: Duration::from_secs(10),
+        })
+    }
+
+    fn command(&self, c: Command) -> MigrationStatus {
+        self.plane
+            .control()
+            .state
+            .migrations
+            .command("reviews", None, c)
+            .expect("command accepted")
+    }
+
+    fn status(&self) -> MigrationStatus {
+        self.plane
+            .control()
+            .state
+            .migrations
+            .status("reviews", None)
+            .expect("status")
+    }
+
+    async fn wait_phase(
+        &self,
+        what: &str,
+        within: Duration,
+        done: impl Fn(&MigrationStatus) -> bool,
+    ) -> MigrationStatus {
+        assert_eventually(what, within, || async {
+            let s = self.status();
+            if done(&s) {
+                Ok(s)
+            } else {
+                Err(format!(
+                    "{:?} stage {:?} at {} %, last gates {:?}",
+                    s.phase, s.stage, s.requested_percent, s.last_gates
+                ))
+            }
+        })
+        .await
+    }
+
+    async fn shutdown(self) {
+        self.front.shutdown().await;
+        for s in self.sidecars {
+            s.shutdown().await;
+        }
+        for a in self.legacy.into_iter().chain(self.mesh) {
+            a.stop();
+        }
+    }
+}
+
+fn is_mesh(s: &Sample) -> bool {
+    s.instance.as_deref().is_some_and(|i| i.starts_with("mesh"))
+}
+
+/// Unix ms -> time since the load started.
+fn since_load(load_start_unix_ms: u64, at_ms: u64) -> Duration {
+    Duration::from_millis(at_ms.saturating_sub(load_start_unix_ms))
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn failures(samples: &[Sample]) -> Vec<String> {
+    samples
+        .iter()
+        .filter(|s| !s.ok)
+        .take(10)
+        .map(|s| {
+            format!(
+                "{:?} target {} status {} grpc {:?} {:?}",
+                s.at, s.target, s.status, s.grpc_status, s.error
+            )
+        })
+        .collect()
+}
+
+/// Observed mesh share of every stage, measured over the part of its hold after the proxies
+/// took its weights (`Holding`) until the next stage was written.
+fn stage_shares(
+    status: &MigrationStatus,
+    load_start: u64,
+    samples: &[Sample],
+) -> Vec<(u32, f64, u64)> {
+    let h = &status.history;
+    let mut out = Vec::new();
+    for (i, t) in h.iter().enumerate() {
+        if t.to != Phase::Holding {
+            continue;
+        }
+        let Some(next) = h[i + 1..].iter().find(|n| n.to != Phase::Holding) else {
+            continue;
+        };
+        let from = since_load(load_start, t.at_ms);
+        let to = since_load(load_start, next.at_ms);
+        let (total, mesh) = jalur_demo::load::share(samples, from, to, is_mesh);
+        if total > 0 {
+            out.push((t.weight, 100.0 * mesh as f64 / total as f64, total));
+        }
+    }
+    out
+}
+
+/// ≥ 300 rps, HTTP and gRPC mixed: 0 -> 100 % through four stages, no failed request, each
+/// stage's observed share within 2 points of the requested one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_moves_a_service_to_the_mesh_in_four_stages_without_a_failed_request() {
+    let fleet = fleet(
+        "  stages: [{weight: 5, hold: 3s}, {weight: 25, hold: 3s}, {weight: 50, hold: 3s}, {weight: 100, hold: 3s}]\n  gates: {maxErrorRate: 0.01, minRequests: 10, window: 3s}\n",
+        Plane::options(),
+    )
+    .await;
+    let load_start = unix_ms();
+    let load = fleet.load();
+    let s = fleet.command(Command::Start);
+    assert_eq!((s.phase, s.requested_percent), (Phase::Shifting, 5));
+    let done = fleet
+        .wait_phase("the migration is promoted", Duration::from_secs(90), |s| {
+            s.phase.is_terminal()
+        })
+        .await;
+    let samples = load.stop().await;
+    assert_eq!(done.phase, Phase::Promoted, "history: {:#?}", done.history);
+    let failed = samples.iter().filter(|s| !s.ok).count();
+    let secs = samples.last().map(|s| s.at.as_secs_f64()).unwrap_or(1.0);
+    let grpc = samples.iter().filter(|s| s.target == 1 && s.ok).count();
+    eprintln!(
+        "{} requests in {secs:.1}s ({:.0} rps), {grpc} gRPC, {failed} failed",
+        samples.len(),
+        samples.len() as f64 / secs
+    );
+    assert!(samples.len() as f64 / secs >= 300.0, "load below 300 rps");
+    assert!(grpc > samples.len() / 3, "gRPC is half the load");
+    assert_eq!(failed, 0, "failed requests: {:?}", failures(&samples));
+    let shares = stage_shares(&done, load_start, &samples);
+    eprintln!("stage shares (requested, observed, requests): {shares:?}");
+    assert_eq!(
+        shares.iter().map(|s| s.0).collect::<Vec<_>>(),
+        [5, 25, 50, 100]
+    );
+    for (requested, observed, _) in &shares {
+        assert!(
+            (observed - f64::from(*requested)).abs() <= 2.0,
+            "stage {requested} %: observed {observed:.2} % ({shares:?})"
+        );
+    }
+    // The controller measured the same split from the proxies' own metrics.
+    let measured = done
+        .history
+        .iter()
+        .filter_map(|t| {
+            t.gates
+                .as_ref()
+                .and_then(|g| g.observed_mesh_percent)
+                .map(|o| (t.weight, o))
+        })
+        .collect::<Vec<_>>();
+    assert!(
+        !measured.is_empty(),
+        "gate values recorded with each advance"
+    );
+    fleet.shutdown().await;
+}
+
+/// The meshed instances start answering 10 % errors mid-migration: the error-rate gate trips,
+/// the route goes back to the legacy path by itself, and within 2 s of the breach no request
+/// reaches the mesh path. The failures are the faulty answers inside the gate's window, no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_drill_rolls_back_to_the_legacy_path_within_two_seconds_of_the_breach() {
+    let fleet = fleet(
+        "  stages: [{weight: 25, hold: 60s}, {weight: 100, hold: 5s}]\n  gates: {maxErrorRate: 0.05, minRequests: 20, window: 3s}\n  onFailure: rollback\n",
+        Plane::options(),
+    )
+    .await;
+    let load_start = unix_ms();
+    let load = fleet.load();
+    fleet.command(Command::Start);
+    fleet
+        .wait_phase(
+            "stage 1 holds with clean gates",
+            Duration::from_secs(30),
+            |s| {
+                s.phase == Phase::Holding
+                    && s.last_gates
+                        .as_ref()
+                        .is_some_and(|g| g.mesh.requests >= 40.0)
+            },
+        )
+        .await;
+    let fault_at = unix_ms();
+    for app in &fleet.mesh {
+        app.set_fault_percent(10);
+    }
+    let rolled = fleet
+        .wait_phase(
+            "the migration rolls back by itself",
+            Duration::from_secs(20),
+            |s| s.phase.is_terminal(),
+        )
+        .await;
+    assert_eq!(
+        rolled.phase,
+        Phase::RolledBack,
+        "history: {:#?}",
+        rolled.history
+    );
+    let breach = rolled.history.last().expect("rollback recorded");
+    let gates = breach
+        .gates
+        .as_ref()
+        .expect("the breach carries its gate values");
+    assert!(
+        gates.mesh_error_rate.is_some_and(|r| r > 0.05),
+        "rolled back on the error-rate gate: {gates:?}"
+    );
+    // Keep the load on a little, to see it all on the legacy path.
+    let settled = since_load(load_start, breach.at_ms) + Duration::from_secs(4);
+    assert_eventually(
+        "load runs past the rollback",
+        Duration::from_secs(10),
+        || async {
+            let at = load.samples().last().map(|s| s.at).unwrap_or_default();
+            if at > settled {
+                Ok(())
+            } else {
+                Err(format!("{at:?}"))
+            }
+        },
+    )
+    .await;
+    let samples = load.stop().await;
+    let breach_at = since_load(load_start, breach.at_ms);
+    let fault = since_load(load_start, fault_at);
+    let last_mesh = samples
+        .iter()
+        .filter(|s| is_mesh(s))
+        .map(|s| s.at)
+        .max()
+        .unwrap_or_default();
+    let failed: Vec<&Sample> = samples.iter().filter(|s| !s.ok).collect();
+    let mesh_in_window = samples
+        .iter()
+        .filter(|s| is_mesh(s) && s.at >= fault && s.at <= breach_at + Duration::from_secs(2))
+        .count();
+    eprintln!(
+        "fault at {fault:?}, breach detected {:.2}s later, last mesh request {:.0} ms after the breach; {} failed of {} mesh-path requests since the fault ({} requests in all)",
+        (breach_at.saturating_sub(fault)).as_secs_f64(),
+        last_mesh.as_secs_f64() * 1000.0 - breach_at.as_secs_f64() * 1000.0,
+        failed.len(),
+        mesh_in_window,
+        samples.len()
+    );
+    assert!(
+        last_mesh <= breach_at + Duration::from_secs(2),
+        "a request reached the mesh path {:?} after the breach",
+        last_mesh.saturating_sub(breach_at)
+    );
+    assert!(!failed.is_empty(), "the fault was seen");
+    for f in &failed {
+        assert!(
+            f.at >= fault && f.at <= breach_at + Duration::from_secs(2),
+            "a failure outside the fault's window: {:?}",
+            failures(&samples)
+        );
+    }
+    // 10 % of the mesh path's requests between the fault and the rollback, with slack for
+    // the deterministic fault counter's phase.
+    let bound = mesh_in_window / 10 + 3;
+    assert!(
+        failed.len() <= bound,
+        "{} failed, at most {bound} expected",
+        failed.len()
+    );
+    fleet.shutdown().await;
+}
+
+/// The control plane restarts mid-migration: it comes back at the same stage with the same
+/// weights (state in the config store), waits for its proxies to re-announce before answering,
+/// and the migration finishes — no request fails across the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_restarted_mid_migration_resumes_at_the_same_stage() {
+    let mut opts = Plane::options();
+    opts.registry_grace = Duration::from_secs(5);
+    let mut fleet = fleet(
+        "  stages: [{weight: 10, hold: 2s}, {weight: 30, hold: 8s}, {weight: 60, hold: 2s}, {weight: 100, hold: 2s}]\n  gates: {maxErrorRate: 0.01, minRequests: 10, window: 2s}\n",
+        opts,
+    )
+    .await;
+    let load = fleet.load();
+    fleet.command(Command::Start);
+    fleet
+        .wait_phase("stage 2 holds", Duration::from_secs(30), |s| {
+            s.phase == Phase::Holding && s.stage == Some(2)
+        })
+        .await;
+    fleet.plane.restart().await;
+    let s = fleet.status();
+    assert_eq!(
+        (s.stage, s.requested_percent),
+        (Some(2), 30),
+        "resumed at the same stage: {s:?}"
+    );
+    let served = fleet.plane.control().state.migrations.current_overlay();
+    assert_eq!(
+        served.get("default/reviews"),
+        Some(&30),
+        "the first push carries stage 2's weights"
+    );
+    let done = fleet
+        .wait_phase(
+            "the migration finishes after the restart",
+            Duration::from_secs(60),
+            |s| s.phase.is_terminal(),
+        )
+        .await;
+    let samples = load.stop().await;
+    let failed = samples.iter().filter(|s| !s.ok).count();
+    eprintln!(
+        "{} requests across the restart, {failed} failed",
+        samples.len()
+    );
+    assert_eq!(
+        done.phase,
+        Phase::Promoted,
+        "failures {:?}; history: {:#?}",
+        failures(&samples),
+        done.history
+    );
+    assert_eq!(failed, 0, "failed requests: {:?}", failures(&samples));
+    fleet.shutdown().await;
+}
+
+/// The same engine reading a real Prometheus (Debian package, started here, scraping the
+/// fronting proxy) instead of scraping the proxies itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_with_a_real_prometheus_as_the_metrics_source() {
+    use jalur_testkit::prometheus::{prometheus_binary, Prometheus};
+    let Some(binary) = jalur_testkit::require_peer("prometheus", prometheus_binary()) else {
+        return;
+    };
+    let prometheus = Prometheus::start(&binary, &[], Duration::from_secs(1))
+        .await
+        .expect("prometheus starts");
+    let mut opts = Plane::options();
+    opts.prometheus = Some(prometheus.url.clone());
+    let fleet = fleet(
+        "  stages: [{weight: 20, hold: 6s}, {weight: 100, hold: 6s}]\n  gates: {maxErrorRate: 0.01, minRequests: 10, window: 5s}\n",
+        opts,
+    )
+    .await;
+    prometheus
+        .set_targets(&[fleet.front.stats_addr])
+        .expect("prometheus scrapes the front");
+    let load = fleet.load();
+    fleet.command(Command::Start);
+    let done = fleet
+        .wait_phase(
+            "promoted on Prometheus's numbers",
+            Duration::from_secs(120),
+            |s| s.phase.is_terminal(),
+        )
+        .await;
+    let samples = load.stop().await;
+    assert_eq!(done.phase, Phase::Promoted, "history: {:#?}", done.history);
+    assert!(
+        done.metrics_source.contains("prometheus"),
+        "{}",
+        done.metrics_source
+    );
+    let judged = done
+        .history
+        .iter()
+        .filter_map(|t| t.gates.as_ref())
+        .find(|g| g.mesh.requests > 0.0)
+        .expect("an advance judged on Prometheus's numbers");
+    assert!(
+        judged.legacy.requests > 0.0,
+        "both paths measured side by side: {judged:?}"
+    );
+    assert_eq!(
+        samples.iter().filter(|s| !s.ok).count(),
+        0,
+        "{:?}",
+        failures(&samples)
+    );
+    fleet.shutdown().await;
+}
