@@ -30,6 +30,17 @@ pub struct Args {
     /// How long a disconnected proxy's workload stays registered (e.g. 5s).
     #[arg(long, env = "JALUR_REGISTRY_GRACE", default_value = "5s", value_parser = parse_duration)]
     registry_grace: Duration,
+    /// Where controller state (migrations) is kept; default `.jalur/` in the first config
+    /// directory.
+    #[arg(long, env = "JALUR_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Read migration metrics from this Prometheus server (e.g. http://127.0.0.1:9090) instead
+    /// of scraping the proxies directly.
+    #[arg(long, env = "JALUR_PROMETHEUS")]
+    prometheus: Option<String>,
+    /// Extra /stats/prometheus endpoints (host:port) to scrape for migration metrics.
+    #[arg(long, env = "JALUR_SCRAPE", value_delimiter = ',')]
+    scrape: Vec<SocketAddr>,
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -45,6 +56,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         status_addr: args.status_addr,
         debounce: args.debounce,
         registry_grace: args.registry_grace,
+        state_dir: args.state_dir,
+        prometheus: args.prometheus,
+        scrape_targets: args.scrape,
         ..Options::default()
     };
     let plane = ControlPlane::start(opts).await?;

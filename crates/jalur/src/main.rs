@@ -10,7 +10,10 @@ macro_rules! say {
 }
 
 mod analyze;
+mod api;
 mod control;
+mod demo;
+mod migrate;
 mod proxy;
 mod proxy_status;
 
@@ -48,6 +51,10 @@ enum Command {
     Proxy(proxy::Args),
     /// Show every connected xDS client and whether it is in sync, like `istioctl proxy-status`.
     ProxyStatus(proxy_status::Args),
+    /// Start a whole local fleet (legacy registry, services, sidecars, load) and migrate it.
+    Demo(demo::Args),
+    /// Move a service's traffic from its legacy path to the mesh stage by stage, or roll it back.
+    Migrate(migrate::Args),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +65,8 @@ fn main() -> ExitCode {
         Command::Analyze(args) => analyze::run(args),
         Command::Proxy(args) => runtime().and_then(|rt| rt.block_on(proxy::run(args))),
         Command::ProxyStatus(args) => runtime().and_then(|rt| rt.block_on(proxy_status::run(args))),
+        Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args))),
+        Command::Migrate(args) => runtime().and_then(|rt| rt.block_on(migrate::run(args))),
     };
     match result {
         Ok(code) => code,

@@ -442,3 +442,121 @@ async fn analyze_against_consul_reports_hybrid_findings() {
     assert!(unhealthy.status.success(), "a warning alone passes");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+fn migrate(status: SocketAddr, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = jalur()
+        .arg("migrate")
+        .args(args)
+        .args(["--control", &status.to_string()])
+        .output()
+        .expect("run jalur migrate");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `jalur migrate` drives a Migration through the control plane's API: status (text and
+/// `-o json`), start, pause, resume, promote to the end, rollback; errors exit 1 and say why.
+#[test]
+fn migrate_cli_drives_a_migration_and_reports_errors() {
+    let dir = jalur_testkit::unique_temp_dir("jalur-cli-migrate").expect("temp dir");
+    std::fs::write(
+        dir.join("migration.yaml"),
+        "apiVersion: jalur.dev/v1alpha1\nkind: Migration\nmetadata: {name: reviews, namespace: shop}\nspec:\n  legacy: {host: reviews.service.consul}\n  mesh: {host: reviews}\n  stages: [{weight: 10, hold: 1m}, {weight: 50, hold: 1m}, {weight: 100, hold: 1m}]\n",
+    )
+    .expect("write");
+    let (_control, _xds, status) = start_control_with(dir.to_str().expect("utf-8 path"));
+
+    let (code, out, _) = migrate(status, &["status", "reviews", "-o", "json"]);
+    assert_eq!(code, Some(0), "{out}");
+    let s: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(
+        (s["phase"].as_str(), s["stages"].clone()),
+        (Some("Pending"), json!([10, 50, 100]))
+    );
+
+    let (code, out, _) = migrate(status, &["start", "reviews"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("Phase:       Shifting"), "{out}");
+    assert!(out.contains("requested 10 %"), "{out}");
+
+    let (code, _, err) = migrate(status, &["start", "reviews"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("already running"), "{err}");
+
+    for (cmd, phase) in [("pause", "Paused"), ("resume", "Holding")] {
+        let (code, out, err) = migrate(status, &[cmd, "reviews", "-n", "shop", "-o", "yaml"]);
+        assert_eq!(code, Some(0), "{cmd}: {err}");
+        assert!(out.contains(&format!("phase: {phase}")), "{cmd}: {out}");
+    }
+    for _ in 0..3 {
+        let (code, _, err) = migrate(status, &["promote", "reviews"]);
+        assert_eq!(code, Some(0), "{err}");
+    }
+    // Promoted: --wait returns at once with success and says why.
+    let (code, out, _) = migrate(status, &["status", "reviews", "--wait"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("Promoted: promoted by the operator"), "{out}");
+
+    let (code, out, _) = migrate(status, &["rollback", "reviews", "-o", "json"]);
+    assert_eq!(code, Some(0), "{out}");
+    let s: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(
+        (s["phase"].as_str(), s["requestedPercent"].as_u64()),
+        (Some("RolledBack"), Some(0))
+    );
+    let history: Vec<&str> = s["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter_map(|t| t["to"].as_str())
+        .collect();
+    assert_eq!(history.first(), Some(&"Shifting"));
+    assert_eq!(history.last(), Some(&"RolledBack"));
+    // A rolled-back migration's --wait exits 1: the move did not happen.
+    let (code, _, _) = migrate(status, &["status", "reviews", "--wait"]);
+    assert_eq!(code, Some(1));
+
+    let (code, _, err) = migrate(status, &["status", "nope"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no Migration nope"), "{err}");
+    let (code, _, err) = migrate("127.0.0.1:9".parse().expect("addr"), &["status", "reviews"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("cannot reach the control plane"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The README's main command: the whole demo on this machine, ending with its report — the
+/// migrated services without a failed request, the faulty one rolled back by itself.
+#[test]
+fn demo_exit_migrates_two_services_and_rolls_one_back() {
+    let out = jalur()
+        .args([
+            "demo",
+            "--exit",
+            "--hold",
+            "3s",
+            "--xds-addr",
+            "127.0.0.1:0",
+            "--status-addr",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .expect("run jalur demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "reviews: Promoted",
+        "ratings: Promoted",
+        "payments: RolledBack",
+        "result: OK",
+    ] {
+        assert!(stdout.contains(expected), "no {expected:?} in:\n{stdout}");
+    }
+}

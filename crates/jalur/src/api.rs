@@ -1,0 +1,55 @@
+//! The control plane's HTTP API as the CLI calls it.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+/// A failed call: the control plane is unreachable, or it answered with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("cannot reach the control plane at {control}: {cause} (is `jalur control` running? set --control)")]
+    Unreachable { control: String, cause: String },
+    #[error("{message}")]
+    Answered { status: u16, message: String },
+}
+
+/// `GET`/`POST` `path` on the control plane at `control`; the JSON answer, or its error.
+pub async fn call(control: &str, method: http::Method, path: &str) -> Result<Value, ApiError> {
+    let unreachable = |cause: String| ApiError::Unreachable {
+        control: control.to_string(),
+        cause,
+    };
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{control}{path}"))
+        .body(Empty::new())
+        .map_err(|e| unreachable(e.to_string()))?;
+    let resp = client
+        .request(req)
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| unreachable(e.to_string()))?
+        .to_bytes();
+    let value: Value = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).trim().to_string()));
+    if status.is_success() {
+        return Ok(value);
+    }
+    let message = value
+        .get("error")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{path} answered {status}: {value}"));
+    Err(ApiError::Answered {
+        status: status.as_u16(),
+        message,
+    })
+}

@@ -1,0 +1,498 @@
+//! The demo's fleet: legacy registry, control plane, sample services, sidecars, the fronting
+//! proxy and the load aimed at them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use http::Method;
+use jalur_control::migrate::{Command, MigrationStatus};
+use jalur_control::{ControlPlane, Options};
+use jalur_demo::{ConsulDouble, LoadGen, LoadProtocol, LoadSpec, LoadTarget, SampleApp};
+use jalur_proxy::run::{Proxy, ProxyOptions};
+use serde_json::{json, Value};
+
+use super::Args;
+
+const NS: &str = "demo";
+/// The port mesh callers use for every demo service (each instance keeps its own).
+const SERVICE_PORT: u16 = 9080;
+
+/// One demo service: how many legacy (Consul) and meshed instances, how it is called.
+struct Svc {
+    name: &'static str,
+    legacy: usize,
+    mesh: usize,
+    /// Load targets: protocol and weight; `direct` = legacy callers resolving instances in
+    /// Consul themselves (no fronting proxy).
+    calls: &'static [(LoadProtocol, u32)],
+    direct: bool,
+    migrate: bool,
+}
+
+const SERVICES: [Svc; 6] = [
+    Svc {
+        name: "reviews",
+        legacy: 2,
+        mesh: 2,
+        calls: &[(LoadProtocol::Http, 2), (LoadProtocol::Grpc, 2)],
+        direct: false,
+        migrate: true,
+    },
+    Svc {
+        name: "ratings",
+        legacy: 2,
+        mesh: 2,
+        calls: &[(LoadProtocol::Grpc, 2)],
+        direct: false,
+        migrate: true,
+    },
+    Svc {
+        name: "payments",
+        legacy: 2,
+        mesh: 2,
+        calls: &[(LoadProtocol::Http, 2)],
+        direct: false,
+        migrate: true,
+    },
+    Svc {
+        name: "catalog",
+        legacy: 2,
+        mesh: 0,
+        calls: &[(LoadProtocol::Http, 1)],
+        direct: true,
+        migrate: false,
+    },
+    Svc {
+        name: "inventory",
+        legacy: 1,
+        mesh: 0,
+        calls: &[(LoadProtocol::Http, 1)],
+        direct: false,
+        migrate: false,
+    },
+    Svc {
+        name: "frontend",
+        legacy: 0,
+        mesh: 1,
+        calls: &[(LoadProtocol::Http, 1)],
+        direct: false,
+        migrate: false,
+    },
+];
+
+pub struct Fleet {
+    consul_url: String,
+    _simulated: Option<ConsulDouble>,
+    registered: Vec<String>,
+    plane: ControlPlane,
+    dir: PathBuf,
+    /// (service, instance) -> app
+    apps: Vec<SampleApp>,
+    sidecars: Vec<Proxy>,
+    front: Proxy,
+    front_addr: SocketAddr,
+    targets: Vec<LoadTarget>,
+}
+
+impl Fleet {
+    pub async fn start(args: &Args) -> anyhow::Result<Fleet> {
+        let (consul_url, simulated) = match &args.consul {
+            Some(addr) => {
+                let url = if addr.contains("://") {
+                    addr.clone()
+                } else {
+                    format!("http://{addr}")
+                };
+                (url, None)
+            }
+            None => {
+                let double = ConsulDouble::start().await;
+                (double.url(), Some(double))
+            }
+        };
+        say!(
+            "legacy registry: {}",
+            if simulated.is_some() {
+                format!("simulated Consul (a protocol double of Consul's HTTP API) at {consul_url}")
+            } else {
+                format!("Consul at {consul_url}")
+            }
+        );
+        let mut apps = Vec::new();
+        let mut registered = Vec::new();
+        for svc in &SERVICES {
+            for i in 1..=svc.legacy {
+                let app = SampleApp::start(svc.name, &format!("legacy-{i}"))?;
+                let id = format!("jalur-demo-{}-{i}", svc.name);
+                register(&consul_url, &id, svc.name, app.addr()).await?;
+                registered.push(id);
+                apps.push(app);
+            }
+        }
+        say!("  {} legacy instances registered", registered.len());
+
+        let dir = std::env::temp_dir().join(format!("jalur-demo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (file, text) in config(&consul_url, args.hold) {
+            std::fs::write(dir.join(file), text)?;
+        }
+        let plane = ControlPlane::start(Options {
+            config: vec![dir.clone()],
+            xds_addr: args.xds_addr,
+            status_addr: args.status_addr,
+            ..Options::default()
+        })
+        .await?;
+        say!(
+            "control plane: xDS {}, status http://{}",
+            plane.xds_addr,
+            plane.status_addr
+        );
+
+        let mut sidecars = Vec::new();
+        for svc in &SERVICES {
+            for i in 1..=svc.mesh {
+                let app = SampleApp::start(svc.name, &format!("mesh-{i}"))?;
+                let proxy = Proxy::start(ProxyOptions {
+                    app_port: Some(app.addr().port()),
+                    ports: vec![format!("http2:{SERVICE_PORT}")],
+                    labels: [("version".to_string(), format!("mesh-{i}"))].into(),
+                    ..proxy_opts(plane.xds_addr, svc.name)
+                })
+                .await?;
+                apps.push(app);
+                sidecars.push(proxy);
+            }
+        }
+        let front = Proxy::start(proxy_opts(plane.xds_addr, "front")).await?;
+        let front_addr = until(
+            "the fronting proxy listens",
+            Duration::from_secs(20),
+            || {
+                front
+                    .listeners()
+                    .into_iter()
+                    .find(|(n, _)| n == "outbound")
+                    .map(|(_, a)| a)
+            },
+        )
+        .await?;
+        let mut fleet = Fleet {
+            consul_url,
+            _simulated: simulated,
+            registered,
+            plane,
+            dir,
+            apps,
+            sidecars,
+            front,
+            front_addr,
+            targets: Vec::new(),
+        };
+        fleet.targets = fleet.load_targets().await?;
+        fleet.wait_ready().await?;
+        Ok(fleet)
+    }
+
+    pub fn describe(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for svc in &SERVICES {
+            let role = match (svc.migrate, svc.direct, svc.legacy, svc.mesh) {
+                (true, ..) => "moves to the mesh",
+                (_, true, ..) => "legacy, called straight from Consul",
+                (_, _, 0, _) => "mesh only",
+                _ => "legacy, behind the fronting proxy",
+            };
+            lines.push(format!(
+                "{:<10} {} legacy + {} meshed instances — {role}",
+                svc.name, svc.legacy, svc.mesh
+            ));
+        }
+        lines.push(format!(
+            "fronting proxy: jalur proxy at {}",
+            self.front_addr
+        ));
+        lines
+    }
+
+    pub fn status_addr(&self) -> SocketAddr {
+        self.plane.status_addr
+    }
+
+    pub fn targets(&self) -> &[LoadTarget] {
+        &self.targets
+    }
+
+    pub fn start_load(&self, rate: u32) -> LoadGen {
+        LoadGen::start(LoadSpec {
+            rate,
+            targets: self.targets.clone(),
+            timeout: Duration::from_secs(10),
+        })
+    }
+
+    pub async fn wait_load(&self, load: &LoadGen, n: usize) -> anyhow::Result<()> {
+        until("the load runs", Duration::from_secs(30), || {
+            (load.samples().len() >= n).then_some(())
+        })
+        .await
+    }
+
+    pub fn command(&self, name: &str, c: Command) -> anyhow::Result<MigrationStatus> {
+        Ok(self.plane.state.migrations.command(name, Some(NS), c)?)
+    }
+
+    pub fn statuses(&self) -> Vec<MigrationStatus> {
+        self.plane.state.migrations.statuses()
+    }
+
+    pub fn inject_fault(&self, service: &str, percent: u32) {
+        for app in &self.apps {
+            if app.service() == service && app.instance().starts_with("mesh") {
+                app.set_fault_percent(percent);
+            }
+        }
+    }
+
+    /// The load target names that belong to `service`.
+    pub fn targets_of(&self, service: &str) -> Vec<usize> {
+        self.targets
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.name.starts_with(&format!("{service} ")))
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    async fn load_targets(&self) -> anyhow::Result<Vec<LoadTarget>> {
+        let mut targets = Vec::new();
+        for svc in &SERVICES {
+            for (protocol, weight) in svc.calls {
+                let kind = match protocol {
+                    LoadProtocol::Http => "HTTP",
+                    LoadProtocol::Grpc => "gRPC",
+                };
+                let (addr, authority) = if svc.direct {
+                    // Legacy client-side discovery: ask Consul, call an instance directly.
+                    (
+                        passing_instance(&self.consul_url, svc.name).await?,
+                        svc.name.to_string(),
+                    )
+                } else if svc.legacy > 0 {
+                    (self.front_addr, format!("{}.service.consul", svc.name))
+                } else {
+                    (
+                        self.front_addr,
+                        format!("{}.{NS}.svc.cluster.local", svc.name),
+                    )
+                };
+                targets.push(LoadTarget {
+                    name: format!("{} {kind}", svc.name),
+                    addr,
+                    authority,
+                    protocol: *protocol,
+                    weight: *weight,
+                });
+            }
+        }
+        Ok(targets)
+    }
+
+    /// Every route answers through the front and every meshed instance is registered.
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        let expected: usize = SERVICES.iter().map(|s| s.mesh).sum();
+        until(
+            "every meshed instance registers",
+            Duration::from_secs(30),
+            || {
+                let mesh = self.plane.state.mesh.load();
+                let n: usize = mesh
+                    .endpoints
+                    .iter()
+                    .filter(|(k, _)| k.contains(&format!(".{NS}.svc.cluster.local")))
+                    .map(|(_, v)| v.len())
+                    .sum();
+                (n >= expected).then_some(())
+            },
+        )
+        .await?;
+        for t in &self.targets {
+            let probe = LoadGen::start(LoadSpec {
+                rate: 50,
+                targets: vec![t.clone()],
+                timeout: Duration::from_secs(2),
+            });
+            let r = until(
+                &format!("{} answers", t.name),
+                Duration::from_secs(30),
+                || probe.samples().iter().any(|s| s.ok).then_some(()),
+            )
+            .await;
+            probe.stop().await;
+            r?;
+        }
+        Ok(())
+    }
+
+    pub async fn stop(self) {
+        for p in self.sidecars {
+            p.shutdown().await;
+        }
+        self.front.shutdown().await;
+        for id in &self.registered {
+            let path = format!("/v1/agent/service/deregister/{id}");
+            if let Err(e) = consul_call(&self.consul_url, Method::PUT, &path, None).await {
+                tracing::warn!(id, error = %e, "cannot deregister a demo instance from Consul");
+            }
+        }
+        self.plane.stop().await;
+        for a in self.apps {
+            a.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn proxy_opts(xds: SocketAddr, service: &str) -> ProxyOptions {
+    ProxyOptions::loopback(xds, service, NS)
+}
+
+/// The demo's config: the Consul registry, the meshed services, one Migration per moving service.
+fn config(consul_url: &str, hold: Duration) -> Vec<(String, String)> {
+    let hold = format!("{}ms", hold.as_millis());
+    let mut files = vec![(
+        "consul.yaml".to_string(),
+        format!("apiVersion: jalur.dev/v1alpha1\nkind: ConsulRegistry\nmetadata: {{name: legacy, namespace: {NS}}}\nspec:\n  addresses: [\"{consul_url}\"]\n  servicePort: {SERVICE_PORT}\n  services: {{tags: [jalur-demo]}}\n"),
+    )];
+    for svc in SERVICES.iter().filter(|s| s.mesh > 0) {
+        files.push((
+            format!("{}-service.yaml", svc.name),
+            format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {n}, namespace: {NS}}}\nspec:\n  hosts: [{n}.{NS}.svc.cluster.local]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports:\n  - {{number: {SERVICE_PORT}, name: http2, protocol: HTTP2}}\n", n = svc.name),
+        ));
+    }
+    for svc in SERVICES.iter().filter(|s| s.migrate) {
+        files.push((
+            format!("{}-migration.yaml", svc.name),
+            format!("apiVersion: jalur.dev/v1alpha1\nkind: Migration\nmetadata: {{name: {n}, namespace: {NS}}}\nspec:\n  legacy: {{registry: legacy, service: {n}}}\n  mesh: {{host: {n}}}\n  stages:\n  - {{weight: 5, hold: {hold}}}\n  - {{weight: 25, hold: {hold}}}\n  - {{weight: 50, hold: {hold}}}\n  - {{weight: 100, hold: {hold}}}\n  gates: {{maxErrorRate: 0.01, maxP99Ratio: 3, p99Allowance: 25ms, minRequests: 5, window: {hold}}}\n  onFailure: rollback\n", n = svc.name),
+        ));
+    }
+    files
+}
+
+/// Registers a legacy instance through the Consul agent API (the same call against the
+/// simulated registry and a real Consul), healthy without checks.
+async fn register(consul_url: &str, id: &str, name: &str, addr: SocketAddr) -> anyhow::Result<()> {
+    let body = json!({
+        "ID": id,
+        "Name": name,
+        "Address": addr.ip().to_string(),
+        "Port": addr.port(),
+        "Tags": ["jalur-demo"],
+        "Meta": { "protocol": "http2" },
+    });
+    consul_call(
+        consul_url,
+        Method::PUT,
+        "/v1/agent/service/register",
+        Some(body),
+    )
+    .await
+    .with_context(|| format!("registering {id} in Consul at {consul_url}"))?;
+    Ok(())
+}
+
+async fn passing_instance(consul_url: &str, name: &str) -> anyhow::Result<SocketAddr> {
+    let path = format!("/v1/health/service/{name}?passing=1");
+    let entries = until_async(
+        &format!("Consul lists {name}"),
+        Duration::from_secs(10),
+        || async {
+            match consul_call(consul_url, Method::GET, &path, None).await {
+                Ok(Value::Array(a)) if !a.is_empty() => Some(a),
+                _ => None,
+            }
+        },
+    )
+    .await?;
+    let svc = &entries[0]["Service"];
+    let ip = svc["Address"].as_str().unwrap_or("127.0.0.1");
+    let port = svc["Port"].as_u64().unwrap_or(0);
+    format!("{ip}:{port}")
+        .parse()
+        .with_context(|| format!("instance of {name} in Consul"))
+}
+
+async fn consul_call(
+    base: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
+    let req = http::Request::builder()
+        .method(method)
+        .uri(format!("{}{path}", base.trim_end_matches('/')))
+        .header("content-type", "application/json")
+        .body(Full::new(bytes::Bytes::from(
+            body.map(|b| b.to_string()).unwrap_or_default(),
+        )))?;
+    let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
+        .await
+        .context("Consul did not answer within 5s")??;
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    anyhow::ensure!(
+        status.is_success(),
+        "Consul answered {status}: {}",
+        String::from_utf8_lossy(&bytes)
+    );
+    Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+/// Polls `f` every 50 ms until it yields, or fails naming `what` after `within`.
+pub async fn until<T>(
+    what: &str,
+    within: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn until_async<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    within: Duration,
+    mut f: impl FnMut() -> F,
+) -> anyhow::Result<T> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Instances per (service, path) for the report.
+pub fn is_mesh_instance(instance: Option<&str>) -> bool {
+    instance.is_some_and(|i| i.starts_with("mesh"))
+}

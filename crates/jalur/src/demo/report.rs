@@ -1,0 +1,141 @@
+//! The demo's closing report: load, failures per service, observed shares per stage, and how
+//! fast the faulty migration went back to the legacy path.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jalur_control::migrate::{MigrationStatus, Phase};
+use jalur_demo::{share, Sample};
+
+use super::fleet::{is_mesh_instance, Fleet};
+use super::{FAULTY, MIGRATED};
+
+pub struct Report {
+    lines: Vec<String>,
+    success: bool,
+}
+
+impl Report {
+    pub fn build(
+        fleet: &Fleet,
+        statuses: &[MigrationStatus],
+        samples: &[Sample],
+        load_start_ms: u64,
+        fault_at_ms: Option<u64>,
+    ) -> Report {
+        let mut lines = vec!["== jalur demo report ==".to_string()];
+        let secs = samples.last().map_or(1.0, |s| s.at.as_secs_f64().max(1.0));
+        let failed = samples.iter().filter(|s| !s.ok).count();
+        lines.push(format!(
+            "load: {} requests in {secs:.1} s ({:.0} rps), {} ok, {failed} failed",
+            samples.len(),
+            samples.len() as f64 / secs,
+            samples.len() - failed
+        ));
+        let since = |ms: u64| Duration::from_millis(ms.saturating_sub(load_start_ms));
+        let mut success = true;
+        for (i, t) in fleet.targets().iter().enumerate() {
+            let of: Vec<&Sample> = samples.iter().filter(|s| s.target == i).collect();
+            let bad = of.iter().filter(|s| !s.ok).count();
+            lines.push(format!(
+                "  {:<16} {:>7} requests {:>4} failed",
+                t.name,
+                of.len(),
+                bad
+            ));
+        }
+        for s in statuses {
+            let targets = fleet.targets_of(&s.name);
+            let mine: Vec<Sample> = samples
+                .iter()
+                .filter(|x| targets.contains(&x.target))
+                .cloned()
+                .collect();
+            let bad = mine.iter().filter(|x| !x.ok).count();
+            lines.push(String::new());
+            lines.push(format!(
+                "{}: {:?} — {} requests, {bad} failed",
+                s.name,
+                s.phase,
+                mine.len()
+            ));
+            let mut shares = Vec::new();
+            for (k, t) in s.history.iter().enumerate() {
+                if t.to != Phase::Holding {
+                    continue;
+                }
+                let end = s.history[k + 1..]
+                    .iter()
+                    .find(|n| n.to != Phase::Holding)
+                    .map_or(u64::MAX, |n| n.at_ms);
+                let to = if end == u64::MAX {
+                    Duration::MAX
+                } else {
+                    since(end)
+                };
+                let (total, mesh) = share(&mine, since(t.at_ms), to, |x| {
+                    is_mesh_instance(x.instance.as_deref())
+                });
+                if total > 0 {
+                    shares.push(format!(
+                        "{} % → {:.1} % ({total} req)",
+                        t.weight,
+                        100.0 * mesh as f64 / total as f64
+                    ));
+                }
+            }
+            if !shares.is_empty() {
+                lines.push(format!(
+                    "  requested → observed mesh share per stage: {}",
+                    shares.join(", ")
+                ));
+            }
+            if let Some(last) = s.history.last() {
+                lines.push(format!("  ended: {}", last.reason));
+            }
+            if MIGRATED.contains(&s.name.as_str()) {
+                success &= s.phase == Phase::Promoted && bad == 0;
+            }
+            if s.name == FAULTY {
+                success &= s.phase == Phase::RolledBack;
+                if let (Phase::RolledBack, Some(breach), Some(fault)) =
+                    (s.phase, s.history.last(), fault_at_ms)
+                {
+                    let last_mesh = mine
+                        .iter()
+                        .filter(|x| is_mesh_instance(x.instance.as_deref()))
+                        .map(|x| x.at)
+                        .max()
+                        .unwrap_or_default();
+                    let breach_at = since(breach.at_ms);
+                    lines.push(format!(
+                        "  rollback: breach detected {:.2} s after the fault; last request on the mesh path {:.0} ms after the breach; {bad} requests failed (the faulty answers inside the gate window)",
+                        breach.at_ms.saturating_sub(fault) as f64 / 1000.0,
+                        last_mesh.as_secs_f64() * 1000.0 - breach_at.as_secs_f64() * 1000.0,
+                    ));
+                }
+            }
+        }
+        lines.push(String::new());
+        lines.push(if success {
+            "result: OK — reviews and ratings moved with 0 failed requests; payments rolled back by itself".into()
+        } else {
+            "result: NOT OK — see above".into()
+        });
+        Report { lines, success }
+    }
+
+    pub fn lines(&self) -> &[String] {
+        &self.lines
+    }
+
+    pub fn success(&self) -> bool {
+        self.success
+    }
+}
+
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
