@@ -265,4 +265,22 @@ spec:
             [("ratings.shop.svc.cluster.local".to_string(), Some(100))]
         );
     }
+
+    #[test]
+    fn a_canary_moves_between_subsets_of_one_host() {
+        let yaml = "apiVersion: jalur.dev/v1alpha1\nkind: Migration\nmetadata: {name: reviews-v2, namespace: shop}\nspec:\n  legacy: {host: reviews, subset: v1}\n  mesh: {host: reviews, subset: v2}\n  stages: [{weight: 100}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: shop}\nspec:\n  hosts: [reviews]\n  http:\n  - route: [{destination: {host: reviews, subset: v1}}]\n";
+        let (resources, diags) = jalur_model::load::parse_str("c.yaml".as_ref(), yaml);
+        assert!(diags.is_empty(), "{diags:?}");
+        let c = Arc::new(Config::new(resources));
+        let out = apply(&c, &Overlay::from([("shop/reviews-v2".to_string(), 20)]));
+        let route = &vs(&out, "reviews").http[0].route;
+        let split: Vec<(Option<String>, Option<u32>)> = route
+            .iter()
+            .map(|d| (d.destination.subset.clone(), d.weight))
+            .collect();
+        assert_eq!(
+            split,
+            [(Some("v1".into()), Some(80)), (Some("v2".into()), Some(20))]
+        );
+    }
 }

@@ -565,3 +565,82 @@ fn every_code_has_a_unique_id() {
     let names: BTreeMap<&str, &str> = codes::ALL.iter().map(|c| (c.name, c.id)).collect();
     assert_eq!(names.len(), codes::ALL.len());
 }
+
+const CANARY: &str = r#"
+apiVersion: jalur.dev/v1alpha1
+kind: Migration
+metadata: {name: reviews-v2}
+spec:
+  legacy: {host: reviews, subset: v1}
+  mesh: {host: reviews, subset: v2}
+  stages: [{weight: 10, hold: 1m}, {weight: 100, hold: 1m}]
+  gates: {maxErrorRate: 0.02, maxP99Ratio: 1.5, window: 1m}
+"#;
+
+#[test]
+fn a_canary_between_defined_subsets_is_a_valid_migration() {
+    assert_eq!(findings(CANARY), []);
+}
+
+#[test]
+fn migration_paths_registries_subsets_and_gates_are_checked() {
+    let yaml = r#"
+apiVersion: jalur.dev/v1alpha1
+kind: Migration
+metadata: {name: payments}
+spec:
+  legacy: {registry: legacy}
+  mesh: {host: reviews, subset: v9}
+  stages: [{weight: 0}, {weight: 100}]
+  gates: {maxErrorRate: 5, maxP99Ratio: 0, window: 0s}
+"#;
+    let fields: Vec<String> = findings(yaml)
+        .into_iter()
+        .filter(|(code, _, _)| *code == codes::INVALID_MIGRATION.id)
+        .map(|(_, _, field)| field)
+        .collect();
+    for expected in [
+        "spec.legacy",
+        "spec.legacy.registry",
+        "spec.legacy.service",
+        "spec.mesh.subset",
+        "spec.stages[0].weight",
+        "spec.gates.maxErrorRate",
+        "spec.gates.maxP99Ratio",
+        "spec.gates.window",
+    ] {
+        assert!(
+            fields.iter().any(|f| f == expected),
+            "{expected} not in {fields:?}"
+        );
+    }
+}
+
+#[test]
+fn two_migrations_of_one_route_and_identical_paths_are_errors() {
+    let yaml = format!(
+        "{CANARY}---\napiVersion: jalur.dev/v1alpha1\nkind: Migration\nmetadata: {{name: again}}\nspec:\n  host: reviews\n  legacy: {{host: reviews.default.svc.cluster.local, subset: v1}}\n  mesh: {{host: reviews, subset: v1}}\n  stages: [{{weight: 100}}]\n"
+    );
+    let found = findings(&yaml);
+    let messages: Vec<String> = diags(&yaml).iter().map(|d| d.message.clone()).collect();
+    assert!(
+        found
+            .iter()
+            .filter(|(c, _, _)| *c == codes::INVALID_MIGRATION.id)
+            .count()
+            >= 2,
+        "{messages:?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("already migrates the route")),
+        "{messages:?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("the mesh path is the legacy path")),
+        "{messages:?}"
+    );
+}
