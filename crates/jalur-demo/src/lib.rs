@@ -7,18 +7,41 @@
 //!   deterministic fault injection) that plays the legacy and meshed services;
 //! - [`load`]: [`LoadGen`], an open-loop fixed-rate load generator that records every response,
 //!   the demo's built-in load and the migration drills' load;
-//! - [`grpc`]: the gRPC length-prefixed message framing both of them speak, written by hand.
+//! - [`grpc`]: the gRPC length-prefixed message framing both of them speak, written by hand;
+//! - [`envoy`]: a stock Envoy fed over ADS (the demo puts one meshed instance behind it when
+//!   Envoy is installed; the tests drive it as a peer), with [`process`], [`client`] and
+//!   [`eventually`] beneath it.
 //!
 //! Unlike `jalur-testkit`, this crate is a runtime dependency of the `jalur` binary, so it holds
 //! no test-only helpers and never depends on the testkit.
 
 pub mod app;
+pub mod client;
 pub mod consul;
-#[cfg(test)]
-mod eventually;
+pub mod envoy;
+pub mod eventually;
 pub mod grpc;
 pub mod load;
+pub mod process;
 
 pub use app::SampleApp;
 pub use consul::{ConsulDouble, ConsulOpts};
 pub use load::{share, LoadGen, LoadProtocol, LoadSpec, LoadSummary, LoadTarget, Sample};
+
+/// A fresh, empty directory under the system temp dir, named after `prefix`, unique within
+/// this machine (pid + counter + clock).
+pub fn unique_temp_dir(prefix: &str) -> std::io::Result<std::path::PathBuf> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!(
+        "{prefix}-{}-{}-{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}

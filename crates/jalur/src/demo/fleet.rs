@@ -9,6 +9,7 @@ use anyhow::Context;
 use http::Method;
 use jalur_control::migrate::{Command, MigrationStatus};
 use jalur_control::{ControlPlane, Options};
+use jalur_demo::envoy::{Envoy, EnvoyOpts};
 use jalur_demo::{ConsulDouble, LoadGen, LoadProtocol, LoadSpec, LoadTarget, SampleApp};
 use jalur_proxy::run::{Proxy, ProxyOptions};
 use serde_json::{json, Value};
@@ -91,6 +92,8 @@ pub struct Fleet {
     /// (service, instance) -> app
     apps: Vec<SampleApp>,
     sidecars: Vec<Proxy>,
+    /// A meshed `ratings` instance behind stock Envoy, when Envoy is installed.
+    envoy: Option<Envoy>,
     front: Proxy,
     front_addr: SocketAddr,
     targets: Vec<LoadTarget>,
@@ -153,8 +156,18 @@ impl Fleet {
         );
 
         let mut sidecars = Vec::new();
+        let mut envoy = None;
+        let envoy_binary = std::env::current_dir()
+            .ok()
+            .and_then(|dir| jalur_demo::envoy::find_binary(&dir));
         for svc in &SERVICES {
             for i in 1..=svc.mesh {
+                if let (Some(binary), "ratings", 2) = (&envoy_binary, svc.name, i) {
+                    let app = SampleApp::start(svc.name, &format!("mesh-{i}-envoy"))?;
+                    envoy = Some(envoy_sidecar(binary, plane.xds_addr, svc.name, &app).await?);
+                    apps.push(app);
+                    continue;
+                }
                 let app = SampleApp::start(svc.name, &format!("mesh-{i}"))?;
                 let proxy = Proxy::start(ProxyOptions {
                     app_port: Some(app.addr().port()),
@@ -188,6 +201,7 @@ impl Fleet {
             dir,
             apps,
             sidecars,
+            envoy,
             front,
             front_addr,
             targets: Vec::new(),
@@ -211,6 +225,13 @@ impl Fleet {
                 svc.name, svc.legacy, svc.mesh
             ));
         }
+        lines.push(match &self.envoy {
+            Some(e) => format!(
+                "one meshed ratings instance runs behind stock Envoy (admin http://{})",
+                e.admin_addr()
+            ),
+            None => "stock Envoy not found (scripts/install-peers installs it): every sidecar is jalur proxy".into(),
+        });
         lines.push(format!(
             "fronting proxy: jalur proxy at {}",
             self.front_addr
@@ -342,6 +363,7 @@ impl Fleet {
             p.shutdown().await;
         }
         self.front.shutdown().await;
+        drop(self.envoy);
         for id in &self.registered {
             let path = format!("/v1/agent/service/deregister/{id}");
             if let Err(e) = consul_call(&self.consul_url, Method::PUT, &path, None).await {
@@ -354,6 +376,46 @@ impl Fleet {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A meshed instance of `service` behind a stock Envoy sidecar configured by the same control
+/// plane: inbound on a port it announces, to the app on its own port.
+async fn envoy_sidecar(
+    binary: &std::path::Path,
+    xds: SocketAddr,
+    service: &str,
+    app: &SampleApp,
+) -> anyhow::Result<Envoy> {
+    let workload = format!("{service}-envoy-1");
+    let mut opts = EnvoyOpts::new(
+        xds,
+        &format!("sidecar~127.0.0.1~{workload}.{NS}~{NS}.svc.cluster.local"),
+    );
+    opts.cluster = format!("{service}.{NS}");
+    opts.metadata = json!({
+        "NAMESPACE": NS,
+        "INSTANCE_IPS": "127.0.0.1",
+        "WORKLOAD_NAME": workload,
+        "LABELS": { "app": service, "version": "envoy-1" },
+        "JALUR_SERVICE": service,
+        "JALUR_PORTS": format!("http2:{SERVICE_PORT}"),
+        "JALUR_APP_PORT": app.addr().port().to_string(),
+        "JALUR_LISTEN_ADDRESS": "127.0.0.1",
+        "JALUR_INBOUND_PORT": free_port()?.to_string(),
+        "JALUR_OUTBOUND_PORT": free_port()?.to_string(),
+    });
+    Envoy::start_with(binary, opts)
+        .await
+        .map_err(anyhow::Error::msg)
+}
+
+/// A port the kernel just handed out and took back. Envoy's listeners come from xDS, so the
+/// control plane must know the inbound port before Envoy binds it (jalur proxies bind first and
+/// announce; Envoy cannot). A race with another process taking it is possible but harmless here:
+/// Envoy would report the bind failure in its log and the demo's readiness check would say so.
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
 }
 
 fn proxy_opts(xds: SocketAddr, service: &str) -> ProxyOptions {

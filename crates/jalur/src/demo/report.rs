@@ -89,6 +89,17 @@ impl Report {
                     shares.join(", ")
                 ));
             }
+            let mut by_instance: std::collections::BTreeMap<&str, usize> = Default::default();
+            for x in mine.iter().filter(|x| x.ok) {
+                *by_instance
+                    .entry(x.instance.as_deref().unwrap_or("?"))
+                    .or_default() += 1;
+            }
+            let served: Vec<String> = by_instance
+                .iter()
+                .map(|(i, n)| format!("{i} {n}"))
+                .collect();
+            lines.push(format!("  served by: {}", served.join(", ")));
             if let Some(last) = s.history.last() {
                 lines.push(format!("  ended: {}", last.reason));
             }

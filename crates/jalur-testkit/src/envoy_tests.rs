@@ -1,9 +1,12 @@
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::json;
 
-use super::*;
+use serde_json::Value;
+
 use crate::assert_eventually;
+use crate::envoy::*;
 use crate::peers::{envoy_binary, require_peer};
 
 /// An address nothing listens on: bound, read back, released.

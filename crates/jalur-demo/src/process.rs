@@ -38,11 +38,7 @@ impl ChildGuard {
     pub fn kill(&mut self) {
         if self.exited().is_none() {
             if let Err(err) = self.child.kill() {
-                eprintln!(
-                    "jalur-testkit: cannot kill {} ({}): {err}",
-                    self.what,
-                    self.id()
-                );
+                eprintln!("jalur: cannot kill {} ({}): {err}", self.what, self.id());
             }
         }
         let _ = self.child.wait();
