@@ -447,6 +447,7 @@ async fn warm_up(
 /// whom to wait for.
 async fn remember_clients(proxies: ProxyRegistry, file: PathBuf) {
     let mut written: Option<Vec<String>> = None;
+    let mut warned = false;
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let ids = proxies.connected_ids();
@@ -463,9 +464,12 @@ async fn remember_clients(proxies: ProxyRegistry, file: PathBuf) {
             });
         match result {
             Ok(()) => written = Some(ids),
-            Err(e) => {
-                tracing::warn!(file = %file.display(), error = %e, "cannot record connected clients")
+            // Once: a read-only config directory would otherwise log this every second.
+            Err(e) if !warned => {
+                warned = true;
+                tracing::warn!(file = %file.display(), error = %e, "cannot record connected clients; a restart will not wait for them (set --state-dir)");
             }
+            Err(_) => {}
         }
     }
 }

@@ -19,7 +19,11 @@ fn jalur() -> Command {
 
 #[test]
 fn analyze_clean_config_exits_zero() {
-    for path in ["testdata/analyze/good", "examples/bookinfo"] {
+    for path in [
+        "testdata/analyze/good",
+        "examples/bookinfo",
+        "examples/migration",
+    ] {
         let out = jalur().args(["analyze", path]).output().expect("run");
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
