@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use super::Args;
 
 const NS: &str = "demo";
+const FRONT_ID: &str = "jalur-demo-front";
 /// The port mesh callers use for every demo service (each instance keeps its own).
 const SERVICE_PORT: u16 = 9080;
 
@@ -129,7 +130,7 @@ impl Fleet {
             for i in 1..=svc.legacy {
                 let app = SampleApp::start(svc.name, &format!("legacy-{i}"))?;
                 let id = format!("jalur-demo-{}-{i}", svc.name);
-                register(&consul_url, &id, svc.name, app.addr()).await?;
+                register(&consul_url, &id, svc.name, app.addr(), "jalur-demo").await?;
                 registered.push(id);
                 apps.push(app);
             }
@@ -193,6 +194,10 @@ impl Fleet {
             },
         )
         .await?;
+        // Legacy callers find the fronting proxy in Consul, as they found their services
+        // before (not tagged jalur-demo: the ConsulRegistry does not import it).
+        register(&consul_url, FRONT_ID, "front", front_addr, "fronting").await?;
+        registered.push(FRONT_ID.to_string());
         let mut fleet = Fleet {
             consul_url,
             _simulated: simulated,
@@ -233,7 +238,7 @@ impl Fleet {
             None => "stock Envoy not found (scripts/install-peers installs it): every sidecar is jalur proxy".into(),
         });
         lines.push(format!(
-            "fronting proxy: jalur proxy at {}",
+            "fronting proxy: jalur proxy at {}, registered in Consul as `front`: legacy callers find it there",
             self.front_addr
         ));
         lines
@@ -290,6 +295,7 @@ impl Fleet {
 
     async fn load_targets(&self) -> anyhow::Result<Vec<LoadTarget>> {
         let mut targets = Vec::new();
+        let front = passing_instance(&self.consul_url, "front").await?;
         for svc in &SERVICES {
             for (protocol, weight) in svc.calls {
                 let kind = match protocol {
@@ -303,12 +309,9 @@ impl Fleet {
                         svc.name.to_string(),
                     )
                 } else if svc.legacy > 0 {
-                    (self.front_addr, format!("{}.service.consul", svc.name))
+                    (front, format!("{}.service.consul", svc.name))
                 } else {
-                    (
-                        self.front_addr,
-                        format!("{}.{NS}.svc.cluster.local", svc.name),
-                    )
+                    (front, format!("{}.{NS}.svc.cluster.local", svc.name))
                 };
                 targets.push(LoadTarget {
                     name: format!("{} {kind}", svc.name),
@@ -446,13 +449,19 @@ fn config(consul_url: &str, hold: Duration) -> Vec<(String, String)> {
 
 /// Registers a legacy instance through the Consul agent API (the same call against the
 /// simulated registry and a real Consul), healthy without checks.
-async fn register(consul_url: &str, id: &str, name: &str, addr: SocketAddr) -> anyhow::Result<()> {
+async fn register(
+    consul_url: &str,
+    id: &str,
+    name: &str,
+    addr: SocketAddr,
+    tag: &str,
+) -> anyhow::Result<()> {
     let body = json!({
         "ID": id,
         "Name": name,
         "Address": addr.ip().to_string(),
         "Port": addr.port(),
-        "Tags": ["jalur-demo"],
+        "Tags": [tag],
         "Meta": { "protocol": "http2" },
     });
     consul_call(
