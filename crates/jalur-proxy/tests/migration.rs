@@ -530,3 +530,122 @@ async fn drill_with_a_real_prometheus_as_the_metrics_source() {
     );
     fleet.shutdown().await;
 }
+
+/// The same engine runs a version canary inside the mesh: subsets v1 -> v2 of one host, both
+/// behind jalur sidecars, judged by `destination_version` (the subset) in the front's metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_between_subsets_of_a_meshed_service() {
+    const HOST: &str = "reviews.default.svc.cluster.local";
+    let files = [
+        ("svc.yaml", format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: reviews, namespace: default}}\nspec:\n  hosts: [{HOST}]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports:\n  - {{number: 9080, name: http2, protocol: HTTP2}}\n")),
+        ("dr.yaml", format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: reviews, namespace: default}}\nspec:\n  host: {HOST}\n  subsets:\n  - {{name: v1, labels: {{version: v1}}}}\n  - {{name: v2, labels: {{version: v2}}}}\n")),
+        ("canary.yaml", "apiVersion: jalur.dev/v1alpha1\nkind: Migration\nmetadata: {name: reviews-v2, namespace: default}\nspec:\n  legacy: {host: reviews, subset: v1}\n  mesh: {host: reviews, subset: v2}\n  stages: [{weight: 20, hold: 3s}, {weight: 60, hold: 3s}, {weight: 100, hold: 2s}]\n  gates: {maxErrorRate: 0.01, minRequests: 10, window: 3s}\n".to_string()),
+    ];
+    let plane = Plane::start(&files).await;
+    let mut apps = Vec::new();
+    let mut sidecars = Vec::new();
+    for v in ["v1", "v2"] {
+        let app = SampleApp::start("reviews", v).expect("app");
+        sidecars.push(
+            Proxy::start(ProxyOptions {
+                app_port: Some(app.addr().port()),
+                ports: vec!["http2:9080".into()],
+                labels: [("version".to_string(), v.to_string())].into(),
+                ..sidecar_opts(plane.xds, "reviews", "default")
+            })
+            .await
+            .expect("sidecar"),
+        );
+        apps.push(app);
+    }
+    let (front, front_addr) = jalur_sidecar(sidecar_opts(plane.xds, "front", "default")).await;
+    assert_eventually("both versions answer", Duration::from_secs(20), || async {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            if let Ok((200, h, _)) = http_get(front_addr, HOST, "/", &[]).await {
+                if let Some(v) = h.get("x-jalur-instance").and_then(|v| v.to_str().ok()) {
+                    seen.insert(v.to_string());
+                }
+            }
+        }
+        if seen.len() == 2 {
+            Ok(())
+        } else {
+            Err(format!("{seen:?}"))
+        }
+    })
+    .await;
+    let load_start = unix_ms();
+    let target = |name: &str, protocol| LoadTarget {
+        name: name.into(),
+        addr: front_addr,
+        authority: HOST.into(),
+        protocol,
+        weight: 1,
+    };
+    let load = LoadGen::start(LoadSpec {
+        rate: 300,
+        targets: vec![
+            target("http", LoadProtocol::Http),
+            target("grpc", LoadProtocol::Grpc),
+        ],
+        timeout: Duration::from_secs(10),
+    });
+    let migrations = &plane.control().state.migrations;
+    migrations
+        .command("reviews-v2", None, Command::Start)
+        .expect("start");
+    let done = assert_eventually(
+        "the canary is promoted",
+        Duration::from_secs(60),
+        || async {
+            let s = migrations.status("reviews-v2", None).expect("status");
+            if s.phase.is_terminal() {
+                Ok(s)
+            } else {
+                Err(format!("{:?} {:?}", s.phase, s.last_gates))
+            }
+        },
+    )
+    .await;
+    let samples = load.stop().await;
+    assert_eq!(done.phase, Phase::Promoted, "history: {:#?}", done.history);
+    assert_eq!(
+        samples.iter().filter(|s| !s.ok).count(),
+        0,
+        "{:?}",
+        failures(&samples)
+    );
+    let judged = done
+        .history
+        .iter()
+        .filter_map(|t| t.gates.as_ref())
+        .next()
+        .expect("gate values recorded");
+    assert!(
+        judged.mesh.requests > 0.0 && judged.legacy.requests > 0.0,
+        "v1 and v2 measured apart by subset: {judged:?}"
+    );
+    let h = &done.history;
+    for (i, t) in h.iter().enumerate().filter(|(_, t)| t.to == Phase::Holding) {
+        let Some(next) = h[i + 1..].iter().find(|n| n.to != Phase::Holding) else {
+            continue;
+        };
+        let (total, v2) = jalur_demo::load::share(
+            &samples,
+            since_load(load_start, t.at_ms),
+            since_load(load_start, next.at_ms),
+            |s| s.instance.as_deref() == Some("v2"),
+        );
+        let observed = 100.0 * v2 as f64 / total.max(1) as f64;
+        assert!(
+            (observed - f64::from(t.weight)).abs() <= 2.0,
+            "stage {} %: v2 took {observed:.1} % of {total}",
+            t.weight
+        );
+    }
+    front.shutdown().await;
+    for s in sidecars {
+        s.shutdown().await;
+    }
+}
