@@ -36,32 +36,30 @@ pub fn apply(config: &Arc<Config>, overlay: &Overlay) -> Arc<Config> {
         let Some(paths) = Paths::of(r, m) else {
             continue;
         };
+        let gateways = gateway_set(&m.gateways, &r.meta.namespace);
         let mut claimed = false;
         for res in resources.iter_mut() {
             let ns = res.meta.namespace.clone();
             let Spec::VirtualService(vs) = &mut res.spec else {
                 continue;
             };
-            if !vs
+            let for_route = vs
                 .hosts
                 .iter()
-                .any(|h| host::qualify(h, &ns) == paths.route)
-            {
+                .any(|h| host::qualify(h, &ns) == paths.route);
+            // Only where the Migration applies: a VirtualService bound to other gateways is
+            // another route of the same host.
+            if !for_route || gateway_set(&vs.gateways, &ns).is_disjoint(&gateways) {
                 continue;
             }
             claimed = true;
             for route in vs.http.iter_mut() {
-                let on_path = route
+                let reaches_legacy = route
                     .route
                     .iter()
-                    .any(|d| paths.is_either(&d.destination, &ns));
-                if on_path {
-                    let kept = route
-                        .route
-                        .iter()
-                        .find(|d| paths.is_either(&d.destination, &ns));
-                    let port = kept.and_then(|d| d.destination.port).or(paths.port);
-                    route.route = paths.split(weight, port);
+                    .any(|d| Paths::is(&paths.legacy, &d.destination, &ns));
+                if reaches_legacy {
+                    route.route = paths.rewrite(&route.route, weight, &ns);
                 }
             }
         }
@@ -100,6 +98,56 @@ impl Paths {
         Paths::is(&self.legacy, d, ns) || Paths::is(&self.mesh, d, ns)
     }
 
+    /// A route's destinations with the share that goes to either path split `100 - w : w`
+    /// between them; other destinations keep their weights, each side keeps its own port and
+    /// headers. A side at 0 is left out.
+    fn rewrite(
+        &self,
+        dests: &[HttpRouteDestination],
+        weight: u32,
+        ns: &str,
+    ) -> Vec<HttpRouteDestination> {
+        let on_path = |d: &HttpRouteDestination| self.is_either(&d.destination, ns);
+        let total: u32 = match dests {
+            [only] if only.weight.is_none() => 100,
+            _ => dests
+                .iter()
+                .filter(|d| on_path(d))
+                .filter_map(|d| d.weight)
+                .sum(),
+        };
+        let total = if total == 0 { 100 } else { total };
+        let mesh_w = (total * weight.min(100) + 50) / 100;
+        let find = |side: &(String, Option<String>)| {
+            dests
+                .iter()
+                .find(|d| Paths::is(side, &d.destination, ns))
+                .cloned()
+        };
+        let template = |side: &(String, Option<String>)| {
+            find(side).unwrap_or_else(|| HttpRouteDestination {
+                destination: Destination {
+                    host: side.0.clone(),
+                    subset: side.1.clone(),
+                    port: self.port,
+                },
+                weight: None,
+                headers: None,
+            })
+        };
+        let mut out: Vec<HttpRouteDestination> =
+            dests.iter().filter(|d| !on_path(d)).cloned().collect();
+        for (side, w) in [(&self.legacy, total - mesh_w), (&self.mesh, mesh_w)] {
+            if w > 0 {
+                out.push(HttpRouteDestination {
+                    weight: Some(w),
+                    ..template(side)
+                });
+            }
+        }
+        out
+    }
+
     /// `legacy: 100 - w, mesh: w`; a side at 0 is left out (Envoy and gRPC clients need no
     /// cluster they would never pick).
     fn split(&self, weight: u32, port: Option<PortSelector>) -> Vec<HttpRouteDestination> {
@@ -118,6 +166,21 @@ impl Paths {
             })
             .collect()
     }
+}
+
+/// A VirtualService's gateways as a set: none means `mesh`; names are namespace-qualified.
+fn gateway_set(gateways: &[String], ns: &str) -> std::collections::BTreeSet<String> {
+    if gateways.is_empty() {
+        return ["mesh".to_string()].into();
+    }
+    gateways
+        .iter()
+        .map(|g| match g.as_str() {
+            "mesh" => g.clone(),
+            g if g.contains('/') => g.to_string(),
+            g => format!("{ns}/{g}"),
+        })
+        .collect()
 }
 
 fn generated(r: &Resource, m: &Migration, paths: &Paths, weight: u32) -> Resource {
@@ -242,10 +305,12 @@ spec:
             ]
         );
         assert!(v.http[1].retries.is_some(), "the route's retries survive");
+        // Each side keeps its own port: the legacy one as written, the mesh one the Migration's.
         assert_eq!(
-            v.http[1].route[1].destination.port,
+            v.http[1].route[0].destination.port,
             Some(PortSelector { number: 80 })
         );
+        assert_eq!(v.http[1].route[1].destination.port, None);
         assert!(out
             .virtual_services()
             .all(|(r, _)| r.meta.name != "jalur-migration-ratings"));
@@ -281,6 +346,30 @@ spec:
         assert_eq!(
             split,
             [(Some("v1".into()), Some(80)), (Some("v2".into()), Some(20))]
+        );
+    }
+
+    #[test]
+    fn other_destinations_keep_their_share_and_other_gateways_their_route() {
+        let yaml = "apiVersion: jalur.dev/v1alpha1\nkind: Migration\nmetadata: {name: pay, namespace: shop}\nspec:\n  legacy: {host: pay.service.consul}\n  mesh: {host: pay}\n  stages: [{weight: 100}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: pay, namespace: shop}\nspec:\n  hosts: [pay.service.consul]\n  http:\n  - route:\n    - {destination: {host: pay.service.consul}, weight: 80}\n    - {destination: {host: pay-v3}, weight: 20}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: pay-edge, namespace: shop}\nspec:\n  hosts: [pay.service.consul]\n  gateways: [edge]\n  http:\n  - route: [{destination: {host: pay.service.consul}}]\n";
+        let (resources, diags) = jalur_model::load::parse_str("p.yaml".as_ref(), yaml);
+        assert!(diags.is_empty(), "{diags:?}");
+        let out = apply(
+            &Arc::new(Config::new(resources)),
+            &Overlay::from([("shop/pay".to_string(), 25)]),
+        );
+        assert_eq!(
+            weights(&vs(&out, "pay").http[0]),
+            [
+                ("pay-v3".to_string(), Some(20)),
+                ("pay.service.consul".to_string(), Some(60)),
+                ("pay.shop.svc.cluster.local".to_string(), Some(20)),
+            ]
+        );
+        assert_eq!(
+            weights(&vs(&out, "pay-edge").http[0]),
+            [("pay.service.consul".to_string(), None)],
+            "the edge gateway's route is another route: untouched"
         );
     }
 }
