@@ -59,6 +59,7 @@ impl Phase {
 
 /// What the controller remembers of one migration (persisted).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Record {
     pub phase: Phase,
     /// Index into the stages, once started.
@@ -78,6 +79,7 @@ pub struct Record {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Transition {
     pub at_ms: u64,
     pub from: Phase,
@@ -91,6 +93,7 @@ pub struct Transition {
 
 /// One judgement of a stage: both paths over the same window, and the verdict.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct GateReport {
     pub at_ms: u64,
     pub window_s: f64,
@@ -104,6 +107,7 @@ pub struct GateReport {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Stats {
     pub requests: f64,
     pub errors: f64,
@@ -352,6 +356,12 @@ impl Migrations {
                     if matches!(rec.phase, Phase::Shifting | Phase::Holding | Phase::Paused) {
                         return Err(invalid("start (it is already running)"));
                     }
+                    // Restarting a finished move would put 95 % back on the legacy path.
+                    if rec.phase == Phase::Promoted {
+                        return Err(invalid(
+                            "start (it is promoted; roll it back first to move again)",
+                        ));
+                    }
                     self.shift(&key, rec, &m, 0, "started by the operator".into(), None);
                 }
                 Command::Promote => {
@@ -410,6 +420,7 @@ impl Migrations {
         let weight = m.stages.get(stage).map(|s| s.weight).unwrap_or(100);
         rec.stage = Some(stage);
         rec.weight = weight;
+        rec.last_gates = None;
         rec.shifted_at_ms = now_ms();
         rec.written_after_generation = self.inner.generation.load(Ordering::SeqCst);
         transition(key, rec, Phase::Shifting, reason, gates);
@@ -428,12 +439,14 @@ impl Migrations {
             self.shift(key, rec, m, next, reason, gates);
         } else {
             rec.weight = 100;
+            rec.last_gates = None;
             transition(key, rec, Phase::Promoted, reason, gates);
         }
     }
 
     fn roll_back(&self, key: &str, rec: &mut Record, reason: String, gates: Option<GateReport>) {
         rec.weight = 0;
+        rec.last_gates = None;
         rec.written_after_generation = self.inner.generation.load(Ordering::SeqCst);
         transition(key, rec, Phase::RolledBack, reason, gates);
     }
@@ -499,8 +512,14 @@ impl Migrations {
                 self.publish(&records);
             }
         }
-        for (key, r, m, stage, since) in judge {
-            let report = self.judge(&r, &m, since).await;
+        // Judged together: one slow metrics query never delays another migration's rollback.
+        let reports = futures::future::join_all(
+            judge
+                .iter()
+                .map(|(_, r, m, _, since)| self.judge(r, m, *since)),
+        )
+        .await;
+        for ((key, _, m, stage, _), report) in judge.into_iter().zip(reports) {
             let mut records = self.lock();
             let Some(rec) = records.get_mut(&key) else {
                 continue;
@@ -602,7 +621,13 @@ impl Migrations {
         );
         let (mesh, legacy) = match (mesh, legacy) {
             (Ok(a), Ok(b)) => (Stats::from(a), Stats::from(b)),
-            (Err(e), _) | (_, Err(e)) => {
+            // Without the legacy side only the latency comparison is lost: the mesh path's
+            // error rate is still judged (a failing mesh path must not hide behind it).
+            (Ok(a), Err(e)) => {
+                tracing::warn!(error = %e, "legacy-path metrics unavailable; judging the mesh path alone");
+                (Stats::from(a), Stats::default())
+            }
+            (Err(e), _) => {
                 return report(
                     Stats::default(),
                     Stats::default(),
@@ -619,7 +644,7 @@ impl Migrations {
 pub fn verdict(m: &Migration, mesh: &Stats, legacy: &Stats) -> Verdict {
     let gates = &m.gates;
     let min = gates.min_requests() as f64;
-    if mesh.requests < min {
+    if mesh.requests < min || mesh.requests <= 0.0 {
         return Verdict::Insufficient(format!(
             "{:.0} mesh-path requests in the window, {min:.0} needed to judge",
             mesh.requests

@@ -149,7 +149,17 @@ async fn healthy_stages_advance_to_promoted_and_every_step_is_recorded() {
         "an advance records the gate values behind it: {:?}",
         s.history[2]
     );
-    assert_eq!(s.observed_percent, Some(10.0));
+    assert_eq!(
+        s.history[2]
+            .gates
+            .as_ref()
+            .and_then(|g| g.observed_mesh_percent),
+        Some(10.0)
+    );
+    assert_eq!(
+        s.observed_percent, None,
+        "a new stage starts without an old stage's numbers"
+    );
 }
 
 #[tokio::test]
