@@ -171,11 +171,18 @@ impl ScrapeSource {
     }
 
     fn stats_now(&self, path: &PathSelector, window: Duration) -> Result<PathStats, MetricsError> {
+        // A proxy not scraped within the window (gone, replaced, or failing to answer) has no
+        // live evidence to give: its last numbers must not stand in for the present.
+        let fresh_after = Instant::now().checked_sub(window);
         let rings: Vec<Vec<Arc<Snapshot>>> = {
             let state = self.lock();
             state
                 .rings
                 .values()
+                .filter(|ring| {
+                    let newest = ring.back().map(|s| s.at);
+                    fresh_after.is_none_or(|after| newest.is_some_and(|at| at > after))
+                })
                 .map(|ring| ring.iter().cloned().collect())
                 .collect()
         };
@@ -237,7 +244,7 @@ pub(super) fn prune(
 }
 
 /// Sums, over proxies, what each counted for `path` between its newest snapshot and its
-/// newest one taken at least `window` before that (its oldest if none is that old). The
+/// oldest one taken within `window` before that. The
 /// increase is added up scrape by scrape, so a proxy restart in between loses nothing but the
 /// requests between its last scrape and the restart (as Prometheus's `increase` does).
 pub(super) fn window_stats(
@@ -250,10 +257,13 @@ pub(super) fn window_stats(
         let Some(newest) = ring.last() else {
             continue;
         };
+        // The first snapshot inside the window: the window may come out a scrape interval
+        // short, but never reaches back into what came before it (a migration's previous
+        // stage, when the window starts at the hold).
         let baseline = newest
             .at
             .checked_sub(window)
-            .and_then(|start| ring.iter().rposition(|snapshot| snapshot.at <= start))
+            .and_then(|start| ring.iter().position(|snapshot| snapshot.at >= start))
             .unwrap_or(0);
         for pair in ring[baseline..].windows(2) {
             add_increase(&mut tally, &pair[0].samples, &pair[1].samples, path);
