@@ -183,15 +183,20 @@ impl ConsulRegistries {
     }
 
     /// Every registry has answered its catalog at least once and every service it selected has
-    /// had its first health answer (or error): the instances known are what Consul says, not
-    /// an empty start.
+    /// had its first health answer: the instances known are what Consul says, not an empty
+    /// start. Errors do not count (the warm-up waits at most a few seconds for answers).
     /// `expected` is the number of ConsulRegistry resources in the config (watchers start
     /// asynchronously).
     pub fn synced(&self, expected: usize) -> bool {
         let inner = self.lock();
         inner.watchers.len() >= expected
             && inner.first_pending.is_empty()
-            && inner.watchers.keys().all(|k| inner.status.contains_key(k))
+            && inner.watchers.keys().all(|k| {
+                inner
+                    .status
+                    .get(k)
+                    .is_some_and(|st| st.last_success_unix.is_some())
+            })
     }
 
     fn first_answer(&self, registry: &str, service: &str) {
@@ -514,9 +519,7 @@ impl Watcher {
                     }
                 }
                 Err(e) => {
-                    if let Some(p) = self.parent.upgrade() {
-                        p.first_answer(&self.key, &key);
-                    }
+                    // Still pending: an error is not an answer (the warm-up's bound applies).
                     self.report(Err(e));
                     failures += 1;
                     tokio::time::sleep(backoff(failures)).await;

@@ -274,10 +274,14 @@ impl ControlPlane {
             clients_file.clone(),
             opts.registry_grace,
             kick,
-            warm_tx,
+            warm_tx.clone(),
         )));
         if let Some(file) = clients_file {
-            tasks.push(tokio::spawn(remember_clients(state.proxies.clone(), file)));
+            tasks.push(tokio::spawn(remember_clients(
+                state.proxies.clone(),
+                file,
+                warm_tx.subscribe(),
+            )));
         }
         let mut rx = shutdown_rx.clone();
         servers.push(tokio::spawn(async move {
@@ -445,7 +449,12 @@ async fn warm_up(
 
 /// Keeps `clients.json` (node ids of the connected clients) current, so the next start knows
 /// whom to wait for.
-async fn remember_clients(proxies: ProxyRegistry, file: PathBuf) {
+async fn remember_clients(proxies: ProxyRegistry, file: PathBuf, mut warm: watch::Receiver<bool>) {
+    // Not while warming up: a quick second restart must still wait for everyone the first
+    // one was waiting for.
+    if warm.wait_for(|w| *w).await.is_err() {
+        return;
+    }
     let mut written: Option<Vec<String>> = None;
     let mut warned = false;
     loop {
