@@ -17,6 +17,8 @@ pub enum ApiError {
 
 /// `GET`/`POST` `path` on the control plane at `control`; the JSON answer, or its error.
 pub async fn call(control: &str, method: http::Method, path: &str) -> Result<Value, ApiError> {
+    // Accept what `jalur control` prints (`http://host:port`) as well as `host:port`.
+    let control = control.trim_start_matches("http://").trim_end_matches('/');
     let unreachable = |cause: String| ApiError::Unreachable {
         control: control.to_string(),
         cause,
@@ -27,9 +29,9 @@ pub async fn call(control: &str, method: http::Method, path: &str) -> Result<Val
         .uri(format!("http://{control}{path}"))
         .body(Empty::new())
         .map_err(|e| unreachable(e.to_string()))?;
-    let resp = client
-        .request(req)
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(10), client.request(req))
         .await
+        .map_err(|_| unreachable("no answer within 10s".into()))?
         .map_err(|e| unreachable(e.to_string()))?;
     let status = resp.status();
     let body = resp

@@ -84,7 +84,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         for s in &statuses {
             print_new_transitions(s, &mut printed);
         }
-        if fault_at_ms.is_none() && holding_first_stage(&statuses, FAULTY) {
+        if fault_at_ms.is_none() && holding_second_stage(&statuses, FAULTY) {
             fleet.inject_fault(FAULTY, 10);
             fault_at_ms = Some(report::unix_ms());
             say!("  !! payments: its meshed instances now answer 10 % errors");
@@ -100,7 +100,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     // A little more load, all of it on the final paths.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let samples = load.stop().await;
+    // The load keeps running while the fleet stays up (the status page shows live numbers).
+    let (samples, load) = if args.exit {
+        (load.stop().await, None)
+    } else {
+        (load.samples(), Some(load))
+    };
     let statuses = fleet.statuses();
     let r = report::Report::build(&fleet, &statuses, &samples, load_start_ms, fault_at_ms);
     say!("");
@@ -112,8 +117,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         fleet.stop().await;
     } else {
         say!("");
-        say!("the fleet stays up: http://{}/api/migrations, `jalur migrate status reviews --control {}`; Ctrl-C to stop", fleet.status_addr(), fleet.status_addr());
+        say!("the fleet stays up under load: http://{}/api/migrations, `jalur migrate status reviews --control {}`; Ctrl-C to stop", fleet.status_addr(), fleet.status_addr());
         crate::control::wait_for_signal().await;
+        if let Some(load) = load {
+            load.stop().await;
+        }
         fleet.stop().await;
     }
     Ok(if ok {
@@ -123,10 +131,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn holding_first_stage(statuses: &[MigrationStatus], name: &str) -> bool {
+/// Stage 2 (25 %) holding: enough of `name`'s traffic is on the mesh path for the gate to see
+/// a 10 % fault within its window.
+fn holding_second_stage(statuses: &[MigrationStatus], name: &str) -> bool {
     statuses.iter().any(|s| {
         s.name == name
             && s.phase == Phase::Holding
+            && s.stage == Some(2)
             && s.held_s >= 1.5
             && s.last_gates.as_ref().is_some_and(|g| g.mesh.requests > 0.0)
     })

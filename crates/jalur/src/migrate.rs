@@ -108,7 +108,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-        status = call(&args.control, Method::GET, &path).await?;
+        // A control plane restarting mid-migration is expected: keep following until --timeout.
+        match call(&args.control, Method::GET, &path).await {
+            Ok(s) => status = s,
+            Err(e @ ApiError::Unreachable { .. }) => {
+                if args.output == Output::Text && !last.starts_with("waiting") {
+                    last = format!("waiting for the control plane: {e}");
+                    say!("{last}");
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
@@ -138,12 +148,12 @@ fn progress_line(s: &Value) -> String {
         stages,
         field(s, "requestedPercent"),
         pct(&s["observedPercent"]),
-        gates["mesh_error_rate"]
+        gates["meshErrorRate"]
             .as_f64()
             .map(|r| format!("{:.2} %", r * 100.0))
             .unwrap_or_else(|| "-".into()),
-        ms(&gates["mesh"]["p99_ms"]),
-        ms(&gates["legacy"]["p99_ms"]),
+        ms(&gates["mesh"]["p99Ms"]),
+        ms(&gates["legacy"]["p99Ms"]),
         match &gates["verdict"]["reason"] {
             Value::String(r) => r.clone(),
             _ => String::new(),
@@ -178,8 +188,9 @@ fn print(status: &Value, output: Output) -> anyhow::Result<()> {
             say!("Mesh path:   {}", field(status, "mesh"));
             say!("Phase:       {}", field(status, "phase"));
             say!(
-                "Stage:       {} of {}",
+                "Stage:       {} of {} ({} % mesh)",
                 field(status, "stage"),
+                status["stages"].as_array().map_or(0, Vec::len),
                 field(status, "stages")
             );
             say!(
@@ -201,10 +212,10 @@ fn print(status: &Value, output: Output) -> anyhow::Result<()> {
                     "Last window: mesh {} requests, {} errors, p99 {} ms | legacy {} requests, {} errors, p99 {} ms -> {}",
                     field(&lg["mesh"], "requests"),
                     field(&lg["mesh"], "errors"),
-                    ms(&lg["mesh"]["p99_ms"]),
+                    ms(&lg["mesh"]["p99Ms"]),
                     field(&lg["legacy"], "requests"),
                     field(&lg["legacy"], "errors"),
-                    ms(&lg["legacy"]["p99_ms"]),
+                    ms(&lg["legacy"]["p99Ms"]),
                     field(&lg["verdict"], "result"),
                 );
             }
@@ -213,7 +224,7 @@ fn print(status: &Value, output: Output) -> anyhow::Result<()> {
             for t in status["history"].as_array().into_iter().flatten() {
                 say!(
                     "  {}  {} -> {}  ({} %)  {}",
-                    t["at_ms"].as_u64().map(format_ms).unwrap_or_default(),
+                    t["atMs"].as_u64().map(format_ms).unwrap_or_default(),
                     field(t, "from"),
                     field(t, "to"),
                     field(t, "weight"),

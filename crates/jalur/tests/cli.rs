@@ -503,6 +503,10 @@ fn migrate_cli_drives_a_migration_and_reports_errors() {
     let (code, out, _) = migrate(status, &["status", "reviews", "--wait"]);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("Promoted: promoted by the operator"), "{out}");
+    // Starting a promoted migration again would put 90 % back on the legacy path: refused.
+    let (code, _, err) = migrate(status, &["start", "reviews"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("promoted"), "{err}");
 
     let (code, out, _) = migrate(status, &["rollback", "reviews", "-o", "json"]);
     assert_eq!(code, Some(0), "{out}");
