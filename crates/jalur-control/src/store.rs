@@ -15,10 +15,12 @@ use tokio::sync::watch;
 
 /// Analyzer findings that make a config unservable: clients would NACK it or route nowhere.
 /// Other findings (e.g. a host only known at runtime) are logged as warnings.
-const REJECTING: [&str; 3] = [
+const REJECTING: [&str; 4] = [
     codes::WEIGHTS_NOT_100.id,
     codes::INVALID_REGEX.id,
     codes::DUPLICATE_RESOURCE.id,
+    // A Migration the controller could not run (or that would move nothing).
+    codes::INVALID_MIGRATION.id,
 ];
 
 #[derive(Debug, Clone, Default, serde::Serialize)]

@@ -78,6 +78,7 @@ pub(super) fn check(config: &Config, r: &Resource, m: &Migration, out: &mut Vec<
             "the gate window must be longer than 0s".into(),
         );
     }
+    route_reaches_legacy(config, r, m, out);
     // One controller per route: two Migrations moving the same route would fight over its weights.
     if let Some(route) = m.route_host().map(|h| host::qualify(&h, ns)) {
         for (other, om) in config.migrations() {
@@ -139,4 +140,55 @@ fn path_check(
             format!("no DestinationRule for {h} defines subset {subset:?}"),
         );
     }
+}
+
+/// A VirtualService that claims the route where the Migration applies must send something to
+/// the legacy path: the controller only splits routes that do, so otherwise nothing would move.
+fn route_reaches_legacy(config: &Config, r: &Resource, m: &Migration, out: &mut Vec<Diagnostic>) {
+    let ns = &r.meta.namespace;
+    let (Some(route), Some(legacy)) = (m.route_host(), m.legacy.host()) else {
+        return;
+    };
+    let route = host::qualify(&route, ns);
+    let legacy = (host::qualify(&legacy, ns), m.legacy.subset.clone());
+    let wanted = gateway_set(&m.gateways, ns);
+    for (vr, vs) in config.virtual_services() {
+        let vns = &vr.meta.namespace;
+        let claims = vs.hosts.iter().any(|h| host::qualify(h, vns) == route)
+            && !gateway_set(&vs.gateways, vns).is_disjoint(&wanted);
+        if !claims {
+            continue;
+        }
+        let reaches = vs.http.iter().flat_map(|h| h.route.iter()).any(|d| {
+            host::qualify(&d.destination.host, vns) == legacy.0 && d.destination.subset == legacy.1
+        });
+        if !reaches {
+            let subset = legacy
+                .1
+                .as_deref()
+                .map(|s| format!(" subset {s}"))
+                .unwrap_or_default();
+            let msg = format!(
+                "{} claims {route} here but none of its routes goes to the legacy path ({}{subset}): the migration would move nothing",
+                vr.reference(),
+                legacy.0
+            );
+            out.push(r.diag(codes::INVALID_MIGRATION, "spec.legacy", msg));
+        }
+    }
+}
+
+/// A VirtualService's (or Migration's) gateways as a set: none means `mesh`.
+fn gateway_set(gateways: &[String], ns: &str) -> std::collections::BTreeSet<String> {
+    if gateways.is_empty() {
+        return ["mesh".to_string()].into();
+    }
+    gateways
+        .iter()
+        .map(|g| match g.as_str() {
+            "mesh" => g.clone(),
+            g if g.contains('/') => g.to_string(),
+            g => format!("{ns}/{g}"),
+        })
+        .collect()
 }

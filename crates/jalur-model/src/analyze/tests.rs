@@ -644,3 +644,15 @@ fn two_migrations_of_one_route_and_identical_paths_are_errors() {
         "{messages:?}"
     );
 }
+
+#[test]
+fn a_route_that_never_reaches_the_legacy_path_is_an_error() {
+    let yaml = format!(
+        "{CANARY}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews}}\nspec:\n  hosts: [reviews]\n  http:\n  - route: [{{destination: {{host: reviews}}}}]\n"
+    );
+    let messages: Vec<String> = diags(&yaml).iter().map(|d| d.message.clone()).collect();
+    assert!(
+        messages.iter().any(|m| m.contains("would move nothing")),
+        "{messages:?}"
+    );
+}
