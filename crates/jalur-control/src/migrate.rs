@@ -199,6 +199,23 @@ pub struct MigrationStatus {
     pub history: Vec<Transition>,
 }
 
+impl MigrationStatus {
+    /// Every stage that held, in order: its mesh weight, when its hold began and when the next
+    /// weights were written (unix ms; `None` while it still holds). The windows to compare a
+    /// client's view of the split against.
+    pub fn held_stages(&self) -> Vec<(u32, u64, Option<u64>)> {
+        let h = &self.history;
+        h.iter()
+            .enumerate()
+            .filter(|(_, t)| t.to == Phase::Holding)
+            .map(|(i, t)| {
+                let end = h[i + 1..].iter().find(|n| n.to != Phase::Holding);
+                (t.weight, t.at_ms, end.map(|n| n.at_ms))
+            })
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GateLimits {

@@ -3,6 +3,22 @@
 
 pub const CLUSTER_DOMAIN: &str = "svc.cluster.local";
 
+/// Where a VirtualService (or a Migration) applies, as a set: no gateways means `mesh`; gateway
+/// names are qualified with the namespace of the resource that wrote them.
+pub fn gateway_set(gateways: &[String], namespace: &str) -> std::collections::BTreeSet<String> {
+    if gateways.is_empty() {
+        return ["mesh".to_string()].into();
+    }
+    gateways
+        .iter()
+        .map(|g| match g.as_str() {
+            "mesh" => g.clone(),
+            g if g.contains('/') => g.to_string(),
+            g => format!("{namespace}/{g}"),
+        })
+        .collect()
+}
+
 /// Fully qualifies `host` as written in a resource of namespace `namespace`.
 pub fn qualify(host: &str, namespace: &str) -> String {
     if host.contains('.') || host == "*" {

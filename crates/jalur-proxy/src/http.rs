@@ -370,8 +370,9 @@ async fn forward(
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<(Response<Body>, Outcome), Failed> {
-    let total: u64 = fwd.targets.iter().map(|t| u64::from(t.weight)).sum();
+    // A single cluster (most routes) needs no draw and no weight sum.
     let draw = if fwd.targets.len() > 1 {
+        let total: u64 = fwd.targets.iter().map(|t| u64::from(t.weight)).sum();
         fwd.draws.next(total.max(1))
     } else {
         0

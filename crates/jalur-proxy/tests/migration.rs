@@ -227,20 +227,17 @@ fn stage_shares(
     load_start: u64,
     samples: &[Sample],
 ) -> Vec<(u32, f64, u64)> {
-    let h = &status.history;
     let mut out = Vec::new();
-    for (i, t) in h.iter().enumerate() {
-        if t.to != Phase::Holding {
-            continue;
-        }
-        let Some(next) = h[i + 1..].iter().find(|n| n.to != Phase::Holding) else {
-            continue;
-        };
-        let from = since_load(load_start, t.at_ms);
-        let to = since_load(load_start, next.at_ms);
-        let (total, mesh) = jalur_demo::load::share(samples, from, to, is_mesh);
+    for (weight, from, to) in status.held_stages() {
+        let Some(to) = to else { continue };
+        let (total, mesh) = jalur_demo::load::share(
+            samples,
+            since_load(load_start, from),
+            since_load(load_start, to),
+            is_mesh,
+        );
         if total > 0 {
-            out.push((t.weight, 100.0 * mesh as f64 / total as f64, total));
+            out.push((weight, 100.0 * mesh as f64 / total as f64, total));
         }
     }
     out
@@ -664,22 +661,18 @@ async fn canary_between_subsets_of_a_meshed_service() {
         judged.mesh.requests > 0.0 && judged.legacy.requests > 0.0,
         "v1 and v2 measured apart by subset: {judged:?}"
     );
-    let h = &done.history;
-    for (i, t) in h.iter().enumerate().filter(|(_, t)| t.to == Phase::Holding) {
-        let Some(next) = h[i + 1..].iter().find(|n| n.to != Phase::Holding) else {
-            continue;
-        };
+    for (weight, from, to) in done.held_stages() {
+        let Some(to) = to else { continue };
         let (total, v2) = jalur_demo::load::share(
             &samples,
-            since_load(load_start, t.at_ms),
-            since_load(load_start, next.at_ms),
+            since_load(load_start, from),
+            since_load(load_start, to),
             |s| s.instance.as_deref() == Some("v2"),
         );
         let observed = 100.0 * v2 as f64 / total.max(1) as f64;
         assert!(
-            (observed - f64::from(t.weight)).abs() <= 2.0,
-            "stage {} %: v2 took {observed:.1} % of {total}",
-            t.weight
+            (observed - f64::from(weight)).abs() <= 2.0,
+            "stage {weight} %: v2 took {observed:.1} % of {total}"
         );
     }
     front.shutdown().await;

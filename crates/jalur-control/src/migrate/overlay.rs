@@ -36,7 +36,7 @@ pub fn apply(config: &Arc<Config>, overlay: &Overlay) -> Arc<Config> {
         let Some(paths) = Paths::of(r, m) else {
             continue;
         };
-        let gateways = gateway_set(&m.gateways, &r.meta.namespace);
+        let gateways = host::gateway_set(&m.gateways, &r.meta.namespace);
         let mut claimed = false;
         for res in resources.iter_mut() {
             let ns = res.meta.namespace.clone();
@@ -49,7 +49,7 @@ pub fn apply(config: &Arc<Config>, overlay: &Overlay) -> Arc<Config> {
                 .any(|h| host::qualify(h, &ns) == paths.route);
             // Only where the Migration applies: a VirtualService bound to other gateways is
             // another route of the same host.
-            if !for_route || gateway_set(&vs.gateways, &ns).is_disjoint(&gateways) {
+            if !for_route || host::gateway_set(&vs.gateways, &ns).is_disjoint(&gateways) {
                 continue;
             }
             claimed = true;
@@ -166,21 +166,6 @@ impl Paths {
             })
             .collect()
     }
-}
-
-/// A VirtualService's gateways as a set: none means `mesh`; names are namespace-qualified.
-fn gateway_set(gateways: &[String], ns: &str) -> std::collections::BTreeSet<String> {
-    if gateways.is_empty() {
-        return ["mesh".to_string()].into();
-    }
-    gateways
-        .iter()
-        .map(|g| match g.as_str() {
-            "mesh" => g.clone(),
-            g if g.contains('/') => g.to_string(),
-            g => format!("{ns}/{g}"),
-        })
-        .collect()
 }
 
 fn generated(r: &Resource, m: &Migration, paths: &Paths, weight: u32) -> Resource {

@@ -151,11 +151,11 @@ fn route_reaches_legacy(config: &Config, r: &Resource, m: &Migration, out: &mut 
     };
     let route = host::qualify(&route, ns);
     let legacy = (host::qualify(&legacy, ns), m.legacy.subset.clone());
-    let wanted = gateway_set(&m.gateways, ns);
+    let wanted = host::gateway_set(&m.gateways, ns);
     for (vr, vs) in config.virtual_services() {
         let vns = &vr.meta.namespace;
         let claims = vs.hosts.iter().any(|h| host::qualify(h, vns) == route)
-            && !gateway_set(&vs.gateways, vns).is_disjoint(&wanted);
+            && !host::gateway_set(&vs.gateways, vns).is_disjoint(&wanted);
         if !claims {
             continue;
         }
@@ -176,19 +176,4 @@ fn route_reaches_legacy(config: &Config, r: &Resource, m: &Migration, out: &mut 
             out.push(r.diag(codes::INVALID_MIGRATION, "spec.legacy", msg));
         }
     }
-}
-
-/// A VirtualService's (or Migration's) gateways as a set: none means `mesh`.
-fn gateway_set(gateways: &[String], ns: &str) -> std::collections::BTreeSet<String> {
-    if gateways.is_empty() {
-        return ["mesh".to_string()].into();
-    }
-    gateways
-        .iter()
-        .map(|g| match g.as_str() {
-            "mesh" => g.clone(),
-            g if g.contains('/') => g.to_string(),
-            g => format!("{ns}/{g}"),
-        })
-        .collect()
 }

@@ -186,11 +186,13 @@ impl Fleet {
             "the fronting proxy listens",
             Duration::from_secs(20),
             || {
-                front
-                    .listeners()
-                    .into_iter()
-                    .find(|(n, _)| n == "outbound")
-                    .map(|(_, a)| a)
+                std::future::ready(
+                    front
+                        .listeners()
+                        .into_iter()
+                        .find(|(n, _)| n == "outbound")
+                        .map(|(_, a)| a),
+                )
             },
         )
         .await?;
@@ -262,7 +264,7 @@ impl Fleet {
 
     pub async fn wait_load(&self, load: &LoadGen, n: usize) -> anyhow::Result<()> {
         until("the load runs", Duration::from_secs(30), || {
-            (load.samples().len() >= n).then_some(())
+            std::future::ready((load.samples().len() >= n).then_some(()))
         })
         .await
     }
@@ -339,7 +341,7 @@ impl Fleet {
                     .filter(|(k, _)| k.contains(&format!(".{NS}.svc.cluster.local")))
                     .map(|(_, v)| v.len())
                     .sum();
-                (n >= expected).then_some(())
+                std::future::ready((n >= expected).then_some(()))
             },
         )
         .await?;
@@ -352,7 +354,7 @@ impl Fleet {
             let r = until(
                 &format!("{} answers", t.name),
                 Duration::from_secs(30),
-                || probe.samples().iter().any(|s| s.ok).then_some(()),
+                || std::future::ready(probe.samples().iter().any(|s| s.ok).then_some(())),
             )
             .await;
             probe.stop().await;
@@ -477,7 +479,7 @@ async fn register(
 
 async fn passing_instance(consul_url: &str, name: &str) -> anyhow::Result<SocketAddr> {
     let path = format!("/v1/health/service/{name}?passing=1");
-    let entries = until_async(
+    let entries = until(
         &format!("Consul lists {name}"),
         Duration::from_secs(10),
         || async {
@@ -526,41 +528,22 @@ async fn consul_call(
     Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
 }
 
-/// Polls `f` every 50 ms until it yields, or fails naming `what` after `within`.
-pub async fn until<T>(
+/// Polls `f` (backing off, see `jalur_demo::eventually`) until it yields, or fails naming
+/// `what` after `within`.
+pub async fn until<T, Fut>(
     what: &str,
     within: Duration,
-    mut f: impl FnMut() -> Option<T>,
-) -> anyhow::Result<T> {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Some(v) = f() {
-            return Ok(v);
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {within:?} waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn until_async<T, F: std::future::Future<Output = Option<T>>>(
-    what: &str,
-    within: Duration,
-    mut f: impl FnMut() -> F,
-) -> anyhow::Result<T> {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Some(v) = f().await {
-            return Ok(v);
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {within:?} waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    mut f: impl FnMut() -> Fut,
+) -> anyhow::Result<T>
+where
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    jalur_demo::eventually::eventually(within, || {
+        let attempt = f();
+        async move { attempt.await.ok_or_else(|| "not yet".to_string()) }
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("timed out after {within:?} waiting until {what} ({e})"))
 }
 
 /// Instances per (service, path) for the report.

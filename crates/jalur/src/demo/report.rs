@@ -63,26 +63,14 @@ impl Report {
                 mine.len()
             ));
             let mut shares = Vec::new();
-            for (k, t) in s.history.iter().enumerate() {
-                if t.to != Phase::Holding {
-                    continue;
-                }
-                let end = s.history[k + 1..]
-                    .iter()
-                    .find(|n| n.to != Phase::Holding)
-                    .map_or(u64::MAX, |n| n.at_ms);
-                let to = if end == u64::MAX {
-                    Duration::MAX
-                } else {
-                    since(end)
-                };
-                let (total, mesh) = share(&mine, since(t.at_ms), to, |x| {
+            for (weight, from, to) in s.held_stages() {
+                let to = to.map_or(Duration::MAX, since);
+                let (total, mesh) = share(&mine, since(from), to, |x| {
                     is_mesh_instance(x.instance.as_deref())
                 });
                 if total > 0 {
                     shares.push(format!(
-                        "{} % → {:.1} % ({total} req)",
-                        t.weight,
+                        "{weight} % → {:.1} % ({total} req)",
                         100.0 * mesh as f64 / total as f64
                     ));
                 }
