@@ -18,11 +18,9 @@ use crate::routing::{pick_weighted, RequestView};
 use crate::runtime::{ClusterRuntime, Compiled, ListenerCtx, Runtime};
 use crate::upstream::{Body, BoxError};
 
-/// Bodies up to this size are buffered so the request can be retried; larger or streaming
-/// bodies (gRPC streams) are forwarded as they come, without retries.
-const MAX_RETRY_BODY: u64 = 64 * 1024;
-
+mod body;
 mod record;
+use body::ReqBody;
 use record::{AccessEntry, Record, Recorded};
 
 pub fn full(body: impl Into<Bytes>) -> Body {
@@ -326,43 +324,6 @@ pub fn apply_ops(headers: &mut http::HeaderMap, ops: &HeaderOps) {
     }
 }
 
-/// The request's body, either held (so it can be sent again) or streaming (sent once).
-enum ReqBody {
-    Held(Bytes),
-    Streaming(Option<Incoming>),
-}
-
-async fn take_body(
-    body: Incoming,
-    parts: &http::request::Parts,
-    retry: bool,
-) -> Result<ReqBody, ProxyError> {
-    let len = parts
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let chunked = parts.headers.contains_key(TRANSFER_ENCODING)
-        || parts.version == Version::HTTP_2 && len.is_none();
-    let bodyless = len == Some(0) || (len.is_none() && !chunked);
-    if bodyless {
-        return Ok(ReqBody::Held(Bytes::new()));
-    }
-    if retry && len.is_some_and(|l| l <= MAX_RETRY_BODY) {
-        let bytes = body
-            .collect()
-            .await
-            .map_err(|e| {
-                ProxyError::new(
-                    Flag::DownstreamDisconnect,
-                    format!("reading the request body: {e}"),
-                )
-            })?
-            .to_bytes();
-        return Ok(ReqBody::Held(bytes));
-    }
-    Ok(ReqBody::Streaming(Some(body)))
-}
-
 async fn forward(
     compiled: &Compiled,
     route: &Route,
@@ -413,7 +374,9 @@ async fn forward(
     apply_ops(&mut parts.headers, &route.request_headers);
     apply_ops(&mut parts.headers, &target.request_headers);
     strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
-    let mut body = take_body(body, &parts, fwd.retry.is_some() && upgrade.is_none())
+    // This hop answered `Expect: 100-continue` (hyper sends the 100 when the body is read).
+    parts.headers.remove(http::header::EXPECT);
+    let mut body = ReqBody::take(body, fwd.retry.is_some() && upgrade.is_none())
         .await
         .map_err(fail)?;
     mirror(compiled, fwd, &parts, &body);
@@ -431,8 +394,8 @@ async fn forward(
             tried.push(host.addr);
             let result = send_once(&cluster, &host, &parts, &mut body, fwd.retry.as_ref()).await;
             cluster.report(&host, &result);
-            let retry_allowed = matches!(body, ReqBody::Held(_))
-                && fwd.retry.as_ref().is_some_and(|p| attempt < p.num_retries);
+            let retry_allowed =
+                body.is_held() && fwd.retry.as_ref().is_some_and(|p| attempt < p.num_retries);
             match result {
                 Ok(resp) if !(retry_allowed && retriable_response(fwd.retry.as_ref(), &resp)) => {
                     return Ok(resp)
@@ -495,7 +458,9 @@ async fn forward(
 /// Shadow traffic: a copy of the request to each mirror cluster (sampled), fire and forget, with
 /// `-shadow` appended to the authority as Envoy does. Only requests whose body is held.
 fn mirror(compiled: &Compiled, fwd: &Forward, parts: &http::request::Parts, body: &ReqBody) {
-    let ReqBody::Held(bytes) = body else { return };
+    if !body.is_held() {
+        return;
+    }
     for m in &fwd.mirrors {
         if !chance(m.ppm) {
             continue;
@@ -516,7 +481,7 @@ fn mirror(compiled: &Compiled, fwd: &Forward, parts: &http::request::Parts, body
                 shadow.headers.insert(HOST, v);
             }
         }
-        let mut held = ReqBody::Held(bytes.clone());
+        let Some(mut held) = body.held() else { return };
         tokio::spawn(async move {
             let _ = send_once(&cluster, &host, &shadow, &mut held, None).await;
         });
@@ -541,24 +506,16 @@ async fn send_once(
             format!("bad upstream uri: {e}"),
         )
     })?;
+    let downstream_h2 =
+        parts.version == Version::HTTP_2 && !parts.headers.contains_key(http::header::UPGRADE);
     let mut builder = Request::builder().method(parts.method.clone()).uri(uri);
     if let Some(h) = builder.headers_mut() {
         *h = parts.headers.clone();
+        if !cluster.upstream.is_h2(downstream_h2) {
+            body.upstream_framing(h);
+        }
     }
-    let downstream_h2 =
-        parts.version == Version::HTTP_2 && !parts.headers.contains_key(http::header::UPGRADE);
-    let req_body = match body {
-        ReqBody::Held(b) => full(b.clone()),
-        ReqBody::Streaming(b) => match b.take() {
-            Some(incoming) => incoming.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
-            None => {
-                return Err(ProxyError::new(
-                    Flag::UpstreamReset,
-                    "streaming body already sent",
-                ))
-            }
-        },
-    };
+    let req_body = body.attempt()?;
     let request = builder.body(req_body).map_err(|e| {
         ProxyError::new(
             Flag::UpstreamReset,
@@ -664,15 +621,20 @@ fn set_path(parts: &mut http::request::Parts, path: &str) {
     }
 }
 
-const HOP_BY_HOP: [&str; 7] = [
+/// Hop-by-hop headers (RFC 9110 §7.6.1), and `proxy-connection`. `Trailer` is end to end: it
+/// names the trailers that follow a chunked body.
+const HOP_BY_HOP: [&str; 6] = [
     "connection",
     "keep-alive",
     "proxy-connection",
     "transfer-encoding",
     "upgrade",
     "te",
-    "trailer",
 ];
+
+/// Headers a `Connection` option may not remove: they frame or route the message, which this
+/// hop decides itself (a request naming them is not trusted to unframe itself).
+const NOT_NOMINATED: [&str; 3] = ["host", "content-length", "te"];
 
 fn strip_hop_by_hop(h: &mut http::HeaderMap, upgrading: bool) {
     // `te: trailers` must survive for gRPC; `connection: upgrade` + `upgrade` for an upgrade.
@@ -687,6 +649,17 @@ fn strip_hop_by_hop(h: &mut http::HeaderMap, upgrading: bool) {
     } else {
         Vec::new()
     };
+    let nominated: Vec<HeaderName> = h
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !NOT_NOMINATED.contains(&n.as_str()))
+        .collect();
+    for name in nominated {
+        h.remove(name);
+    }
     for name in HOP_BY_HOP {
         h.remove(name);
     }

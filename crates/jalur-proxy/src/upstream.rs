@@ -52,11 +52,19 @@ impl Upstream {
 
     /// The client for a request that arrived over HTTP/2 (`downstream_h2`) or HTTP/1.
     pub fn client(&self, downstream_h2: bool) -> &Client<HttpConnector, Body> {
+        if self.is_h2(downstream_h2) {
+            &self.h2
+        } else {
+            &self.h1
+        }
+    }
+
+    /// Whether such a request goes upstream over HTTP/2.
+    pub fn is_h2(&self, downstream_h2: bool) -> bool {
         match self.protocol {
-            UpstreamProtocol::Http2 => &self.h2,
-            UpstreamProtocol::Http1 => &self.h1,
-            UpstreamProtocol::Downstream if downstream_h2 => &self.h2,
-            UpstreamProtocol::Downstream => &self.h1,
+            UpstreamProtocol::Http2 => true,
+            UpstreamProtocol::Http1 => false,
+            UpstreamProtocol::Downstream => downstream_h2,
         }
     }
 }

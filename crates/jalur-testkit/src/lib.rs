@@ -36,6 +36,7 @@ pub mod grpc;
 pub mod peers;
 pub use jalur_demo::process;
 pub mod prometheus;
+pub mod wire;
 pub mod yaml;
 
 pub use client::{http2_get, http_get};
