@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, HOST, LOCATION, TRANSFER_ENCODING};
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, HOST, LOCATION};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
@@ -48,9 +48,6 @@ pub async fn handle(
     peer: SocketAddr,
 ) -> Response<Body> {
     let started = Instant::now();
-    if let Some(reason) = framing_conflict(req.headers()) {
-        return reject_framing(&rt, reason);
-    }
     let compiled = rt.compiled();
     let protocol = protocol_label(&req);
     let (method, path, authority_of) = if rt.access_log {
@@ -104,30 +101,27 @@ pub async fn handle(
     Response::from_parts(parts, recorded.boxed_unsync())
 }
 
-/// Request smuggling guard: a request whose length two headers disagree on is answered 400,
-/// counted, and its connection closed; it is never forwarded.
-pub fn reject_framing(rt: &Runtime, reason: &'static str) -> Response<Body> {
-    rt.metrics
-        .downstream_rejected
-        .get_or_create(&crate::metrics::ReasonLabels { reason })
-        .inc();
-    let e = ProxyError::new(Flag::DownstreamProtocolError, format!("rejected: {reason}"));
+/// A request the framing guard refused (`crate::framing`): answered with the refusal's status,
+/// counted by reason, and its connection closed; it was never forwarded.
+pub fn reject_framing(rt: &Runtime, r: crate::framing::Rejection) -> Response<Body> {
+    count_rejection(rt, r.reason);
+    let e = ProxyError::new(
+        Flag::DownstreamProtocolError,
+        format!("rejected: {}", r.reason),
+    )
+    .with_status(r.status);
     let mut resp = local_reply(&e);
     resp.headers_mut()
         .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     resp
 }
 
-/// Both Content-Length and Transfer-Encoding, or several differing Content-Lengths.
-fn framing_conflict(h: &http::HeaderMap) -> Option<&'static str> {
-    let lengths: Vec<&HeaderValue> = h.get_all(CONTENT_LENGTH).iter().collect();
-    if !lengths.is_empty() && h.contains_key(TRANSFER_ENCODING) {
-        return Some("content_length_and_transfer_encoding");
-    }
-    if lengths.windows(2).any(|w| w[0] != w[1]) {
-        return Some("conflicting_content_length");
-    }
-    None
+/// Counts a downstream request refused before routing, by reason.
+pub fn count_rejection(rt: &Runtime, reason: &'static str) {
+    rt.metrics
+        .downstream_rejected
+        .get_or_create(&crate::metrics::ReasonLabels { reason })
+        .inc();
 }
 
 fn protocol_label<B>(req: &Request<B>) -> &'static str {

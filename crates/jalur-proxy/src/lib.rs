@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod config;
 pub mod error;
+pub mod framing;
 pub mod http;
 pub mod lb;
 pub mod listener;
@@ -15,7 +16,6 @@ pub mod resilience;
 pub mod routing;
 pub mod run;
 pub mod runtime;
-pub mod sniff;
 pub mod tcp;
 pub mod upstream;
 pub mod xds;

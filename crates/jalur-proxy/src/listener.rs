@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{Listener, ListenerKind, Snapshot};
+use crate::framing::Verdict;
 use crate::runtime::{ListenerCtx, Runtime};
 
 /// Downstream header limit: larger request heads get 431 and are never forwarded.
@@ -233,19 +234,31 @@ async fn serve_http<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let counted = rt.clone();
-    let (stream, verdicts) = crate::sniff::Sniff::new(io);
+    let (stream, verdicts) = crate::framing::Guard::new(io);
+    let judged = verdicts.clone();
     let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let rt = rt.clone();
         let ln = ctx.load_full();
-        let conflicted = req.version() < http::Version::HTTP_2 && verdicts.next_conflicted();
+        let verdict = if req.version() < http::Version::HTTP_2 {
+            judged.next()
+        } else {
+            Verdict::Pass { upgrade: false }
+        };
+        let judged = judged.clone();
         async move {
-            if conflicted {
-                return Ok(crate::http::reject_framing(
-                    &rt,
-                    "content_length_and_transfer_encoding",
-                ));
-            }
-            Ok::<_, std::convert::Infallible>(crate::http::handle(rt, ln, req, peer).await)
+            let resp = match verdict {
+                Verdict::Reject(r) => crate::http::reject_framing(&rt, r),
+                Verdict::Pass { upgrade } => {
+                    let resp = crate::http::handle(rt, ln, req, peer).await;
+                    if upgrade {
+                        judged.upgrade_outcome(
+                            resp.status() == http::StatusCode::SWITCHING_PROTOCOLS,
+                        );
+                    }
+                    resp
+                }
+            };
+            Ok::<_, std::convert::Infallible>(resp)
         }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -257,7 +270,9 @@ async fn serve_http<I>(
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => {
-            if let Err(e) = r {
+            if let Some(r) = verdicts.aborted() {
+                crate::http::count_rejection(&counted, r.reason);
+            } else if let Err(e) = r {
                 count_rejection(&counted, e.as_ref());
             }
         }
@@ -285,8 +300,5 @@ fn count_rejection(rt: &Runtime, e: &(dyn std::error::Error + 'static)) {
         return;
     };
     tracing::debug!(reason, error = %he, "downstream request rejected");
-    rt.metrics
-        .downstream_rejected
-        .get_or_create(&crate::metrics::ReasonLabels { reason })
-        .inc();
+    crate::http::count_rejection(rt, reason);
 }

@@ -599,11 +599,11 @@ mod tests {
     #[test]
     fn chunked_bodies_decode_with_trailers() {
         let wire = b"5;ext=1\r\nhello\r\n0\r\nx-sum: 7\r\n\r\nNEXT";
-        let (used, body, trailers) = decode_chunked(wire).unwrap().unwrap();
+        let (used, body, trailers) = decode_chunked(wire).expect("valid").expect("complete");
         assert_eq!(&wire[used..], b"NEXT");
         assert_eq!(body, b"hello");
         assert_eq!(trailers, vec![("x-sum".to_string(), "7".to_string())]);
-        assert!(decode_chunked(b"5\r\nhel").unwrap().is_none());
+        assert!(decode_chunked(b"5\r\nhel").expect("valid so far").is_none());
         assert!(decode_chunked(b"zz\r\n").is_err());
     }
 

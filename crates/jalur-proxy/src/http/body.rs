@@ -204,7 +204,12 @@ mod tests {
             trailers: Some(trailers),
         };
         for _ in 0..2 {
-            let collected = held.attempt().unwrap().collect().await.unwrap();
+            let collected = held
+                .attempt()
+                .expect("held")
+                .collect()
+                .await
+                .expect("replayed");
             assert_eq!(collected.trailers().map(|t| t.len()), Some(1));
             assert_eq!(collected.to_bytes(), "hello");
         }
@@ -216,7 +221,7 @@ mod tests {
             data: Bytes::new(),
             trailers: None,
         };
-        let body = held.attempt().unwrap();
+        let body = held.attempt().expect("held");
         assert!(
             !body.is_end_stream(),
             "a 0-byte chunked body is not the same as no body"
