@@ -17,8 +17,10 @@ pub enum Flag {
     NoHealthyUpstream,
     /// Upstream connection failure.
     UpstreamConnectFailure,
-    /// Upstream reset after connecting (or a protocol error mid-response).
+    /// Upstream reset after connecting.
     UpstreamReset,
+    /// The upstream's response was malformed or ambiguously framed.
+    UpstreamProtocolError,
     /// Upstream retry limit exceeded (the last attempt's failure is returned).
     UpstreamRetryLimit,
     /// Circuit breaker overflow.
@@ -43,6 +45,7 @@ impl Flag {
             Flag::NoHealthyUpstream => "UH",
             Flag::UpstreamConnectFailure => "UF",
             Flag::UpstreamReset => "UR",
+            Flag::UpstreamProtocolError => "UPE",
             Flag::UpstreamRetryLimit => "URX",
             Flag::UpstreamOverflow => "UO",
             Flag::UpstreamTimeout => "UT",
@@ -82,6 +85,7 @@ impl ProxyError {
                 (Source::Upstream, StatusCode::SERVICE_UNAVAILABLE, true)
             }
             Flag::UpstreamReset => (Source::Upstream, StatusCode::SERVICE_UNAVAILABLE, true),
+            Flag::UpstreamProtocolError => (Source::Upstream, StatusCode::BAD_GATEWAY, true),
             Flag::UpstreamRetryLimit => (Source::Upstream, StatusCode::SERVICE_UNAVAILABLE, false),
             Flag::UpstreamOverflow => (Source::Upstream, StatusCode::SERVICE_UNAVAILABLE, false),
             Flag::UpstreamTimeout => (Source::Upstream, StatusCode::GATEWAY_TIMEOUT, true),

@@ -16,7 +16,7 @@ use crate::config::{Action, Forward, HeaderOps, Redirect, RetryPolicy, Route};
 use crate::error::{Flag, ProxyError};
 use crate::routing::{pick_weighted, RequestView};
 use crate::runtime::{ClusterRuntime, Compiled, ListenerCtx, Runtime};
-use crate::upstream::{Body, BoxError};
+use crate::upstream::Body;
 
 mod body;
 mod record;
@@ -528,16 +528,27 @@ async fn send_once(
         None => send.await,
     };
     match response {
-        Ok(resp) => Ok(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync())),
+        Ok(resp) => body::settle_response(resp, host.addr).await,
         Err(e) if e.is_connect() => Err(ProxyError::new(
             Flag::UpstreamConnectFailure,
             format!("upstream connect error to {}: {e}", host.addr),
+        )),
+        Err(e) if is_parse_error(&e) => Err(ProxyError::new(
+            Flag::UpstreamProtocolError,
+            format!("malformed response from {}: {e}", host.addr),
         )),
         Err(e) => Err(ProxyError::new(
             Flag::UpstreamReset,
             format!("upstream reset by {}: {e}", host.addr),
         )),
     }
+}
+
+/// hyper could not parse the upstream's response head (e.g. two different Content-Lengths).
+fn is_parse_error(e: &hyper_util::client::legacy::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<hyper::Error>())
+        .is_some_and(hyper::Error::is_parse)
 }
 
 fn retriable_response(policy: Option<&RetryPolicy>, resp: &Response<Body>) -> bool {
@@ -563,7 +574,9 @@ fn retriable_error(policy: Option<&RetryPolicy>, e: &ProxyError) -> bool {
         Flag::UpstreamConnectFailure => {
             p.on.connect_failure || p.on.server_error || p.on.gateway_error
         }
-        Flag::UpstreamReset => p.on.reset || p.on.server_error || p.on.gateway_error,
+        Flag::UpstreamReset | Flag::UpstreamProtocolError => {
+            p.on.reset || p.on.server_error || p.on.gateway_error
+        }
         Flag::UpstreamTimeout => p.on.server_error || p.on.gateway_error,
         _ => false,
     }

@@ -43,6 +43,8 @@ pub struct Recorded {
     pub framing: Framing,
     pub body: Vec<u8>,
     pub trailers: Vec<(String, String)>,
+    /// The connection it came on (numbered in accept order).
+    pub conn: u64,
 }
 
 impl Recorded {
@@ -62,8 +64,9 @@ impl Recorded {
 
 #[derive(Default)]
 struct Log {
-    /// Every byte received, one entry per connection, in accept order.
-    raw: Vec<Vec<u8>>,
+    /// Every byte received since the last clear, by connection.
+    raw: std::collections::BTreeMap<u64, Vec<u8>>,
+    connections: u64,
     requests: Vec<Recorded>,
     errors: Vec<String>,
     /// Raw responses to send next (HTTP/1 recorder), one per request; then the default.
@@ -129,8 +132,8 @@ impl Recorder {
         self.log().requests.clone()
     }
 
-    /// Every byte received, one entry per connection.
-    pub fn raw(&self) -> Vec<Vec<u8>> {
+    /// Every byte received since the last clear, by connection (numbered in accept order).
+    pub fn raw(&self) -> std::collections::BTreeMap<u64, Vec<u8>> {
         self.log().raw.clone()
     }
 
@@ -148,6 +151,7 @@ impl Recorder {
     }
 
     /// Answers the next requests with these raw responses, one each, in order (HTTP/1 only).
+    /// One containing `connection: close` closes the connection after it is written.
     pub fn script(&self, responses: impl IntoIterator<Item = Vec<u8>>) {
         self.log().script.extend(responses);
     }
@@ -167,8 +171,8 @@ fn lock(log: &Mutex<Log>) -> MutexGuard<'_, Log> {
 async fn serve_h1(mut stream: TcpStream, log: Arc<Mutex<Log>>) {
     let conn = {
         let mut l = lock(&log);
-        l.raw.push(Vec::new());
-        l.raw.len() - 1
+        l.connections += 1;
+        l.connections
     };
     let mut buf: Vec<u8> = Vec::new();
     loop {
@@ -190,7 +194,11 @@ async fn serve_h1(mut stream: TcpStream, log: Arc<Mutex<Log>>) {
             l.script.pop_front()
         };
         let response = response.unwrap_or_else(|| OK_RESPONSE.to_vec());
-        if stream.write_all(&response).await.is_err() || close {
+        // A scripted answer saying `connection: close` is followed by the close.
+        let answer_closes = String::from_utf8_lossy(&response)
+            .to_ascii_lowercase()
+            .contains("connection: close");
+        if stream.write_all(&response).await.is_err() || close || answer_closes {
             return;
         }
     }
@@ -201,7 +209,7 @@ async fn fill(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
     log: &Mutex<Log>,
-    conn: usize,
+    conn: u64,
 ) -> Result<bool, String> {
     let mut chunk = [0u8; 16 * 1024];
     let n = stream
@@ -209,9 +217,11 @@ async fn fill(
         .await
         .map_err(|e| format!("read: {e}"))?;
     buf.extend_from_slice(&chunk[..n]);
-    if let Some(raw) = lock(log).raw.get_mut(conn) {
-        raw.extend_from_slice(&chunk[..n]);
-    }
+    lock(log)
+        .raw
+        .entry(conn)
+        .or_default()
+        .extend_from_slice(&chunk[..n]);
     Ok(n > 0)
 }
 
@@ -219,7 +229,7 @@ async fn read_request(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
     log: &Mutex<Log>,
-    conn: usize,
+    conn: u64,
 ) -> Result<Option<Recorded>, String> {
     let (head_len, mut request) = loop {
         if let Some(parsed) = parse_head(buf)? {
@@ -234,6 +244,7 @@ async fn read_request(
         }
     };
     buf.drain(..head_len);
+    request.conn = conn;
     let te = request.header_all("transfer-encoding");
     let cl = request.header_all("content-length");
     request.framing = match (te.as_slice(), cl.as_slice()) {
@@ -298,6 +309,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<(usize, Recorded)>, String> {
         framing: Framing::None,
         body: Vec::new(),
         trailers: Vec::new(),
+        conn: 0,
     };
     Ok(Some((len, recorded)))
 }
@@ -408,6 +420,7 @@ async fn serve_h2(stream: TcpStream, log: Arc<Mutex<Log>>) {
                     framing,
                     body: data,
                     trailers,
+                    conn: 0,
                 }),
             }
             Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
@@ -473,10 +486,15 @@ pub async fn exchange(addr: SocketAddr, bytes: &[u8], expect: usize) -> Exchange
     let mut stream = TcpStream::connect(addr)
         .await
         .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    send_and_read(&mut stream, bytes, expect).await
+}
+
+/// [`exchange`] on a connection already open (the second request of a keep-alive one).
+pub async fn send_and_read(stream: &mut TcpStream, bytes: &[u8], expect: usize) -> Exchange {
     // A peer may answer and close before it read everything: a failed write is part of the
     // answer, not a test failure.
     let _ = stream.write_all(bytes).await;
-    read_responses(&mut stream, expect).await
+    read_responses(stream, expect).await
 }
 
 /// Sends a head with `Expect: 100-continue`, waits for the interim `100` (or a final answer),

@@ -14,6 +14,10 @@ use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use crate::error::{Flag, ProxyError};
 use crate::upstream::{Body, BoxError};
 
+/// Responses declaring at most this many bytes are read whole before their head goes back, so
+/// one that ends short is a clean 502 (and may be retried) rather than a truncated answer.
+pub const MAX_HELD_RESPONSE: u64 = 64 * 1024;
+
 /// Bodies up to this size are held so the request can be retried; larger or streaming
 /// bodies (gRPC streams) are forwarded as they come, without retries.
 pub const MAX_RETRY_BODY: u64 = 64 * 1024;
@@ -114,6 +118,44 @@ impl ReqBody {
             );
         }
     }
+}
+
+/// An upstream response made ready to go back: refused when its framing is ambiguous (both
+/// Content-Length and Transfer-Encoding, or several Content-Lengths — hyper lets
+/// Transfer-Encoding win; the connection is dropped with the response); read whole when it
+/// declares a small length, so a short body is caught here.
+pub async fn settle_response(
+    resp: http::Response<Incoming>,
+    upstream: std::net::SocketAddr,
+) -> Result<http::Response<Body>, ProxyError> {
+    let headers = resp.headers();
+    let lengths = headers.get_all(http::header::CONTENT_LENGTH).iter().count();
+    if lengths > 1 || lengths == 1 && headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return Err(ProxyError::new(
+            Flag::UpstreamProtocolError,
+            format!("ambiguous framing in the response from {upstream}: {lengths} Content-Length and Transfer-Encoding {:?}", headers.get(http::header::TRANSFER_ENCODING)),
+        ));
+    }
+    let small = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .is_some_and(|n| n <= MAX_HELD_RESPONSE);
+    if !small || resp.body().is_end_stream() {
+        return Ok(resp.map(boxed));
+    }
+    let (parts, body) = resp.into_parts();
+    let collected = body.collect().await.map_err(|e| {
+        ProxyError::new(
+            Flag::UpstreamProtocolError,
+            format!("the response from {upstream} ended before its Content-Length: {e}"),
+        )
+    })?;
+    let trailers = collected.trailers().cloned();
+    let replay = Replay {
+        data: Some(collected.to_bytes()).filter(|d| !d.is_empty()),
+        trailers,
+    };
+    Ok(http::Response::from_parts(parts, replay.boxed_unsync()))
 }
 
 fn boxed(body: Incoming) -> Body {
