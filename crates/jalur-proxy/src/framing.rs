@@ -20,6 +20,8 @@ use std::task::{Context, Poll, Waker};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+#[doc(hidden)]
+pub mod fuzz;
 pub mod parse;
 
 pub use parse::{Event, Framer, Rejection};
