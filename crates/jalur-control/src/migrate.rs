@@ -12,9 +12,16 @@
 //! each started migration's route split `legacy: 100 - w, mesh: w`, rebuilt and pushed like any
 //! other change. Its state lives beside the config (`<config dir>/.jalur/migrations.json`), so a
 //! restarted control plane serves the same weights from its first push and resumes the stage.
+//!
+//! Holds, push-confirm timeouts and gate windows are measured on tokio's monotonic clock (a
+//! wall-clock jump cannot advance a stage; tests run them on paused time); unix time appears
+//! only in what is persisted and shown. Stage numbers count from 1 everywhere.
 
+mod gate;
 pub mod metrics;
 pub mod overlay;
+mod record;
+mod state;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -22,116 +29,28 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use jalur_model::jalur::{FailureAction, Migration};
+use jalur_model::jalur::{FailureAction, Migration, MigrationStage};
 use jalur_model::Resource;
 use jalur_xds::AdsServer;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::store::ConfigStore;
 use metrics::{MetricsSource, PathSelector, PathStats};
+pub use gate::{verdict, GateReport, Stats, Verdict, P99_MIN_REQUESTS};
 pub use overlay::{apply, Overlay, Paths};
+use record::{transition, StageClock};
+pub use record::{Phase, Record, Transition};
 
 /// How long a stage waits for every connected proxy to take its weights before holding anyway.
 const PUSH_CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
-const HISTORY_LIMIT: usize = 200;
-/// Below this many requests in a window, a p99 is just the slowest request: not judged.
-pub const P99_MIN_REQUESTS: f64 = 100.0;
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Phase {
-    #[default]
-    Pending,
-    /// Weights of the stage written; waiting for the proxies to take them.
-    Shifting,
-    /// The stage holds while its gates are judged.
-    Holding,
-    Paused,
-    Promoted,
-    RolledBack,
-}
-
-impl Phase {
-    pub fn is_terminal(self) -> bool {
-        matches!(self, Phase::Promoted | Phase::RolledBack)
-    }
-}
-
-/// What the controller remembers of one migration (persisted).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Record {
-    pub phase: Phase,
-    /// Index into the stages, once started.
-    pub stage: Option<usize>,
-    /// Mesh-path percent currently written.
-    pub weight: u32,
-    /// When the current stage's weights were written / its hold began (unix ms).
-    pub shifted_at_ms: u64,
-    pub holding_since_ms: u64,
-    pub history: Vec<Transition>,
-    #[serde(default)]
-    pub last_gates: Option<GateReport>,
-    /// Generation current when the weights were written: the push is confirmed once every
-    /// client is past it. Not persisted: generations restart with the process.
-    #[serde(skip)]
-    written_after_generation: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Transition {
-    pub at_ms: u64,
-    pub from: Phase,
-    pub to: Phase,
-    pub stage: Option<usize>,
-    pub weight: u32,
-    pub reason: String,
-    #[serde(default)]
-    pub gates: Option<GateReport>,
-}
-
-/// One judgement of a stage: both paths over the same window, and the verdict.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct GateReport {
-    pub at_ms: u64,
-    pub window_s: f64,
-    pub mesh: Stats,
-    pub legacy: Stats,
-    pub mesh_error_rate: Option<f64>,
-    pub p99_ratio: Option<f64>,
-    /// Percent of the route's requests that took the mesh path in the window.
-    pub observed_mesh_percent: Option<f64>,
-    pub verdict: Verdict,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Stats {
-    pub requests: f64,
-    pub errors: f64,
-    pub p99_ms: Option<f64>,
-}
-
-impl From<PathStats> for Stats {
-    fn from(s: PathStats) -> Stats {
-        Stats {
-            requests: s.requests,
-            errors: s.errors,
-            p99_ms: s.p99_ms,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "result", content = "reason", rename_all = "camelCase")]
-pub enum Verdict {
-    Pass,
-    /// Too few requests (or no metrics) to judge: the stage keeps holding.
-    Insufficient(String),
-    Fail(String),
-}
+/// A stage is judged once it has held this long: its window is then the time held (up to the
+/// gates' window), so it never reaches back into the previous stage's traffic.
+const MIN_JUDGED_HOLD: Duration = Duration::from_secs(1);
+/// While a stage holds, its held time is saved this often, so a restarted controller resumes
+/// the hold about where it was (measured on the monotonic clock, never the wall clock).
+const HELD_SAVE_EVERY: Duration = Duration::from_secs(5);
 
 /// An operator's command (`jalur migrate ...`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,7 +102,7 @@ pub struct MigrationStatus {
     pub legacy: String,
     pub mesh: String,
     pub phase: Phase,
-    /// 1-based stage number, once started.
+    /// The stage number (from 1), once started.
     pub stage: Option<usize>,
     pub stages: Vec<u32>,
     /// Mesh-path percent written into the route.
@@ -239,7 +158,26 @@ struct Inner {
     source: Arc<dyn MetricsSource>,
     store: ConfigStore,
     generation: Arc<AtomicU64>,
-    ads: Mutex<Option<AdsServer>>,
+    clients: Mutex<Option<Clients>>,
+}
+
+/// Each connected xDS client's generation and whether it ACKed everything sent: all a stage
+/// needs to know that its weights reached the proxies (the ADS server's sync registry).
+type Clients = Arc<dyn Fn() -> Vec<ClientProgress> + Send + Sync>;
+
+#[derive(Debug, Clone, Copy)]
+struct ClientProgress {
+    generation: u64,
+    in_sync: bool,
+}
+
+/// Whether a stage's weights reached the proxies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Push {
+    Waiting,
+    Confirmed { proxies: usize },
+    NoProxy,
+    TimedOut { pending: usize, proxies: usize },
 }
 
 impl Migrations {
@@ -252,10 +190,12 @@ impl Migrations {
         generation: Arc<AtomicU64>,
     ) -> Migrations {
         let state_file = state_dir.map(|d| d.join("migrations.json"));
-        let records = state_file
+        let mut records = state_file
             .as_ref()
-            .map(|f| load_records(f))
+            .map(|f| state::load(f))
             .unwrap_or_default();
+        let now = Instant::now();
+        records.values_mut().for_each(|rec| rec.resume_clock(now));
         let overlay = overlay_of(&records);
         if !records.is_empty() {
             tracing::info!(migrations = records.len(), "migration state restored");
@@ -268,14 +208,27 @@ impl Migrations {
                 source,
                 store,
                 generation,
-                ads: Mutex::new(None),
+                clients: Mutex::new(None),
             }),
         }
     }
 
     /// The ADS server whose clients must take a stage's weights before it holds.
     pub fn set_ads(&self, ads: AdsServer) {
-        *self.inner.ads.lock().unwrap_or_else(|p| p.into_inner()) = Some(ads);
+        self.set_clients(Arc::new(move || {
+            ads.sync()
+                .clients()
+                .iter()
+                .map(|c| ClientProgress {
+                    generation: c.generation,
+                    in_sync: c.in_sync,
+                })
+                .collect()
+        }));
+    }
+
+    fn set_clients(&self, clients: Clients) {
+        *self.inner.clients.lock().unwrap_or_else(|p| p.into_inner()) = Some(clients);
     }
 
     pub fn overlay(&self) -> watch::Receiver<Arc<Overlay>> {
@@ -379,7 +332,7 @@ impl Migrations {
                             "start (it is promoted; roll it back first to move again)",
                         ));
                     }
-                    self.shift(&key, rec, &m, 0, "started by the operator".into(), None);
+                    self.shift(&key, rec, &m, 1, "started by the operator".into(), None);
                 }
                 Command::Promote => {
                     if !matches!(rec.phase, Phase::Shifting | Phase::Holding | Phase::Paused) {
@@ -403,7 +356,7 @@ impl Migrations {
                     if rec.phase != Phase::Paused {
                         return Err(invalid("resume (it is not paused)"));
                     }
-                    rec.holding_since_ms = now_ms();
+                    rec.begin_hold(Instant::now());
                     transition(
                         &key,
                         rec,
@@ -424,7 +377,7 @@ impl Migrations {
         self.status(&r.meta.name, Some(&r.meta.namespace))
     }
 
-    /// Writes stage `stage`'s weight and waits (in `tick`) for the proxies to take it.
+    /// Writes stage number `stage`'s weight and waits (in `tick`) for the proxies to take it.
     fn shift(
         &self,
         key: &str,
@@ -434,11 +387,16 @@ impl Migrations {
         reason: String,
         gates: Option<GateReport>,
     ) {
-        let weight = m.stages.get(stage).map(|s| s.weight).unwrap_or(100);
+        let weight = stage_of(m, stage).map(|s| s.weight).unwrap_or(100);
         rec.stage = Some(stage);
         rec.weight = weight;
         rec.last_gates = None;
         rec.shifted_at_ms = now_ms();
+        rec.clock = StageClock {
+            shifted: Some(Instant::now()),
+            holding: None,
+        };
+        rec.held_ms = 0;
         rec.written_after_generation = self.inner.generation.load(Ordering::SeqCst);
         transition(key, rec, Phase::Shifting, reason, gates);
     }
@@ -451,8 +409,8 @@ impl Migrations {
         reason: String,
         gates: Option<GateReport>,
     ) {
-        let next = rec.stage.map_or(0, |s| s + 1);
-        if next < m.stages.len() {
+        let next = rec.stage.map_or(1, |s| s + 1);
+        if next <= m.stages.len() {
             self.shift(key, rec, m, next, reason, gates);
         } else {
             rec.weight = 100;
@@ -479,7 +437,7 @@ impl Migrations {
             changed
         });
         if let Some(file) = &self.inner.state_file {
-            if let Err(e) = save_records(file, records) {
+            if let Err(e) = state::save(file, records) {
                 tracing::error!(file = %file.display(), error = %e, "cannot save migration state");
             }
         }
@@ -499,6 +457,7 @@ impl Migrations {
 
     pub async fn tick(&self) {
         let config = self.inner.store.current();
+        let now = Instant::now();
         let mut judge = Vec::new();
         {
             let mut records = self.lock();
@@ -511,18 +470,20 @@ impl Migrations {
                 let Some(rec) = records.get_mut(&key) else {
                     continue;
                 };
-                if rec.phase == Phase::Shifting && self.pushed(rec) {
-                    rec.holding_since_ms = now_ms();
-                    let reason = format!(
-                        "stage {} ({} %) reached every proxy",
-                        rec.stage.map_or(0, |s| s + 1),
-                        rec.weight
-                    );
-                    transition(&key, rec, Phase::Holding, reason, None);
-                    changed = true;
+                if rec.phase == Phase::Shifting {
+                    if let Some(reason) = self.push_reason(rec, now) {
+                        rec.begin_hold(now);
+                        transition(&key, rec, Phase::Holding, reason, None);
+                        changed = true;
+                    }
                 }
                 if rec.phase == Phase::Holding {
-                    judge.push((key, r.clone(), m.clone(), rec.stage, rec.holding_since_ms));
+                    let held = rec.held(now);
+                    if held.saturating_sub(Duration::from_millis(rec.held_ms)) >= HELD_SAVE_EVERY {
+                        rec.held_ms = held.as_millis() as u64;
+                        changed = true;
+                    }
+                    judge.push((key, r.clone(), m.clone(), rec.stage, held));
                 }
             }
             if changed {
@@ -533,7 +494,7 @@ impl Migrations {
         let reports = futures::future::join_all(
             judge
                 .iter()
-                .map(|(_, r, m, _, since)| self.judge(r, m, *since)),
+                .map(|(_, r, m, _, held)| self.judge(r, m, *held)),
         )
         .await;
         for ((key, _, m, stage, _), report) in judge.into_iter().zip(reports) {
@@ -546,8 +507,8 @@ impl Migrations {
                 continue;
             }
             rec.last_gates = Some(report.clone());
-            let held = Duration::from_millis(now_ms().saturating_sub(rec.holding_since_ms));
-            let hold = hold_of(&m, stage.unwrap_or(0));
+            let held = rec.held(Instant::now());
+            let hold = hold_of(&m, stage.unwrap_or(1));
             match &report.verdict {
                 Verdict::Fail(why) => {
                     let reason = format!("gate failed: {why}");
@@ -562,7 +523,7 @@ impl Migrations {
                 Verdict::Pass if held >= hold => {
                     let reason = format!(
                         "stage {} held {:.0}s with gates passing",
-                        stage.unwrap_or(0) + 1,
+                        stage.unwrap_or(1),
                         held.as_secs_f64()
                     );
                     self.advance(&key, rec, &m, reason, Some(report));
@@ -573,47 +534,85 @@ impl Migrations {
         }
     }
 
-    /// Every connected client has taken a generation built after the weights were written.
-    fn pushed(&self, rec: &Record) -> bool {
-        if now_ms().saturating_sub(rec.shifted_at_ms) > PUSH_CONFIRM_TIMEOUT.as_millis() as u64 {
-            tracing::warn!("stage weights not confirmed by every proxy within {PUSH_CONFIRM_TIMEOUT:?}; holding anyway");
-            return true;
+    /// Why a shifting stage may hold now, or `None` while its weights are on their way.
+    fn push_reason(&self, rec: &Record, now: Instant) -> Option<String> {
+        let stage = format!("stage {} ({} %)", rec.stage.unwrap_or(1), rec.weight);
+        match self.pushed(rec, now) {
+            Push::Waiting => None,
+            Push::Confirmed { proxies } => Some(format!(
+                "{stage} reached every proxy ({proxies} connected)"
+            )),
+            Push::NoProxy => Some(format!(
+                "{stage} written; no proxy is connected to take it"
+            )),
+            Push::TimedOut { pending, proxies } => {
+                tracing::warn!(pending, proxies, "stage weights not confirmed by every proxy within {PUSH_CONFIRM_TIMEOUT:?}; holding anyway");
+                Some(format!(
+                    "{stage} not confirmed by {pending} of {proxies} proxies within {}s; holding anyway",
+                    PUSH_CONFIRM_TIMEOUT.as_secs()
+                ))
+            }
         }
+    }
+
+    /// Whether every connected client has taken a generation built after the weights were
+    /// written (or the wait timed out, on the monotonic clock).
+    fn pushed(&self, rec: &Record, now: Instant) -> Push {
         let after = rec.written_after_generation;
-        if self.inner.generation.load(Ordering::SeqCst) <= after {
-            return false;
-        }
-        let ads = self
+        let built = self.inner.generation.load(Ordering::SeqCst) > after;
+        let clients = self
             .inner
-            .ads
+            .clients
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        ads.is_none_or(|ads| {
-            ads.sync()
-                .clients()
-                .iter()
-                .all(|c| c.generation > after && c.in_sync)
-        })
+        let clients = clients.map(|c| c()).unwrap_or_default();
+        let pending = clients
+            .iter()
+            .filter(|c| !(built && c.generation > after && c.in_sync))
+            .count();
+        let waited = rec
+            .clock
+            .shifted
+            .map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
+        if waited > PUSH_CONFIRM_TIMEOUT {
+            return Push::TimedOut {
+                pending: if built { pending } else { clients.len() },
+                proxies: clients.len(),
+            };
+        }
+        if !built {
+            Push::Waiting
+        } else if clients.is_empty() {
+            Push::NoProxy
+        } else if pending == 0 {
+            Push::Confirmed {
+                proxies: clients.len(),
+            }
+        } else {
+            Push::Waiting
+        }
     }
 
-    async fn judge(&self, r: &Resource, m: &Migration, holding_since_ms: u64) -> GateReport {
+    /// Both paths over the time this stage has held (up to the gates' window): never a moment
+    /// before its hold began, so a previous stage's traffic cannot decide it.
+    async fn judge(&self, r: &Resource, m: &Migration, held: Duration) -> GateReport {
         let gates = &m.gates;
-        let since = Duration::from_millis(now_ms().saturating_sub(holding_since_ms));
-        // Judge only this stage's traffic: the window never reaches back before the hold began.
-        let window = gates.window().min(since).max(Duration::from_secs(1));
+        let window = gates.window().min(held);
         let at_ms = now_ms();
         let report = |mesh: Stats, legacy: Stats, verdict: Verdict| {
             let total = mesh.requests + legacy.requests;
             GateReport {
                 at_ms,
                 window_s: window.as_secs_f64(),
-                mesh_error_rate: (mesh.requests > 0.0).then(|| mesh.errors / mesh.requests),
+                mesh_error_rate: (mesh.requests > 0)
+                    .then(|| mesh.errors as f64 / mesh.requests as f64),
                 p99_ratio: match (mesh.p99_ms, legacy.p99_ms) {
                     (Some(a), Some(b)) if b > 0.0 => Some(a / b),
                     _ => None,
                 },
-                observed_mesh_percent: (total > 0.0).then(|| 100.0 * mesh.requests / total),
+                observed_mesh_percent: (total > 0)
+                    .then(|| 100.0 * mesh.requests as f64 / total as f64),
                 mesh,
                 legacy,
                 verdict,
@@ -626,6 +625,17 @@ impl Migrations {
                 Verdict::Insufficient("paths unresolved".into()),
             );
         };
+        if held < MIN_JUDGED_HOLD {
+            return report(
+                Stats::default(),
+                Stats::default(),
+                Verdict::Insufficient(format!(
+                    "held {} ms; a stage is judged once it has held {} s",
+                    held.as_millis(),
+                    MIN_JUDGED_HOLD.as_secs()
+                )),
+            );
+        }
         let selector = |(h, subset): &(String, Option<String>)| PathSelector {
             destination_service: h.clone(),
             destination_version: subset.clone(),
@@ -657,76 +667,17 @@ impl Migrations {
     }
 }
 
-/// The gates of `m` applied to one window of both paths.
-pub fn verdict(m: &Migration, mesh: &Stats, legacy: &Stats) -> Verdict {
-    let gates = &m.gates;
-    let min = gates.min_requests() as f64;
-    if mesh.requests < min || mesh.requests <= 0.0 {
-        return Verdict::Insufficient(format!(
-            "{:.0} mesh-path requests in the window, {min:.0} needed to judge",
-            mesh.requests
-        ));
-    }
-    let rate = mesh.errors / mesh.requests;
-    if rate > gates.max_error_rate() {
-        return Verdict::Fail(format!(
-            "mesh-path error rate {:.2} % > {:.2} % ({:.0} of {:.0} requests)",
-            rate * 100.0,
-            gates.max_error_rate() * 100.0,
-            mesh.errors,
-            mesh.requests
-        ));
-    }
-    // Latency is compared side by side, so only while both paths carry traffic — and only on
-    // enough requests for a 99th percentile to be more than the slowest request of a handful.
-    let latency_min = min.max(P99_MIN_REQUESTS);
-    if legacy.requests >= latency_min && mesh.requests >= latency_min {
-        if let (Some(m99), Some(l99)) = (mesh.p99_ms, legacy.p99_ms) {
-            let allowance = gates.p99_allowance().as_secs_f64() * 1000.0;
-            let limit = gates.max_p99_ratio() * l99 + allowance;
-            if m99 > limit {
-                return Verdict::Fail(format!(
-                    "mesh-path p99 {m99:.1} ms > {:.2} × legacy p99 {l99:.1} ms + {allowance:.0} ms",
-                    gates.max_p99_ratio()
-                ));
-            }
-        }
-    }
-    Verdict::Pass
+/// Stage number `number` (from 1) of `m`.
+fn stage_of(m: &Migration, number: usize) -> Option<&MigrationStage> {
+    m.stages.get(number.checked_sub(1)?)
 }
 
+/// How long stage number `stage` holds.
 fn hold_of(m: &Migration, stage: usize) -> Duration {
-    m.stages
-        .get(stage)
+    stage_of(m, stage)
         .and_then(|s| s.hold)
         .map(|h| h.as_std())
         .unwrap_or_else(|| m.gates.window())
-}
-
-fn transition(key: &str, rec: &mut Record, to: Phase, reason: String, gates: Option<GateReport>) {
-    let from = rec.phase;
-    rec.phase = to;
-    let stage = rec.stage.map(|s| s + 1);
-    match to {
-        Phase::RolledBack | Phase::Paused if gates.is_some() => {
-            tracing::warn!(migration = key, ?from, ?to, ?stage, weight = rec.weight, %reason, "migration transition")
-        }
-        _ => {
-            tracing::info!(migration = key, ?from, ?to, ?stage, weight = rec.weight, %reason, "migration transition")
-        }
-    }
-    rec.history.push(Transition {
-        at_ms: now_ms(),
-        from,
-        to,
-        stage: rec.stage,
-        weight: rec.weight,
-        reason,
-        gates,
-    });
-    if rec.history.len() > HISTORY_LIMIT {
-        rec.history.remove(0);
-    }
 }
 
 fn overlay_of(records: &BTreeMap<String, Record>) -> Overlay {
@@ -746,7 +697,7 @@ fn status_of(r: &Resource, m: &Migration, rec: &Record, source: &str) -> Migrati
         }
     };
     let held = if matches!(rec.phase, Phase::Holding) {
-        now_ms().saturating_sub(rec.holding_since_ms) as f64 / 1000.0
+        rec.held(Instant::now()).as_secs_f64()
     } else {
         0.0
     };
@@ -758,14 +709,14 @@ fn status_of(r: &Resource, m: &Migration, rec: &Record, source: &str) -> Migrati
         legacy: side(&m.legacy),
         mesh: side(&m.mesh),
         phase: rec.phase,
-        stage: rec.stage.map(|s| s + 1),
+        stage: rec.stage,
         stages: m.stages.iter().map(|s| s.weight).collect(),
         requested_percent: rec.weight,
         observed_percent: rec
             .last_gates
             .as_ref()
             .and_then(|g| g.observed_mesh_percent),
-        hold_s: hold_of(m, rec.stage.unwrap_or(0)).as_secs_f64(),
+        hold_s: hold_of(m, rec.stage.unwrap_or(1)).as_secs_f64(),
         held_s: held,
         on_failure: match m.on_failure() {
             FailureAction::Rollback => "rollback".into(),
@@ -784,37 +735,7 @@ fn status_of(r: &Resource, m: &Migration, rec: &Record, source: &str) -> Migrati
     }
 }
 
-fn load_records(file: &std::path::Path) -> BTreeMap<String, Record> {
-    let text = match std::fs::read_to_string(file) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return BTreeMap::new(),
-        Err(e) => {
-            tracing::error!(file = %file.display(), error = %e, "cannot read migration state; starting every migration as Pending");
-            return BTreeMap::new();
-        }
-    };
-    match serde_json::from_str(&text) {
-        Ok(records) => records,
-        Err(e) => {
-            let aside = file.with_extension(format!("json.unreadable-{}", now_ms()));
-            let _ = std::fs::rename(file, &aside);
-            tracing::error!(file = %file.display(), kept_as = %aside.display(), error = %e, "migration state is corrupt; kept aside, every migration starts as Pending");
-            BTreeMap::new()
-        }
-    }
-}
-
-/// Atomically: a crash mid-write leaves the previous state, never half a file.
-fn save_records(file: &std::path::Path, records: &BTreeMap<String, Record>) -> std::io::Result<()> {
-    if let Some(dir) = file.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = file.with_extension("json.tmp");
-    let text = serde_json::to_vec_pretty(records).map_err(std::io::Error::other)?;
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, file)
-}
-
+/// Unix ms: timestamps for people and the persisted state, never for measuring a hold.
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -332,7 +332,7 @@ async fn fault_drill_rolls_back_to_the_legacy_path_within_two_seconds_of_the_bre
                 s.phase == Phase::Holding
                     && s.last_gates
                         .as_ref()
-                        .is_some_and(|g| g.mesh.requests >= 40.0 && g.verdict == Verdict::Pass)
+                        .is_some_and(|g| g.mesh.requests >= 40 && g.verdict == Verdict::Pass)
             },
         )
         .await;
@@ -551,10 +551,10 @@ async fn drill_with_a_real_prometheus_as_the_metrics_source() {
         .history
         .iter()
         .filter_map(|t| t.gates.as_ref())
-        .find(|g| g.mesh.requests > 0.0)
+        .find(|g| g.mesh.requests > 0)
         .expect("an advance judged on Prometheus's numbers");
     assert!(
-        judged.legacy.requests > 0.0,
+        judged.legacy.requests > 0,
         "both paths measured side by side: {judged:?}"
     );
     assert_eq!(
@@ -658,7 +658,7 @@ async fn canary_between_subsets_of_a_meshed_service() {
         .next()
         .expect("gate values recorded");
     assert!(
-        judged.mesh.requests > 0.0 && judged.legacy.requests > 0.0,
+        judged.mesh.requests > 0 && judged.legacy.requests > 0,
         "v1 and v2 measured apart by subset: {judged:?}"
     );
     for (weight, from, to) in done.held_stages() {

@@ -139,7 +139,7 @@ fn holding_second_stage(statuses: &[MigrationStatus], name: &str) -> bool {
             && s.phase == Phase::Holding
             && s.stage == Some(2)
             && s.held_s >= 1.5
-            && s.last_gates.as_ref().is_some_and(|g| g.mesh.requests > 0.0)
+            && s.last_gates.as_ref().is_some_and(|g| g.mesh.requests > 0)
     })
 }
 
@@ -157,7 +157,7 @@ fn print_new_transitions(s: &MigrationStatus, printed: &mut Vec<(String, usize)>
             .unwrap_or_default();
         let stage = t
             .stage
-            .map(|i| format!("stage {}/{} ", i + 1, s.stages.len()))
+            .map(|i| format!("stage {i}/{} ", s.stages.len()))
             .unwrap_or_default();
         say!(
             "  {:<9} {:?} -> {:?}  {}{} % mesh{}  {}",
