@@ -37,7 +37,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::store::ConfigStore;
-use metrics::{MetricsSource, PathSelector, PathStats};
+use metrics::{MetricsSource, PathSelector};
 pub use gate::{verdict, GateReport, Stats, Verdict, P99_MIN_REQUESTS};
 pub use overlay::{apply, Overlay, Paths};
 use record::{transition, StageClock};

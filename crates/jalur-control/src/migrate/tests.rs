@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 
-use super::metrics::MetricsError;
+use super::metrics::{MetricsError, PathStats};
 use super::*;
 
 #[derive(Default)]

@@ -162,8 +162,14 @@ pub(super) struct Queries {
 
 impl Queries {
     pub(super) fn new(path: &PathSelector, window: Duration) -> Queries {
-        // Whole seconds, rounded up, at least one.
-        let secs = (window.as_secs() + u64::from(window.subsec_nanos() > 0)).max(1);
+        // Whole milliseconds, rounded down (never reaching back past the window's start, e.g.
+        // a migration stage's hold), at least one; whole seconds read as such.
+        let ms = window.as_millis().max(1);
+        let range = if ms % 1000 == 0 {
+            format!("{}s", ms / 1000)
+        } else {
+            format!("{ms}ms")
+        };
         let mut selector = format!(
             "reporter=\"source\",destination_service=\"{}\"",
             promql_escape(&path.destination_service)
@@ -182,13 +188,13 @@ impl Queries {
         let http_5xx = r#"response_code=~"[5-9][0-9][0-9]""#;
         let not_5xx = r#"response_code!~"[5-9][0-9][0-9]""#;
         Queries {
-            requests: format!("sum(increase(istio_requests_total{{{selector}}}[{secs}s]))"),
+            requests: format!("sum(increase(istio_requests_total{{{selector}}}[{range}]))"),
             errors: format!(
-                "(sum(increase(istio_requests_total{{{selector},{http_5xx}}}[{secs}s])) or vector(0)) + \
-                 (sum(increase(istio_requests_total{{{selector},{not_5xx},grpc_response_status=~\"{grpc}\"}}[{secs}s])) or vector(0))"
+                "(sum(increase(istio_requests_total{{{selector},{http_5xx}}}[{range}])) or vector(0)) + \
+                 (sum(increase(istio_requests_total{{{selector},{not_5xx},grpc_response_status=~\"{grpc}\"}}[{range}])) or vector(0))"
             ),
             p99: format!(
-                "histogram_quantile(0.99, sum by (le) (increase(istio_request_duration_milliseconds_bucket{{{selector}}}[{secs}s])))"
+                "histogram_quantile(0.99, sum by (le) (increase(istio_request_duration_milliseconds_bucket{{{selector}}}[{range}])))"
             ),
         }
     }

@@ -171,9 +171,12 @@ impl ScrapeSource {
     }
 
     fn stats_now(&self, path: &PathSelector, window: Duration) -> Result<PathStats, MetricsError> {
+        // The window ends now, not at a proxy's newest scrape: measured from a scrape, it could
+        // reach a scrape interval back past its start (a migration's previous stage).
+        let start = Instant::now().checked_sub(window);
         // A proxy not scraped within the window (gone, replaced, or failing to answer) has no
         // live evidence to give: its last numbers must not stand in for the present.
-        let fresh_after = Instant::now().checked_sub(window);
+        let fresh_after = start;
         let rings: Vec<Vec<Arc<Snapshot>>> = {
             let state = self.lock();
             state
@@ -189,7 +192,7 @@ impl ScrapeSource {
         if rings.iter().all(Vec::is_empty) {
             return Err(self.no_data());
         }
-        Ok(window_stats(&rings, path, window))
+        Ok(window_stats(&rings, path, start))
     }
 
     fn no_data(&self) -> MetricsError {
@@ -244,27 +247,26 @@ pub(super) fn prune(
 }
 
 /// Sums, over proxies, what each counted for `path` between its newest snapshot and its
-/// oldest one taken within `window` before that. The
+/// oldest one taken at or after `start` (`None`: its oldest). The
 /// increase is added up scrape by scrape, so a proxy restart in between loses nothing but the
 /// requests between its last scrape and the restart (as Prometheus's `increase` does).
 pub(super) fn window_stats(
     rings: &[Vec<Arc<Snapshot>>],
     path: &PathSelector,
-    window: Duration,
+    start: Option<Instant>,
 ) -> PathStats {
     let mut tally = Tally::default();
     for ring in rings {
-        let Some(newest) = ring.last() else {
-            continue;
-        };
         // The first snapshot inside the window: the window may come out a scrape interval
         // short, but never reaches back into what came before it (a migration's previous
-        // stage, when the window starts at the hold).
-        let baseline = newest
-            .at
-            .checked_sub(window)
-            .and_then(|start| ring.iter().position(|snapshot| snapshot.at >= start))
-            .unwrap_or(0);
+        // stage, when the window starts at the hold). Nothing inside: no increase.
+        let baseline = match start {
+            Some(start) => ring
+                .iter()
+                .position(|snapshot| snapshot.at >= start)
+                .unwrap_or(ring.len()),
+            None => 0,
+        };
         for pair in ring[baseline..].windows(2) {
             add_increase(&mut tally, &pair[0].samples, &pair[1].samples, path);
         }

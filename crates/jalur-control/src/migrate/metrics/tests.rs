@@ -302,18 +302,29 @@ fn a_window_starts_at_the_first_scrape_inside_it() {
         snapshot(at(20), &[("v1", 25.0)]),
         snapshot(at(30), &[("v1", 45.0)]),
     ];
-    let requests = |window| window_stats(std::slice::from_ref(&ring), &path(None), window).requests;
-    assert_eq!(requests(Duration::from_secs(10)), 20.0);
-    // 15 s back from 30 is 15: the first scrape inside is at 20, never the one at 10.
-    assert_eq!(requests(Duration::from_secs(15)), 20.0);
-    assert_eq!(requests(Duration::from_secs(20)), 35.0);
-    // No scrape that old: from the oldest.
-    assert_eq!(requests(Duration::from_secs(600)), 45.0);
-    assert_eq!(requests(Duration::ZERO), 0.0);
+    // Windows ending "now", 2 s after the newest scrape.
+    let requests = |window| {
+        let start = at(32).checked_sub(window);
+        window_stats(std::slice::from_ref(&ring), &path(None), start).requests
+    };
+    assert_eq!(requests(Duration::from_secs(12)), 20.0);
+    // 17 s back from now is 15: the first scrape inside is at 20, never the one at 10.
+    assert_eq!(requests(Duration::from_secs(17)), 20.0);
+    assert_eq!(requests(Duration::from_secs(22)), 35.0);
+    // 31 s back is 1: from the scrape at 10. Measured from the newest scrape instead (30 - 31
+    // < 0) it would reach back to the one at 0.
+    assert_eq!(requests(Duration::from_secs(31)), 35.0);
+    // A window shorter than the time since the newest scrape has no increase.
+    assert_eq!(requests(Duration::from_secs(1)), 0.0);
+    // No start (no scrape that old): from the oldest.
+    assert_eq!(
+        window_stats(std::slice::from_ref(&ring), &path(None), None).requests,
+        45.0
+    );
     // A proxy scraped once has no increase yet.
     let one = vec![ring[3].clone()];
     assert_eq!(
-        window_stats(&[one], &path(None), Duration::from_secs(60)),
+        window_stats(&[one], &path(None), None),
         PathStats::default()
     );
 }
@@ -330,11 +341,7 @@ fn a_restart_counts_what_the_proxy_reported_since_and_new_series_count_whole() {
         snapshot(at(30), &[("v1", 12.0), ("v2", 4.0)]),
     ];
     let stats = |version| {
-        window_stats(
-            std::slice::from_ref(&ring),
-            &path(version),
-            Duration::from_secs(30),
-        )
+        window_stats(std::slice::from_ref(&ring), &path(version), Some(t0))
     };
     assert_eq!(stats(Some("v1")).requests, 60.0 + 7.0 + 5.0);
     assert_eq!(stats(Some("v2")).requests, 4.0);
@@ -345,7 +352,7 @@ fn a_restart_counts_what_the_proxy_reported_since_and_new_series_count_whole() {
         snapshot(at(5), &[("v2", 1.0)]),
         snapshot(at(25), &[("v2", 11.0)]),
     ];
-    let both = window_stats(&[ring, other], &path(Some("v2")), Duration::from_secs(30));
+    let both = window_stats(&[ring, other], &path(Some("v2")), Some(t0));
     assert_eq!(both.requests, 14.0);
 }
 
@@ -823,18 +830,23 @@ fn the_promql_for_a_path() {
     assert_eq!(
         queries,
         Queries {
-            requests: format!("sum(increase(istio_requests_total{{{s}}}[91s]))"),
+            requests: format!("sum(increase(istio_requests_total{{{s}}}[90500ms]))"),
             errors: format!(
-                "(sum(increase(istio_requests_total{{{s},response_code=~\"[5-9][0-9][0-9]\"}}[91s])) or vector(0)) + \
-                 (sum(increase(istio_requests_total{{{s},response_code!~\"[5-9][0-9][0-9]\",grpc_response_status=~\"2|4|8|13|14|15\"}}[91s])) or vector(0))"
+                "(sum(increase(istio_requests_total{{{s},response_code=~\"[5-9][0-9][0-9]\"}}[90500ms])) or vector(0)) + \
+                 (sum(increase(istio_requests_total{{{s},response_code!~\"[5-9][0-9][0-9]\",grpc_response_status=~\"2|4|8|13|14|15\"}}[90500ms])) or vector(0))"
             ),
             p99: format!(
-                "histogram_quantile(0.99, sum by (le) (increase(istio_request_duration_milliseconds_bucket{{{s}}}[91s])))"
+                "histogram_quantile(0.99, sum by (le) (increase(istio_request_duration_milliseconds_bucket{{{s}}}[90500ms])))"
             ),
         }
     );
+    // Exact to the millisecond: rounded up to whole seconds, a window starting at a stage's
+    // hold would reach back into the stage before.
+    assert!(Queries::new(&path(None), Duration::from_millis(1_300))
+        .requests
+        .ends_with("[1300ms]))"));
     assert!(Queries::new(&path(None), Duration::ZERO)
         .requests
-        .ends_with("[1s]))"));
+        .ends_with("[1ms]))"));
     assert_eq!(url_encode("a b\"{}|+~"), "a%20b%22%7B%7D%7C%2B~");
 }
