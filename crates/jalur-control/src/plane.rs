@@ -361,14 +361,21 @@ async fn rebuild_loop(
         });
     }
     loop {
-        tokio::select! {
-            r = config_rx.changed() => if r.is_err() { return },
-            r = overlay_rx.changed() => if r.is_err() { return },
-            Some(()) = changed_rx.recv() => {},
-            () = kick.notified() => {},
+        let migration_step = tokio::select! {
+            r = config_rx.changed() => if r.is_err() { return } else { false },
+            r = overlay_rx.changed() => if r.is_err() { return } else { true },
+            Some(()) = changed_rx.recv() => false,
+            () = kick.notified() => false,
+        };
+        // Let a burst settle (a directory of edits, a fleet reconnecting), then push once. Not a
+        // migration's weights: they change a few times per migration, and a rollback must
+        // reach the proxies at once, not a debounce later.
+        if !migration_step {
+            tokio::select! {
+                () = tokio::time::sleep(debounce) => {},
+                r = overlay_rx.changed() => if r.is_err() { return },
+            }
         }
-        // Let a burst settle (a directory of edits, a fleet reconnecting), then push once.
-        tokio::time::sleep(debounce).await;
         while changed_rx.try_recv().is_ok() {}
         let workloads: Vec<Workload> = registry_rxs
             .iter_mut()

@@ -325,3 +325,57 @@ async fn config_dump_shows_what_a_client_was_sent_and_ready_answers() {
         .expect("dump");
     assert_eq!(status, 400);
 }
+
+/// A migration's weights (a rollback above all) are rebuilt and pushed at once, not after the
+/// config debounce: with a 30 s debounce, each step bumps the generation within 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_step_and_its_rollback_do_not_wait_for_the_debounce() {
+    use jalur_control::migrate::{Command, Phase};
+    use std::sync::atomic::Ordering;
+    use std::time::Instant;
+
+    let dir = jalur_testkit::unique_temp_dir("jalur-control-debounce").expect("temp dir");
+    std::fs::write(
+        dir.join("m.yaml"),
+        "apiVersion: jalur.dev/v1alpha1\nkind: Migration\nmetadata: {name: reviews, namespace: shop}\nspec:\n  legacy: {host: reviews.service.consul}\n  mesh: {host: reviews}\n  stages: [{weight: 50, hold: 1h}, {weight: 100, hold: 1h}]\n",
+    )
+    .expect("write");
+    let plane = jalur_control::ControlPlane::start(jalur_control::Options {
+        config: vec![dir.clone()],
+        xds_addr: ([127, 0, 0, 1], 0).into(),
+        status_addr: ([127, 0, 0, 1], 0).into(),
+        debounce: Duration::from_secs(30),
+        registry_grace: Duration::ZERO,
+        ..jalur_control::Options::default()
+    })
+    .await
+    .expect("control plane");
+    let state = &plane.state;
+    for (command, phase) in [
+        (Command::Start, Phase::Shifting),
+        (Command::Rollback, Phase::RolledBack),
+    ] {
+        let before = state.generation.load(Ordering::SeqCst);
+        let sent = Instant::now();
+        let s = state
+            .migrations
+            .command("reviews", None, command)
+            .expect("command");
+        assert_eq!(s.phase, phase);
+        assert_eventually(
+            &format!("{command:?} is rebuilt without the 30 s debounce"),
+            Duration::from_secs(2),
+            || async {
+                if state.generation.load(Ordering::SeqCst) > before {
+                    Ok(())
+                } else {
+                    Err("no rebuild yet".to_string())
+                }
+            },
+        )
+        .await;
+        eprintln!("{command:?}: rebuilt {:?} after the command", sent.elapsed());
+    }
+    plane.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
