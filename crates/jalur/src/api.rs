@@ -28,17 +28,17 @@ pub async fn call(control: &str, method: http::Method, path: &str) -> Result<Val
         .method(method)
         .uri(format!("http://{control}{path}"))
         .body(Empty::new())
-        .map_err(|e| unreachable(e.to_string()))?;
+        .map_err(|e| unreachable(cause(&e)))?;
     let resp = tokio::time::timeout(std::time::Duration::from_secs(10), client.request(req))
         .await
         .map_err(|_| unreachable("no answer within 10s".into()))?
-        .map_err(|e| unreachable(e.to_string()))?;
+        .map_err(|e| unreachable(cause(&e)))?;
     let status = resp.status();
     let body = resp
         .into_body()
         .collect()
         .await
-        .map_err(|e| unreachable(e.to_string()))?
+        .map_err(|e| unreachable(cause(&e)))?
         .to_bytes();
     let value: Value = serde_json::from_slice(&body)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).trim().to_string()));
@@ -54,4 +54,20 @@ pub async fn call(control: &str, method: http::Method, path: &str) -> Result<Val
         status: status.as_u16(),
         message,
     })
+}
+
+/// An error with its sources: hyper's own message is only "client error (Connect)"; the cause
+/// (connection refused, no route to host, a DNS failure) is further down the chain.
+pub fn cause(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        let more = inner.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = inner.source();
+    }
+    text
 }

@@ -31,8 +31,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let resp = client.get(url.parse()?).await.map_err(|e| {
         anyhow::anyhow!(
-            "cannot reach the control plane at {}: {e} (is `jalur control` running? set --control)",
-            args.control
+            "cannot reach the control plane at {}: {} (is `jalur control` running? set --control)",
+            args.control,
+            crate::api::cause(&e)
         )
     })?;
     let status = resp.status();

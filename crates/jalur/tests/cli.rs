@@ -244,7 +244,9 @@ fn proxy_status_without_control_plane_says_so() {
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the control plane"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot reach the control plane"), "{err}");
+    assert!(err.contains("Connection refused"), "the cause is named: {err}");
 }
 
 /// `jalur proxy` as a process: serves through its outbound port, logs one JSON access line per
@@ -533,6 +535,7 @@ fn migrate_cli_drives_a_migration_and_reports_errors() {
     let (code, _, err) = migrate("127.0.0.1:9".parse().expect("addr"), &["status", "reviews"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("cannot reach the control plane"), "{err}");
+    assert!(err.contains("Connection refused"), "the cause is named: {err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
