@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{service_entry, share, spread, subsets_rule, workload_entry, Plane};
+use jalur_testkit::yaml::four_sigma;
 use jalur_testkit::{assert_eventually, envoy_binary, require_peer, EchoServer, Envoy, EnvoyOpts};
 use serde_json::json;
 
@@ -115,7 +116,8 @@ async fn routes_as_the_virtual_service_says(delta: bool) {
         return;
     };
 
-    // Wait until the route is live, then measure the split over 2,000 requests (±3 points is then ~3σ; at 1,000 it flaked about once in 80 runs).
+    // Wait until the route is live, then measure the split over 2,000 requests: Envoy picks
+    // at random, so the share is binomial and may stray 4σ (2.7 points at 90 %).
     assert_eventually("Envoy routes reviews", Duration::from_secs(20), || async {
         let seen = spread(proxy, HOST, 5, &[]).await;
         if seen.keys().all(|k| k.starts_with("v1") || k == "v3") {
@@ -127,9 +129,10 @@ async fn routes_as_the_virtual_service_says(delta: bool) {
     .await;
     let seen = spread(proxy, HOST, 2000, &[]).await;
     let (s1, s3) = (share(&seen, "v1") + share(&seen, "v1b"), share(&seen, "v3"));
+    let tolerance = four_sigma(90.0, 2000);
     assert!(
-        (s1 - 90.0).abs() <= 3.0 && (s3 - 10.0).abs() <= 3.0,
-        "90/10 split observed as {seen:?}"
+        (s1 - 90.0).abs() <= tolerance && (s3 - 10.0).abs() <= tolerance,
+        "90/10 split observed as {seen:?} (±{tolerance:.2} points)"
     );
 
     // Header-matched requests all reach their subset; short names route too.
@@ -148,7 +151,7 @@ async fn routes_as_the_virtual_service_says(delta: bool) {
         || async {
             let seen = spread(proxy, HOST, 200, &[]).await;
             let s3 = share(&seen, "v3");
-            if (80.0..=97.0).contains(&s3) {
+            if (s3 - 90.0).abs() <= four_sigma(90.0, 200) {
                 Ok(())
             } else {
                 Err(format!("{seen:?}"))

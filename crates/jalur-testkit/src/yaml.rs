@@ -61,3 +61,27 @@ pub fn share(seen: &BTreeMap<String, usize>, backend: &str) -> f64 {
     let total: usize = seen.values().sum();
     100.0 * *seen.get(backend).unwrap_or(&0) as f64 / total.max(1) as f64
 }
+
+/// How far (in percentage points) the observed share of `n` requests may stray from a
+/// weight of `percent` % when each request is routed at random (Envoy, gRPC): four standard
+/// deviations of a binomial proportion, `4 · sqrt(p (1 - p) / n)`. A correct split lands
+/// outside it about once in 16,000 runs; a wrong one (a weight off by a few points) does not
+/// land inside it at the sample sizes the tests use.
+pub fn four_sigma(percent: f64, n: usize) -> f64 {
+    let p = percent / 100.0;
+    400.0 * (p * (1.0 - p) / n.max(1) as f64).sqrt()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::four_sigma;
+
+    #[test]
+    fn four_sigma_of_common_splits() {
+        let close = |a: f64, b: f64| (a - b).abs() < 0.01;
+        assert!(close(four_sigma(90.0, 2000), 2.68), "{}", four_sigma(90.0, 2000));
+        assert!(close(four_sigma(30.0, 2000), 4.10), "{}", four_sigma(30.0, 2000));
+        assert!(close(four_sigma(20.0, 1000), 5.06), "{}", four_sigma(20.0, 1000));
+        assert_eq!(four_sigma(100.0, 10), 0.0, "a certain outcome has no spread");
+    }
+}
