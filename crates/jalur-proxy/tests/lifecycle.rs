@@ -273,40 +273,67 @@ async fn grpc_unary_and_streaming_through_a_sidecar_pair() {
     .expect("server sidecar");
     let (client, outbound) = jalur_sidecar(sidecar_opts(xds, "caller", "grpc")).await;
     let authority = "echo.grpc.svc.cluster.local";
-    let report = assert_eventually(
-        "gRPC through the sidecar pair",
+    // Ready without sending a call: both sidecars report ready and the caller's cluster for
+    // the service has the server sidecar as its host. Then the calls run once, and must all
+    // succeed (a re-run until clean would hide a flaky request path).
+    assert_eventually(
+        "both sidecars ready, the caller knows the server",
         Duration::from_secs(20),
-        || {
-            let py = py.clone();
-            async move {
-                let out = tokio::process::Command::new(&py)
-                    .arg(peer_script("grpc_call.py"))
-                    .args([
-                        "--target",
-                        &outbound.to_string(),
-                        "--authority",
-                        authority,
-                        "--count",
-                        "20",
-                        "--stream",
-                        "50",
-                        "--timeout-secs",
-                        "5",
-                    ])
-                    .output()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-                    .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&out.stderr)))?;
-                if v["unary_ok"] == 20 && v["stream"].as_array().is_some_and(|s| s.len() == 50) {
-                    Ok(v)
-                } else {
-                    Err(v.to_string())
+        || async {
+            for proxy in [&server, &client] {
+                match http_get(proxy.health_addr, "h", "/healthz/ready", &[]).await {
+                    Ok((200, _, _)) => {}
+                    other => return Err(format!("{} not ready: {other:?}", proxy.node_id)),
                 }
+            }
+            let (_, _, body) = http_get(client.admin_addr, "a", "/clusters", &[]).await?;
+            let clusters: serde_json::Value =
+                serde_json::from_str(&body).map_err(|e| e.to_string())?;
+            let hosts = clusters
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|c| c["name"].as_str().is_some_and(|n| n.ends_with(authority)))
+                .filter_map(|c| c["hosts"].as_array())
+                .map(Vec::len)
+                .sum::<usize>();
+            if hosts > 0 {
+                Ok(())
+            } else {
+                Err(format!("no host for {authority} yet: {body}"))
             }
         },
     )
     .await;
+    let out = tokio::process::Command::new(&py)
+        .arg(peer_script("grpc_call.py"))
+        .args([
+            "--target",
+            &outbound.to_string(),
+            "--authority",
+            authority,
+            "--count",
+            "20",
+            "--stream",
+            "50",
+            "--timeout-secs",
+            "5",
+        ])
+        .output()
+        .await
+        .expect("grpc_call.py runs");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "grpc_call.py printed no report ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(report["unary_ok"], 20, "every unary call succeeds: {report}");
+    assert_eq!(
+        report["stream"].as_array().map(Vec::len),
+        Some(50),
+        "every streamed message arrives: {report}"
+    );
     assert_eq!(report["stream"][49], "echo-1:49", "{report}");
     let stats = http_get(server.stats_addr, "s", "/stats/prometheus", &[])
         .await
