@@ -73,12 +73,13 @@ struct Inner {
 
 impl ConsulRegistries {
     /// Starts following the ConsulRegistry resources of `config`, now and after every change,
-    /// and registering the connected `gateways` their exports select; `shutdown` removes every
-    /// registration jalur owns.
+    /// and registering the connected `gateways` their exports select once the plane is `warm`;
+    /// `shutdown` removes every registration jalur owns.
     pub fn start(
         mut config: watch::Receiver<Arc<Config>>,
         gateways: watch::Receiver<Arc<Vec<crate::node::ClientInfo>>>,
         shutdown: watch::Receiver<bool>,
+        warm: watch::Receiver<bool>,
     ) -> Arc<ConsulRegistries> {
         let (tx, _) = watch::channel(Arc::new(Vec::new()));
         let this = Arc::new(ConsulRegistries {
@@ -108,7 +109,13 @@ impl ConsulRegistries {
                 me.report(key, base, result);
             }
         };
-        let task = tokio::spawn(export::run(export_config, gateways, shutdown, report));
+        let task = tokio::spawn(export::run(
+            export_config,
+            gateways,
+            shutdown,
+            warm,
+            report,
+        ));
         *this.exporter.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
         this
     }

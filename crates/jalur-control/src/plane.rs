@@ -209,8 +209,12 @@ impl ControlPlane {
             pm.workloads.clone(),
         );
         store.register_metrics(&mut registry);
-        let consul =
-            ConsulRegistries::start(store.subscribe(), proxies.gateways(), shutdown_rx.clone());
+        let consul = ConsulRegistries::start(
+            store.subscribe(),
+            proxies.gateways(),
+            shutdown_rx.clone(),
+            warm_tx.subscribe(),
+        );
         consul.register_metrics(&mut registry);
         pm.services
             .set(i64::try_from(mesh.load().services.len()).unwrap_or(i64::MAX));

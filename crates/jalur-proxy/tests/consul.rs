@@ -592,3 +592,101 @@ async fn unreachable_consul_address_fails_over_to_the_next() {
     .await;
     plane.stop().await;
 }
+
+/// Export bookkeeping against the Consul protocol DOUBLE, across a control plane that crashed
+/// (its `jalur-managed` entries still in Consul) and then stops cleanly:
+/// - at start, once warm, the entry whose gateway did not come back is removed, the entry of the
+///   gateway that reconnected is kept as it is (never deregistered, so legacy callers always
+///   find it), and entries jalur does not own are left alone;
+/// - on stop, every entry jalur owns is deregistered before `stop` returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_double_stale_exports_cleaned_at_start_and_all_deregistered_at_stop() {
+    let consul = ConsulDouble::start_with(ConsulOpts::default().max_wait(Duration::from_secs(2)))
+        .await;
+    // A port number in Consul only: nothing binds it in this test.
+    let gw_port = 18_080;
+    let live_id = format!("jalur-payments-127.0.0.1-{gw_port}");
+    let stale_id = format!("jalur-payments-10.9.9.9-{gw_port}");
+    // What the crashed run left, and what others registered.
+    for (id, address, tag) in [
+        (live_id.as_str(), "127.0.0.1", Some("jalur-managed")),
+        (stale_id.as_str(), "10.9.9.9", Some("jalur-managed")),
+        ("payments-legacy-1", "127.0.0.1", None),
+    ] {
+        let port = if tag.is_some() { gw_port } else { 9_999 };
+        let mut instance = Instance::new("payments", id, address, port);
+        if let Some(tag) = tag {
+            instance = instance.tag(tag);
+        }
+        consul.register(instance);
+    }
+    let files = [(
+        "consul.yaml",
+        format!("{}  exports:\n  - name: payments\n    gatewaySelector: {{istio: ingressgateway}}\n    port: {gw_port}\n", registry(&consul)),
+    )];
+    let gateway_opts = jalur_proxy::run::ProxyOptions {
+        role: jalur_proxy::run::Role::Gateway,
+        labels: [("istio".to_string(), "ingressgateway".to_string())].into(),
+        ..sidecar_opts(([127, 0, 0, 1], 1).into(), "legacy-bridge", "default")
+    };
+    // The crashed run's memory of its clients: this start waits for the gateway to return.
+    let state_dir = jalur_testkit::unique_temp_dir("jalur-export-state").expect("temp dir");
+    let gateway_id = jalur_proxy::run::node(&gateway_opts).id;
+    std::fs::write(
+        state_dir.join("clients.json"),
+        serde_json::to_vec(&[&gateway_id]).expect("json"),
+    )
+    .expect("clients.json");
+    let mut opts = Plane::options();
+    opts.registry_grace = Duration::from_secs(20);
+    opts.state_dir = Some(state_dir.clone());
+    let mut plane = Plane::start_with(&files, opts).await;
+    let gateway = jalur_proxy::run::Proxy::start(jalur_proxy::run::ProxyOptions {
+        xds: plane.xds.to_string(),
+        ..gateway_opts
+    })
+    .await
+    .expect("gateway");
+
+    let ids = || {
+        let mut ids: Vec<String> = consul
+            .instances("payments")
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eventually(
+        "the stale entry is removed once the plane is warm",
+        Duration::from_secs(20),
+        || async {
+            let now = ids();
+            if now == [live_id.clone(), "payments-legacy-1".to_string()] {
+                Ok(())
+            } else {
+                Err(format!("{now:?}"))
+            }
+        },
+    )
+    .await;
+    let touched_live: Vec<String> = consul
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PUT" && r.path.contains(&live_id))
+        .map(|r| r.path)
+        .collect();
+    assert!(
+        touched_live.is_empty(),
+        "the reconnected gateway's entry is kept, not deregistered and registered again: {touched_live:?}"
+    );
+
+    plane.stop().await;
+    assert_eq!(
+        ids(),
+        ["payments-legacy-1"],
+        "stopping the control plane deregisters what it owns, and only that"
+    );
+    gateway.shutdown().await;
+    let _ = std::fs::remove_dir_all(state_dir);
+}

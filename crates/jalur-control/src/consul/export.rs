@@ -2,8 +2,8 @@
 //! Consul's agent under the export's name (tag `jalur-managed`), with an HTTP check on the
 //! gateway's `/healthz/ready` and `DeregisterCriticalServiceAfter`, so legacy callers that
 //! resolve `payments` through Consul reach the mesh. Entries jalur owns are reconciled on every
-//! change and on start (none is left stale), and removed when the export goes away (rollback) or
-//! the control plane shuts down.
+//! change and, once the control plane is warm, on start (none is left stale), and removed when the
+//! export goes away (rollback) or the control plane shuts down.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -100,12 +100,22 @@ pub(crate) async fn reconcile(api: &Api, want: &BTreeMap<String, Value>) -> Resu
 
 /// Follows config and connected gateways; reconciles every ConsulRegistry's exports. On
 /// `shutdown`, removes every entry it owns.
+///
+/// The first reconcile waits for `warm`: after a crash the entries of the last run are still in
+/// Consul, and until its gateways have reconnected they would look stale. Removing them then
+/// would leave legacy callers without an instance until the gateways are back; waiting until
+/// the plane is warm removes only the entries whose gateway did not return.
 pub(crate) async fn run(
     mut config: watch::Receiver<Arc<Config>>,
     mut gateways: watch::Receiver<Arc<Vec<ClientInfo>>>,
     mut shutdown: watch::Receiver<bool>,
+    mut warm: watch::Receiver<bool>,
     report: impl Fn(&str, &str, Result<(), String>) + Send + 'static,
 ) {
+    tokio::select! {
+        r = warm.wait_for(|w| *w) => if r.is_err() { return },
+        _ = shutdown.wait_for(|s| *s) => return,
+    }
     // Registries that ever had exports: on their removal (rollback) their entries must go too.
     let mut known: BTreeMap<String, ConsulRegistry> = BTreeMap::new();
     loop {
