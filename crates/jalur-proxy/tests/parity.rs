@@ -1,7 +1,7 @@
 //! The routing scenarios of the control-plane tests, run through jalur proxy AND through stock
 //! Envoy from one control plane, asserting the same observed behaviour: weighted split, header
-//! routing, a retry recovering from a 503, a route timeout, outlier ejection, and a circuit
-//! breaker overflowing.
+//! routing, a retry recovering from a 503, a route timeout, outlier ejection, a circuit
+//! breaker overflowing, and fault injection (aborts and delays, always and by percentage).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -242,6 +242,108 @@ async fn circuit_breaker_overflows_with_503(kind: Kind) {
     }
 }
 
+/// One request's status, body and time taken.
+async fn timed_get(to: SocketAddr, path: &str) -> (u16, String, Duration) {
+    let started = Instant::now();
+    let (status, _, body) = http_get(to, HOST, path, &[]).await.expect("request");
+    (status, body, started.elapsed())
+}
+
+/// Istio's HTTP fault injection (a VirtualService's `fault:`, Envoy's fault filter): aborts and
+/// fixed delays, always and for a percentage of requests. Both proxies draw at random, so a
+/// percentage is judged within 4σ of its sample size.
+async fn faults_abort_and_delay_by_percentage(kind: Kind) {
+    let v1 = EchoServer::start("v1").await;
+    let mut files = base(&[("v1", &v1)]);
+    let faulty = |prefix: &str, fault: &str| {
+        format!("  - match: [{{uri: {{prefix: {prefix}}}}}]\n    fault: {fault}\n    route:\n    - destination: {{host: reviews}}\n")
+    };
+    files.push((
+        "vs.yaml",
+        vs(&[
+            faulty("/abort-all", "{abort: {httpStatus: 418, percentage: {value: 100}}}"),
+            faulty("/abort-some", "{abort: {httpStatus: 503, percentage: {value: 25}}}"),
+            faulty("/delay-all", "{delay: {fixedDelay: 300ms, percentage: {value: 100}}}"),
+            faulty("/delay-some", "{delay: {fixedDelay: 250ms, percentage: {value: 50}}}"),
+            "  - route:\n    - destination: {host: reviews}\n".to_string(),
+        ]
+        .concat()),
+    ));
+    let plane = Plane::start(&files).await;
+    let Some(s) = sidecar(kind, &plane).await else {
+        return;
+    };
+    wait_routed(&s, |k| k == "v1").await;
+
+    // Aborted before the router: the backend sees nothing, and a 503 abort is not retried
+    // (the default retry policy retries 503s from upstream).
+    let before = v1.hits();
+    for _ in 0..20 {
+        let (status, body, _) = timed_get(s.outbound, "/abort-all").await;
+        // Envoy's local reply is the bare text; jalur's local replies end with a newline.
+        assert_eq!(
+            (status, body.trim_end()),
+            (418, "fault filter abort"),
+            "{kind:?}"
+        );
+    }
+    let n = 400;
+    let mut aborted = 0;
+    for _ in 0..n {
+        match timed_get(s.outbound, "/abort-some").await.0 {
+            503 => aborted += 1,
+            200 => {}
+            other => panic!("{kind:?}: /abort-some answered {other}"),
+        }
+    }
+    assert_eq!(
+        v1.hits() - before,
+        (n - aborted) as u64,
+        "{kind:?}: aborted requests never reach the backend"
+    );
+    let share = 100.0 * aborted as f64 / n as f64;
+    let tolerance = four_sigma(25.0, n);
+    assert!(
+        (share - 25.0).abs() <= tolerance,
+        "{kind:?}: {share:.1} % of {n} aborted, 25 ± {tolerance:.1} expected"
+    );
+
+    // Delayed, then forwarded. Envoy's timers run on its event loop's cached clock and were
+    // seen firing up to 3 ms early; a tokio sleep never does.
+    let early = match kind {
+        Kind::Envoy => Duration::from_millis(10),
+        Kind::Jalur => Duration::ZERO,
+    };
+    for _ in 0..3 {
+        let (status, body, took) = timed_get(s.outbound, "/delay-all").await;
+        assert_eq!((status, body.as_str()), (200, "v1"), "{kind:?}");
+        assert!(
+            took + early >= Duration::from_millis(300),
+            "{kind:?}: answered after {took:?}"
+        );
+    }
+    // 200 requests, 25 at a time: those that took the 250 ms delay (counted from 200 ms, well
+    // above an undelayed request), against 50 %.
+    let n = 200;
+    let mut delayed = 0;
+    for _ in 0..n / 25 {
+        let batch: Vec<_> = (0..25)
+            .map(|_| tokio::spawn(timed_get(s.outbound, "/delay-some")))
+            .collect();
+        for call in batch {
+            let (status, _, took) = call.await.expect("join");
+            assert_eq!(status, 200, "{kind:?}");
+            delayed += usize::from(took >= Duration::from_millis(200));
+        }
+    }
+    let share = 100.0 * delayed as f64 / n as f64;
+    let tolerance = four_sigma(50.0, n);
+    assert!(
+        (share - 50.0).abs() <= tolerance,
+        "{kind:?}: {share:.1} % of {n} delayed, 50 ± {tolerance:.1} expected"
+    );
+}
+
 macro_rules! both {
     ($name:ident, $scenario:ident) => {
         mod $name {
@@ -263,6 +365,7 @@ both!(retry_503, retry_recovers_from_one_503);
 both!(timeout, route_timeout_fires);
 both!(outlier, outlier_detection_ejects_a_failing_endpoint);
 both!(circuit_breaker, circuit_breaker_overflows_with_503);
+both!(faults, faults_abort_and_delay_by_percentage);
 
 /// A gateway of either kind selected by `istio: ingressgateway`; returns the address of its
 /// listener for Gateway port 8080 (bound on an OS-chosen port).
