@@ -312,13 +312,18 @@ async fn drill_moves_a_service_to_the_mesh_in_four_stages_without_a_failed_reque
 }
 
 /// The meshed instances start answering 10 % errors mid-migration: the error-rate gate trips,
-/// the route goes back to the legacy path by itself, and within 2 s of the breach no request
-/// reaches the mesh path. The failures are the faulty answers inside the gate's window, no more.
+/// the route goes back to the legacy path by itself, and the last request on the mesh path is
+/// sent at most 500 ms after the breach — with the default 100 ms config debounce, which a
+/// rollback does not wait for. The failures are the faulty answers inside the gate's window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fault_drill_rolls_back_to_the_legacy_path_within_two_seconds_of_the_breach() {
+async fn fault_drill_rolls_back_to_the_legacy_path_within_500_ms_of_the_breach() {
+    let opts = jalur_control::Options {
+        debounce: jalur_control::Options::default().debounce,
+        ..Plane::options()
+    };
     let fleet = fleet(
         "  stages: [{weight: 25, hold: 60s}, {weight: 100, hold: 5s}]\n  gates: {maxErrorRate: 0.05, maxP99Ratio: 10, p99Allowance: 250ms, minRequests: 20, window: 3s}\n  onFailure: rollback\n",
-        Plane::options(),
+        opts,
     )
     .await;
     let load_start = unix_ms();
@@ -389,7 +394,7 @@ async fn fault_drill_rolls_back_to_the_legacy_path_within_two_seconds_of_the_bre
     let failed: Vec<&Sample> = samples.iter().filter(|s| !s.ok).collect();
     let mesh_in_window = samples
         .iter()
-        .filter(|s| is_mesh(s) && s.at >= fault && s.at <= breach_at + Duration::from_secs(2))
+        .filter(|s| is_mesh(s) && s.at >= fault && s.at <= breach_at + Duration::from_millis(500))
         .count();
     eprintln!(
         "fault at {fault:?}, breach detected {:.2}s later, last mesh request {:.0} ms after the breach; {} failed of {} mesh-path requests since the fault ({} requests in all)",
@@ -399,8 +404,9 @@ async fn fault_drill_rolls_back_to_the_legacy_path_within_two_seconds_of_the_bre
         mesh_in_window,
         samples.len()
     );
+    // From the verdict: one rebuild, one push, the front applying it. What the README claims.
     assert!(
-        last_mesh <= breach_at + Duration::from_secs(2),
+        last_mesh <= breach_at + Duration::from_millis(500),
         "a request reached the mesh path {:?} after the breach",
         last_mesh.saturating_sub(breach_at)
     );
@@ -409,7 +415,7 @@ async fn fault_drill_rolls_back_to_the_legacy_path_within_two_seconds_of_the_bre
         assert!(
             // A request sent just before the fault may be answered just after it.
             f.at + Duration::from_millis(250) >= fault
-                && f.at <= breach_at + Duration::from_secs(2),
+                && f.at <= breach_at + Duration::from_millis(500),
             "a failure outside the fault's window: {:?}",
             failures(&samples)
         );
@@ -451,7 +457,6 @@ async fn control_plane_restarted_mid_migration_resumes_at_the_same_stage() {
         opts,
     )
     .await;
-    let load_start = unix_ms();
     let load = fleet.load();
     fleet.command(Command::Start);
     fleet
@@ -460,7 +465,7 @@ async fn control_plane_restarted_mid_migration_resumes_at_the_same_stage() {
         })
         .await;
     fleet.plane.restart().await;
-    let restarted = since_load(load_start, unix_ms());
+    let restarted = first_ack(&fleet, load.started_at()).await;
     let s = fleet.status();
     assert_eq!(
         (s.stage, s.requested_percent),
@@ -483,11 +488,11 @@ async fn control_plane_restarted_mid_migration_resumes_at_the_same_stage() {
     let samples = load.stop().await;
     let failed = samples.iter().filter(|s| !s.ok).count();
     eprintln!(
-        "{} requests across the restart, {failed} failed",
+        "{} requests across the restart, {failed} failed; the front's first ACK of the restarted plane {restarted:?} into the load",
         samples.len()
     );
-    // The traffic, not only the controller's memory: right after the restart the split is
-    // still stage 2's.
+    // The traffic, not only the controller's memory: once the front has taken the restarted
+    // plane's first push, the split is still stage 2's.
     let (total, mesh) = jalur_demo::load::share(
         &samples,
         restarted,
@@ -497,7 +502,7 @@ async fn control_plane_restarted_mid_migration_resumes_at_the_same_stage() {
     let observed = 100.0 * mesh as f64 / total.max(1) as f64;
     assert!(
         total > 300 && (observed - 30.0).abs() <= 2.0,
-        "{observed:.1} % of {total} requests on the mesh path in the 2 s after the restart"
+        "{observed:.1} % of {total} requests on the mesh path in the 2 s after the front's first ACK of the restarted plane ({restarted:?} into the load)"
     );
     assert_eq!(
         done.phase,
@@ -508,6 +513,32 @@ async fn control_plane_restarted_mid_migration_resumes_at_the_same_stage() {
     );
     assert_eq!(failed, 0, "failed requests: {:?}", failures(&samples));
     fleet.shutdown().await;
+}
+
+/// When (since `load_started`) the front first ACKed everything the (restarted) control plane
+/// sent it: from then on its routes are the new plane's. Polled every 2 ms, so the moment is
+/// that precise.
+async fn first_ack(fleet: &Fleet, load_started: tokio::time::Instant) -> Duration {
+    let ads = fleet.plane.control().state.ads.clone();
+    let node = fleet.front.node_id.clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut tick = tokio::time::interval(Duration::from_millis(2));
+    loop {
+        tick.tick().await;
+        let acked = ads.sync().client(&node).is_some_and(|c| {
+            let sent = c.types.values().filter(|t| !t.sent_nonce.is_empty());
+            c.types.values().any(|t| !t.sent_nonce.is_empty())
+                && sent.clone().all(|t| t.acked_nonce == t.sent_nonce)
+        });
+        if acked {
+            return load_started.elapsed();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the front never ACKed the restarted plane: {:?}",
+            ads.sync().client(&node)
+        );
+    }
 }
 
 /// The same engine reading a real Prometheus (Debian package, started here, scraping the
@@ -661,8 +692,16 @@ async fn canary_between_subsets_of_a_meshed_service() {
         judged.mesh.requests > 0 && judged.legacy.requests > 0,
         "v1 and v2 measured apart by subset: {judged:?}"
     );
-    for (weight, from, to) in done.held_stages() {
-        let Some(to) = to else { continue };
+    // Every stage held, in order, each with its requested share of the traffic.
+    let held = done.held_stages();
+    assert_eq!(
+        held.iter().map(|h| h.0).collect::<Vec<_>>(),
+        [20, 60, 100],
+        "history: {:#?}",
+        done.history
+    );
+    for (weight, from, to) in held {
+        let to = to.expect("a promoted canary's stages all ended");
         let (total, v2) = jalur_demo::load::share(
             &samples,
             since_load(load_start, from),
@@ -671,7 +710,7 @@ async fn canary_between_subsets_of_a_meshed_service() {
         );
         let observed = 100.0 * v2 as f64 / total.max(1) as f64;
         assert!(
-            (observed - f64::from(weight)).abs() <= 2.0,
+            total >= 300 && (observed - f64::from(weight)).abs() <= 2.0,
             "stage {weight} %: v2 took {observed:.1} % of {total}"
         );
     }
