@@ -109,13 +109,7 @@ impl ConsulRegistries {
                 me.report(key, base, result);
             }
         };
-        let task = tokio::spawn(export::run(
-            export_config,
-            gateways,
-            shutdown,
-            warm,
-            report,
-        ));
+        let task = tokio::spawn(export::run(export_config, gateways, shutdown, warm, report));
         *this.exporter.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
         this
     }

@@ -37,8 +37,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::store::ConfigStore;
-use metrics::{MetricsSource, PathSelector};
 pub use gate::{verdict, GateReport, Stats, Verdict, P99_MIN_REQUESTS};
+use metrics::{MetricsSource, PathSelector};
 pub use overlay::{apply, Overlay, Paths};
 use record::{transition, StageClock};
 pub use record::{Phase, Record, Transition};
@@ -539,12 +539,10 @@ impl Migrations {
         let stage = format!("stage {} ({} %)", rec.stage.unwrap_or(1), rec.weight);
         match self.pushed(rec, now) {
             Push::Waiting => None,
-            Push::Confirmed { proxies } => Some(format!(
-                "{stage} reached every proxy ({proxies} connected)"
-            )),
-            Push::NoProxy => Some(format!(
-                "{stage} written; no proxy is connected to take it"
-            )),
+            Push::Confirmed { proxies } => {
+                Some(format!("{stage} reached every proxy ({proxies} connected)"))
+            }
+            Push::NoProxy => Some(format!("{stage} written; no proxy is connected to take it")),
             Push::TimedOut { pending, proxies } => {
                 tracing::warn!(pending, proxies, "stage weights not confirmed by every proxy within {PUSH_CONFIRM_TIMEOUT:?}; holding anyway");
                 Some(format!(

@@ -374,7 +374,10 @@ async fn a_migration_step_and_its_rollback_do_not_wait_for_the_debounce() {
             },
         )
         .await;
-        eprintln!("{command:?}: rebuilt {:?} after the command", sent.elapsed());
+        eprintln!(
+            "{command:?}: rebuilt {:?} after the command",
+            sent.elapsed()
+        );
     }
     plane.stop().await;
     let _ = std::fs::remove_dir_all(dir);

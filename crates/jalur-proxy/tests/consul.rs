@@ -601,8 +601,8 @@ async fn unreachable_consul_address_fails_over_to_the_next() {
 /// - on stop, every entry jalur owns is deregistered before `stop` returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consul_double_stale_exports_cleaned_at_start_and_all_deregistered_at_stop() {
-    let consul = ConsulDouble::start_with(ConsulOpts::default().max_wait(Duration::from_secs(2)))
-        .await;
+    let consul =
+        ConsulDouble::start_with(ConsulOpts::default().max_wait(Duration::from_secs(2))).await;
     // A port number in Consul only: nothing binds it in this test.
     let gw_port = 18_080;
     let live_id = format!("jalur-payments-127.0.0.1-{gw_port}");

@@ -328,7 +328,10 @@ async fn grpc_unary_and_streaming_through_a_sidecar_pair() {
             String::from_utf8_lossy(&out.stderr)
         )
     });
-    assert_eq!(report["unary_ok"], 20, "every unary call succeeds: {report}");
+    assert_eq!(
+        report["unary_ok"], 20,
+        "every unary call succeeds: {report}"
+    );
     assert_eq!(
         report["stream"].as_array().map(Vec::len),
         Some(50),

@@ -7,9 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use jalur_proxy::run::Proxy;
-use jalur_testkit::yaml::{
-    four_sigma, service_entry, share, spread, subsets_rule, workload_entry,
-};
+use jalur_testkit::yaml::{four_sigma, service_entry, share, spread, subsets_rule, workload_entry};
 use jalur_testkit::{
     assert_eventually, envoy_binary, http_get, require_peer, EchoServer, Envoy, EnvoyOpts,
 };
@@ -261,10 +259,22 @@ async fn faults_abort_and_delay_by_percentage(kind: Kind) {
     files.push((
         "vs.yaml",
         vs(&[
-            faulty("/abort-all", "{abort: {httpStatus: 418, percentage: {value: 100}}}"),
-            faulty("/abort-some", "{abort: {httpStatus: 503, percentage: {value: 25}}}"),
-            faulty("/delay-all", "{delay: {fixedDelay: 300ms, percentage: {value: 100}}}"),
-            faulty("/delay-some", "{delay: {fixedDelay: 250ms, percentage: {value: 50}}}"),
+            faulty(
+                "/abort-all",
+                "{abort: {httpStatus: 418, percentage: {value: 100}}}",
+            ),
+            faulty(
+                "/abort-some",
+                "{abort: {httpStatus: 503, percentage: {value: 25}}}",
+            ),
+            faulty(
+                "/delay-all",
+                "{delay: {fixedDelay: 300ms, percentage: {value: 100}}}",
+            ),
+            faulty(
+                "/delay-some",
+                "{delay: {fixedDelay: 250ms, percentage: {value: 50}}}",
+            ),
             "  - route:\n    - destination: {host: reviews}\n".to_string(),
         ]
         .concat()),

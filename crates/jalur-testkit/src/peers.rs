@@ -168,7 +168,10 @@ mod tests {
             require_peer_in("x", Some(bin.clone()), false, &log),
             Some(bin.clone())
         );
-        assert_eq!(require_peer_in("x", Some(bin.clone()), true, &log), Some(bin));
+        assert_eq!(
+            require_peer_in("x", Some(bin.clone()), true, &log),
+            Some(bin)
+        );
         assert!(!log.exists(), "nothing skipped, nothing recorded");
     }
 
@@ -179,7 +182,8 @@ mod tests {
         assert_eq!(require_peer_in("envoy", None, false, &log), None);
         let recorded = std::fs::read_to_string(&log).expect("skips recorded");
         let _ = std::fs::remove_dir_all(log.parent().expect("dir"));
-        let test = "peers::tests::a_missing_peer_is_skipped_outside_ci_and_recorded_for_scripts_test";
+        let test =
+            "peers::tests::a_missing_peer_is_skipped_outside_ci_and_recorded_for_scripts_test";
         assert_eq!(
             recorded,
             format!("{test}\tredis-server\n{test}\tenvoy\n"),

@@ -79,9 +79,25 @@ mod tests {
     #[test]
     fn four_sigma_of_common_splits() {
         let close = |a: f64, b: f64| (a - b).abs() < 0.01;
-        assert!(close(four_sigma(90.0, 2000), 2.68), "{}", four_sigma(90.0, 2000));
-        assert!(close(four_sigma(30.0, 2000), 4.10), "{}", four_sigma(30.0, 2000));
-        assert!(close(four_sigma(20.0, 1000), 5.06), "{}", four_sigma(20.0, 1000));
-        assert_eq!(four_sigma(100.0, 10), 0.0, "a certain outcome has no spread");
+        assert!(
+            close(four_sigma(90.0, 2000), 2.68),
+            "{}",
+            four_sigma(90.0, 2000)
+        );
+        assert!(
+            close(four_sigma(30.0, 2000), 4.10),
+            "{}",
+            four_sigma(30.0, 2000)
+        );
+        assert!(
+            close(four_sigma(20.0, 1000), 5.06),
+            "{}",
+            four_sigma(20.0, 1000)
+        );
+        assert_eq!(
+            four_sigma(100.0, 10),
+            0.0,
+            "a certain outcome has no spread"
+        );
     }
 }

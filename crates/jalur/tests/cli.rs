@@ -246,7 +246,10 @@ fn proxy_status_without_control_plane_says_so() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot reach the control plane"), "{err}");
-    assert!(err.contains("Connection refused"), "the cause is named: {err}");
+    assert!(
+        err.contains("Connection refused"),
+        "the cause is named: {err}"
+    );
 }
 
 /// `jalur proxy` as a process: serves through its outbound port, logs one JSON access line per
@@ -535,7 +538,10 @@ fn migrate_cli_drives_a_migration_and_reports_errors() {
     let (code, _, err) = migrate("127.0.0.1:9".parse().expect("addr"), &["status", "reviews"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("cannot reach the control plane"), "{err}");
-    assert!(err.contains("Connection refused"), "the cause is named: {err}");
+    assert!(
+        err.contains("Connection refused"),
+        "the cause is named: {err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -104,4 +104,3 @@ pub fn verdict(m: &Migration, mesh: &Stats, legacy: &Stats) -> Verdict {
     }
     Verdict::Pass
 }
-

@@ -102,9 +102,14 @@ pub struct Transition {
     pub gates: Option<GateReport>,
 }
 
-
 /// Moves `rec` to `to`, logs it and records it in the history (the newest 200 kept).
-pub(super) fn transition(key: &str, rec: &mut Record, to: Phase, reason: String, gates: Option<GateReport>) {
+pub(super) fn transition(
+    key: &str,
+    rec: &mut Record,
+    to: Phase,
+    reason: String,
+    gates: Option<GateReport>,
+) {
     let from = rec.phase;
     rec.phase = to;
     let stage = rec.stage;
@@ -129,4 +134,3 @@ pub(super) fn transition(key: &str, rec: &mut Record, to: Phase, reason: String,
         rec.history.remove(0);
     }
 }
-

@@ -109,7 +109,11 @@ mod tests {
         assert_eq!(rec.stage, Some(2), "the second stage");
         assert_eq!(rec.history[0].stage, Some(1));
         let gates = rec.history[1].gates.as_ref().expect("gates kept");
-        assert_eq!((gates.mesh.requests, gates.legacy.errors), (120, 1), "float counts read");
+        assert_eq!(
+            (gates.mesh.requests, gates.legacy.errors),
+            (120, 1),
+            "float counts read"
+        );
         assert_eq!(rec.held_ms, 0, "format 1 kept no held time");
     }
 

@@ -165,7 +165,7 @@ impl Queries {
         // Whole milliseconds, rounded down (never reaching back past the window's start, e.g.
         // a migration stage's hold), at least one; whole seconds read as such.
         let ms = window.as_millis().max(1);
-        let range = if ms % 1000 == 0 {
+        let range = if ms.is_multiple_of(1000) {
             format!("{}s", ms / 1000)
         } else {
             format!("{ms}ms")

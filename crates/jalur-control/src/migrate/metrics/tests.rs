@@ -340,9 +340,7 @@ fn a_restart_counts_what_the_proxy_reported_since_and_new_series_count_whole() {
         snapshot(at(20), &[("v1", 7.0), ("v2", 3.0)]),
         snapshot(at(30), &[("v1", 12.0), ("v2", 4.0)]),
     ];
-    let stats = |version| {
-        window_stats(std::slice::from_ref(&ring), &path(version), Some(t0))
-    };
+    let stats = |version| window_stats(std::slice::from_ref(&ring), &path(version), Some(t0));
     assert_eq!(stats(Some("v1")).requests, 60.0 + 7.0 + 5.0);
     assert_eq!(stats(Some("v2")).requests, 4.0);
     assert_eq!(stats(None).requests, 76.0);
