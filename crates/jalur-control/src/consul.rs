@@ -267,7 +267,14 @@ impl ConsulRegistries {
             .values()
             .flat_map(|s| s.values().flatten().cloned())
             .collect();
-        self.tx.send_replace(Arc::new(set));
+        // Only a real change: every send makes the plane rebuild and bump the generation.
+        self.tx.send_if_modified(|current| {
+            let changed = **current != set;
+            if changed {
+                *current = Arc::new(set);
+            }
+            changed
+        });
     }
 }
 

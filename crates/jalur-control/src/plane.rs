@@ -174,8 +174,19 @@ impl ControlPlane {
         let migrations =
             Migrations::new(store.clone(), state_dir.clone(), source, generation.clone());
         // The first push already carries the persisted weights: a restarted control plane
-        // resumes a migration where it was, never at the route's unmigrated default.
-        let served = crate::migrate::apply(&store.current(), &migrations.current_overlay());
+        // resumes a migration where it was, never at the route's unmigrated default. The
+        // rebuild loop's receivers are taken here, with the values this mesh is built from, so
+        // a change made before the loop first runs (a `migrate start` right after start) is
+        // not lost.
+        let mut changes = Changes {
+            config: store.subscribe(),
+            overlay: migrations.overlay(),
+            registries: Vec::new(),
+        };
+        let served = crate::migrate::apply(
+            &changes.config.borrow_and_update(),
+            &changes.overlay.borrow_and_update(),
+        );
         let mesh = Arc::new(ArcSwap::from_pointee(Mesh::build(served, &[])));
         let (gen_tx, gen_rx) = watch::channel(0u64);
         let generator = MeshGenerator {
@@ -237,17 +248,20 @@ impl ControlPlane {
             source,
         })?;
 
+        let registries: Vec<Arc<dyn Registry>> = [
+            Arc::new(proxies.clone()) as Arc<dyn Registry>,
+            consul.clone() as Arc<dyn Registry>,
+        ]
+        .into_iter()
+        .chain(extra)
+        .collect();
+        // Before anything can connect (the xDS server is not serving yet).
+        changes.registries = registries.iter().map(|r| r.watch()).collect();
         let state = State {
             store: store.clone(),
             mesh: mesh.clone(),
             proxies: proxies.clone(),
-            registries: [
-                Arc::new(proxies.clone()) as Arc<dyn Registry>,
-                consul.clone() as Arc<dyn Registry>,
-            ]
-            .into_iter()
-            .chain(extra)
-            .collect(),
+            registries,
             consul,
             ads: ads.clone(),
             metrics: Arc::new(registry),
@@ -267,6 +281,7 @@ impl ControlPlane {
         ));
         tasks.push(tokio::spawn(rebuild_loop(
             state.clone(),
+            changes,
             gen_tx,
             opts.debounce,
             pm,
@@ -339,21 +354,28 @@ impl ControlPlane {
     }
 }
 
+/// What the mesh is built from, as the rebuild loop watches it.
+struct Changes {
+    config: watch::Receiver<Arc<jalur_model::Config>>,
+    overlay: watch::Receiver<Arc<crate::migrate::Overlay>>,
+    registries: Vec<watch::Receiver<WorkloadSet>>,
+}
+
 /// Rebuilds the mesh when config or any registry's workloads change, at most once per
 /// `debounce`, then bumps the generation the ADS server pushes on.
 async fn rebuild_loop(
     state: State,
+    changes: Changes,
     gen_tx: watch::Sender<u64>,
     debounce: Duration,
     pm: PlaneMetrics,
     kick: Arc<tokio::sync::Notify>,
 ) {
-    let mut config_rx = state.store.subscribe();
-    config_rx.borrow_and_update();
-    let mut overlay_rx = state.migrations.overlay();
-    overlay_rx.borrow_and_update();
-    let mut registry_rxs: Vec<watch::Receiver<WorkloadSet>> =
-        state.registries.iter().map(|r| r.watch()).collect();
+    let Changes {
+        config: mut config_rx,
+        overlay: mut overlay_rx,
+        registries: mut registry_rxs,
+    } = changes;
     let (changed_tx, mut changed_rx) = tokio::sync::mpsc::channel::<()>(1);
     for mut rx in registry_rxs.clone() {
         let changed_tx = changed_tx.clone();
