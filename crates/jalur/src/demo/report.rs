@@ -110,10 +110,15 @@ impl Report {
                         .max()
                         .unwrap_or_default();
                     let breach_at = since(breach.at_ms);
+                    let after = last_mesh.as_secs_f64() * 1000.0 - breach_at.as_secs_f64() * 1000.0;
+                    let last = if after >= 0.0 {
+                        format!("last request on the mesh path {after:.0} ms after the breach")
+                    } else {
+                        format!("no request on the mesh path after the breach (the last {:.0} ms before it)", -after)
+                    };
                     lines.push(format!(
-                        "  rollback: breach detected {:.2} s after the fault; last request on the mesh path {:.0} ms after the breach; {bad} requests failed (the faulty answers inside the gate window)",
+                        "  rollback: breach detected {:.2} s after the fault; {last}; {bad} requests failed (the faulty answers inside the gate window)",
                         breach.at_ms.saturating_sub(fault) as f64 / 1000.0,
-                        last_mesh.as_secs_f64() * 1000.0 - breach_at.as_secs_f64() * 1000.0,
                     ));
                 }
             }
