@@ -171,6 +171,15 @@ struct ClientProgress {
     in_sync: bool,
 }
 
+/// A holding stage to judge, as it was when the tick began.
+struct Held {
+    key: String,
+    resource: Resource,
+    migration: Migration,
+    stage: Option<usize>,
+    held: Duration,
+}
+
 /// Whether a stage's weights reached the proxies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Push {
@@ -455,82 +464,98 @@ impl Migrations {
         }
     }
 
+    /// One controller step: confirm pushes, then judge every holding stage (together: one slow
+    /// metrics query never delays another migration's rollback) and act on the verdicts.
     pub async fn tick(&self) {
-        let config = self.inner.store.current();
-        let now = Instant::now();
-        let mut judge = Vec::new();
-        {
-            let mut records = self.lock();
-            let live: Vec<String> = config.migrations().map(|(r, _)| overlay::key(r)).collect();
-            let before = records.len();
-            records.retain(|k, _| live.contains(k));
-            let mut changed = records.len() != before;
-            for (r, m) in config.migrations() {
-                let key = overlay::key(r);
-                let Some(rec) = records.get_mut(&key) else {
-                    continue;
-                };
-                if rec.phase == Phase::Shifting {
-                    if let Some(reason) = self.push_reason(rec, now) {
-                        rec.begin_hold(now);
-                        transition(&key, rec, Phase::Holding, reason, None);
-                        changed = true;
-                    }
-                }
-                if rec.phase == Phase::Holding {
-                    let held = rec.held(now);
-                    if held.saturating_sub(Duration::from_millis(rec.held_ms)) >= HELD_SAVE_EVERY {
-                        rec.held_ms = held.as_millis() as u64;
-                        changed = true;
-                    }
-                    judge.push((key, r.clone(), m.clone(), rec.stage, held));
-                }
-            }
-            if changed {
-                self.publish(&records);
-            }
-        }
-        // Judged together: one slow metrics query never delays another migration's rollback.
+        let holding = self.confirm_pushes();
         let reports = futures::future::join_all(
-            judge
+            holding
                 .iter()
-                .map(|(_, r, m, _, held)| self.judge(r, m, *held)),
+                .map(|h| self.judge(&h.resource, &h.migration, h.held)),
         )
         .await;
-        for ((key, _, m, stage, _), report) in judge.into_iter().zip(reports) {
-            let mut records = self.lock();
+        for (h, report) in holding.into_iter().zip(reports) {
+            self.act_on(h, report);
+        }
+    }
+
+    /// Turns every shifting stage whose weights reached the proxies into a holding one, saves
+    /// held time now and then, and returns the holding stages to judge.
+    fn confirm_pushes(&self) -> Vec<Held> {
+        let config = self.inner.store.current();
+        let now = Instant::now();
+        let mut holding = Vec::new();
+        let mut records = self.lock();
+        let live: Vec<String> = config.migrations().map(|(r, _)| overlay::key(r)).collect();
+        let before = records.len();
+        records.retain(|k, _| live.contains(k));
+        let mut changed = records.len() != before;
+        for (r, m) in config.migrations() {
+            let key = overlay::key(r);
             let Some(rec) = records.get_mut(&key) else {
                 continue;
             };
-            // An operator's command may have moved it while the metrics were read.
-            if rec.phase != Phase::Holding || rec.stage != stage {
-                continue;
+            if rec.phase == Phase::Shifting {
+                if let Some(reason) = self.push_reason(rec, now) {
+                    rec.begin_hold(now);
+                    transition(&key, rec, Phase::Holding, reason, None);
+                    changed = true;
+                }
             }
-            rec.last_gates = Some(report.clone());
-            let held = rec.held(Instant::now());
-            let hold = hold_of(&m, stage.unwrap_or(1));
-            match &report.verdict {
-                Verdict::Fail(why) => {
-                    let reason = format!("gate failed: {why}");
-                    match m.on_failure() {
-                        FailureAction::Rollback => self.roll_back(&key, rec, reason, Some(report)),
-                        FailureAction::Pause => {
-                            transition(&key, rec, Phase::Paused, reason, Some(report))
-                        }
+            if rec.phase == Phase::Holding {
+                let held = rec.held(now);
+                if held.saturating_sub(Duration::from_millis(rec.held_ms)) >= HELD_SAVE_EVERY {
+                    rec.held_ms = held.as_millis() as u64;
+                    changed = true;
+                }
+                holding.push(Held {
+                    key,
+                    resource: r.clone(),
+                    migration: m.clone(),
+                    stage: rec.stage,
+                    held,
+                });
+            }
+        }
+        if changed {
+            self.publish(&records);
+        }
+        holding
+    }
+
+    /// A failed gate rolls back (or pauses); a pass after the stage's hold advances.
+    fn act_on(&self, h: Held, report: GateReport) {
+        let mut records = self.lock();
+        let Some(rec) = records.get_mut(&h.key) else {
+            return;
+        };
+        // An operator's command may have moved it while the metrics were read.
+        if rec.phase != Phase::Holding || rec.stage != h.stage {
+            return;
+        }
+        rec.last_gates = Some(report.clone());
+        let (key, m, stage) = (&h.key, &h.migration, h.stage.unwrap_or(1));
+        let held = rec.held(Instant::now());
+        match &report.verdict {
+            Verdict::Fail(why) => {
+                let reason = format!("gate failed: {why}");
+                match m.on_failure() {
+                    FailureAction::Rollback => self.roll_back(key, rec, reason, Some(report)),
+                    FailureAction::Pause => {
+                        transition(key, rec, Phase::Paused, reason, Some(report))
                     }
-                    self.publish(&records);
                 }
-                Verdict::Pass if held >= hold => {
-                    let reason = format!(
-                        "stage {} held {:.0}s with gates passing",
-                        stage.unwrap_or(1),
-                        held.as_secs_f64()
-                    );
-                    self.advance(&key, rec, &m, reason, Some(report));
-                    self.publish(&records);
-                }
-                _ => {}
+                self.publish(&records);
             }
+            Verdict::Pass if held >= hold_of(m, stage) => {
+                let reason = format!(
+                    "stage {stage} held {:.0}s with gates passing",
+                    held.as_secs_f64()
+                );
+                self.advance(key, rec, m, reason, Some(report));
+                self.publish(&records);
+            }
+            _ => {}
         }
     }
 
