@@ -66,9 +66,23 @@ pub trait Generator: Send + Sync + 'static {
     /// here. Called before the first `generate` for the stream.
     fn connected(&self, _conn_id: u64, _node: &Node) {}
 
+    /// The client holds a complete config: it has ACKed every listener, route configuration,
+    /// cluster and endpoint assignment of its snapshot, or its first request said it already
+    /// holds one (a serving proxy reconnecting). Called at most once per `connected`. A proxy's
+    /// workload becomes an endpoint only from here on: callers must not be sent to a proxy
+    /// whose listeners and routes are not in place yet.
+    fn ready(&self, _conn_id: u64, _node: &Node) {}
+
     /// The stream ended (client gone, error, or server shutdown). Called exactly once per
-    /// `connected`.
+    /// `connected`, unless the client left (see [`Generator::left`]).
     fn disconnected(&self, _conn_id: u64, _node: &Node) {}
+
+    /// The client ended its stream itself (a gRPC half-close): a proxy saying it is leaving,
+    /// which `jalur proxy` does when it starts draining. Called instead of `disconnected`;
+    /// a connection that merely broke (a crash, a network fault) is `disconnected`.
+    fn left(&self, conn_id: u64, node: &Node) {
+        self.disconnected(conn_id, node);
+    }
 }
 
 /// State shared by every stream of one server.

@@ -86,6 +86,9 @@ pub struct ClientStatus {
     /// Keyed by short type name (`cds`, `eds`, `lds`, `rds`, `sds`).
     pub types: BTreeMap<String, TypeStatus>,
     pub in_sync: bool,
+    /// The client holds a complete config (see `Generator::ready`); a proxy's workload is an
+    /// endpoint only once this is true.
+    pub ready: bool,
     /// What the client should currently have, for dumps (`jalur proxy-config`).
     #[serde(skip)]
     pub last_snapshot: Arc<ClientSnapshot>,
@@ -178,6 +181,7 @@ mod tests {
             generation: 0,
             types: BTreeMap::new(),
             in_sync: true,
+            ready: false,
             last_snapshot: Arc::default(),
         }
     }

@@ -41,6 +41,11 @@ pub(crate) trait Protocol: Default + Send + 'static {
     fn type_statuses(&self) -> BTreeMap<String, TypeStatus>;
     /// Some response has neither been ACKed nor NACKed yet.
     fn awaiting_reply(&self) -> bool;
+    /// The first request of a stream says the client already holds config (SotW: a
+    /// `version_info`; delta: `initial_resource_versions`): a serving proxy reconnecting.
+    fn holds_config(first: &Self::Request) -> bool;
+    /// The client has ACKed every resource of `snapshot` it needs to serve.
+    fn holds(&self, snapshot: &ClientSnapshot) -> bool;
 }
 
 /// A registered client. Dropping it deregisters the client, exactly once, however the stream
@@ -56,6 +61,10 @@ pub(crate) struct Conn {
     change_seen: Option<Instant>,
     next_nonce: u64,
     status: ClientStatus,
+    /// The generator was told the client holds a complete config.
+    ready: bool,
+    /// The client ended its stream itself (it is leaving), rather than losing it.
+    left: bool,
 }
 
 impl Conn {
@@ -67,6 +76,7 @@ impl Conn {
         mode: Mode,
         peer: Option<SocketAddr>,
         changes: &mut watch::Receiver<u64>,
+        ready: bool,
     ) -> Conn {
         let kind = shared.generator.client_kind(&node);
         shared.convergence.joined(id);
@@ -86,6 +96,7 @@ impl Conn {
             generation,
             types: BTreeMap::new(),
             in_sync: true,
+            ready,
             last_snapshot: snapshot.clone(),
         };
         info!(conn = id, node = %node.id, kind, client = %status.client_version, mode = mode.as_str(), ?peer, "xDS client connected");
@@ -100,7 +111,20 @@ impl Conn {
             change_seen: None,
             next_nonce: 0,
             status,
+            ready,
+            left: false,
         }
+    }
+
+    /// Tells the generator once the client holds everything it needs to serve.
+    fn check_ready<P: Protocol>(&mut self, proto: &P) {
+        if self.ready || !proto.holds(&self.snapshot) {
+            return;
+        }
+        self.ready = true;
+        self.status.ready = true;
+        info!(conn = self.id, node = %self.node.id, generation = self.generation, "xDS client holds a complete config");
+        self.shared.generator.ready(self.id, &self.node);
     }
 
     /// Rebuilds the snapshot after the control plane bumped the generation.
@@ -153,12 +177,20 @@ impl Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        self.shared.generator.disconnected(self.id, &self.node);
+        if self.left {
+            self.shared.generator.left(self.id, &self.node);
+        } else {
+            self.shared.generator.disconnected(self.id, &self.node);
+        }
         self.shared.sync.remove(self.id);
         for seconds in self.shared.convergence.left(self.id) {
             self.shared.metrics.converged(seconds);
         }
-        info!(conn = self.id, node = %self.node.id, "xDS client disconnected");
+        if self.left {
+            info!(conn = self.id, node = %self.node.id, "xDS client left (it ended its stream)");
+        } else {
+            info!(conn = self.id, node = %self.node.id, "xDS client disconnected");
+        }
     }
 }
 
@@ -186,8 +218,10 @@ type Outbound<R> = mpsc::Sender<Result<R, Status>>;
 enum Event<R> {
     Request(R),
     Change,
-    /// Client closed, stream error, or server shutdown (with the status to end the stream on).
+    /// Stream error, client gone, or server shutdown (with the status to end the stream on).
     End(Option<Status>),
+    /// The client ended its request stream (half-close): it is leaving.
+    Left,
 }
 
 /// Drives one stream until the client goes away; the per-stream task.
@@ -214,6 +248,12 @@ pub(crate) async fn run<P: Protocol>(
     // Registered at once (its workload counts while the plane warms up), answered once warm.
     let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
     shared.generator.connected(id, &node);
+    // A proxy that reconnects with config in hand is serving already: its endpoint counts at
+    // once (a restarted control plane's warm-up waits for exactly these).
+    let ready = P::holds_config(&first);
+    if ready {
+        shared.generator.ready(id, &node);
+    }
     let mut warm = shared.warm.clone();
     if !*warm.borrow() {
         debug!(conn = id, node = %node.id, "holding the first response until the control plane is warm");
@@ -227,7 +267,7 @@ pub(crate) async fn run<P: Protocol>(
             return end(&tx, Some(shutting_down())).await;
         }
     }
-    let mut conn = Conn::open(shared, id, node, P::MODE, peer, &mut changes);
+    let mut conn = Conn::open(shared, id, node, P::MODE, peer, &mut changes, ready);
     let mut proto = P::default();
     let mut watching = true;
     let mut event = Event::Request(first);
@@ -239,10 +279,15 @@ pub(crate) async fn run<P: Protocol>(
                 proto.on_change(&mut conn)
             }
             Event::End(status) => return end(&tx, status).await,
+            Event::Left => {
+                conn.left = true;
+                return end(&tx, None).await;
+            }
         };
         if send_all(&conn, &tx, pushes).await.is_err() {
             return;
         }
+        conn.check_ready(&proto);
         conn.publish(&proto);
         conn.change_seen = None;
         event = next_event::<P>(&mut inbound, &tx, &mut closing, &mut changes, &mut watching).await;
@@ -261,7 +306,7 @@ async fn first_request<P: Protocol>(
     };
     match event {
         Event::Request(request) => Ok(request),
-        Event::Change => Err(None),
+        Event::Change | Event::Left => Err(None),
         Event::End(status) => Err(status),
     }
 }
@@ -290,7 +335,7 @@ async fn next_event<P: Protocol>(
 fn from_message<R>(msg: Result<Option<R>, Status>) -> Event<R> {
     match msg {
         Ok(Some(request)) => Event::Request(request),
-        Ok(None) => Event::End(None),
+        Ok(None) => Event::Left,
         Err(status) => {
             debug!(%status, "xDS stream failed");
             Event::End(None)

@@ -8,7 +8,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use tracing::{debug, warn};
 
 use super::conn::{Conn, Protocol, Push};
-use super::track::{Reply, TypeTrack, WILDCARD};
+use super::track::{holds_all, Reply, TypeTrack, WILDCARD};
 use crate::resource::{ClientSnapshot, Resource, TypeUrl};
 use crate::status::{Mode, TypeStatus};
 use crate::Node;
@@ -87,6 +87,14 @@ impl Protocol for Delta {
 
     fn awaiting_reply(&self) -> bool {
         self.types.values().any(TypeTrack::awaiting_reply)
+    }
+
+    fn holds_config(first: &DeltaDiscoveryRequest) -> bool {
+        !first.initial_resource_versions.is_empty()
+    }
+
+    fn holds(&self, snapshot: &ClientSnapshot) -> bool {
+        holds_all(&self.types, snapshot)
     }
 }
 

@@ -6,8 +6,8 @@ use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, Discovery
 use tracing::debug;
 
 use super::conn::{Conn, Protocol, Push};
-use super::track::{Reply, TypeTrack, WILDCARD};
-use crate::resource::{content_version, TypeUrl};
+use super::track::{holds_all, Reply, TypeTrack, WILDCARD};
+use crate::resource::{content_version, ClientSnapshot, TypeUrl};
 use crate::status::{Mode, TypeStatus};
 use crate::Node;
 
@@ -87,6 +87,14 @@ impl Protocol for Sotw {
 
     fn awaiting_reply(&self) -> bool {
         self.types.values().any(TypeTrack::awaiting_reply)
+    }
+
+    fn holds_config(first: &DiscoveryRequest) -> bool {
+        !first.version_info.is_empty()
+    }
+
+    fn holds(&self, snapshot: &ClientSnapshot) -> bool {
+        holds_all(&self.types, snapshot)
     }
 }
 

@@ -138,6 +138,33 @@ impl TypeTrack {
     }
 }
 
+/// What a proxy needs before it can serve: its listeners and clusters (wildcard types, so
+/// answered at least once) and the route configurations and endpoint assignments they use.
+const SERVING_TYPES: [TypeUrl; 4] = [
+    TypeUrl::Cluster,
+    TypeUrl::ClusterLoadAssignment,
+    TypeUrl::Listener,
+    TypeUrl::RouteConfiguration,
+];
+
+/// The client has ACKed every resource of `snapshot` in the types a proxy serves from (by
+/// name: a later version still in flight does not make a held config incomplete), and has
+/// ACKed LDS and CDS at least once. Judged against the snapshot, not the subscription: a
+/// client that ACKed its listeners but has not yet asked for their routes is not complete.
+pub(crate) fn holds_all(types: &BTreeMap<TypeUrl, TypeTrack>, snapshot: &ClientSnapshot) -> bool {
+    SERVING_TYPES.iter().all(|t| {
+        let track = types.get(t);
+        let acked_once = track.is_some_and(|tr| !tr.status.acked_nonce.is_empty());
+        if t.is_wildcard_capable() && !acked_once {
+            return false;
+        }
+        let held = |name: &String| track.is_some_and(|tr| tr.acked_sent.contains_key(name));
+        snapshot
+            .of_type(*t)
+            .is_none_or(|wanted| wanted.keys().all(held))
+    })
+}
+
 fn error_text(err: &RpcStatus) -> String {
     if err.message.is_empty() {
         format!("error code {} without message", err.code)
