@@ -126,8 +126,16 @@ impl Generator for MeshGenerator {
             .connected(conn_id, &ClientInfo::from_node(node));
     }
 
+    fn ready(&self, conn_id: u64, _node: &Node) {
+        self.proxies.ready(conn_id);
+    }
+
     fn disconnected(&self, conn_id: u64, _node: &Node) {
         self.proxies.disconnected(conn_id);
+    }
+
+    fn left(&self, conn_id: u64, _node: &Node) {
+        self.proxies.left(conn_id);
     }
 }
 

@@ -40,8 +40,11 @@ pub trait Registry: Send + Sync + 'static {
     fn watch(&self) -> watch::Receiver<WorkloadSet>;
 }
 
-/// Workloads of connected proxies. Registered on connect; removed `grace` after the stream ends
-/// (a proxy that reconnects within the grace period keeps its endpoint without a flap).
+/// Workloads of connected proxies. Registered once the proxy holds a complete config (it ACKed
+/// its listeners, routes, clusters and endpoints, or reconnected holding them), so callers are
+/// never sent to a proxy that cannot route yet. Removed at once when the proxy leaves (ends its
+/// stream itself, as a draining `jalur proxy` does), and `grace` after a stream that broke (a
+/// proxy that reconnects within the grace period keeps its endpoint without a flap).
 #[derive(Clone)]
 pub struct ProxyRegistry {
     inner: Arc<Mutex<ProxyState>>,
@@ -55,6 +58,8 @@ pub struct ProxyRegistry {
 struct ProxyState {
     /// connection id -> workload; several connections may announce the same workload.
     by_conn: HashMap<u64, Workload>,
+    /// Workloads of connected proxies that do not hold a complete config yet.
+    pending: HashMap<u64, Workload>,
     gateways: HashMap<u64, ClientInfo>,
     /// connection id -> where that proxy serves `/stats/prometheus`.
     stats: HashMap<u64, std::net::SocketAddr>,
@@ -119,17 +124,50 @@ impl ProxyRegistry {
             self.publish_gateways();
         }
         let Some(w) = client.workload() else { return };
+        tracing::debug!(conn_id, host = %w.host, address = %w.address, "workload announced; routable once its proxy holds a complete config");
+        self.lock().pending.insert(conn_id, w);
+    }
+
+    /// The proxy on `conn_id` holds a complete config: its workload becomes an endpoint.
+    pub fn ready(&self, conn_id: u64) {
+        let Some(w) = self.lock().pending.remove(&conn_id) else {
+            return;
+        };
         tracing::info!(conn_id, host = %w.host, address = %w.address, "workload registered by its proxy");
         self.lock().by_conn.insert(conn_id, w);
         self.publish();
     }
 
-    pub fn disconnected(&self, conn_id: u64) {
+    /// The proxy on `conn_id` ended its stream itself: it is draining and leaving, so its
+    /// endpoint goes now, without the grace period a broken connection gets.
+    pub fn left(&self, conn_id: u64) {
+        self.forget_connection(conn_id);
+        let Some(w) = self.lock().by_conn.remove(&conn_id) else {
+            return;
+        };
+        // Also what an earlier, broken stream of the same proxy left behind for its grace
+        // period: the proxy is going, whichever connection announced it.
+        self.lock()
+            .by_conn
+            .retain(|_, other| other.source != w.source);
+        tracing::info!(conn_id, host = %w.host, address = %w.address, "workload removed: its proxy is leaving");
+        self.publish();
+    }
+
+    /// Everything but the workload: node id, stats target, gateway, pending workload.
+    fn forget_connection(&self, conn_id: u64) {
+        self.lock().pending.remove(&conn_id);
         self.lock().stats.remove(&conn_id);
         self.lock().ids.remove(&conn_id);
         if self.lock().gateways.remove(&conn_id).is_some() {
             self.publish_gateways();
         }
+    }
+
+    /// The stream on `conn_id` ended without the proxy saying it leaves: its endpoint stays
+    /// for the grace period, in case it reconnects.
+    pub fn disconnected(&self, conn_id: u64) {
+        self.forget_connection(conn_id);
         if !self.lock().by_conn.contains_key(&conn_id) {
             return;
         }
@@ -186,5 +224,77 @@ impl Registry for ProxyRegistry {
 
     fn watch(&self) -> watch::Receiver<WorkloadSet> {
         self.tx.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+
+    use super::*;
+
+    fn sidecar(ip: &str) -> ClientInfo {
+        let s = |v: &str| Value {
+            kind: Some(Kind::StringValue(v.into())),
+        };
+        let mut md = Struct::default();
+        md.fields.insert("JALUR_SERVICE".into(), s("reviews"));
+        md.fields.insert("JALUR_PORTS".into(), s("http:9080"));
+        ClientInfo::from_node(&Node {
+            id: format!("sidecar~{ip}~reviews-v1.shop~shop.svc.cluster.local"),
+            metadata: Some(md),
+            ..Node::default()
+        })
+    }
+
+    fn addresses(r: &ProxyRegistry) -> Vec<String> {
+        r.watch()
+            .borrow()
+            .iter()
+            .map(|w| w.address.clone())
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_workload_is_an_endpoint_only_once_its_proxy_is_ready() {
+        let r = ProxyRegistry::new(Duration::from_secs(5));
+        r.connected(1, &sidecar("10.0.0.1"));
+        assert!(addresses(&r).is_empty(), "announced, not ready yet");
+        assert_eq!(r.connected_ids().len(), 1, "counted as connected at once");
+        r.ready(1);
+        assert_eq!(addresses(&r), ["10.0.0.1"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_broken_stream_keeps_the_endpoint_for_the_grace_period() {
+        let r = ProxyRegistry::new(Duration::from_secs(5));
+        r.connected(1, &sidecar("10.0.0.1"));
+        r.ready(1);
+        r.disconnected(1);
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(addresses(&r), ["10.0.0.1"], "within the grace period");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(addresses(&r).is_empty(), "after the grace period");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leaving_proxy_is_withdrawn_at_once_with_its_earlier_streams() {
+        let r = ProxyRegistry::new(Duration::from_secs(5));
+        r.connected(1, &sidecar("10.0.0.1"));
+        r.ready(1);
+        // Its first stream broke (in grace), it reconnected holding config, then it leaves.
+        r.disconnected(1);
+        r.connected(2, &sidecar("10.0.0.1"));
+        r.ready(2);
+        r.connected(3, &sidecar("10.0.0.2"));
+        r.ready(3);
+        r.left(2);
+        assert_eq!(addresses(&r), ["10.0.0.2"]);
+        // A proxy that leaves before it was ready never shows up.
+        r.connected(4, &sidecar("10.0.0.3"));
+        r.left(4);
+        r.ready(4);
+        assert_eq!(addresses(&r), ["10.0.0.2"]);
     }
 }

@@ -123,7 +123,7 @@ async fn bad_edit_is_rejected_with_file_and_line_and_previous_config_keeps_servi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn announced_workload_becomes_an_endpoint_and_only_eds_is_pushed() {
+async fn announced_workload_becomes_an_endpoint_once_its_proxy_is_ready_and_only_eds_is_pushed() {
     let plane =
         Plane::start(&[("ratings.yaml", service_entry("ratings", "default", RATINGS))]).await;
     let cluster = format!("outbound|9080||{RATINGS}");
@@ -168,8 +168,16 @@ async fn announced_workload_becomes_an_endpoint_and_only_eds_is_pushed() {
         ],
     );
     let mut ratings = AdsClient::connect(plane.xds(), ratings_node).await;
-    ratings.request(TypeUrl::Cluster, &[], None).await;
-    let _ = ratings.recv().await;
+    let cds = ratings.fetch(TypeUrl::Cluster, &[]).await;
+    // Not routable while its proxy holds only part of its config.
+    assert!(
+        caller
+            .recv_within(Duration::from_millis(500))
+            .await
+            .is_none(),
+        "an endpoint was published before its proxy held a complete config"
+    );
+    ratings.sync_after_clusters(&cds).await;
 
     // The caller gets the new endpoint (the sidecar's inbound port) and nothing but EDS.
     let push = caller.recv().await;

@@ -2,9 +2,14 @@
 
 use std::time::Duration;
 
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::core::v3::{address, socket_address};
 use envoy_types::pb::envoy::config::endpoint::v3::{lb_endpoint, ClusterLoadAssignment};
+use envoy_types::pb::envoy::config::listener::v3::{filter, Listener};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    http_connection_manager::RouteSpecifier, HttpConnectionManager,
+};
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
@@ -86,6 +91,60 @@ impl AdsClient {
             .await
             .expect("a response within 10s")
     }
+
+    /// Asks for `t` (`names`), ACKs the answer, returns it.
+    pub async fn fetch(&mut self, t: TypeUrl, names: &[String]) -> DiscoveryResponse {
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        self.request(t, &names, None).await;
+        let resp = self.recv().await;
+        self.request(t, &names, Some(&resp)).await;
+        resp
+    }
+
+    /// Takes a whole config as a proxy does (clusters, their endpoints, listeners, their
+    /// routes) and ACKs all of it: what makes the control plane count the proxy as ready.
+    pub async fn sync_all(&mut self) {
+        let cds = self.fetch(TypeUrl::Cluster, &[]).await;
+        self.sync_after_clusters(&cds).await;
+    }
+
+    /// As [`AdsClient::sync_all`], the clusters (`cds`) already taken.
+    pub async fn sync_after_clusters(&mut self, cds: &DiscoveryResponse) {
+        let clusters: Vec<String> = cds
+            .resources
+            .iter()
+            .filter_map(|any| Cluster::decode(any.value.as_slice()).ok())
+            .map(|c| c.name)
+            .collect();
+        self.fetch(TypeUrl::ClusterLoadAssignment, &clusters).await;
+        let lds = self.fetch(TypeUrl::Listener, &[]).await;
+        self.fetch(TypeUrl::RouteConfiguration, &rds_names(&lds))
+            .await;
+    }
+}
+
+/// The route configurations the listeners of an LDS response ask for over RDS.
+pub fn rds_names(lds: &DiscoveryResponse) -> Vec<String> {
+    let mut names: Vec<String> = lds
+        .resources
+        .iter()
+        .filter_map(|any| Listener::decode(any.value.as_slice()).ok())
+        .flat_map(|l| l.filter_chains)
+        .flat_map(|fc| fc.filters)
+        .filter_map(|f| match f.config_type? {
+            filter::ConfigType::TypedConfig(any) => {
+                HttpConnectionManager::decode(any.value.as_slice()).ok()
+            }
+            _ => None,
+        })
+        .filter_map(|hcm| match hcm.route_specifier? {
+            RouteSpecifier::Rds(rds) => Some(rds.route_config_name),
+            _ => None,
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// `ip:port` of every endpoint in an EDS response.
