@@ -29,8 +29,10 @@ pub struct AdminState {
 }
 
 impl AdminState {
+    /// A complete config, listeners bound, and not draining (a draining proxy must not be
+    /// sent new callers).
     pub fn ready(&self) -> bool {
-        *self.config.ready().borrow() && !self.listeners.load().is_empty()
+        *self.config.ready().borrow() && !self.listeners.load().is_empty() && !self.rt.draining()
     }
 }
 
@@ -73,6 +75,12 @@ fn handle(state: &AdminState, which: Endpoints, path: &str) -> Response<Full<Byt
         (Endpoints::Admin, "/ready") | (Endpoints::Health, "/healthz/ready") => {
             if state.ready() {
                 reply(StatusCode::OK, "text/plain", "LIVE\n".into())
+            } else if state.rt.draining() {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready: draining\n".into(),
+                )
             } else {
                 reply(
                     StatusCode::SERVICE_UNAVAILABLE,

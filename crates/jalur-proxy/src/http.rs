@@ -48,7 +48,7 @@ pub async fn handle(
     peer: SocketAddr,
 ) -> Response<Body> {
     let started = Instant::now();
-    let compiled = rt.compiled();
+    let compiled = rt.compiled_with_routes(&ln.routes).await;
     let protocol = protocol_label(&req);
     let (method, path, authority_of) = if rt.access_log {
         (

@@ -5,12 +5,13 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -234,10 +235,16 @@ async fn serve_http<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let counted = rt.clone();
+    let header_timeout = rt.header_read_timeout;
+    // Drain period: set by a request answered while draining, on HTTP/2 (see `close_if_draining`).
+    let goaway = Arc::new(tokio::sync::Notify::new());
+    let head_seen = Arc::new(AtomicBool::new(false));
+    let (goaway_asked, first_head) = (goaway.clone(), head_seen.clone());
     let (stream, verdicts) = crate::framing::Guard::new(io);
     let judged = verdicts.clone();
     let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        let rt = rt.clone();
+        head_seen.store(true, Ordering::Relaxed);
+        let (rt, goaway) = (rt.clone(), goaway.clone());
         let ln = ctx.load_full();
         let verdict = if req.version() < http::Version::HTTP_2 {
             judged.next()
@@ -246,15 +253,17 @@ async fn serve_http<I>(
         };
         let judged = judged.clone();
         async move {
+            let version = req.version();
             let resp = match verdict {
                 Verdict::Reject(r) => crate::http::reject_framing(&rt, r),
                 Verdict::Pass { upgrade } => {
-                    let resp = crate::http::handle(rt, ln, req, peer).await;
+                    let mut resp = crate::http::handle(rt.clone(), ln, req, peer).await;
                     if upgrade {
                         judged.upgrade_outcome(
                             resp.status() == http::StatusCode::SWITCHING_PROTOCOLS,
                         );
                     }
+                    close_if_draining(&rt, version, &mut resp, &goaway);
                     resp
                 }
             };
@@ -265,7 +274,9 @@ async fn serve_http<I>(
     builder
         .http1()
         .max_buf_size(MAX_HEADER_BYTES)
-        .keep_alive(true);
+        .keep_alive(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     tokio::select! {
@@ -281,6 +292,46 @@ async fn serve_http<I>(
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
+        () = goaway_asked.notified() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+        () = no_first_head(&first_head, header_timeout) => {
+            tracing::debug!(%peer, "no request head within the header read timeout; closing");
+            crate::http::count_rejection(&counted, "header_timeout");
+        }
+    }
+}
+
+/// Resolves when no request head has arrived within `timeout` of the connection's start: a
+/// connection that sends nothing, or trickles its first bytes, before hyper even knows whether
+/// it speaks HTTP/1 or HTTP/2 (hyper's own header timer covers every HTTP/1 head after that).
+async fn no_first_head(head_seen: &AtomicBool, timeout: Duration) {
+    tokio::time::sleep(timeout).await;
+    if head_seen.load(Ordering::Relaxed) {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// While the proxy drains, callers still route here until the endpoint is gone from their EDS:
+/// each answer tells them to go elsewhere next time (HTTP/1 `Connection: close`; HTTP/2 a
+/// GOAWAY once this request is answered), so no request finds a connection closed under it.
+fn close_if_draining(
+    rt: &Runtime,
+    version: http::Version,
+    resp: &mut hyper::Response<crate::upstream::Body>,
+    goaway: &tokio::sync::Notify,
+) {
+    if !rt.draining() {
+        return;
+    }
+    if version >= http::Version::HTTP_2 {
+        goaway.notify_one();
+    } else if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        resp.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
     }
 }
 

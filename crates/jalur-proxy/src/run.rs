@@ -1,6 +1,6 @@
 //! `jalur proxy`: build the node the control plane sees, start the xDS client, apply every
 //! accepted config to the runtime and the listeners, serve admin/health/stats, and on shutdown
-//! stop accepting and drain the requests in flight (bounded).
+//! drain the way a rolling restart needs it (see [`Proxy::shutdown`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -17,7 +17,7 @@ use tokio::sync::{watch, Mutex};
 use crate::admin::{self, AdminState, Endpoints};
 use crate::listener::Listeners;
 use crate::runtime::{Identity, Runtime};
-use crate::xds::{ConfigState, XdsOptions};
+use crate::xds::{ConfigState, Lifecycle, XdsOptions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -47,7 +47,13 @@ pub struct ProxyOptions {
     pub ephemeral_ports: bool,
     /// Delta xDS (default) or state of the world.
     pub delta: bool,
+    /// After SIGTERM: how long to keep serving (not ready, endpoint withdrawn, every answer
+    /// saying "go elsewhere") before the listeners close; like Istio's terminationDrainDuration.
+    pub drain_period: Duration,
+    /// Then how long the requests in flight may take to finish.
     pub drain_timeout: Duration,
+    /// A downstream connection must deliver each request head within this (slowloris).
+    pub header_read_timeout: Duration,
     /// One structured log line per request.
     pub access_log: bool,
 }
@@ -66,6 +72,8 @@ impl ProxyOptions {
             admin_addr: ([127, 0, 0, 1], 0).into(),
             health_addr: ([127, 0, 0, 1], 0).into(),
             stats_addr: ([127, 0, 0, 1], 0).into(),
+            // Tests and `jalur demo` stop proxies nothing routes to any more.
+            drain_period: Duration::ZERO,
             drain_timeout: Duration::from_secs(5),
             ..ProxyOptions::default()
         }
@@ -91,11 +99,21 @@ impl Default for ProxyOptions {
             stats_addr: ([0, 0, 0, 0], 15090).into(),
             ephemeral_ports: false,
             delta: true,
+            drain_period: DEFAULT_DRAIN_PERIOD,
             drain_timeout: Duration::from_secs(20),
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             access_log: false,
         }
     }
 }
+
+/// Istio's terminationDrainDuration default: long enough for the control plane to withdraw
+/// the endpoint and for callers to take the change (one push, well under a second here).
+pub const DEFAULT_DRAIN_PERIOD: Duration = Duration::from_secs(5);
+/// Long enough for any honest client on a slow link, short enough that a slowloris holds a
+/// connection for seconds, not minutes. hyper starts the timer whenever it waits for a head,
+/// so an HTTP/1 keep-alive connection idle this long is closed too.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -124,9 +142,11 @@ pub struct Proxy {
     pub node_id: String,
     pub state: AdminState,
     listeners: Arc<Mutex<Listeners>>,
-    shutdown: watch::Sender<bool>,
+    /// Tells the xDS client to leave the control plane, then to stop.
+    xds: watch::Sender<Lifecycle>,
     drain: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    drain_period: Duration,
     drain_timeout: Duration,
 }
 
@@ -173,7 +193,7 @@ impl Proxy {
                     .unwrap_or("unknown"),
             ),
         };
-        let rt = Runtime::new(identity, opts.access_log);
+        let rt = Runtime::new(identity, opts.access_log, opts.header_read_timeout);
         let config = ConfigState::new();
         let bind = |what: &'static str, addr: SocketAddr| async move {
             TcpListener::bind(addr)
@@ -195,7 +215,7 @@ impl Proxy {
             config: config.clone(),
             listeners: Arc::new(ArcSwap::from_pointee(Vec::new())),
         };
-        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (xds, xds_rx) = watch::channel(Lifecycle::Serve);
         let (drain, drain_rx) = watch::channel(false);
         let listeners = Arc::new(Mutex::new(Listeners::with_reserved(reserved)));
         let mut tasks = vec![
@@ -215,7 +235,7 @@ impl Proxy {
         tasks.push(tokio::spawn(crate::xds::run(
             xds_opts,
             config.clone(),
-            shutdown_rx.clone(),
+            xds_rx,
         )));
         tasks.push(tokio::spawn(apply_loop(
             state.clone(),
@@ -232,9 +252,10 @@ impl Proxy {
             node_id,
             state,
             listeners,
-            shutdown,
+            xds,
             drain,
             tasks,
+            drain_period: opts.drain_period,
             drain_timeout: opts.drain_timeout,
         })
     }
@@ -244,8 +265,23 @@ impl Proxy {
         self.state.listeners.load().as_ref().clone()
     }
 
-    /// Stops accepting, lets requests in flight finish (up to the drain timeout), then stops.
+    /// Drains the way a rolling restart needs it, then stops:
+    /// 1. at once: `/healthz/ready` says 503, and the xDS stream is ended cleanly, which the
+    ///    control plane takes as "leaving" and withdraws the endpoint (no grace period);
+    /// 2. for the drain period: keep accepting and serving (callers route here until their EDS
+    ///    drops the endpoint), each HTTP/1 answer with `Connection: close`, each HTTP/2
+    ///    connection sent a GOAWAY after its next request;
+    /// 3. stop accepting, let the requests in flight finish (up to the drain timeout).
     pub async fn shutdown(self) {
+        self.state.rt.start_draining();
+        let _ = self.xds.send(Lifecycle::Leave);
+        if !self.drain_period.is_zero() {
+            tracing::info!(
+                drain_period_ms = self.drain_period.as_millis() as u64,
+                "draining: not ready, leaving the control plane, still serving with Connection: close / GOAWAY"
+            );
+            tokio::time::sleep(self.drain_period).await;
+        }
         tracing::info!("draining: no new connections; waiting for requests in flight");
         let _ = self.drain.send(true);
         self.listeners.lock().await.close_all();
@@ -262,7 +298,7 @@ impl Proxy {
                 "drain timeout reached; closing the remaining connections"
             );
         }
-        let _ = self.shutdown.send(true);
+        let _ = self.xds.send(Lifecycle::Stop);
         for t in self.tasks {
             t.abort();
         }

@@ -5,12 +5,13 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::{HeaderMap, Response};
+use tokio::sync::watch;
 
 use crate::config::{Cluster, Endpoint, HashPolicy, Listener, ListenerKind, RouteSource, Snapshot};
 use crate::error::{Flag, ProxyError};
@@ -29,14 +30,27 @@ pub struct Identity {
     pub version: Arc<str>,
 }
 
+/// How long a request that reached a listener before the listener's route table waits for it
+/// (a proxy just started: its listeners bound, RDS still on the way). Callers are not sent to a
+/// proxy before it holds a complete config, so this covers stragglers, not traffic.
+pub const ROUTES_WAIT: Duration = Duration::from_secs(5);
+
 pub struct Runtime {
     compiled: ArcSwap<Compiled>,
+    /// Ticks after every [`Runtime::apply`], for requests waiting on their routes.
+    applied: watch::Sender<u64>,
+    /// SIGTERM arrived: every HTTP/1 response says `Connection: close`, every HTTP/2
+    /// connection gets a GOAWAY after its next request, while the listeners keep accepting for
+    /// the drain period (callers still route here until the endpoint is gone from their EDS).
+    draining: AtomicBool,
     pub metrics: Metrics,
     pub identity: Identity,
     /// Downstream connections open now (drain waits for this to reach zero).
     pub connections: AtomicUsize,
     /// Log one structured line per request (target `jalur::access`; JSON with `--log-format json`).
     pub access_log: bool,
+    /// A downstream connection must deliver each request head within this (slowloris).
+    pub header_read_timeout: Duration,
     unknown: Arc<str>,
 }
 
@@ -108,19 +122,61 @@ impl Compiled {
 }
 
 impl Runtime {
-    pub fn new(identity: Identity, access_log: bool) -> Arc<Runtime> {
+    pub fn new(
+        identity: Identity,
+        access_log: bool,
+        header_read_timeout: Duration,
+    ) -> Arc<Runtime> {
         Arc::new(Runtime {
             compiled: ArcSwap::from_pointee(Compiled::default()),
+            applied: watch::channel(0).0,
+            draining: AtomicBool::new(false),
             metrics: Metrics::new(),
             identity,
             connections: AtomicUsize::new(0),
             access_log,
+            header_read_timeout,
             unknown: Arc::from("unknown"),
         })
     }
 
     pub fn compiled(&self) -> Arc<Compiled> {
         self.compiled.load_full()
+    }
+
+    /// The compiled config, once it holds the table `routes` names: at once when it does; else
+    /// the request is held until a config brings it, up to [`ROUTES_WAIT`] (after which the
+    /// config as it stands answers, i.e. 404 NR). A request that arrives before its routes is
+    /// held until the config lands, not answered with an error.
+    pub async fn compiled_with_routes(&self, routes: &ListenerRoutes) -> Arc<Compiled> {
+        let compiled = self.compiled();
+        if compiled.table(routes).is_some() || matches!(routes, ListenerRoutes::None) {
+            return compiled;
+        }
+        // Subscribed before looking again, so an apply in between is not missed.
+        let mut applied = self.applied.subscribe();
+        let wait = async {
+            loop {
+                let compiled = self.compiled();
+                if compiled.table(routes).is_some() || applied.changed().await.is_err() {
+                    return compiled;
+                }
+            }
+        };
+        tracing::debug!(?routes, "request held until its route table arrives");
+        match tokio::time::timeout(ROUTES_WAIT, wait).await {
+            Ok(compiled) => compiled,
+            Err(_) => self.compiled(),
+        }
+    }
+
+    /// Starts the drain period (see `draining`); there is no way back.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     /// Compiles a new snapshot, reusing the runtime of every cluster whose config is unchanged.
@@ -157,6 +213,7 @@ impl Runtime {
             tables,
             clusters,
         }));
+        self.applied.send_modify(|n| *n += 1);
     }
 
     /// Counts one finished request in Istio's metrics.
@@ -560,5 +617,71 @@ fn names(cluster: &str) -> (Arc<str>, Arc<str>) {
             Arc::from(if subset.is_empty() { "unknown" } else { subset }),
         ),
         _ => (Arc::from(cluster), Arc::from("unknown")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RouteTable;
+
+    fn runtime() -> Arc<Runtime> {
+        let id: Arc<str> = Arc::from("test");
+        Runtime::new(
+            Identity {
+                workload: id.clone(),
+                canonical_service: id.clone(),
+                version: id,
+            },
+            false,
+            Duration::from_secs(10),
+        )
+    }
+
+    fn with_table(name: &str) -> Arc<Snapshot> {
+        let mut snap = Snapshot::default();
+        snap.routes.insert(
+            name.into(),
+            Arc::new(RouteTable {
+                name: name.into(),
+                virtual_hosts: Vec::new(),
+            }),
+        );
+        Arc::new(snap)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_before_its_routes_is_held_until_they_arrive() {
+        let rt = runtime();
+        let routes = ListenerRoutes::Rds("inbound".into());
+        let waiting = tokio::spawn({
+            let (rt, routes) = (rt.clone(), routes.clone());
+            async move {
+                rt.compiled_with_routes(&routes)
+                    .await
+                    .table(&routes)
+                    .is_some()
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Another table first: still held.
+        rt.apply(with_table("outbound"));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!waiting.is_finished(), "held while its table is missing");
+        rt.apply(with_table("inbound"));
+        assert!(
+            waiting.await.expect("join"),
+            "served from the table that arrived"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_request_gives_up_after_the_bound() {
+        let rt = runtime();
+        let routes = ListenerRoutes::Rds("inbound".into());
+        let started = tokio::time::Instant::now();
+        let compiled = rt.compiled_with_routes(&routes).await;
+        assert!(compiled.table(&routes).is_none());
+        assert_eq!(started.elapsed(), ROUTES_WAIT);
     }
 }

@@ -34,6 +34,8 @@ use apply::{Convert, Held, ResourceType, Update};
 use backoff::Backoff;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a leaving proxy waits for the control plane to end the stream it half-closed.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// HTTP/2 pings notice a control plane that vanished without closing the connection (a dead VM,
 /// a dropped NAT entry), so the proxy reconnects instead of waiting on a dead stream forever.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -68,6 +70,19 @@ impl XdsOptions {
             backoff_max: Duration::from_secs(5),
         }
     }
+}
+
+/// What the proxy wants of its xDS client; sent on the watch given to [`run`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// Stay configured: connect, follow, reconnect.
+    Serve,
+    /// The proxy is draining: end the stream cleanly (a gRPC half-close), which the control
+    /// plane takes as "this proxy is leaving" and withdraws its endpoint at once, then stop.
+    /// The last config keeps serving.
+    Leave,
+    /// Stop now, without a word to the control plane.
+    Stop,
 }
 
 /// The ADS protocol variant in use.
@@ -212,6 +227,36 @@ pub(crate) enum XdsError {
     Stream(tonic::Status),
     #[error("control plane closed the stream")]
     Closed,
+    /// The proxy ended its stream because it is leaving; not an error to retry.
+    #[error("left the control plane")]
+    Left,
+}
+
+impl XdsError {
+    /// What an operator reads: where, and the cause in plain words.
+    fn describe(&self, addr: &str) -> String {
+        match self {
+            XdsError::Connect(e) => {
+                format!("cannot reach the control plane at {addr}: {}", cause(e))
+            }
+            other => format!("control plane at {addr}: {other}"),
+        }
+    }
+}
+
+/// The innermost cause of a connection failure: an OS error as its kind says it ("connection
+/// refused", "timed out"), otherwise the last message in the chain.
+fn cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = error.to_string();
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return io.kind().to_string();
+        }
+        last = e.to_string();
+        source = e.source();
+    }
+    last
 }
 
 /// An error and its sources, `a: b: c` (tonic's transport error alone says only "transport
@@ -227,16 +272,16 @@ fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// Keeps the proxy configured from the control plane until `shutdown` turns true: connect,
-/// subscribe, apply, and on any failure reconnect after a jittered, growing delay.
-pub async fn run(opts: XdsOptions, state: Arc<ConfigState>, shutdown: watch::Receiver<bool>) {
-    run_with(opts, state, shutdown, Convert::ENVOY).await;
+/// Keeps the proxy configured from the control plane until `lifecycle` says leave or stop:
+/// connect, subscribe, apply, and on any failure reconnect after a jittered, growing delay.
+pub async fn run(opts: XdsOptions, state: Arc<ConfigState>, lifecycle: watch::Receiver<Lifecycle>) {
+    run_with(opts, state, lifecycle, Convert::ENVOY).await;
 }
 
 pub(crate) async fn run_with(
     opts: XdsOptions,
     state: Arc<ConfigState>,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<Lifecycle>,
     convert: Convert,
 ) {
     let mode = if opts.delta { Mode::Delta } else { Mode::Sotw };
@@ -252,46 +297,79 @@ pub(crate) async fn run_with(
     let mut backoff = Backoff::new(opts.backoff_base, opts.backoff_max);
     loop {
         let mut session = Session::new(&state, &mut held, convert);
+        let mut leaving = shutdown.clone();
         let error = tokio::select! {
-            error = connect_and_stream(&opts, &mut session) => error,
+            error = connect_and_stream(&opts, &mut session, &mut leaving) => error,
             () = stopped(&mut shutdown) => break,
         };
+        if matches!(error, XdsError::Left) {
+            info!(addr = %opts.addr, "left the control plane (stream ended by this proxy); serving the last config while draining");
+            break;
+        }
         if session.responses > 0 {
             backoff.reset();
         }
         let delay = backoff.next();
-        let error = error.to_string();
-        warn!(addr = %opts.addr, %error, retry_in_ms = delay.as_millis(), "xDS control plane unavailable; serving the last good config");
+        let error = error.describe(&opts.addr);
+        warn!(addr = %opts.addr, retry_in_ms = delay.as_millis(), "{error} (retrying in {:.1} s); serving the last good config", delay.as_secs_f64());
         state.update_status(|s| {
             s.connected = false;
             s.last_error = Some(error);
         });
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
-            () = stopped(&mut shutdown) => break,
+            () = leaving_or_stopped(&mut shutdown) => break,
         }
     }
     state.update_status(|s| s.connected = false);
     info!(addr = %opts.addr, "xDS client stopped");
 }
 
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    if shutdown.wait_for(|stop| *stop).await.is_err() {
+async fn stopped(lifecycle: &mut watch::Receiver<Lifecycle>) {
+    wait_for(lifecycle, |l| l == Lifecycle::Stop).await;
+}
+
+/// Resolves once the proxy wants to leave (or stop).
+pub(crate) async fn leaving_or_stopped(lifecycle: &mut watch::Receiver<Lifecycle>) {
+    wait_for(lifecycle, |l| l != Lifecycle::Serve).await;
+}
+
+async fn wait_for(lifecycle: &mut watch::Receiver<Lifecycle>, f: impl Fn(Lifecycle) -> bool) {
+    if lifecycle.wait_for(|l| f(*l)).await.is_err() {
         // Nobody can ask us to stop any more: run until the runtime ends.
         std::future::pending::<()>().await;
     }
 }
 
-async fn connect_and_stream(opts: &XdsOptions, session: &mut Session<'_>) -> XdsError {
-    let channel = match connect(&opts.addr).await {
-        Ok(channel) => channel,
-        Err(error) => return error,
+async fn connect_and_stream(
+    opts: &XdsOptions,
+    session: &mut Session<'_>,
+    lifecycle: &mut watch::Receiver<Lifecycle>,
+) -> XdsError {
+    let channel = tokio::select! {
+        channel = connect(&opts.addr) => match channel {
+            Ok(channel) => channel,
+            Err(error) => return error,
+        },
+        // Not connected: nobody to tell.
+        () = leaving_or_stopped(lifecycle) => return XdsError::Left,
     };
     if opts.delta {
-        delta::stream(channel, opts.node.clone(), session).await
+        delta::stream(channel, opts.node.clone(), session, lifecycle).await
     } else {
-        sotw::stream(channel, opts.node.clone(), session).await
+        sotw::stream(channel, opts.node.clone(), session, lifecycle).await
     }
+}
+
+/// Ends a stream the proxy is leaving: the request side was closed (dropped by the caller);
+/// waits, bounded, for the control plane to end its side, so it sees a clean half-close and
+/// not a reset.
+async fn leave<R>(mut inbound: tonic::Streaming<R>) -> XdsError {
+    let drained = async { while let Ok(Some(_)) = inbound.message().await {} };
+    if tokio::time::timeout(LEAVE_TIMEOUT, drained).await.is_err() {
+        warn!("the control plane did not end the stream this proxy left; closing it");
+    }
+    XdsError::Left
 }
 
 async fn connect(addr: &str) -> Result<Channel, XdsError> {

@@ -52,9 +52,18 @@ pub struct Args {
     /// Use state-of-the-world xDS instead of delta.
     #[arg(long, env = "JALUR_SOTW")]
     sotw: bool,
-    /// How long SIGTERM waits for requests in flight (e.g. 20s).
+    /// After SIGTERM, how long to keep serving while callers move away: not ready on the health
+    /// port, endpoint withdrawn from the control plane at once, `Connection: close` on HTTP/1.1
+    /// answers and GOAWAY on HTTP/2. Like Istio's terminationDrainDuration.
+    #[arg(long, env = "JALUR_DRAIN_PERIOD", default_value = "5s", value_parser = crate::control::parse_duration)]
+    drain_period: Duration,
+    /// Then how long the requests in flight may take to finish (e.g. 20s).
     #[arg(long, env = "JALUR_DRAIN_TIMEOUT", default_value = "20s", value_parser = crate::control::parse_duration)]
     drain_timeout: Duration,
+    /// A downstream connection must send each request head within this, or it is closed
+    /// (slowloris). An idle HTTP/1.1 keep-alive connection is closed after this long too.
+    #[arg(long, env = "JALUR_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = crate::control::parse_duration)]
+    header_read_timeout: Duration,
     /// Log one structured line per request (target jalur::access; JSON with --log-format json).
     #[arg(long, env = "JALUR_ACCESS_LOG")]
     access_log: bool,
@@ -93,7 +102,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         stats_addr: args.stats_addr,
         ephemeral_ports: args.ephemeral_ports,
         delta: !args.sotw,
+        drain_period: args.drain_period,
         drain_timeout: args.drain_timeout,
+        header_read_timeout: args.header_read_timeout,
         access_log: args.access_log,
     };
     let proxy = Proxy::start(opts).await?;

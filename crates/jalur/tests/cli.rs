@@ -252,6 +252,64 @@ fn proxy_status_without_control_plane_says_so() {
     );
 }
 
+/// `jalur proxy` pointed at nothing says where and why, keeps retrying, and still exits 0 on
+/// SIGTERM (with nobody to tell it is leaving).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_without_control_plane_logs_the_cause_and_keeps_retrying() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let dir = jalur_testkit::unique_temp_dir("jalur-cli-no-control").expect("tmp");
+    let log = dir.join("proxy.log");
+    let mut cmd = jalur();
+    cmd.args(["proxy", "--xds", &format!("127.0.0.1:{port}")])
+        .args(["--listen-address", "127.0.0.1", "--outbound-port", "0"])
+        .args(["--inbound-port", "0", "--admin-addr", "127.0.0.1:0"])
+        .args([
+            "--health-addr",
+            "127.0.0.1:0",
+            "--stats-addr",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"));
+    let mut proxy = ChildGuard::spawn("jalur proxy", &mut cmd).expect("spawn jalur proxy");
+    let expected = format!(
+        "cannot reach the control plane at 127.0.0.1:{port}: connection refused (retrying in "
+    );
+    assert_eventually(
+        "the cause, logged twice (it retries)",
+        Duration::from_secs(15),
+        || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let seen = text.matches(&expected).count();
+            async move {
+                if seen >= 2 {
+                    Ok(())
+                } else {
+                    Err(text)
+                }
+            }
+        },
+    )
+    .await;
+    assert!(proxy.exited().is_none(), "still running");
+    Command::new("kill")
+        .args(["-TERM", &proxy.id().to_string()])
+        .status()
+        .expect("kill");
+    let code = assert_eventually("exit on SIGTERM", Duration::from_secs(15), || {
+        let exited = proxy.exited();
+        async move { exited.ok_or_else(|| "still running".to_string()) }
+    })
+    .await;
+    assert!(code.success(), "exit status {code:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// `jalur proxy` as a process: serves through its outbound port, logs one JSON access line per
 /// request, shows up in `jalur proxy-status`, and exits 0 on SIGTERM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

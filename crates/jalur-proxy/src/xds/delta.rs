@@ -9,16 +9,21 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::Channel;
 use tracing::debug;
 
 use super::apply::{ResourceType, Update, WireResource};
-use super::{nack_status, Session, XdsError};
+use super::{leave, leaving_or_stopped, nack_status, Lifecycle, Session, XdsError};
 
 /// Runs one stream until it fails; the snapshot stays as the last response left it.
-pub(super) async fn stream(channel: Channel, node: Node, session: &mut Session<'_>) -> XdsError {
+pub(super) async fn stream(
+    channel: Channel,
+    node: Node,
+    session: &mut Session<'_>,
+    lifecycle: &mut watch::Receiver<Lifecycle>,
+) -> XdsError {
     let (tx, rx) = mpsc::unbounded_channel();
     let mut stream = DeltaStream {
         tx,
@@ -40,7 +45,15 @@ pub(super) async fn stream(channel: Channel, node: Node, session: &mut Session<'
     session.opened();
     stream.publish_subscriptions(session);
     loop {
-        let response = match inbound.message().await {
+        let message = tokio::select! {
+            message = inbound.message() => message,
+            () = leaving_or_stopped(lifecycle) => {
+                // Dropping the request sender half-closes the stream.
+                drop(stream);
+                return leave(inbound).await;
+            }
+        };
+        let response = match message {
             Ok(Some(response)) => response,
             Ok(None) => return XdsError::Closed,
             Err(status) => return XdsError::Stream(status),

@@ -413,7 +413,7 @@ fn node() -> Node {
 
 struct Proxy {
     state: Arc<ConfigState>,
-    stop: watch::Sender<bool>,
+    stop: watch::Sender<Lifecycle>,
     task: JoinHandle<()>,
 }
 
@@ -426,7 +426,7 @@ impl Proxy {
             ..XdsOptions::new(addr.to_string(), node())
         };
         let state = ConfigState::new();
-        let (stop, stopped) = watch::channel(false);
+        let (stop, stopped) = watch::channel(Lifecycle::Serve);
         let task = tokio::spawn(run_with(opts, state.clone(), stopped, FAKE));
         Proxy { state, stop, task }
     }
@@ -449,7 +449,7 @@ impl Proxy {
     }
 
     async fn shut_down(self) {
-        self.stop.send_replace(true);
+        self.stop.send_replace(Lifecycle::Stop);
         tokio::time::timeout(DEADLINE, self.task)
             .await
             .expect("client stops in time")
@@ -741,7 +741,13 @@ async fn unreachable_control_plane_is_reported_and_retried() {
         let status = proxy.state.status();
         async move {
             match &status.last_error {
-                Some(e) if e.starts_with("cannot connect") => Ok(()),
+                Some(e)
+                    if e == &format!(
+                        "cannot reach the control plane at {addr}: connection refused"
+                    ) =>
+                {
+                    Ok(())
+                }
                 _ => Err(format!("{status:?}")),
             }
         }
