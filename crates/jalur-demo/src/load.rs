@@ -10,9 +10,9 @@
 //!
 //! Each target has its own pooled hyper-util client whose connector always dials the target's
 //! address, so the request can carry any authority (`Host` for HTTP/1.1, `:authority` for
-//! HTTP/2): HTTP targets get `GET /` over HTTP/1.1 with keep-alive, gRPC targets get a unary
-//! `POST /jalur.demo.Echo/Call` over h2c with one small framed message. A response is ok when
-//! it is 200 and, for gRPC, ends with `grpc-status: 0`.
+//! HTTP/2): HTTP targets get `GET /` over HTTP/1.1 with keep-alive, HTTP/2 targets `GET /` over
+//! h2c, gRPC targets a unary `POST /jalur.demo.Echo/Call` over h2c with one small framed
+//! message. A response is ok when it is 200 and, for gRPC, ends with `grpc-status: 0`.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -51,6 +51,8 @@ const GRPC_MESSAGE: &[u8] = b"jalur-demo";
 pub enum LoadProtocol {
     /// `GET /` over HTTP/1.1.
     Http,
+    /// `GET /` over HTTP/2 cleartext (prior knowledge).
+    Http2,
     /// A unary gRPC call over HTTP/2 cleartext.
     Grpc,
 }
@@ -97,8 +99,9 @@ pub struct Sample {
     /// The `grpc-status` of the trailers (or of the headers of a trailers-only response).
     pub grpc_status: Option<u32>,
     pub latency: Duration,
-    /// Why no complete response arrived (connect, protocol, time-out), or the `grpc-message`
-    /// of a failed gRPC call.
+    /// Why no complete response arrived (connect, protocol, time-out), the `grpc-message`
+    /// of a failed gRPC call, or the first line of a non-200 answer's body (with the proxy's
+    /// `x-jalur-flags`).
     pub error: Option<String>,
 }
 
@@ -343,7 +346,7 @@ impl Caller {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(30));
-        if target.protocol == LoadProtocol::Grpc {
+        if matches!(target.protocol, LoadProtocol::Grpc | LoadProtocol::Http2) {
             builder.http2_only(true);
         }
         let authority = match target.authority.as_str() {
@@ -351,7 +354,7 @@ impl Caller {
             authority => authority.to_string(),
         };
         let path = match target.protocol {
-            LoadProtocol::Http => "/",
+            LoadProtocol::Http | LoadProtocol::Http2 => "/",
             LoadProtocol::Grpc => GRPC_PATH,
         };
         let uri = format!("http://{authority}{path}")
@@ -373,7 +376,7 @@ impl Caller {
         let done_at = Instant::now();
         let ok = outcome.error.is_none()
             && outcome.status == 200
-            && (self.protocol == LoadProtocol::Http || outcome.grpc_status == Some(0));
+            && (self.protocol != LoadProtocol::Grpc || outcome.grpc_status == Some(0));
         Sample {
             at: sent_at.duration_since(started_at),
             done: done_at.duration_since(started_at),
@@ -393,7 +396,7 @@ impl Caller {
             Err(err) => return Outcome::failed(err.clone()),
         };
         let request = match self.protocol {
-            LoadProtocol::Http => Request::get(uri).body(Full::default()),
+            LoadProtocol::Http | LoadProtocol::Http2 => Request::get(uri).body(Full::default()),
             LoadProtocol::Grpc => Request::builder()
                 .method(Method::POST)
                 .uri(uri)
@@ -422,20 +425,23 @@ impl Caller {
         };
         // Read to the end: the connection goes back to the pool, and gRPC's status is in the
         // trailers.
-        let trailers = match body.collect().await {
-            Ok(collected) => collected.trailers().cloned(),
+        let (trailers, bytes) = match body.collect().await {
+            Ok(collected) => (collected.trailers().cloned(), collected.to_bytes()),
             Err(err) => {
                 outcome.error = Some(format!("reading the body: {}", describe(&err)));
                 return outcome;
             }
         };
+        if outcome.status != 200 {
+            outcome.error = Some(answered(&parts.headers, &bytes));
+        }
         if self.protocol == LoadProtocol::Grpc {
             let end = trailers.as_ref().unwrap_or(&parts.headers);
             outcome.grpc_status = grpc::status_of(end).or_else(|| grpc::status_of(&parts.headers));
             outcome.error = match outcome.grpc_status {
                 Some(grpc::STATUS_OK) => None,
                 None if outcome.status == 200 => Some("gRPC response without grpc-status".into()),
-                None => None,
+                None => outcome.error.take(),
                 Some(_) => end
                     .get("grpc-message")
                     .or_else(|| parts.headers.get("grpc-message"))
@@ -461,6 +467,23 @@ impl Outcome {
             grpc_status: None,
             error: Some(error),
         }
+    }
+}
+
+/// What a non-200 answer said: the first line of its body and, from a proxy, its response
+/// flags (`x-jalur-flags`), so a failure in a report says who answered and why.
+fn answered(headers: &http::HeaderMap, body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let first = text
+        .lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(200)
+        .collect::<String>();
+    match headers.get("x-jalur-flags").and_then(|v| v.to_str().ok()) {
+        Some(flags) => format!("{first} (flags {flags})"),
+        None => first,
     }
 }
 

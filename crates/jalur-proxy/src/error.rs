@@ -21,6 +21,9 @@ pub enum Flag {
     UpstreamReset,
     /// The upstream's response was malformed or ambiguously framed.
     UpstreamProtocolError,
+    /// The upstream connection closed before the response was complete (Envoy's `UC`: the
+    /// upstream process died, or closed a connection a request was on).
+    UpstreamConnectionTermination,
     /// Upstream retry limit exceeded (the last attempt's failure is returned).
     UpstreamRetryLimit,
     /// Circuit breaker overflow.
@@ -46,6 +49,7 @@ impl Flag {
             Flag::UpstreamConnectFailure => "UF",
             Flag::UpstreamReset => "UR",
             Flag::UpstreamProtocolError => "UPE",
+            Flag::UpstreamConnectionTermination => "UC",
             Flag::UpstreamRetryLimit => "URX",
             Flag::UpstreamOverflow => "UO",
             Flag::UpstreamTimeout => "UT",
@@ -84,7 +88,9 @@ impl ProxyError {
             Flag::UpstreamConnectFailure => {
                 (Source::Upstream, StatusCode::SERVICE_UNAVAILABLE, true)
             }
-            Flag::UpstreamReset => (Source::Upstream, StatusCode::SERVICE_UNAVAILABLE, true),
+            Flag::UpstreamReset | Flag::UpstreamConnectionTermination => {
+                (Source::Upstream, StatusCode::SERVICE_UNAVAILABLE, true)
+            }
             Flag::UpstreamProtocolError => (Source::Upstream, StatusCode::BAD_GATEWAY, true),
             Flag::UpstreamRetryLimit => (Source::Upstream, StatusCode::SERVICE_UNAVAILABLE, false),
             Flag::UpstreamOverflow => (Source::Upstream, StatusCode::SERVICE_UNAVAILABLE, false),

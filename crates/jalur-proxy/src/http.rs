@@ -489,6 +489,54 @@ async fn send_once(
     body: &mut ReqBody,
     retry: Option<&RetryPolicy>,
 ) -> Result<Response<Body>, ProxyError> {
+    let downstream_h2 =
+        parts.version == Version::HTTP_2 && !parts.headers.contains_key(http::header::UPGRADE);
+    let client = cluster.upstream.client(downstream_h2);
+    let per_try = retry.and_then(|p| p.per_try_timeout);
+    let _active = host.start_request();
+    let request = upstream_request(cluster, host, parts, body, downstream_h2)?;
+    let mut response = send_timed(client, request, per_try, host).await?;
+    // RFC 9113 §6.8: a stream refused by a GOAWAY (or REFUSED_STREAM) was not processed, so a
+    // held body goes once more, on a fresh connection, whatever the retry policy. hyper's pool
+    // can hand out an HTTP/2 connection whose GOAWAY (a draining upstream) is in flight.
+    if matches!(&response, Err(e) if refused_unprocessed(e)) && body.is_held() {
+        tracing::debug!(host = %host.addr, "upstream refused the request unprocessed (GOAWAY); sending it again");
+        let request = upstream_request(cluster, host, parts, body, downstream_h2)?;
+        response = send_timed(client, request, per_try, host).await?;
+    }
+    match response {
+        Ok(resp) => body::settle_response(resp, host.addr).await,
+        Err(e) if e.is_connect() => Err(ProxyError::new(
+            Flag::UpstreamConnectFailure,
+            format!("upstream connect error to {}: {e}", host.addr),
+        )),
+        Err(e) if is_parse_error(&e) => Err(ProxyError::new(
+            Flag::UpstreamProtocolError,
+            format!("malformed response from {}: {e}", host.addr),
+        )),
+        Err(e) if connection_terminated(&e) => Err(ProxyError::new(
+            Flag::UpstreamConnectionTermination,
+            format!(
+                "upstream connection to {} closed before the response: {e}",
+                host.addr
+            ),
+        )),
+        Err(e) => Err(ProxyError::new(
+            Flag::UpstreamReset,
+            format!("upstream reset by {}: {e}", host.addr),
+        )),
+    }
+}
+
+/// The request to send to `host`: the downstream's method, path and headers, framed for the
+/// upstream's protocol, with this attempt's body.
+fn upstream_request(
+    cluster: &ClusterRuntime,
+    host: &crate::lb::Host,
+    parts: &http::request::Parts,
+    body: &mut ReqBody,
+    downstream_h2: bool,
+) -> Result<Request<Body>, ProxyError> {
     let path = parts
         .uri
         .path_and_query()
@@ -500,8 +548,6 @@ async fn send_once(
             format!("bad upstream uri: {e}"),
         )
     })?;
-    let downstream_h2 =
-        parts.version == Version::HTTP_2 && !parts.headers.contains_key(http::header::UPGRADE);
     let mut builder = Request::builder().method(parts.method.clone()).uri(uri);
     if let Some(h) = builder.headers_mut() {
         *h = parts.headers.clone();
@@ -510,38 +556,68 @@ async fn send_once(
         }
     }
     let req_body = body.attempt()?;
-    let request = builder.body(req_body).map_err(|e| {
+    builder.body(req_body).map_err(|e| {
         ProxyError::new(
             Flag::UpstreamReset,
             format!("building the upstream request: {e}"),
         )
-    })?;
-    let _active = host.start_request();
-    let send = cluster.upstream.client(downstream_h2).request(request);
-    let response = match retry.and_then(|p| p.per_try_timeout) {
+    })
+}
+
+type Upstreamed = Result<Response<Incoming>, hyper_util::client::legacy::Error>;
+
+/// Sends one request, within the per-try timeout if there is one.
+async fn send_timed(
+    client: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Body,
+    >,
+    request: Request<Body>,
+    per_try: Option<std::time::Duration>,
+    host: &crate::lb::Host,
+) -> Result<Upstreamed, ProxyError> {
+    let send = client.request(request);
+    match per_try {
         Some(t) => tokio::time::timeout(t, send).await.map_err(|_| {
             ProxyError::new(
                 Flag::UpstreamTimeout,
                 format!("per-try timeout after {t:?} to {}", host.addr),
             )
-        })?,
-        None => send.await,
-    };
-    match response {
-        Ok(resp) => body::settle_response(resp, host.addr).await,
-        Err(e) if e.is_connect() => Err(ProxyError::new(
-            Flag::UpstreamConnectFailure,
-            format!("upstream connect error to {}: {e}", host.addr),
-        )),
-        Err(e) if is_parse_error(&e) => Err(ProxyError::new(
-            Flag::UpstreamProtocolError,
-            format!("malformed response from {}: {e}", host.addr),
-        )),
-        Err(e) => Err(ProxyError::new(
-            Flag::UpstreamReset,
-            format!("upstream reset by {}: {e}", host.addr),
-        )),
+        }),
+        None => Ok(send.await),
     }
+}
+
+/// The upstream refused the stream before processing it: a GOAWAY (graceful, NO_ERROR) or a
+/// REFUSED_STREAM reset, as HTTP/2 says such a stream "can be safely retried".
+fn refused_unprocessed(e: &hyper_util::client::legacy::Error) -> bool {
+    sources(e).any(|s| {
+        s.downcast_ref::<h2::Error>().is_some_and(|h| {
+            h.is_remote()
+                && matches!(
+                    h.reason(),
+                    Some(h2::Reason::NO_ERROR | h2::Reason::REFUSED_STREAM)
+                )
+        })
+    })
+}
+
+/// The upstream connection closed before a complete response (Envoy's `UC`): it ended
+/// mid-message or was reset, as when the upstream process dies.
+fn connection_terminated(e: &hyper_util::client::legacy::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionReset, UnexpectedEof};
+    sources(e).any(|s| {
+        s.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_incomplete_message)
+            || s.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| matches!(io.kind(), ConnectionReset | BrokenPipe | UnexpectedEof))
+    })
+}
+
+fn sources<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |e| e.source())
 }
 
 /// hyper could not parse the upstream's response head (e.g. two different Content-Lengths).
@@ -574,7 +650,7 @@ fn retriable_error(policy: Option<&RetryPolicy>, e: &ProxyError) -> bool {
         Flag::UpstreamConnectFailure => {
             p.on.connect_failure || p.on.server_error || p.on.gateway_error
         }
-        Flag::UpstreamReset | Flag::UpstreamProtocolError => {
+        Flag::UpstreamReset | Flag::UpstreamProtocolError | Flag::UpstreamConnectionTermination => {
             p.on.reset || p.on.server_error || p.on.gateway_error
         }
         Flag::UpstreamTimeout => p.on.server_error || p.on.gateway_error,

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod drain;
 pub mod error;
 pub mod framing;
 pub mod http;

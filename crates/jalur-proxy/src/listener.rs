@@ -314,15 +314,15 @@ async fn no_first_head(head_seen: &AtomicBool, timeout: Duration) {
 }
 
 /// While the proxy drains, callers still route here until the endpoint is gone from their EDS:
-/// each answer tells them to go elsewhere next time (HTTP/1 `Connection: close`; HTTP/2 a
-/// GOAWAY once this request is answered), so no request finds a connection closed under it.
+/// answers tell them to go elsewhere next time (HTTP/1 `Connection: close`; HTTP/2 a GOAWAY
+/// once this request is answered), ever more of them as the drain period runs out (`drain.rs`).
 fn close_if_draining(
     rt: &Runtime,
     version: http::Version,
     resp: &mut hyper::Response<crate::upstream::Body>,
     goaway: &tokio::sync::Notify,
 ) {
-    if !rt.draining() {
+    if !rt.drain.close_connection() {
         return;
     }
     if version >= http::Version::HTTP_2 {

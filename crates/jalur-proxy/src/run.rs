@@ -269,11 +269,11 @@ impl Proxy {
     /// 1. at once: `/healthz/ready` says 503, and the xDS stream is ended cleanly, which the
     ///    control plane takes as "leaving" and withdraws the endpoint (no grace period);
     /// 2. for the drain period: keep accepting and serving (callers route here until their EDS
-    ///    drops the endpoint), each HTTP/1 answer with `Connection: close`, each HTTP/2
-    ///    connection sent a GOAWAY after its next request;
+    ///    drops the endpoint), answers telling callers to go away (HTTP/1 `Connection: close`,
+    ///    HTTP/2 GOAWAY) ever more often, as Envoy's gradual drain does (`drain.rs`);
     /// 3. stop accepting, let the requests in flight finish (up to the drain timeout).
     pub async fn shutdown(self) {
-        self.state.rt.start_draining();
+        self.state.rt.drain.start(self.drain_period);
         let _ = self.xds.send(Lifecycle::Leave);
         if !self.drain_period.is_zero() {
             tracing::info!(

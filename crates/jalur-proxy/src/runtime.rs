@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use http::{HeaderMap, Response};
 use tokio::sync::watch;
 
 use crate::config::{Cluster, Endpoint, HashPolicy, Listener, ListenerKind, RouteSource, Snapshot};
+use crate::drain::Drain;
 use crate::error::{Flag, ProxyError};
 use crate::http::Outcome;
 use crate::lb::{Balancer, Host, HostSet, PickContext};
@@ -39,10 +40,9 @@ pub struct Runtime {
     compiled: ArcSwap<Compiled>,
     /// Ticks after every [`Runtime::apply`], for requests waiting on their routes.
     applied: watch::Sender<u64>,
-    /// SIGTERM arrived: every HTTP/1 response says `Connection: close`, every HTTP/2
-    /// connection gets a GOAWAY after its next request, while the listeners keep accepting for
-    /// the drain period (callers still route here until the endpoint is gone from their EDS).
-    draining: AtomicBool,
+    /// SIGTERM arrived: the listeners keep accepting for the drain period (callers still route
+    /// here until the endpoint is gone from their EDS) while answers tell callers to go away.
+    pub drain: Drain,
     pub metrics: Metrics,
     pub identity: Identity,
     /// Downstream connections open now (drain waits for this to reach zero).
@@ -130,7 +130,7 @@ impl Runtime {
         Arc::new(Runtime {
             compiled: ArcSwap::from_pointee(Compiled::default()),
             applied: watch::channel(0).0,
-            draining: AtomicBool::new(false),
+            drain: Drain::default(),
             metrics: Metrics::new(),
             identity,
             connections: AtomicUsize::new(0),
@@ -170,13 +170,8 @@ impl Runtime {
         }
     }
 
-    /// Starts the drain period (see `draining`); there is no way back.
-    pub fn start_draining(&self) {
-        self.draining.store(true, Ordering::SeqCst);
-    }
-
     pub fn draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
+        self.drain.draining()
     }
 
     /// Compiles a new snapshot, reusing the runtime of every cluster whose config is unchanged.

@@ -93,13 +93,14 @@ fn share_counts_ok_samples_sent_in_the_window() {
 }
 
 #[tokio::test]
-async fn sample_app_answers_http_and_grpc_through_the_load() {
+async fn sample_app_answers_http_h2_and_grpc_through_the_load() {
     let app = SampleApp::start("payments", "payments-1").expect("start");
     let load = LoadGen::start(spec(
         100,
         vec![
             target("http", app.addr(), LoadProtocol::Http),
             target("grpc", app.addr(), LoadProtocol::Grpc),
+            target("h2", app.addr(), LoadProtocol::Http2),
         ],
     ));
     until_ok_per_target(&load, 10).await;

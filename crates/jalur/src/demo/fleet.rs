@@ -302,6 +302,7 @@ impl Fleet {
             for (protocol, weight) in svc.calls {
                 let kind = match protocol {
                     LoadProtocol::Http => "HTTP",
+                    LoadProtocol::Http2 => "HTTP/2",
                     LoadProtocol::Grpc => "gRPC",
                 };
                 let (addr, authority) = if svc.direct {
