@@ -105,6 +105,21 @@ async fn until_flowing(load: &LoadGen, n: u64) {
     .await;
 }
 
+/// Waits until every caller routes to the service: a request before then would be a cold
+/// start, not what these tests are about.
+async fn until_routed(callers: &[SocketAddr]) {
+    assert_eventually("the callers route", Duration::from_secs(30), || async {
+        for out in callers {
+            let (status, _, body) = http_get(*out, &authority(9080), "/", &[]).await?;
+            if status != 200 {
+                return Err(format!("{out}: {status} {body}"));
+            }
+        }
+        Ok(())
+    })
+    .await;
+}
+
 /// Failed samples, described, at most `max`.
 fn failures(samples: &[Sample], names: &[String], max: usize) -> Vec<String> {
     samples
@@ -216,18 +231,7 @@ async fn rolling_restart_with_sigterm_fails_no_request_through_jalur_and_envoy_c
     let mut all = targets("jalur", caller.outbound);
     all.extend(targets("envoy", envoy_out));
     let names: Vec<String> = all.iter().map(|t| t.name.clone()).collect();
-    // Before the load: both callers know both instances (a request before then would be a
-    // cold start, not a restart).
-    assert_eventually("both callers route", Duration::from_secs(30), || async {
-        for out in [caller.outbound, envoy_out] {
-            let (status, _, _) = http_get(out, &authority(9080), "/", &[]).await?;
-            if status != 200 {
-                return Err(format!("{out}: {status}"));
-            }
-        }
-        Ok(())
-    })
-    .await;
+    until_routed(&[caller.outbound, envoy_out]).await;
     let load = LoadGen::start(LoadSpec {
         rate: 600,
         targets: all,
@@ -302,6 +306,7 @@ async fn control_plane_killed_9_under_load_costs_nothing_and_both_sidecars_resyn
     let mut all = targets("jalur", caller.outbound);
     all.extend(targets("envoy", envoy_out));
     let names: Vec<String> = all.iter().map(|t| t.name.clone()).collect();
+    until_routed(&[caller.outbound, envoy_out]).await;
     let load = LoadGen::start(LoadSpec {
         rate: RATE as u32,
         targets: all,
