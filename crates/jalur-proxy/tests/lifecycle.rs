@@ -1,5 +1,7 @@
-//! jalur proxy under stress of its surroundings: gRPC through a sidecar pair, the control plane
-//! killed and restarted under steady load, SIGTERM under steady load, and malformed requests.
+//! jalur proxy under stress of its surroundings, in process: gRPC through a sidecar pair, the
+//! control plane stopped and restarted under steady load, the drain of requests in flight, a
+//! request that arrives before its routes, and malformed requests. The same lifecycle with real
+//! processes and signals (SIGKILL, SIGTERM) is in `crates/jalur/tests/lifecycle_process.rs`.
 
 mod common;
 
@@ -100,15 +102,18 @@ impl Load {
     }
 }
 
+/// The in-process control plane is stopped (its streams end cleanly), not killed: the SIGKILL
+/// version, with a process and a stock Envoy beside, is
+/// `control_plane_killed_9_under_load_costs_nothing_and_both_sidecars_resync`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn control_plane_killed_under_load_costs_nothing_and_the_proxy_resyncs() {
+async fn control_plane_stopped_under_load_costs_nothing_and_the_proxy_resyncs() {
     let backend = EchoServer::start("v1").await;
     let mut plane = Plane::start(&routed_config(&backend)).await;
     let (proxy, outbound) = jalur_sidecar(sidecar_opts(plane.xds, "productpage", "bookinfo")).await;
     let load = Load::start(outbound, 4);
     load.wait_ok(50).await;
 
-    // Kill the control plane: the proxy keeps serving its last good config.
+    // Stop the control plane: the proxy keeps serving its last good config.
     plane.stop().await;
     assert_eventually(
         "the proxy notices the control plane is gone",
@@ -161,8 +166,10 @@ async fn control_plane_killed_under_load_costs_nothing_and_the_proxy_resyncs() {
     proxy.shutdown().await;
 }
 
+/// `Proxy::shutdown` (what SIGTERM calls) with a drain period of zero; SIGTERM itself, with the
+/// drain period, is `rolling_restart_with_sigterm_fails_no_request_through_jalur_and_envoy_callers`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drain_finishes_every_request_in_flight() {
+async fn shutdown_finishes_every_request_in_flight() {
     let backend = EchoServer::start("v1").await;
     let plane = Plane::start(&routed_config(&backend)).await;
     let (proxy, outbound) = jalur_sidecar(sidecar_opts(plane.xds, "productpage", "bookinfo")).await;
@@ -170,7 +177,7 @@ async fn sigterm_drain_finishes_every_request_in_flight() {
     let in_flight: Vec<_> = (0..12)
         .map(|_| tokio::spawn(http_get(outbound, HOST, "/slow", &[])))
         .collect();
-    // Let every request reach the backend, then drain (what SIGTERM does).
+    // Let every request reach the backend, then drain.
     assert_eventually("requests in flight", Duration::from_secs(5), || {
         let hits = backend.hits();
         async move {
@@ -613,6 +620,106 @@ async fn outbound_listener_serves_as_an_http_proxy() {
     assert!(
         reply.contains("x-path: /via-proxy"),
         "the upstream sees origin form: {reply}"
+    );
+    proxy.shutdown().await;
+}
+
+/// Serves what the control plane would translate from a config, but withholds the route
+/// configurations while `hold_routes` is set: the proxy's listeners are up before its routes,
+/// the gap a starting sidecar has between LDS and RDS.
+struct RoutesLater {
+    mesh: jalur_control::mesh::Mesh,
+    hold_routes: AtomicBool,
+}
+
+impl jalur_xds::Generator for RoutesLater {
+    fn client_kind(&self, _node: &jalur_xds::Node) -> String {
+        "sidecar".into()
+    }
+
+    fn generate(&self, node: &jalur_xds::Node) -> Arc<jalur_xds::ClientSnapshot> {
+        use jalur_xds::TypeUrl;
+        let client = jalur_control::node::ClientInfo::from_node(node);
+        let full = jalur_control::translate::translate(&self.mesh, &client);
+        if !self.hold_routes.load(Ordering::SeqCst) {
+            return Arc::new(full);
+        }
+        let mut held = jalur_xds::ClientSnapshot::default();
+        for t in TypeUrl::ALL
+            .into_iter()
+            .filter(|t| *t != TypeUrl::RouteConfiguration)
+        {
+            for r in full.of_type(t).into_iter().flat_map(|m| m.values()) {
+                held.insert(t, r.clone());
+            }
+        }
+        Arc::new(held)
+    }
+}
+
+/// "Not ready, not routed", the proxy's half: a request that reaches a listener before the
+/// listener's route table is held until the routes land, then served — not answered 503
+/// `route table ... not received yet`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_arrives_before_its_routes_is_held_and_served() {
+    let backend = EchoServer::start("v1").await;
+    let resources = routed_config(&backend)
+        .iter()
+        .flat_map(|(name, text)| jalur_model::load::parse_str(std::path::Path::new(name), text).0)
+        .collect();
+    let mesh = jalur_control::mesh::Mesh::build(Arc::new(jalur_model::Config::new(resources)), &[]);
+    let generator = Arc::new(RoutesLater {
+        mesh,
+        hold_routes: AtomicBool::new(true),
+    });
+    let (changes, generation) = tokio::sync::watch::channel(1u64);
+    let server = jalur_xds::AdsServer::new(generator.clone(), generation);
+    let listener = jalur_xds::server::bind(([127, 0, 0, 1], 0).into())
+        .await
+        .expect("bind xDS");
+    let xds = listener.local_addr().expect("xDS address");
+    tokio::spawn(server.serve(listener, std::future::pending()));
+
+    let proxy = Proxy::start(sidecar_opts(xds, "productpage", "bookinfo"))
+        .await
+        .expect("proxy");
+    let outbound = assert_eventually(
+        "the outbound listener is up",
+        Duration::from_secs(20),
+        || async {
+            proxy
+                .listeners()
+                .into_iter()
+                .find(|(n, _)| n == "outbound")
+                .map(|(_, a)| a)
+                .ok_or_else(|| "not yet".to_string())
+        },
+    )
+    .await;
+    assert!(
+        proxy.state.config.snapshot().routes.is_empty(),
+        "the routes were held back"
+    );
+    let mut request = tokio::spawn(http_get(outbound, HOST, "/held", &[]));
+    // Held, not answered: nothing within half a second, and nothing reached the backend.
+    let early = tokio::time::timeout(Duration::from_millis(500), &mut request).await;
+    assert!(
+        early.is_err(),
+        "answered before its routes arrived: {early:?}"
+    );
+    assert_eq!(backend.hits(), 0);
+
+    generator.hold_routes.store(false, Ordering::SeqCst);
+    changes.send_modify(|g| *g += 1);
+    let (status, headers, _) = tokio::time::timeout(Duration::from_secs(10), request)
+        .await
+        .expect("answered once the routes arrived")
+        .expect("join")
+        .expect("request");
+    assert_eq!(status, 200);
+    assert_eq!(
+        headers.get("x-backend").map(|v| v.as_bytes()),
+        Some(&b"v1"[..])
     );
     proxy.shutdown().await;
 }
