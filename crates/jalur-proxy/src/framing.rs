@@ -10,12 +10,19 @@
 //! read. A body found malformed after its head went through fails the connection. After an
 //! upgrade request the guard holds the bytes that follow until the request path says whether
 //! the protocol switched ([`Verdicts::upgrade_outcome`]). HTTP/2 passes unexamined.
+//!
+//! The guard also owns the header read timeout, as Envoy's `request_headers_timeout` runs: from
+//! the connection's start until its first head is whole, then from the first byte of each later
+//! head. A keep-alive connection idle between requests is not timed (closing it would race the
+//! caller's pool reusing it); one that never sends a whole head is closed (slowloris).
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -53,6 +60,7 @@ struct Shared {
     upgraded: Option<bool>,
     waker: Option<Waker>,
     aborted: Option<Rejection>,
+    timed_out: bool,
 }
 
 impl Verdicts {
@@ -84,6 +92,11 @@ impl Verdicts {
     pub fn aborted(&self) -> Option<Rejection> {
         self.lock().aborted
     }
+
+    /// The connection was closed for not sending a whole head in time.
+    pub fn timed_out(&self) -> bool {
+        self.lock().timed_out
+    }
 }
 
 /// See the module documentation.
@@ -95,10 +108,14 @@ pub struct Guard<T> {
     framer: Framer,
     verdicts: std::sync::Arc<Verdicts>,
     eof: bool,
+    header_timeout: Duration,
+    /// Running while a head is awaited (see the module documentation).
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    heads: u64,
 }
 
 impl<T> Guard<T> {
-    pub fn new(io: T) -> (Guard<T>, std::sync::Arc<Verdicts>) {
+    pub fn new(io: T, header_timeout: Duration) -> (Guard<T>, std::sync::Arc<Verdicts>) {
         let verdicts = std::sync::Arc::new(Verdicts::default());
         let guard = Guard {
             io,
@@ -107,8 +124,30 @@ impl<T> Guard<T> {
             framer: Framer::new(),
             verdicts: verdicts.clone(),
             eof: false,
+            header_timeout,
+            deadline: None,
+            heads: 0,
         };
         (guard, verdicts)
+    }
+
+    /// Polls the header read deadline while a head is awaited: before the first one, or once a
+    /// later one has begun to arrive. `true` when it has passed.
+    fn head_overdue(&mut self, cx: &mut Context<'_>) -> bool {
+        let timed = self.framer.is_awaiting_head() && (self.heads == 0 || !self.buf.is_empty());
+        if !timed {
+            self.deadline = None;
+            return false;
+        }
+        let timeout = self.header_timeout;
+        let deadline = self
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if deadline.as_mut().poll(cx).is_ready() {
+            self.verdicts.lock().timed_out = true;
+            return true;
+        }
+        false
     }
 
     /// Judges the buffered bytes once. `true`: something changed, look again.
@@ -121,6 +160,8 @@ impl<T> Guard<T> {
         match a.event {
             None => a.pass > 0,
             Some(Event::Request { upgrade }) => {
+                self.heads += 1;
+                self.deadline = None;
                 self.verdicts
                     .lock()
                     .queue
@@ -199,6 +240,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guard<T> {
             }
             this.buf.reserve(READ_CHUNK);
             match tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut this.buf) {
+                Poll::Pending if this.head_overdue(cx) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no whole request head within {:?}", this.header_timeout),
+                    )))
+                }
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Ready(Ok(0)) => this.eof = true,
@@ -246,7 +293,7 @@ mod tests {
     /// Everything hyper would read from a guard over `input`, and the verdicts it queued.
     async fn through(input: &[u8]) -> (Vec<u8>, Vec<Verdict>) {
         let (mut client, server) = tokio::io::duplex(1024);
-        let (mut guard, verdicts) = Guard::new(server);
+        let (mut guard, verdicts) = Guard::new(server, Duration::from_secs(10));
         let input = input.to_vec();
         let writer = tokio::spawn(async move {
             for part in input.chunks(7) {
@@ -293,10 +340,42 @@ mod tests {
         );
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_head_must_be_whole_in_time_but_an_idle_keep_alive_connection_is_not_timed() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let (mut guard, verdicts) = Guard::new(server, Duration::from_secs(10));
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut chunk = [0u8; 256];
+        let n = guard.read(&mut chunk).await.expect("the first head");
+        assert!(n > 0);
+        // Idle between requests for far longer than the timeout: still open.
+        let idle = tokio::time::timeout(Duration::from_secs(60), guard.read(&mut chunk)).await;
+        assert!(
+            idle.is_err(),
+            "an idle keep-alive connection was timed: {idle:?}"
+        );
+        // A head that starts and stalls is cut at the timeout.
+        client.write_all(b"GET / HT").await.expect("write");
+        let started = tokio::time::Instant::now();
+        let err = guard.read(&mut chunk).await.expect_err("a stalled head");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        assert!(verdicts.timed_out());
+
+        // A connection that never sends anything is cut too.
+        let (_quiet, server) = tokio::io::duplex(1024);
+        let (mut guard, _) = Guard::new(server, Duration::from_secs(10));
+        let err = guard.read(&mut chunk).await.expect_err("nothing sent");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
     #[tokio::test]
     async fn a_malformed_chunk_fails_the_read_after_the_good_bytes() {
         let (mut client, server) = tokio::io::duplex(1024);
-        let (mut guard, verdicts) = Guard::new(server);
+        let (mut guard, verdicts) = Guard::new(server, Duration::from_secs(10));
         client
             .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n")
             .await

@@ -5,13 +5,12 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -238,12 +237,10 @@ async fn serve_http<I>(
     let header_timeout = rt.header_read_timeout;
     // Drain period: set by a request answered while draining, on HTTP/2 (see `close_if_draining`).
     let goaway = Arc::new(tokio::sync::Notify::new());
-    let head_seen = Arc::new(AtomicBool::new(false));
-    let (goaway_asked, first_head) = (goaway.clone(), head_seen.clone());
-    let (stream, verdicts) = crate::framing::Guard::new(io);
+    let goaway_asked = goaway.clone();
+    let (stream, verdicts) = crate::framing::Guard::new(io, header_timeout);
     let judged = verdicts.clone();
     let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        head_seen.store(true, Ordering::Relaxed);
         let (rt, goaway) = (rt.clone(), goaway.clone());
         let ln = ctx.load_full();
         let verdict = if req.version() < http::Version::HTTP_2 {
@@ -274,15 +271,16 @@ async fn serve_http<I>(
     builder
         .http1()
         .max_buf_size(MAX_HEADER_BYTES)
-        .keep_alive(true)
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
+        .keep_alive(true);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => {
             if let Some(r) = verdicts.aborted() {
                 crate::http::count_rejection(&counted, r.reason);
+            } else if verdicts.timed_out() {
+                tracing::debug!(%peer, "no whole request head within the header read timeout; closed");
+                crate::http::count_rejection(&counted, "header_timeout");
             } else if let Err(e) = r {
                 count_rejection(&counted, e.as_ref());
             }
@@ -296,20 +294,6 @@ async fn serve_http<I>(
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
-        () = no_first_head(&first_head, header_timeout) => {
-            tracing::debug!(%peer, "no request head within the header read timeout; closing");
-            crate::http::count_rejection(&counted, "header_timeout");
-        }
-    }
-}
-
-/// Resolves when no request head has arrived within `timeout` of the connection's start: a
-/// connection that sends nothing, or trickles its first bytes, before hyper even knows whether
-/// it speaks HTTP/1 or HTTP/2 (hyper's own header timer covers every HTTP/1 head after that).
-async fn no_first_head(head_seen: &AtomicBool, timeout: Duration) {
-    tokio::time::sleep(timeout).await;
-    if head_seen.load(Ordering::Relaxed) {
-        std::future::pending::<()>().await;
     }
 }
 

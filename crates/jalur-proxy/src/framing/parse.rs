@@ -114,6 +114,12 @@ impl Framer {
         self.state == State::AwaitUpgrade
     }
 
+    /// Between requests or inside a head: where a client that stops sending holds the
+    /// connection without asking anything (the header read timeout applies here).
+    pub fn is_awaiting_head(&self) -> bool {
+        matches!(self.state, State::Start | State::Head { .. })
+    }
+
     /// A request was refused or a body aborted: nothing passes any more.
     pub fn is_stopped(&self) -> bool {
         self.state == State::Stopped
