@@ -11,10 +11,13 @@
 //! upgrade request the guard holds the bytes that follow until the request path says whether
 //! the protocol switched ([`Verdicts::upgrade_outcome`]). HTTP/2 passes unexamined.
 //!
-//! The guard also owns the header read timeout, as Envoy's `request_headers_timeout` runs: from
-//! the connection's start until its first head is whole, then from the first byte of each later
-//! head. A keep-alive connection idle between requests is not timed (closing it would race the
-//! caller's pool reusing it); one that never sends a whole head is closed (slowloris).
+//! The guard also owns the connection's read timers, as Envoy runs them: the header read timeout
+//! (`request_headers_timeout`) from the connection's start until its first head is whole, then
+//! from the first byte of each later head — a connection that never sends a whole head is closed
+//! (slowloris); an idle timeout between requests ([`IDLE_TIMEOUT`], Envoy's 1 h default: a
+//! shorter one would race callers' pools reusing the connection); and a body idle timeout
+//! ([`BODY_IDLE_TIMEOUT`], Envoy's 5 min stream idle timeout) while a request body stalls. No
+//! timer runs while a request is being answered, nor over HTTP/2 or a tunnel.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -35,6 +38,10 @@ pub use parse::{Event, Framer, Rejection};
 
 /// How much is read from the socket at a time.
 const READ_CHUNK: usize = 8 * 1024;
+/// A keep-alive connection with no request for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// A request body that sends nothing for this long fails its connection.
+pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The head hyper reads in place of a refused request; its verdict carries the refusal.
 const STAND_IN: &[u8] = b"GET / HTTP/1.1\r\nhost: refused.invalid\r\n\r\n";
@@ -60,7 +67,10 @@ struct Shared {
     upgraded: Option<bool>,
     waker: Option<Waker>,
     aborted: Option<Rejection>,
-    timed_out: bool,
+    /// Which timer closed the connection (a metric reason).
+    timed_out: Option<&'static str>,
+    /// Requests the request path has answered (their response head produced).
+    answered: u64,
 }
 
 impl Verdicts {
@@ -68,12 +78,20 @@ impl Verdicts {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The verdict on the next HTTP/1 request, in the order hyper reads them.
+    /// The verdict on the next HTTP/1 request, in the order hyper reads them. hyper only reads
+    /// heads judged first, so the queue cannot run dry; if it ever did, the request is refused.
     pub fn next(&self) -> Verdict {
         self.lock()
             .queue
             .pop_front()
-            .unwrap_or(Verdict::Pass { upgrade: false })
+            .unwrap_or(Verdict::Reject(Rejection {
+                reason: "unjudged",
+                status: http::StatusCode::BAD_REQUEST,
+            }))
+    }
+
+    fn answered(&self) {
+        self.lock().answered += 1;
     }
 
     /// Whether the upgrade request just served switched protocols (a 101 went back).
@@ -93,9 +111,62 @@ impl Verdicts {
         self.lock().aborted
     }
 
-    /// The connection was closed for not sending a whole head in time.
-    pub fn timed_out(&self) -> bool {
+    /// The timer that closed the connection, if one did: `header_timeout`, `idle_timeout` or
+    /// `body_idle_timeout`.
+    pub fn timed_out(&self) -> Option<&'static str> {
         self.lock().timed_out
+    }
+}
+
+/// A response body that tells the guard when it is done (or dropped): until then the
+/// connection is busy answering, and no read timer runs.
+pub struct Answering {
+    inner: crate::upstream::Body,
+    verdicts: Option<std::sync::Arc<Verdicts>>,
+}
+
+impl Answering {
+    pub fn new(inner: crate::upstream::Body, verdicts: std::sync::Arc<Verdicts>) -> Answering {
+        Answering {
+            inner,
+            verdicts: Some(verdicts),
+        }
+    }
+
+    fn done(&mut self) {
+        if let Some(v) = self.verdicts.take() {
+            v.answered();
+        }
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.done();
+    }
+}
+
+impl hyper::body::Body for Answering {
+    type Data = bytes::Bytes;
+    type Error = crate::upstream::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(poll, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            self.done();
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -109,9 +180,30 @@ pub struct Guard<T> {
     verdicts: std::sync::Arc<Verdicts>,
     eof: bool,
     header_timeout: Duration,
-    /// Running while a head is awaited (see the module documentation).
-    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The running read timer and what it times (see the module documentation).
+    deadline: Option<(Wait, Pin<Box<tokio::time::Sleep>>)>,
     heads: u64,
+}
+
+/// What a read timer is waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// A whole head: not reset by bytes arriving.
+    Head,
+    /// The next request: reset by bytes arriving.
+    Idle,
+    /// More of a body: reset by bytes arriving.
+    Body,
+}
+
+impl Wait {
+    fn reason(self) -> &'static str {
+        match self {
+            Wait::Head => "header_timeout",
+            Wait::Idle => "idle_timeout",
+            Wait::Body => "body_idle_timeout",
+        }
+    }
 }
 
 impl<T> Guard<T> {
@@ -131,23 +223,40 @@ impl<T> Guard<T> {
         (guard, verdicts)
     }
 
-    /// Polls the header read deadline while a head is awaited: before the first one, or once a
-    /// later one has begun to arrive. `true` when it has passed.
-    fn head_overdue(&mut self, cx: &mut Context<'_>) -> bool {
-        let timed = self.framer.is_awaiting_head() && (self.heads == 0 || !self.buf.is_empty());
-        if !timed {
+    /// What the connection waits for now, if anything is timed.
+    fn waiting_for(&self) -> Option<(Wait, Duration)> {
+        if self.framer.is_passthrough() || self.framer.is_awaiting_upgrade() {
+            return None;
+        }
+        if !self.framer.is_awaiting_head() {
+            return Some((Wait::Body, BODY_IDLE_TIMEOUT));
+        }
+        if self.heads > self.verdicts.lock().answered {
+            return None; // hyper is answering a request; the next head waits for it
+        }
+        if self.heads == 0 || !self.buf.is_empty() {
+            Some((Wait::Head, self.header_timeout))
+        } else {
+            Some((Wait::Idle, IDLE_TIMEOUT))
+        }
+    }
+
+    /// Polls the timer of what the connection waits for (started when that wait began). The
+    /// reason, once it has passed.
+    fn overdue(&mut self, cx: &mut Context<'_>) -> Option<&'static str> {
+        let Some((wait, timeout)) = self.waiting_for() else {
             self.deadline = None;
-            return false;
+            return None;
+        };
+        if self.deadline.as_ref().is_none_or(|(w, _)| *w != wait) {
+            self.deadline = Some((wait, Box::pin(tokio::time::sleep(timeout))));
         }
-        let timeout = self.header_timeout;
-        let deadline = self
-            .deadline
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        if deadline.as_mut().poll(cx).is_ready() {
-            self.verdicts.lock().timed_out = true;
-            return true;
+        let (_, sleep) = self.deadline.as_mut()?;
+        if sleep.as_mut().poll(cx).is_pending() {
+            return None;
         }
-        false
+        self.verdicts.lock().timed_out = Some(wait.reason());
+        Some(wait.reason())
     }
 
     /// Judges the buffered bytes once. `true`: something changed, look again.
@@ -161,7 +270,6 @@ impl<T> Guard<T> {
             None => a.pass > 0,
             Some(Event::Request { upgrade }) => {
                 self.heads += 1;
-                self.deadline = None;
                 self.verdicts
                     .lock()
                     .queue
@@ -211,6 +319,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guard<T> {
                 return Poll::Ready(Ok(()));
             }
             if this.framer.is_passthrough() && this.buf.is_empty() {
+                if this.buf.capacity() > 0 {
+                    // HTTP/2 or a tunnel: the buffer is not needed again.
+                    this.buf = BytesMut::new();
+                    this.deadline = None;
+                }
                 return Pin::new(&mut this.io).poll_read(cx, out);
             }
             if this.framer.is_awaiting_upgrade() {
@@ -240,16 +353,27 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guard<T> {
             }
             this.buf.reserve(READ_CHUNK);
             match tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut this.buf) {
-                Poll::Pending if this.head_overdue(cx) => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("no whole request head within {:?}", this.header_timeout),
-                    )))
+                Poll::Pending => {
+                    return match this.overdue(cx) {
+                        Some(reason) => Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("connection closed: {reason}"),
+                        ))),
+                        None => Poll::Pending,
+                    }
                 }
-                Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Ready(Ok(0)) => this.eof = true,
-                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Ok(_)) => {
+                    // Bytes arrived: an idle or body wait starts over; a head's does not.
+                    if this
+                        .deadline
+                        .as_ref()
+                        .is_some_and(|(w, _)| *w != Wait::Head)
+                    {
+                        this.deadline = None;
+                    }
+                }
             }
         }
     }
@@ -340,8 +464,13 @@ mod tests {
         );
     }
 
+    /// Stands for the request path answering one request on the guarded connection.
+    fn answer(verdicts: &std::sync::Arc<Verdicts>) {
+        drop(Answering::new(crate::http::empty(), verdicts.clone()));
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn a_head_must_be_whole_in_time_but_an_idle_keep_alive_connection_is_not_timed() {
+    async fn read_timers_follow_what_the_connection_waits_for() {
         let (mut client, server) = tokio::io::duplex(1024);
         let (mut guard, verdicts) = Guard::new(server, Duration::from_secs(10));
         client
@@ -349,27 +478,109 @@ mod tests {
             .await
             .expect("write");
         let mut chunk = [0u8; 256];
-        let n = guard.read(&mut chunk).await.expect("the first head");
-        assert!(n > 0);
-        // Idle between requests for far longer than the timeout: still open.
-        let idle = tokio::time::timeout(Duration::from_secs(60), guard.read(&mut chunk)).await;
+        assert!(guard.read(&mut chunk).await.expect("the first head") > 0);
+        // Busy answering (a long download, say): nothing is timed, however long it takes.
+        let busy = tokio::time::timeout(Duration::from_secs(7200), guard.read(&mut chunk)).await;
+        assert!(busy.is_err(), "a busy connection was timed: {busy:?}");
+        answer(&verdicts);
+        // Idle between requests: far longer than the header timeout is fine...
+        let idle = tokio::time::timeout(Duration::from_secs(600), guard.read(&mut chunk)).await;
         assert!(
             idle.is_err(),
-            "an idle keep-alive connection was timed: {idle:?}"
+            "an idle keep-alive connection was cut early: {idle:?}"
         );
-        // A head that starts and stalls is cut at the timeout.
+        // ...and a head that starts and stalls is cut at the header timeout.
         client.write_all(b"GET / HT").await.expect("write");
         let started = tokio::time::Instant::now();
         let err = guard.read(&mut chunk).await.expect_err("a stalled head");
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert_eq!(started.elapsed(), Duration::from_secs(10));
-        assert!(verdicts.timed_out());
+        assert_eq!(verdicts.timed_out(), Some("header_timeout"));
+    }
 
-        // A connection that never sends anything is cut too.
+    #[tokio::test(start_paused = true)]
+    async fn silent_idle_and_stalled_body_connections_are_cut_at_their_timeouts() {
+        let mut chunk = [0u8; 256];
+        // Never sends anything: the header timeout.
         let (_quiet, server) = tokio::io::duplex(1024);
-        let (mut guard, _) = Guard::new(server, Duration::from_secs(10));
-        let err = guard.read(&mut chunk).await.expect_err("nothing sent");
-        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        let (mut guard, v) = Guard::new(server, Duration::from_secs(10));
+        let started = tokio::time::Instant::now();
+        guard.read(&mut chunk).await.expect_err("nothing sent");
+        assert_eq!(
+            (started.elapsed(), v.timed_out()),
+            (Duration::from_secs(10), Some("header_timeout"))
+        );
+
+        // Answered, then idle for an hour: the idle timeout.
+        let (mut client, server) = tokio::io::duplex(1024);
+        let (mut guard, v) = Guard::new(server, Duration::from_secs(10));
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".len();
+        guard
+            .read_exact(&mut chunk[..head])
+            .await
+            .expect("the head");
+        answer(&v);
+        let started = tokio::time::Instant::now();
+        guard.read(&mut chunk).await.expect_err("idle");
+        assert_eq!(
+            (started.elapsed(), v.timed_out()),
+            (IDLE_TIMEOUT, Some("idle_timeout"))
+        );
+
+        // A body that stops half-way: the body idle timeout, restarted by every byte.
+        let (mut client, server) = tokio::io::duplex(1024);
+        let (mut guard, v) = Guard::new(server, Duration::from_secs(10));
+        client
+            .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+            .await
+            .expect("write");
+        while guard
+            .read(&mut chunk)
+            .await
+            .expect("head and part of the body")
+            > 0
+        {
+            if guard.framer.is_awaiting_head() || guard.buf.is_empty() && guard.ready == 0 {
+                break;
+            }
+        }
+        tokio::time::sleep(BODY_IDLE_TIMEOUT / 2).await;
+        client.write_all(b"d").await.expect("write");
+        assert_eq!(guard.read(&mut chunk).await.expect("a byte more"), 1);
+        let started = tokio::time::Instant::now();
+        guard.read(&mut chunk).await.expect_err("stalled body");
+        assert_eq!(
+            (started.elapsed(), v.timed_out()),
+            (BODY_IDLE_TIMEOUT, Some("body_idle_timeout"))
+        );
+    }
+
+    #[tokio::test]
+    async fn an_upgrade_outcome_wakes_the_held_connection() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let (mut guard, verdicts) = Guard::new(server, Duration::from_secs(10));
+        let head =
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
+        client.write_all(head).await.expect("write");
+        client.write_all(b"tunnel bytes").await.expect("write");
+        let mut seen = vec![0u8; head.len()];
+        guard.read_exact(&mut seen).await.expect("the upgrade head");
+        assert_eq!(verdicts.next(), Verdict::Pass { upgrade: true });
+        let waker = verdicts.clone();
+        tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            waker.upgrade_outcome(true);
+        });
+        let mut chunk = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), guard.read(&mut chunk))
+            .await
+            .expect("woken by the outcome")
+            .expect("read");
+        assert_eq!(&chunk[..n], b"tunnel bytes");
     }
 
     #[tokio::test]

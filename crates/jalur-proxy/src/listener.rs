@@ -251,6 +251,7 @@ async fn serve_http<I>(
         let judged = judged.clone();
         async move {
             let version = req.version();
+            let h1 = version < http::Version::HTTP_2;
             let resp = match verdict {
                 Verdict::Reject(r) => crate::http::reject_framing(&rt, r),
                 Verdict::Pass { upgrade } => {
@@ -263,6 +264,17 @@ async fn serve_http<I>(
                     close_if_draining(&rt, version, &mut resp, &goaway);
                     resp
                 }
+            };
+            // The connection's read timers wait until this answer is whole (a long download is
+            // not an idle connection).
+            let resp = if h1 {
+                resp.map(|body| {
+                    http_body_util::BodyExt::boxed_unsync(crate::framing::Answering::new(
+                        body, judged,
+                    ))
+                })
+            } else {
+                resp
             };
             Ok::<_, std::convert::Infallible>(resp)
         }
@@ -278,9 +290,9 @@ async fn serve_http<I>(
         r = conn.as_mut() => {
             if let Some(r) = verdicts.aborted() {
                 crate::http::count_rejection(&counted, r.reason);
-            } else if verdicts.timed_out() {
-                tracing::debug!(%peer, "no whole request head within the header read timeout; closed");
-                crate::http::count_rejection(&counted, "header_timeout");
+            } else if let Some(reason) = verdicts.timed_out() {
+                tracing::debug!(%peer, reason, "connection closed by its read timer");
+                crate::http::count_rejection(&counted, reason);
             } else if let Err(e) = r {
                 count_rejection(&counted, e.as_ref());
             }

@@ -2,6 +2,7 @@
 //! pieces, go through the [`Framer`] and every head it lets through is routed. Shared by the
 //! cargo-fuzz target `fuzz/fuzz_targets/http1_head.rs` and the stable smoke test that mutates
 //! the smuggling corpus (`framing::parse::tests`). Panics when an invariant breaks:
+//! - delivery in pieces and delivery whole pass the same bytes and reach the same verdicts;
 //! - whatever is passed on re-frames, alone and whole, into the same requests with no refusal
 //!   (the guard never hands hyper a byte it would refuse on a second look);
 //! - every head passed parses completely with `httparse` and can be routed.
@@ -26,6 +27,16 @@ pub fn http1_head(data: &[u8]) {
     let chunks: Vec<&[u8]> = stream.chunks(piece).collect();
     let upgraded = first & 0x80 != 0;
     let (passed, events) = feed(&chunks, upgraded);
+    let (whole, events_whole) = feed(&[stream], upgraded);
+    assert_eq!(
+        passed, whole,
+        "delivery in pieces passes other bytes than delivery whole"
+    );
+    assert_eq!(
+        kinds(&events),
+        kinds(&events_whole),
+        "delivery in pieces judges otherwise than delivery whole"
+    );
     assert!(
         stream.starts_with(&passed),
         "passed bytes are not a prefix of the input"
@@ -50,6 +61,18 @@ pub fn http1_head(data: &[u8]) {
     if requests > 0 {
         route_first_head(&passed);
     }
+}
+
+/// Events without their reasons (a fault may be named differently when seen early).
+fn kinds(events: &[Event]) -> Vec<u8> {
+    events
+        .iter()
+        .map(|e| match e {
+            Event::Request { upgrade } => u8::from(*upgrade),
+            Event::Reject(_) => 2,
+            Event::Abort(_) => 3,
+        })
+        .collect()
 }
 
 /// Parses the first head in `passed` and routes it. (Later heads sit after bodies whose

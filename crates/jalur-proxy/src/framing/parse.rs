@@ -12,6 +12,8 @@ use http::StatusCode;
 
 /// The longest request head (request line and fields) accepted; the same limit as hyper's.
 pub const MAX_HEAD: usize = 64 * 1024;
+/// The longest trailer section (hyper's limit on trailer fields is 16 KiB too).
+const MAX_TRAILERS: usize = 16 * 1024;
 /// The longest chunk-size line (size and extensions).
 const MAX_CHUNK_LINE: usize = 4096;
 /// At most this many header fields in a head or a trailer section.
@@ -206,7 +208,8 @@ impl Framer {
 
     fn head(&mut self, input: &[u8], scanned: usize) -> Advance {
         // An empty line before a request line is tolerated (RFC 9112 §2.2), as hyper does.
-        if scanned == 0 && input.starts_with(b"\r\n") {
+        if input.starts_with(b"\r\n") {
+            self.state = State::head();
             return Advance::pass(2);
         }
         let Some(end) = find_from(input, scanned, b"\r\n\r\n") else {
@@ -266,6 +269,9 @@ impl Framer {
         if end > MAX_CHUNK_LINE {
             return self.abort("chunk_line_too_long");
         }
+        if let Some(reason) = line_ending_fault(&input[..end], scanned, true) {
+            return self.abort(reason);
+        }
         match chunk_line(&input[..end]) {
             Ok(0) => {
                 self.state = State::Trailers { scanned: 0 };
@@ -280,12 +286,13 @@ impl Framer {
     }
 
     fn trailers(&mut self, input: &[u8], scanned: usize) -> Advance {
-        if scanned == 0 && input.starts_with(b"\r\n") {
+        // No trailers: the body ends here, however the CRLF was delivered.
+        if input.starts_with(b"\r\n") {
             self.state = State::head();
             return Advance::pass(2);
         }
         let Some(end) = find_from(input, scanned, b"\r\n\r\n") else {
-            if input.len() > MAX_HEAD {
+            if input.len() > MAX_TRAILERS {
                 return self.abort("trailers_too_large");
             }
             if let Some(reason) = line_ending_fault(input, scanned, false) {
@@ -297,7 +304,7 @@ impl Framer {
             return Advance::pass(0);
         };
         let len = end + 4;
-        if len > MAX_HEAD {
+        if len > MAX_TRAILERS {
             return self.abort("trailers_too_large");
         }
         let section = &input[..len];
@@ -374,9 +381,11 @@ fn judge_head(head: &[u8]) -> Result<Framing, Rejection> {
     if let Some(reason) = line_ending_fault(head, 0, true) {
         return Err(bad(reason));
     }
-    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut req = httparse::Request::new(&mut fields);
-    match req.parse(head) {
+    // Uninitialised slots: zeroing 100 headers per request costs more than parsing most heads.
+    let mut fields =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(head, &mut fields) {
         Ok(httparse::Status::Complete(n)) if n == head.len() => {}
         Err(httparse::Error::TooManyHeaders) => {
             return Err(Rejection {
@@ -433,11 +442,35 @@ fn judge_head(head: &[u8]) -> Result<Framing, Rejection> {
 /// The values of the fields that decide framing and routing.
 #[derive(Default)]
 struct Named<'a> {
-    content_length: Vec<&'a [u8]>,
-    transfer_encoding: Vec<&'a [u8]>,
-    host: Vec<&'a [u8]>,
-    upgrade: Vec<&'a [u8]>,
-    expect: Vec<&'a [u8]>,
+    content_length: Seen<'a>,
+    transfer_encoding: Seen<'a>,
+    host: Seen<'a>,
+    upgrade: Seen<'a>,
+    expect: Seen<'a>,
+}
+
+/// The first two values of a field (a third changes no verdict), without allocating.
+#[derive(Default)]
+struct Seen<'a> {
+    values: [&'a [u8]; 2],
+    count: usize,
+}
+
+impl<'a> Seen<'a> {
+    fn push(&mut self, value: &'a [u8]) {
+        if let Some(slot) = self.values.get_mut(self.count) {
+            *slot = value;
+            self.count += 1;
+        }
+    }
+
+    fn as_slice(&self) -> &[&'a [u8]] {
+        &self.values[..self.count]
+    }
+
+    fn is_empty(&self) -> bool {
+        self.count == 0
+    }
 }
 
 impl<'a> Named<'a> {
@@ -579,7 +612,13 @@ fn quoted_len(v: &[u8]) -> Option<usize> {
     while i < v.len() {
         match v[i] {
             b'"' => return Some(i + 1),
-            b'\\' if i + 1 < v.len() && v[i + 1] != b'\r' && v[i + 1] != b'\n' => i += 2,
+            // quoted-pair = "\\" ( HTAB / SP / VCHAR / obs-text )
+            b'\\'
+                if v.get(i + 1)
+                    .is_some_and(|b| matches!(b, b'\t' | b' '..=0x7e | 0x80..=0xff)) =>
+            {
+                i += 2
+            }
             b'\t' | b' ' | 0x21 | 0x23..=0x5b | 0x5d..=0x7e | 0x80..=0xff => i += 1,
             _ => return None,
         }
