@@ -28,13 +28,8 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::mesh::{Port, Protocol};
-use crate::registry::{Registry, Workload, WorkloadSet};
-
-/// Every workload carries where it came from, so a DestinationRule can split one service between
-/// its legacy instances (`consul`) and its meshed ones (`mesh`) by subset, whatever the replica
-/// counts: `subsets: [{name: legacy, labels: {jalur.dev/origin: consul}}, {name: mesh, ...}]`.
-pub const ORIGIN_LABEL: &str = "jalur.dev/origin";
+use crate::registry::Registry;
+use crate::workload::{Port, Protocol, Workload, WorkloadSet, ORIGIN_LABEL};
 
 const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 const DEFAULT_SERVICE_PORT: u32 = 80;

@@ -11,5 +11,6 @@ pub mod render;
 pub mod status;
 pub mod store;
 pub mod translate;
+pub mod workload;
 
 pub use plane::{ControlPlane, Options};

@@ -9,53 +9,7 @@ use jalur_model::host;
 use jalur_model::networking::{self, Resolution, ServiceEntry};
 use jalur_model::{Config, Resource};
 
-use crate::registry::Workload;
-
-/// Application protocol of a port, from Istio's `protocol` field or its name prefix (`http-web`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
-pub enum Protocol {
-    Http,
-    Http2,
-    Grpc,
-    Https,
-    Tls,
-    Tcp,
-}
-
-impl Protocol {
-    pub fn parse(protocol: Option<&str>, name: Option<&str>) -> Protocol {
-        let from = |s: &str| match s.to_ascii_lowercase().as_str() {
-            "http" => Some(Protocol::Http),
-            "http2" => Some(Protocol::Http2),
-            "grpc" | "grpc-web" => Some(Protocol::Grpc),
-            "https" => Some(Protocol::Https),
-            "tls" => Some(Protocol::Tls),
-            "tcp" | "mongo" | "redis" | "mysql" => Some(Protocol::Tcp),
-            _ => None,
-        };
-        protocol
-            .and_then(from)
-            .or_else(|| name.and_then(|n| from(n.split('-').next().unwrap_or(n))))
-            .unwrap_or(Protocol::Tcp)
-    }
-
-    /// Carried by the HTTP connection manager (routes, retries, weights per request).
-    pub fn is_http(self) -> bool {
-        matches!(self, Protocol::Http | Protocol::Http2 | Protocol::Grpc)
-    }
-
-    /// Upstream connections must speak HTTP/2.
-    pub fn is_h2(self) -> bool {
-        matches!(self, Protocol::Http2 | Protocol::Grpc)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
-pub struct Port {
-    pub number: u32,
-    pub name: String,
-    pub protocol: Protocol,
-}
+use crate::workload::{Port, Protocol, Workload};
 
 /// How a service's endpoints reach clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

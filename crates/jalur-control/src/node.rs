@@ -15,8 +15,7 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::{value::Kind as ValueKind, Struct, Value};
 use jalur_model::host::CLUSTER_DOMAIN;
 
-use crate::mesh::{Port, Protocol};
-use crate::registry::Workload;
+use crate::workload::{Port, Protocol, Workload, ORIGIN_LABEL};
 
 pub const DEFAULT_OUTBOUND_PORT: u32 = 15001;
 pub const DEFAULT_INBOUND_PORT: u32 = 15006;
@@ -174,7 +173,7 @@ impl ClientInfo {
             target_port: inbound,
             labels: {
                 let mut l = self.labels.clone();
-                l.entry(crate::consul::ORIGIN_LABEL.to_string())
+                l.entry(ORIGIN_LABEL.to_string())
                     .or_insert_with(|| "mesh".to_string());
                 l
             },

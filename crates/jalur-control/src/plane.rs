@@ -20,9 +20,11 @@ use crate::mesh::Mesh;
 use crate::migrate::metrics::{MetricsSource, PrometheusSource, ScrapeSource};
 use crate::migrate::Migrations;
 use crate::node::ClientInfo;
-use crate::registry::{ProxyRegistry, Registry, Workload, WorkloadSet};
+use crate::registry::{ProxyRegistry, Registry};
+use crate::status::State;
 use crate::store::{ConfigStore, InvalidConfig};
 use crate::translate::translate;
+use crate::workload::{Workload, WorkloadSet};
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -78,21 +80,6 @@ pub enum Error {
     },
     #[error(transparent)]
     Xds(#[from] jalur_xds::server::Error),
-}
-
-/// Shared state the status API reads.
-#[derive(Clone)]
-pub struct State {
-    pub store: ConfigStore,
-    pub mesh: Arc<ArcSwap<Mesh>>,
-    pub proxies: ProxyRegistry,
-    /// Every workload source: the proxy registry first, then Consul, then any others.
-    pub registries: Vec<Arc<dyn Registry>>,
-    pub consul: Arc<ConsulRegistries>,
-    pub ads: AdsServer,
-    pub metrics: Arc<MetricsRegistry>,
-    pub generation: Arc<AtomicU64>,
-    pub migrations: Migrations,
 }
 
 /// A started control plane: its bound addresses, and its state.

@@ -2,37 +2,14 @@
 //! The seam Consul, etcd and Kubernetes implement later is [`Registry`]; the first implementation
 //! is [`ProxyRegistry`], fed by proxies announcing their workload in xDS node metadata.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::mesh::Port;
 use crate::node::ClientInfo;
-
-/// One instance of a service, as a registry reports it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct Workload {
-    /// Fully qualified service host, e.g. `reviews.bookinfo.svc.cluster.local`.
-    pub host: String,
-    pub namespace: String,
-    pub name: String,
-    pub address: String,
-    /// Application ports (numbers the service is called on).
-    pub ports: Vec<Port>,
-    /// Every service port is dialled at this port: a sidecar's inbound port, or a registry
-    /// instance's own port (Consul instances of one service often differ in port).
-    pub target_port: Option<u32>,
-    pub labels: BTreeMap<String, String>,
-    pub weight: u32,
-    pub locality: String,
-    pub healthy: bool,
-    /// Who reported it, e.g. `proxy:sidecar~10.0.0.1~reviews-v1.bookinfo~bookinfo.svc.cluster.local`.
-    pub source: String,
-}
-
-pub type WorkloadSet = Arc<Vec<Workload>>;
+use crate::workload::{Workload, WorkloadSet};
 
 /// A source of workloads. `watch` yields the registry's whole current set every time it changes.
 pub trait Registry: Send + Sync + 'static {

@@ -3,7 +3,10 @@
 //! (the config being served and the last rejected change), `/debug/registry` (workloads).
 
 use std::convert::Infallible;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -11,13 +14,34 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use jalur_xds::AdsServer;
+use prometheus_client::registry::Registry as MetricsRegistry;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::plane::State;
+use crate::consul::ConsulRegistries;
+use crate::mesh::Mesh;
+use crate::migrate::Migrations;
+use crate::registry::{ProxyRegistry, Registry};
+use crate::store::ConfigStore;
 
 type Reply = Response<Full<Bytes>>;
+
+/// Shared state the status API reads.
+#[derive(Clone)]
+pub struct State {
+    pub store: ConfigStore,
+    pub mesh: Arc<ArcSwap<Mesh>>,
+    pub proxies: ProxyRegistry,
+    /// Every workload source: the proxy registry first, then Consul, then any others.
+    pub registries: Vec<Arc<dyn Registry>>,
+    pub consul: Arc<ConsulRegistries>,
+    pub ads: AdsServer,
+    pub metrics: Arc<MetricsRegistry>,
+    pub generation: Arc<AtomicU64>,
+    pub migrations: Migrations,
+}
 
 pub async fn serve(listener: TcpListener, state: State, mut shutdown: watch::Receiver<bool>) {
     loop {

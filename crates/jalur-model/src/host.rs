@@ -11,12 +11,18 @@ pub fn gateway_set(gateways: &[String], namespace: &str) -> std::collections::BT
     }
     gateways
         .iter()
-        .map(|g| match g.as_str() {
-            "mesh" => g.clone(),
-            g if g.contains('/') => g.to_string(),
-            g => format!("{namespace}/{g}"),
-        })
+        .map(|g| qualify_gateway(g, namespace))
         .collect()
+}
+
+/// A gateway name as written in a resource of namespace `namespace`: `mesh` and `ns/name` stay,
+/// a bare `name` becomes `namespace/name`.
+pub fn qualify_gateway(name: &str, namespace: &str) -> String {
+    if name == "mesh" || name.contains('/') {
+        name.to_string()
+    } else {
+        format!("{namespace}/{name}")
+    }
 }
 
 /// Fully qualifies `host` as written in a resource of namespace `namespace`.

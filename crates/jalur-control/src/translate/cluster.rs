@@ -28,7 +28,8 @@ use jalur_model::networking::{
 };
 
 use super::{ads_source, cluster_name, duration, Ctx};
-use crate::mesh::{Discovery, Endpoint, Port, Service};
+use crate::mesh::{Discovery, Endpoint, Service};
+use crate::workload::Port;
 
 pub const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 const AGGREGATE_CLUSTER: &str = "envoy.clusters.aggregate";

@@ -27,7 +27,8 @@ use jalur_model::Resource;
 use super::cluster::{cluster as build_cluster, load_assignment, Policy};
 use super::route::{destination_cluster, routes, FAULT_FILTER};
 use super::{ads_source, Ctx};
-use crate::mesh::{Endpoint, Port, Protocol, Service};
+use crate::mesh::{Endpoint, Service};
+use crate::workload::{Port, Protocol};
 
 type Built = (Vec<Listener>, Vec<RouteConfiguration>, Vec<Cluster>);
 
@@ -160,7 +161,7 @@ pub fn gateway(ctx: &Ctx) -> Built {
             .filter(|(r, vs)| {
                 vs.gateways
                     .iter()
-                    .any(|g| names.contains(&qualify_gateway(g, &r.meta.namespace)))
+                    .any(|g| names.contains(&host::qualify_gateway(g, &r.meta.namespace)))
             })
             .collect();
         let name = format!("0.0.0.0_{port}");
@@ -339,14 +340,6 @@ fn claiming_vs<'a>(ctx: &Ctx<'a>, fqdn: &str) -> Option<(&'a Resource, &'a Virtu
                 .iter()
                 .any(|h| host::matches(&host::qualify(h, &r.meta.namespace), fqdn))
     })
-}
-
-pub fn qualify_gateway(name: &str, namespace: &str) -> String {
-    if name == "mesh" || name.contains('/') {
-        name.to_string()
-    } else {
-        format!("{namespace}/{name}")
-    }
 }
 
 /// Names a caller may use for a service port: the FQDN, and for mesh services the short forms

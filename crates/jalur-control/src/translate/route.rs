@@ -88,10 +88,9 @@ fn default_route(ctx: &Ctx, host: &str, port: u32) -> Route {
 /// A match applies to this client unless it is scoped to other gateways or ports.
 fn applies(ctx: &Ctx, m: &HttpMatchRequest, ns: &str) -> bool {
     let gateway_ok = m.gateways.is_empty()
-        || m.gateways.iter().any(|g| {
-            ctx.gateway_names
-                .contains(&super::listener::qualify_gateway(g, ns))
-        });
+        || m.gateways
+            .iter()
+            .any(|g| ctx.gateway_names.contains(&host::qualify_gateway(g, ns)));
     let port_ok = match (m.port, ctx.gateway_port) {
         (Some(p), Some(gp)) => p == gp,
         _ => true,

@@ -237,8 +237,7 @@ fn proxyless_dns_clusters_have_one_endpoint_each() {
 
 #[test]
 fn imported_services_get_the_registry_active_health_check() {
-    use crate::mesh::{Port, Protocol};
-    use crate::registry::Workload;
+    use crate::workload::{Port, Protocol, Workload};
     let yaml = "apiVersion: jalur.dev/v1alpha1\nkind: ConsulRegistry\nmetadata: {name: legacy, namespace: default}\nspec:\n  addresses: [127.0.0.1:8500]\n  healthCheck: {httpPath: /healthz, interval: 200ms}\n";
     let (res, diags) = jalur_model::parse_str(std::path::Path::new("c.yaml"), yaml);
     assert!(diags.is_empty(), "{diags:?}");
