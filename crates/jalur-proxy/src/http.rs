@@ -6,40 +6,22 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, HOST, LOCATION};
 use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::config::{Action, Forward, HeaderOps, Redirect, RetryPolicy, Route};
 use crate::error::{Flag, ProxyError};
+use crate::metrics::Outcome;
 use crate::routing::{pick_weighted, RequestView};
 use crate::runtime::{ClusterRuntime, Compiled, ListenerCtx, Runtime};
-use crate::upstream::Body;
+use crate::upstream::{empty, full, Body};
 
 mod body;
 mod record;
 use body::ReqBody;
 use record::{AccessEntry, Record, Recorded};
-
-pub fn full(body: impl Into<Bytes>) -> Body {
-    Full::new(body.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
-}
-
-pub fn empty() -> Body {
-    Empty::new().map_err(|never| match never {}).boxed_unsync()
-}
-
-/// What the metrics and the access log record about one request.
-pub struct Outcome {
-    pub status: StatusCode,
-    pub flag: Option<Flag>,
-    pub cluster: Option<Arc<ClusterRuntime>>,
-    pub grpc_status: Option<String>,
-}
 
 pub async fn handle(
     rt: Arc<Runtime>,
@@ -71,7 +53,7 @@ pub async fn handle(
             let outcome = Outcome {
                 status: e.status,
                 flag: Some(e.flag),
-                cluster,
+                cluster: cluster.map(|c| c.labels.clone()),
                 grpc_status: None,
             };
             (local_reply(&e), outcome)
@@ -443,7 +425,7 @@ async fn forward(
     let outcome = Outcome {
         status: resp.status(),
         flag: None,
-        cluster: Some(cluster.clone()),
+        cluster: Some(cluster.labels.clone()),
         grpc_status,
     };
     Ok((resp, outcome))

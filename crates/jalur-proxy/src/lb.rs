@@ -13,14 +13,13 @@
 //! panic threshold (route to all hosts when under 50% are healthy) is not implemented.
 
 use std::cell::Cell;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::BinaryHeap;
 use std::fmt;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
-use crate::config::{Endpoint, LbPolicy};
-use crate::resilience::outlier::HostOutlier;
+use crate::config::LbPolicy;
+pub use crate::host::{Host, HostSet, RequestGuard};
 
 mod hash;
 mod ring;
@@ -29,193 +28,6 @@ mod tests;
 
 pub use hash::{generated_cookie_value, request_hash, request_hash_with, set_cookie, xxh64};
 use ring::{Maglev, Ring};
-
-/// One upstream endpoint of one EDS version. Fields are that version's; the runtime state behind
-/// it is shared with the same address in every other version.
-pub struct Host {
-    pub addr: SocketAddr,
-    /// At least 1.
-    pub weight: u32,
-    pub locality: String,
-    /// EDS health: an unhealthy host is never picked.
-    pub healthy: bool,
-    state: Arc<HostState>,
-}
-
-struct HostState {
-    active_requests: AtomicU32,
-    outlier: HostOutlier,
-    /// Failed the cluster's active health check (cleared when it passes again).
-    check_failed: std::sync::atomic::AtomicBool,
-}
-
-impl Host {
-    pub fn new(endpoint: &Endpoint) -> Host {
-        let state = Arc::new(HostState {
-            active_requests: AtomicU32::new(0),
-            outlier: HostOutlier::default(),
-            check_failed: std::sync::atomic::AtomicBool::new(false),
-        });
-        Host::with_state(endpoint, state)
-    }
-
-    fn with_state(endpoint: &Endpoint, state: Arc<HostState>) -> Host {
-        Host {
-            addr: endpoint.addr,
-            weight: endpoint.weight.max(1),
-            locality: endpoint.locality.clone(),
-            healthy: endpoint.healthy,
-            state,
-        }
-    }
-
-    /// Counts a request in flight to this host until the guard drops.
-    pub fn start_request(&self) -> RequestGuard {
-        self.state.active_requests.fetch_add(1, Relaxed);
-        RequestGuard {
-            state: self.state.clone(),
-        }
-    }
-
-    pub fn active_requests(&self) -> u32 {
-        self.state.active_requests.load(Relaxed)
-    }
-
-    /// Ejected by outlier detection right now (an ejection whose time has passed ends here).
-    /// Out of rotation for now: ejected by outlier detection, or failing its active health check.
-    pub fn is_ejected(&self) -> bool {
-        self.state.outlier.is_ejected_now() || self.check_failed()
-    }
-
-    pub fn check_failed(&self) -> bool {
-        self.state
-            .check_failed
-            .load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    /// Records the active health check's verdict; returns whether it changed.
-    pub fn set_check_failed(&self, failed: bool) -> bool {
-        self.state
-            .check_failed
-            .swap(failed, std::sync::atomic::Ordering::AcqRel)
-            != failed
-    }
-
-    /// Healthy per EDS and not ejected.
-    pub fn is_available(&self) -> bool {
-        self.healthy && !self.is_ejected()
-    }
-
-    pub(crate) fn outlier(&self) -> &HostOutlier {
-        &self.state.outlier
-    }
-
-    /// Two hosts are the same endpoint across versions (they share runtime state).
-    pub fn same_endpoint(&self, other: &Host) -> bool {
-        Arc::ptr_eq(&self.state, &other.state)
-    }
-}
-
-impl fmt::Debug for Host {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Host")
-            .field("addr", &self.addr)
-            .field("weight", &self.weight)
-            .field("locality", &self.locality)
-            .field("healthy", &self.healthy)
-            .field("active_requests", &self.active_requests())
-            .finish()
-    }
-}
-
-/// A request in flight to a host; dropping it ends the request.
-#[must_use = "the request counts as active only while the guard lives"]
-pub struct RequestGuard {
-    state: Arc<HostState>,
-}
-
-impl Drop for RequestGuard {
-    fn drop(&mut self) {
-        self.state.active_requests.fetch_sub(1, Relaxed);
-    }
-}
-
-impl fmt::Debug for RequestGuard {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("RequestGuard")
-    }
-}
-
-/// The hosts of one EDS version, in EDS order, one per address (the first listing wins).
-#[derive(Clone, Default)]
-pub struct HostSet {
-    hosts: Vec<Arc<Host>>,
-    healthy: Vec<Arc<Host>>,
-}
-
-impl HostSet {
-    pub fn new(endpoints: &[Endpoint]) -> HostSet {
-        HostSet::build(endpoints, None)
-    }
-
-    /// The next version: hosts whose address stays keep their runtime state (and the very same
-    /// `Arc<Host>` when nothing about them changed).
-    pub fn update(&self, endpoints: &[Endpoint]) -> HostSet {
-        HostSet::build(endpoints, Some(self))
-    }
-
-    fn build(endpoints: &[Endpoint], previous: Option<&HostSet>) -> HostSet {
-        let old: HashMap<SocketAddr, &Arc<Host>> = previous
-            .map(|p| p.hosts.iter().map(|h| (h.addr, h)).collect())
-            .unwrap_or_default();
-        let mut seen = HashSet::with_capacity(endpoints.len());
-        let mut hosts = Vec::with_capacity(endpoints.len());
-        for e in endpoints.iter().filter(|e| seen.insert(e.addr)) {
-            let host = match old.get(&e.addr) {
-                Some(h)
-                    if h.weight == e.weight.max(1)
-                        && h.locality == e.locality
-                        && h.healthy == e.healthy =>
-                {
-                    Arc::clone(h)
-                }
-                Some(h) => Arc::new(Host::with_state(e, h.state.clone())),
-                None => Arc::new(Host::new(e)),
-            };
-            hosts.push(host);
-        }
-        let healthy = hosts.iter().filter(|h| h.healthy).cloned().collect();
-        HostSet { hosts, healthy }
-    }
-
-    /// Every host, healthy or not (the outlier detector's population and the admin view).
-    pub fn hosts(&self) -> &[Arc<Host>] {
-        &self.hosts
-    }
-
-    /// The hosts EDS calls healthy: the ones balancers pick from.
-    pub fn healthy(&self) -> &[Arc<Host>] {
-        &self.healthy
-    }
-
-    pub fn get(&self, addr: SocketAddr) -> Option<&Arc<Host>> {
-        self.hosts.iter().find(|h| h.addr == addr)
-    }
-
-    pub fn len(&self) -> usize {
-        self.hosts.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.hosts.is_empty()
-    }
-}
-
-impl fmt::Debug for HostSet {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.hosts.iter()).finish()
-    }
-}
 
 /// What a pick knows of the request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -535,4 +347,10 @@ pub(crate) fn random_u64() -> u64 {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     })
+}
+
+impl AsRef<HostSet> for Balancer {
+    fn as_ref(&self) -> &HostSet {
+        self.hosts()
+    }
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod drain;
 pub mod error;
 pub mod framing;
+pub mod host;
 pub mod http;
 pub mod lb;
 pub mod listener;

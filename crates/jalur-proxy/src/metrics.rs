@@ -3,12 +3,15 @@
 //! has no name for. Served on 15090 `/stats/prometheus`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use crate::error::Flag;
 
 /// Labels of `istio_requests_total` and its histograms. `Arc<str>` so that building one per
 /// request copies pointers, not strings.
@@ -97,6 +100,35 @@ fn byte_buckets() -> Histogram {
     ))
 }
 
+/// Who this proxy is, for the `source_*` / `destination_*` metric labels.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub workload: Arc<str>,
+    pub canonical_service: Arc<str>,
+    pub version: Arc<str>,
+}
+
+/// The `destination_*` labels of one upstream cluster, worked out once when it is compiled.
+#[derive(Debug)]
+pub struct ClusterLabels {
+    /// The cluster's name (the access log's `upstream_cluster`).
+    pub name: Arc<str>,
+    /// `destination_service` (the host of `outbound|PORT|SUBSET|HOST`, or the cluster name).
+    pub service: Arc<str>,
+    /// `destination_version` as the subset name, or "unknown".
+    pub subset: Arc<str>,
+    /// `destination_canonical_service`: the service's first label.
+    pub canonical: Arc<str>,
+}
+
+/// What the metrics and the access log record about one request.
+pub struct Outcome {
+    pub status: http::StatusCode,
+    pub flag: Option<Flag>,
+    pub cluster: Option<Arc<ClusterLabels>>,
+    pub grpc_status: Option<String>,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
@@ -110,6 +142,7 @@ pub struct Metrics {
     /// Requests refused before routing (malformed, oversized headers), by reason.
     pub downstream_rejected: Family<ReasonLabels, Counter>,
     pub registry: Arc<Registry>,
+    unknown: Arc<str>,
 }
 
 impl Metrics {
@@ -182,7 +215,74 @@ impl Metrics {
             tcp_closed,
             downstream_rejected,
             registry: Arc::new(r),
+            unknown: Arc::from("unknown"),
         }
+    }
+
+    /// Counts one finished request in Istio's metrics.
+    /// `inbound`: the proxy is the destination (its `inbound` listener), else the source.
+    /// `bytes`: the request's and the response's body sizes.
+    pub fn record_request(
+        &self,
+        id: &Identity,
+        inbound: bool,
+        o: &Outcome,
+        protocol: &'static str,
+        elapsed: Duration,
+        (request_bytes, response_bytes): (u64, u64),
+    ) {
+        let (service, canonical, subset) = match &o.cluster {
+            Some(c) => (c.service.clone(), c.canonical.clone(), c.subset.clone()),
+            None => (
+                self.unknown.clone(),
+                self.unknown.clone(),
+                self.unknown.clone(),
+            ),
+        };
+        let labels = RequestLabels {
+            reporter: if inbound { "destination" } else { "source" },
+            source_workload: if inbound {
+                self.unknown.clone()
+            } else {
+                id.workload.clone()
+            },
+            source_canonical_service: if inbound {
+                self.unknown.clone()
+            } else {
+                id.canonical_service.clone()
+            },
+            destination_service: if inbound {
+                id.canonical_service.clone()
+            } else {
+                service.clone()
+            },
+            destination_workload: if inbound {
+                id.workload.clone()
+            } else {
+                self.unknown.clone()
+            },
+            destination_canonical_service: if inbound {
+                id.canonical_service.clone()
+            } else {
+                canonical
+            },
+            destination_version: if inbound { id.version.clone() } else { subset },
+            response_code: o.status.as_u16(),
+            response_flags: o.flag.map(Flag::as_str).unwrap_or("-"),
+            grpc_response_status: grpc_status_label(o.grpc_status.as_deref()),
+            request_protocol: protocol,
+            connection_security_policy: "none",
+        };
+        self.duration_ms
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64() * 1000.0);
+        self.response_bytes
+            .get_or_create(&labels)
+            .observe(response_bytes as f64);
+        self.request_bytes
+            .get_or_create(&labels)
+            .observe(request_bytes as f64);
+        self.requests.get_or_create(&labels).inc();
     }
 
     pub fn encode(&self) -> String {
@@ -197,5 +297,19 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Metrics {
         Metrics::new()
+    }
+}
+
+/// gRPC status codes 0..=16 as static labels (no allocation per request); anything else as is.
+fn grpc_status_label(status: Option<&str>) -> std::borrow::Cow<'static, str> {
+    const CODES: [&str; 17] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    ];
+    match status {
+        None => std::borrow::Cow::Borrowed(""),
+        Some(s) => match CODES.iter().find(|c| **c == s) {
+            Some(c) => std::borrow::Cow::Borrowed(c),
+            None => std::borrow::Cow::Owned(s.to_string()),
+        },
     }
 }

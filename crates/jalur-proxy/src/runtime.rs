@@ -16,20 +16,13 @@ use tokio::sync::watch;
 use crate::config::{Cluster, Endpoint, HashPolicy, Listener, ListenerKind, RouteSource, Snapshot};
 use crate::drain::Drain;
 use crate::error::{Flag, ProxyError};
-use crate::http::Outcome;
-use crate::lb::{Balancer, Host, HostSet, PickContext};
-use crate::metrics::{Metrics, RequestLabels, TcpLabels};
+use crate::host::{Host, HostSet};
+use crate::lb::{Balancer, PickContext};
+pub use crate::metrics::Identity;
+use crate::metrics::{ClusterLabels, Metrics, Outcome, TcpLabels};
 use crate::resilience::{self, Breakers, Outlier, Permit};
 use crate::routing::CompiledTable;
 use crate::upstream::{Body, Upstream};
-
-/// Who this proxy is, for the `source_*` / `destination_*` metric labels.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    pub workload: Arc<str>,
-    pub canonical_service: Arc<str>,
-    pub version: Arc<str>,
-}
 
 /// How long a request that reached a listener before the listener's route table waits for it
 /// (a proxy just started: its listeners bound, RDS still on the way). Callers are not sent to a
@@ -51,7 +44,6 @@ pub struct Runtime {
     pub access_log: bool,
     /// A downstream connection must deliver each request head within this (slowloris).
     pub header_read_timeout: Duration,
-    unknown: Arc<str>,
 }
 
 /// Where a listener's routes come from, resolved for lookup.
@@ -136,7 +128,6 @@ impl Runtime {
             connections: AtomicUsize::new(0),
             access_log,
             header_read_timeout,
-            unknown: Arc::from("unknown"),
         })
     }
 
@@ -221,73 +212,21 @@ impl Runtime {
         request_bytes: u64,
         response_bytes: u64,
     ) {
-        let (service, canonical, subset) = match &o.cluster {
-            Some(c) => (c.service.clone(), c.canonical.clone(), c.subset.clone()),
-            None => (
-                self.unknown.clone(),
-                self.unknown.clone(),
-                self.unknown.clone(),
-            ),
-        };
-        let id = &self.identity;
-        let labels = RequestLabels {
-            reporter: if ln.inbound { "destination" } else { "source" },
-            source_workload: if ln.inbound {
-                self.unknown.clone()
-            } else {
-                id.workload.clone()
-            },
-            source_canonical_service: if ln.inbound {
-                self.unknown.clone()
-            } else {
-                id.canonical_service.clone()
-            },
-            destination_service: if ln.inbound {
-                id.canonical_service.clone()
-            } else {
-                service.clone()
-            },
-            destination_workload: if ln.inbound {
-                id.workload.clone()
-            } else {
-                self.unknown.clone()
-            },
-            destination_canonical_service: if ln.inbound {
-                id.canonical_service.clone()
-            } else {
-                canonical
-            },
-            destination_version: if ln.inbound {
-                id.version.clone()
-            } else {
-                subset
-            },
-            response_code: o.status.as_u16(),
-            response_flags: o.flag.map(Flag::as_str).unwrap_or("-"),
-            grpc_response_status: grpc_status_label(o.grpc_status.as_deref()),
-            request_protocol: protocol,
-            connection_security_policy: "none",
-        };
-        self.metrics
-            .duration_ms
-            .get_or_create(&labels)
-            .observe(elapsed.as_secs_f64() * 1000.0);
-        self.metrics
-            .response_bytes
-            .get_or_create(&labels)
-            .observe(response_bytes as f64);
-        self.metrics
-            .request_bytes
-            .get_or_create(&labels)
-            .observe(request_bytes as f64);
-        self.metrics.requests.get_or_create(&labels).inc();
+        self.metrics.record_request(
+            &self.identity,
+            ln.inbound,
+            o,
+            protocol,
+            elapsed,
+            (request_bytes, response_bytes),
+        );
     }
 
     pub fn tcp_labels(&self, cluster: &ClusterRuntime, flag: Option<Flag>) -> TcpLabels {
         TcpLabels {
             reporter: Arc::from("source"),
             source_workload: self.identity.workload.clone(),
-            destination_service: cluster.service.clone(),
+            destination_service: cluster.labels.service.clone(),
             response_flags: flag.map(Flag::as_str).unwrap_or("-"),
         }
     }
@@ -298,20 +237,6 @@ impl Runtime {
 
     pub fn connection_closed(&self) {
         self.connections.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// gRPC status codes 0..=16 as static labels (no allocation per request); anything else as is.
-fn grpc_status_label(status: Option<&str>) -> std::borrow::Cow<'static, str> {
-    const CODES: [&str; 17] = [
-        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
-    ];
-    match status {
-        None => std::borrow::Cow::Borrowed(""),
-        Some(s) => match CODES.iter().find(|c| **c == s) {
-            Some(c) => std::borrow::Cow::Borrowed(c),
-            None => std::borrow::Cow::Owned(s.to_string()),
-        },
     }
 }
 
@@ -333,12 +258,8 @@ pub struct ClusterRuntime {
     pub breakers: Breakers,
     outlier: Option<Arc<Outlier>>,
     pub upstream: Upstream,
-    /// `destination_service` (the host of `outbound|PORT|SUBSET|HOST`, or the cluster name).
-    pub service: Arc<str>,
-    /// `destination_version` as the subset name, or "unknown".
-    pub subset: Arc<str>,
-    /// `destination_canonical_service`: the service's first label.
-    pub canonical: Arc<str>,
+    /// Its `destination_*` labels, shared with every request's [`Outcome`].
+    pub labels: Arc<ClusterLabels>,
     /// Background work tied to the cluster's life: outlier detection intervals, DNS refresh.
     tasks: Vec<tokio::task::AbortHandle>,
 }
@@ -368,7 +289,7 @@ async fn health_check_loop(weak: Weak<ClusterRuntime>, hc: crate::config::Health
             let ok = match &hc.http_path {
                 Some(path) => {
                     let uri = format!("http://{}{path}", host.addr);
-                    let req = http::Request::get(uri).body(crate::http::empty());
+                    let req = http::Request::get(uri).body(crate::upstream::empty());
                     match req {
                         Ok(req) => {
                             matches!(tokio::time::timeout(hc.timeout, client.request(req)).await, Ok(Ok(r)) if r.status().is_success())
@@ -503,9 +424,12 @@ impl ClusterRuntime {
                 },
                 outlier,
                 upstream: Upstream::new(&config),
-                canonical: Arc::from(service.split('.').next().unwrap_or("unknown")),
-                service,
-                subset,
+                labels: Arc::new(ClusterLabels {
+                    name: Arc::from(config.name.as_str()),
+                    canonical: Arc::from(service.split('.').next().unwrap_or("unknown")),
+                    service,
+                    subset,
+                }),
                 tasks: tasks.into_iter().chain(outlier_task).collect(),
                 config,
             }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -15,6 +16,16 @@ use crate::config::{Cluster, UpstreamProtocol};
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Request and response bodies on both sides of the proxy.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+pub fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
 
 #[derive(Clone, Debug)]
 pub struct Upstream {

@@ -78,7 +78,7 @@ impl ReqBody {
     /// The body for one attempt upstream; a streaming body can be sent only once.
     pub fn attempt(&mut self) -> Result<Body, ProxyError> {
         match self {
-            ReqBody::Empty => Ok(crate::http::empty()),
+            ReqBody::Empty => Ok(crate::upstream::empty()),
             ReqBody::Held { data, trailers } => Ok(Replay {
                 data: Some(data.clone()).filter(|d| !d.is_empty()),
                 trailers: trailers.clone(),

@@ -105,7 +105,7 @@ impl Drop for Record {
                 peer = %a.peer,
                 status = self.outcome.status.as_u16(),
                 flags = self.outcome.flag.map(Flag::as_str).unwrap_or("-"),
-                upstream_cluster = self.outcome.cluster.as_ref().map(|c| c.config.name.as_str()).unwrap_or("-"),
+                upstream_cluster = self.outcome.cluster.as_ref().map(|c| &*c.name).unwrap_or("-"),
                 grpc_status = self.outcome.grpc_status.as_deref().unwrap_or("-"),
                 bytes_received = self.request_size,
                 bytes_sent = self.response_size,

@@ -19,14 +19,15 @@
 
 use std::net::SocketAddr;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::config::OutlierConfig;
-use crate::lb::{Host, HostSet};
+pub use crate::host::EjectionKind;
+use crate::host::{Host, HostSet};
 
 /// Envoy's default `max_ejection_time`.
 pub const DEFAULT_MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
@@ -65,12 +66,6 @@ impl Outcome {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EjectionKind {
-    Consecutive5xx,
-    ConsecutiveGatewayFailure,
-}
-
 /// A host was just ejected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ejection {
@@ -102,81 +97,6 @@ pub struct OutlierStats {
     pub ejections_enforced_total: u64,
     /// Ejections refused by `max_ejection_percent`.
     pub ejections_overflow: u64,
-}
-
-/// Per-host state; lock-free unless the host is ejected.
-#[derive(Debug, Default)]
-pub(crate) struct HostOutlier {
-    ejected: AtomicBool,
-    consecutive_5xx: AtomicU32,
-    consecutive_gateway: AtomicU32,
-    record: Mutex<Record>,
-}
-
-#[derive(Debug, Default)]
-struct Record {
-    ejected_until: Option<Instant>,
-    last_unejected: Option<Instant>,
-    /// Envoy's ejection-time backoff: the current ejection lasts `base * multiplier`.
-    multiplier: u32,
-    times_ejected: u32,
-}
-
-impl HostOutlier {
-    pub(crate) fn is_ejected_now(&self) -> bool {
-        self.ejected.load(Ordering::Acquire) && self.is_ejected_at(Instant::now())
-    }
-
-    fn is_ejected_at(&self, now: Instant) -> bool {
-        if !self.ejected.load(Ordering::Acquire) {
-            return false;
-        }
-        let mut record = self.lock();
-        self.expire(&mut record, now);
-        record.ejected_until.is_some()
-    }
-
-    /// Ends an ejection whose time has passed, as of the moment it was due.
-    fn expire(&self, record: &mut Record, now: Instant) {
-        if let Some(until) = record.ejected_until.filter(|&until| now >= until) {
-            record.ejected_until = None;
-            record.last_unejected = Some(until);
-            // Envoy resets the counts so a few new errors do not re-eject at once.
-            self.consecutive_5xx.store(0, Ordering::Relaxed);
-            self.consecutive_gateway.store(0, Ordering::Relaxed);
-            self.ejected.store(false, Ordering::Release);
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Record> {
-        self.record
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn counter(&self, kind: EjectionKind) -> &AtomicU32 {
-        match kind {
-            EjectionKind::Consecutive5xx => &self.consecutive_5xx,
-            EjectionKind::ConsecutiveGatewayFailure => &self.consecutive_gateway,
-        }
-    }
-
-    /// Adds one to the count; true when it just reached `threshold` (0 or `None`: never).
-    fn count(&self, kind: EjectionKind, threshold: Option<u32>) -> bool {
-        let n = self
-            .counter(kind)
-            .fetch_add(1, Ordering::Relaxed)
-            .saturating_add(1);
-        threshold.is_some_and(|t| t > 0 && n == t)
-    }
-
-    fn reset(&self, kind: EjectionKind) {
-        let counter = self.counter(kind);
-        // Skip the store on the common path: a healthy host's cache line stays shared.
-        if counter.load(Ordering::Relaxed) != 0 {
-            counter.store(0, Ordering::Relaxed);
-        }
-    }
 }
 
 impl Host {
@@ -385,17 +305,5 @@ impl Outlier {
             ejections_enforced_total: get(&self.enforced),
             ejections_overflow: get(&self.overflow),
         }
-    }
-}
-
-impl AsRef<HostSet> for HostSet {
-    fn as_ref(&self) -> &HostSet {
-        self
-    }
-}
-
-impl AsRef<HostSet> for crate::lb::Balancer {
-    fn as_ref(&self) -> &HostSet {
-        self.hosts()
     }
 }

@@ -6,7 +6,7 @@ use tokio::time::{advance, Instant};
 
 use super::*;
 use crate::config::{Endpoint, OutlierConfig, Thresholds};
-use crate::lb::{Host, HostSet};
+use crate::host::{Host, HostSet};
 
 // ---------------------------------------------------------------------------------- breakers
 
