@@ -62,9 +62,10 @@ use tokio::task::JoinHandle;
 
 mod api;
 mod checks;
+mod shared;
 mod state;
 
-use state::Shared;
+use shared::Shared;
 
 /// How a [`ConsulDouble`] is set up. `Default` follows a real Consul agent.
 #[derive(Clone, Debug)]
@@ -305,7 +306,7 @@ impl ConsulDouble {
             .unwrap_or_else(|err| panic!("Consul double: no local address: {err}"));
         let shared = Shared::new(opts);
         let accept = tokio::spawn(api::accept_loop(listener, shared.clone()));
-        let reaper = tokio::spawn(checks::reap_loop(Arc::downgrade(&shared)));
+        let reaper = tokio::spawn(shared::reap_loop(Arc::downgrade(&shared)));
         ConsulDouble {
             addr,
             shared,

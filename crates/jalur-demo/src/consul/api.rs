@@ -20,7 +20,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::checks::{self, field, parse_go_duration, string_field};
-use super::state::{Registration, ServiceDef, Shared, State, TtlError, SERVER_ADDR};
+use super::shared::Shared;
+use super::state::{Registration, ServiceDef, State, TtlError, SERVER_ADDR};
 use super::{ConsulOpts, RecordedRequest, Status, Weights};
 
 /// Consul's default blocking wait.

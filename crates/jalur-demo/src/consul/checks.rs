@@ -3,7 +3,6 @@
 //! services critical for too long).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Weak;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,9 +13,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Map, Value};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
-use super::state::Shared;
 use super::{ConsulOpts, Status};
 
 /// Consul's default check timeout.
@@ -279,79 +276,7 @@ fn parse_headers(value: Option<&Value>) -> Result<Vec<(String, String)>, String>
     Ok(headers)
 }
 
-/// Runs one check until it is removed or the double stops: polls HTTP and TCP checks every
-/// interval (the first run staggered at random within it, as Consul does) and expires TTL
-/// checks.
-pub(super) async fn run_check(shared: Weak<Shared>, id: String, kind: CheckKind) {
-    let interval = match &kind {
-        CheckKind::Static => return,
-        CheckKind::Ttl { ttl } => return run_ttl(shared, id, *ttl).await,
-        CheckKind::Http { interval, .. } | CheckKind::Tcp { interval, .. } => *interval,
-    };
-    tokio::time::sleep(random_below(interval)).await;
-    loop {
-        let (status, output) = match &kind {
-            CheckKind::Http {
-                url,
-                method,
-                headers,
-                body,
-                timeout,
-                ..
-            } => probe_http(url, method, headers, body, *timeout).await,
-            CheckKind::Tcp { addr, timeout, .. } => probe_tcp(addr, *timeout).await,
-            CheckKind::Static | CheckKind::Ttl { .. } => return,
-        };
-        let Some(strong) = shared.upgrade() else {
-            return;
-        };
-        if strong.update_check(&id, status, output).is_none() {
-            return;
-        }
-        drop(strong);
-        tokio::time::sleep(interval).await;
-    }
-}
-
-async fn run_ttl(shared: Weak<Shared>, id: String, ttl: Duration) {
-    loop {
-        let Some(strong) = shared.upgrade() else {
-            return;
-        };
-        let Some(deadline) = strong.state().ttl_deadline(&id) else {
-            return;
-        };
-        match deadline {
-            Some(deadline) if deadline <= Instant::now() => strong.expire_ttl(&id),
-            Some(deadline) => {
-                drop(strong);
-                tokio::time::sleep_until(deadline).await;
-            }
-            // Expired: wait for an update to set a new deadline.
-            None => {
-                drop(strong);
-                tokio::time::sleep(ttl.min(Duration::from_millis(20))).await;
-            }
-        }
-    }
-}
-
-/// Every reap interval, removes the services critical for longer than their
-/// DeregisterCriticalServiceAfter.
-pub(super) async fn reap_loop(shared: Weak<Shared>) {
-    loop {
-        let Some(interval) = shared.upgrade().map(|strong| strong.opts.reap_interval) else {
-            return;
-        };
-        tokio::time::sleep(interval.max(Duration::from_millis(1))).await;
-        let Some(strong) = shared.upgrade() else {
-            return;
-        };
-        strong.reap();
-    }
-}
-
-async fn probe_tcp(addr: &str, timeout: Duration) -> (Status, String) {
+pub(super) async fn probe_tcp(addr: &str, timeout: Duration) -> (Status, String) {
     match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(_stream)) => (Status::Passing, format!("TCP connect {addr}: Success")),
         Ok(Err(err)) => (Status::Critical, format!("dial tcp {addr}: {err}")),
@@ -361,7 +286,7 @@ async fn probe_tcp(addr: &str, timeout: Duration) -> (Status, String) {
 
 /// An HTTP check as Consul runs it: 2xx passing, 429 warning, anything else (or no answer
 /// within the timeout) critical; the output names the request, the status and the body.
-async fn probe_http(
+pub(super) async fn probe_http(
     url: &str,
     method: &str,
     headers: &[(String, String)],

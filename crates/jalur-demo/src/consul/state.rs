@@ -3,16 +3,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::{json, Map, Value};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::checks::{self, CheckDef, CheckKind};
-use super::{lock, ConsulOpts, Instance, RecordedRequest, Status, Weights};
+use super::checks::{CheckDef, CheckKind};
+use super::{ConsulOpts, Instance, Status, Weights};
 
 /// The address the double claims for its (only) server, as `/v1/status/leader` answers.
 pub(super) const SERVER_ADDR: &str = "127.0.0.1:8300";
@@ -85,10 +81,10 @@ impl CheckRecord {
 
 /// What a write did, for [`Shared`] to act on outside the lock.
 #[derive(Default)]
-struct Outcome {
-    changed: bool,
-    start: Vec<(String, CheckKind)>,
-    stop: Vec<String>,
+pub(super) struct Outcome {
+    pub(super) changed: bool,
+    pub(super) start: Vec<(String, CheckKind)>,
+    pub(super) stop: Vec<String>,
 }
 
 pub(super) struct State {
@@ -106,7 +102,7 @@ pub(super) struct State {
 }
 
 impl State {
-    fn new(opts: &ConsulOpts) -> State {
+    pub(super) fn new(opts: &ConsulOpts) -> State {
         let mut state = State {
             datacenter: opts.datacenter.clone(),
             index: 0,
@@ -212,7 +208,7 @@ impl State {
         }
     }
 
-    fn apply(&mut self, registration: Registration, now: Instant) -> Outcome {
+    pub(super) fn apply(&mut self, registration: Registration, now: Instant) -> Outcome {
         let next = self.index + 1;
         let mut outcome = Outcome::default();
         let mut touched = BTreeSet::new();
@@ -333,7 +329,7 @@ impl State {
     }
 
     /// Removes service `id` and its checks; the removed check IDs, or `None` when absent.
-    fn remove_service(&mut self, id: &str) -> Option<Vec<String>> {
+    pub(super) fn remove_service(&mut self, id: &str) -> Option<Vec<String>> {
         let service = self.services.remove(id)?;
         let removed: Vec<String> = self
             .checks
@@ -352,7 +348,7 @@ impl State {
     /// Sets a check's status and output; `None` when there is no such check, else whether
     /// the index moved (it moves on a status change only, as Consul defers output-only
     /// updates).
-    fn set_check(
+    pub(super) fn set_check(
         &mut self,
         id: &str,
         status: Status,
@@ -376,7 +372,12 @@ impl State {
 
     /// Sets every check of service `id`, giving it a `service:<id>` check when it has none.
     /// `None` when there is no such service, else whether the index moved.
-    fn set_service_status(&mut self, id: &str, status: Status, now: Instant) -> Option<bool> {
+    pub(super) fn set_service_status(
+        &mut self,
+        id: &str,
+        status: Status,
+        now: Instant,
+    ) -> Option<bool> {
         let service = self.services.get(id)?.def.clone();
         let next = self.index + 1;
         let mut changed = false;
@@ -424,7 +425,7 @@ impl State {
         Some(changed)
     }
 
-    fn set_node_status(&mut self, node: &str, status: Status) -> Option<bool> {
+    pub(super) fn set_node_status(&mut self, node: &str, status: Status) -> Option<bool> {
         let next = self.index + 1;
         let record = self.nodes.get_mut(node)?;
         if record.serf == status {
@@ -445,7 +446,7 @@ impl State {
 
     /// Marks a TTL check as expired (critical) if its deadline has passed; whether the index
     /// moved.
-    fn expire_ttl(&mut self, id: &str, now: Instant) -> bool {
+    pub(super) fn expire_ttl(&mut self, id: &str, now: Instant) -> bool {
         let Some(record) = self.checks.get_mut(id) else {
             return false;
         };
@@ -468,7 +469,7 @@ impl State {
     }
 
     /// Updates a TTL check from the agent API: status, output, and a fresh TTL.
-    fn update_ttl(
+    pub(super) fn update_ttl(
         &mut self,
         id: &str,
         status: Status,
@@ -486,7 +487,7 @@ impl State {
     }
 
     /// Services with a check critical for longer than its DeregisterCriticalServiceAfter.
-    fn reapable(&self, now: Instant) -> Vec<String> {
+    pub(super) fn reapable(&self, now: Instant) -> Vec<String> {
         let mut ids: Vec<String> = self
             .checks
             .values()
@@ -505,7 +506,7 @@ impl State {
         ids
     }
 
-    fn reset_index(&mut self) -> u64 {
+    pub(super) fn reset_index(&mut self) -> u64 {
         self.index = 1;
         self.catalog_index = 1;
         for index in self.service_index.values_mut() {
@@ -918,230 +919,5 @@ pub(super) fn go_duration(duration: std::time::Duration) -> String {
         (0, 0) => seconds,
         (0, m) => format!("{m}m{seconds}"),
         (h, m) => format!("{h}h{m}m{seconds}"),
-    }
-}
-
-/// What the server, the check runners and the test controls share.
-pub(super) struct Shared {
-    pub(super) opts: ConsulOpts,
-    state: Mutex<State>,
-    changes: watch::Sender<u64>,
-    requests: Mutex<Vec<(u64, RecordedRequest)>>,
-    request_seq: AtomicU64,
-    runners: Mutex<HashMap<String, JoinHandle<()>>>,
-    runtime: tokio::runtime::Handle,
-}
-
-impl Shared {
-    /// # Panics
-    /// Outside a Tokio runtime.
-    pub(super) fn new(opts: ConsulOpts) -> Arc<Shared> {
-        let state = State::new(&opts);
-        let (changes, _) = watch::channel(0);
-        Arc::new(Shared {
-            opts,
-            state: Mutex::new(state),
-            changes,
-            requests: Mutex::new(Vec::new()),
-            request_seq: AtomicU64::new(0),
-            runners: Mutex::new(HashMap::new()),
-            runtime: tokio::runtime::Handle::current(),
-        })
-    }
-
-    pub(super) fn state(&self) -> MutexGuard<'_, State> {
-        lock(&self.state)
-    }
-
-    /// A receiver that sees every change (and index reset) made after this call.
-    pub(super) fn subscribe(&self) -> watch::Receiver<u64> {
-        self.changes.subscribe()
-    }
-
-    fn notify(&self) {
-        self.changes.send_modify(|generation| {
-            *generation = generation.wrapping_add(1);
-        });
-    }
-
-    pub(super) fn record_request(&self, request: RecordedRequest) -> u64 {
-        let seq = self.request_seq.fetch_add(1, Ordering::Relaxed);
-        lock(&self.requests).push((seq, request));
-        seq
-    }
-
-    pub(super) fn record_status(&self, seq: u64, status: u16) {
-        let mut requests = lock(&self.requests);
-        if let Some((_, request)) = requests.iter_mut().rev().find(|(s, _)| *s == seq) {
-            request.status = Some(status);
-        }
-    }
-
-    pub(super) fn requests(&self) -> Vec<RecordedRequest> {
-        lock(&self.requests)
-            .iter()
-            .map(|(_, request)| request.clone())
-            .collect()
-    }
-
-    pub(super) fn clear_requests(&self) {
-        lock(&self.requests).clear();
-    }
-
-    pub(super) fn register(self: &Arc<Self>, registration: Registration) {
-        let outcome = self.state().apply(registration, Instant::now());
-        let mut runners = lock(&self.runners);
-        for id in &outcome.stop {
-            if let Some(runner) = runners.remove(id) {
-                runner.abort();
-            }
-        }
-        for (id, kind) in outcome.start {
-            let runner =
-                self.runtime
-                    .spawn(checks::run_check(Arc::downgrade(self), id.clone(), kind));
-            if let Some(previous) = runners.insert(id, runner) {
-                previous.abort();
-            }
-        }
-        drop(runners);
-        if outcome.changed {
-            self.notify();
-        }
-    }
-
-    pub(super) fn register_instance(self: &Arc<Self>, instance: Instance) {
-        let node = instance
-            .node
-            .clone()
-            .unwrap_or_else(|| self.opts.node_name.clone());
-        let node_address = if node == self.opts.node_name {
-            None
-        } else {
-            Some(instance.node_address.clone())
-        };
-        let checks = instance
-            .status
-            .map(|status| CheckDef {
-                id: format!("service:{}", instance.id),
-                name: format!("Service '{}' check", instance.name),
-                notes: String::new(),
-                kind: CheckKind::Static,
-                initial: Some(status),
-                deregister_after: None,
-            })
-            .into_iter()
-            .collect();
-        self.register(Registration {
-            service: ServiceDef {
-                id: instance.id,
-                name: instance.name,
-                tags: instance.tags,
-                address: instance.address,
-                port: instance.port,
-                meta: instance.meta,
-                weights: instance.weights,
-                enable_tag_override: false,
-                node,
-            },
-            node_address,
-            checks,
-            replace_existing_checks: true,
-        });
-    }
-
-    pub(super) fn deregister(&self, id: &str) -> bool {
-        let removed = self.state().remove_service(id);
-        let Some(removed) = removed else {
-            return false;
-        };
-        let mut runners = lock(&self.runners);
-        for check_id in removed {
-            if let Some(runner) = runners.remove(&check_id) {
-                runner.abort();
-            }
-        }
-        drop(runners);
-        self.notify();
-        true
-    }
-
-    /// Sets a check from a runner; `None` when the check is gone.
-    pub(super) fn update_check(&self, id: &str, status: Status, output: String) -> Option<()> {
-        let changed = self
-            .state()
-            .set_check(id, status, Some(output), Instant::now())?;
-        if changed {
-            self.notify();
-        }
-        Some(())
-    }
-
-    pub(super) fn update_ttl(
-        &self,
-        id: &str,
-        status: Status,
-        output: String,
-    ) -> Result<(), TtlError> {
-        let changed = self
-            .state()
-            .update_ttl(id, status, output, Instant::now())?;
-        if changed {
-            self.notify();
-        }
-        Ok(())
-    }
-
-    pub(super) fn expire_ttl(&self, id: &str) {
-        if self.state().expire_ttl(id, Instant::now()) {
-            self.notify();
-        }
-    }
-
-    pub(super) fn set_service_status(&self, id: &str, status: Status) -> bool {
-        let changed = self.state().set_service_status(id, status, Instant::now());
-        match changed {
-            None => false,
-            Some(changed) => {
-                if changed {
-                    self.notify();
-                }
-                true
-            }
-        }
-    }
-
-    pub(super) fn set_node_status(&self, node: &str, status: Status) -> bool {
-        let changed = self.state().set_node_status(node, status);
-        match changed {
-            None => false,
-            Some(changed) => {
-                if changed {
-                    self.notify();
-                }
-                true
-            }
-        }
-    }
-
-    pub(super) fn reset_index(&self) -> u64 {
-        let index = self.state().reset_index();
-        self.notify();
-        index
-    }
-
-    /// Removes the services critical for longer than their DeregisterCriticalServiceAfter.
-    pub(super) fn reap(&self) {
-        let ids = self.state().reapable(Instant::now());
-        for id in ids {
-            tracing::debug!(%id, "Consul double: deregistering a service critical for too long");
-            self.deregister(&id);
-        }
-    }
-
-    pub(super) fn stop_runners(&self) {
-        for (_, runner) in lock(&self.runners).drain() {
-            runner.abort();
-        }
     }
 }
