@@ -2,18 +2,15 @@
 //! written for Istio work) turned into a [`ClientInfo`] that translation and the registry use.
 //!
 //! Node id: `sidecar~10.1.2.3~reviews-v1-abc.bookinfo~bookinfo.svc.cluster.local` (gateways use
-//! `router~...`). Metadata keys read: `NAMESPACE`, `LABELS`, `INSTANCE_IPS`, `WORKLOAD_NAME`,
-//! `POD_PORTS` (Istio's JSON list of container ports); and jalur's own:
-//! `JALUR_SERVICE`, `JALUR_ROLE` (sidecar|gateway|fronting|grpc), `JALUR_INBOUND_PORT`,
-//! `JALUR_OUTBOUND_PORT`, `JALUR_APP_PORT`, `JALUR_HEALTH_PORT`, `JALUR_STATS_PORT`, `JALUR_LISTEN_ADDRESS`,
-//! `JALUR_EPHEMERAL_PORTS` (bind listeners on port
-//! 0; for tests and side-by-side runs), `JALUR_PORTS` (`http:8080,grpc:9090`).
+//! `router~...`). The metadata keys (Istio's and `JALUR_*`) are read by `jalur_wire::NodeMeta`,
+//! the same type `jalur proxy` writes them with; this file decides what they mean here
+//! (defaults, which wins over the node id).
 
 use std::collections::BTreeMap;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::google::protobuf::{value::Kind as ValueKind, Struct, Value};
 use jalur_model::host::CLUSTER_DOMAIN;
+use jalur_wire::{NodeMeta, Role};
 
 use crate::workload::{Port, Protocol, Workload, ORIGIN_LABEL};
 
@@ -66,53 +63,60 @@ pub struct ClientInfo {
     pub stats_port: Option<u32>,
     pub ephemeral_ports: bool,
     pub locality: String,
+    /// Metadata keys that could not be read (each left at its default), for the log and
+    /// `/debug/syncz` readers: a typo in a bootstrap should be seen, not guessed around.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub metadata_errors: Vec<String>,
 }
 
 impl ClientInfo {
     pub fn from_node(node: &Node) -> ClientInfo {
-        let md = node.metadata.clone().unwrap_or_default();
+        let (md, metadata_errors) = node
+            .metadata
+            .as_ref()
+            .map(NodeMeta::from_struct)
+            .unwrap_or_default();
         let parts: Vec<&str> = node.id.split('~').collect();
         let istio_shape = parts.len() == 4;
-        let role = md_str(&md, "JALUR_ROLE");
         let is_grpc = node.user_agent_name.to_ascii_lowercase().contains("grpc");
-        let kind = match (role.as_deref(), parts.first().copied()) {
-            (Some("gateway"), _) => ClientKind::Gateway,
-            (Some("sidecar"), _) => ClientKind::Sidecar,
-            (Some("fronting"), _) => ClientKind::Fronting,
-            (Some("grpc"), _) => ClientKind::ProxylessGrpc,
+        let kind = match (md.role, parts.first().copied()) {
+            (Some(Role::Gateway), _) => ClientKind::Gateway,
+            (Some(Role::Sidecar), _) => ClientKind::Sidecar,
+            (Some(Role::Fronting), _) => ClientKind::Fronting,
+            (Some(Role::Grpc), _) => ClientKind::ProxylessGrpc,
             _ if is_grpc => ClientKind::ProxylessGrpc,
             (_, Some("router")) if istio_shape => ClientKind::Gateway,
             (_, Some("sidecar")) if istio_shape => ClientKind::Sidecar,
             _ => ClientKind::Fronting,
         };
-        let ip = md_str(&md, "INSTANCE_IPS")
-            .and_then(|ips| ips.split(',').next().map(|s| s.trim().to_string()))
-            .filter(|s| !s.is_empty())
-            .or_else(|| {
-                istio_shape
-                    .then(|| parts[1].to_string())
-                    .filter(|s| !s.is_empty())
-            });
+        let ip = md.instance_ips.first().cloned().or_else(|| {
+            istio_shape
+                .then(|| parts[1].to_string())
+                .filter(|s| !s.is_empty())
+        });
         let pod_ns = istio_shape.then(|| parts[2].rsplit_once('.')).flatten();
-        let namespace = md_str(&md, "NAMESPACE")
+        let namespace = md
+            .namespace
             .or_else(|| pod_ns.map(|(_, ns)| ns.to_string()))
             .unwrap_or_else(jalur_model::default_namespace);
-        let workload_name = md_str(&md, "WORKLOAD_NAME")
+        let workload_name = md
+            .workload_name
             .or_else(|| pod_ns.map(|(pod, _)| pod.to_string()))
             .unwrap_or_else(|| node.id.clone());
-        let labels = md_struct(&md, "LABELS");
-        let service = md_str(&md, "JALUR_SERVICE")
+        let labels = md.labels;
+        let service = md
+            .service
             .or_else(|| labels.get("service.istio.io/canonical-name").cloned())
             .or_else(|| labels.get("app").cloned());
-        let ports = md_str(&md, "JALUR_PORTS")
-            .map(|s| parse_port_list(&s))
-            .or_else(|| md_str(&md, "POD_PORTS").map(|s| parse_pod_ports(&s)))
-            .unwrap_or_default();
-        let port = |key: &str, default: u32| {
-            md_str(&md, key)
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(default)
-        };
+        let ports = md
+            .ports
+            .into_iter()
+            .map(|p| Port {
+                number: p.number,
+                protocol: Protocol::parse(None, Some(&p.name)),
+                name: p.name,
+            })
+            .collect();
         ClientInfo {
             id: node.id.clone(),
             kind,
@@ -122,19 +126,19 @@ impl ClientInfo {
             service,
             labels,
             ports,
-            inbound_port: port("JALUR_INBOUND_PORT", DEFAULT_INBOUND_PORT),
-            outbound_port: port("JALUR_OUTBOUND_PORT", DEFAULT_OUTBOUND_PORT),
-            health_port: port("JALUR_HEALTH_PORT", 15021),
-            stats_port: md_str(&md, "JALUR_STATS_PORT").and_then(|s| s.parse().ok()),
-            app_port: md_str(&md, "JALUR_APP_PORT").and_then(|s| s.parse().ok()),
-            listen_address: md_str(&md, "JALUR_LISTEN_ADDRESS")
-                .unwrap_or_else(|| "0.0.0.0".to_string()),
-            ephemeral_ports: md_str(&md, "JALUR_EPHEMERAL_PORTS").as_deref() == Some("true"),
+            inbound_port: md.inbound_port.unwrap_or(DEFAULT_INBOUND_PORT),
+            outbound_port: md.outbound_port.unwrap_or(DEFAULT_OUTBOUND_PORT),
+            health_port: md.health_port.unwrap_or(15021),
+            stats_port: md.stats_port,
+            app_port: md.app_port,
+            listen_address: md.listen_address.unwrap_or_else(|| "0.0.0.0".to_string()),
+            ephemeral_ports: md.ephemeral_ports,
             locality: node
                 .locality
                 .as_ref()
                 .map(|l| [l.region.as_str(), l.zone.as_str(), l.sub_zone.as_str()].join("/"))
                 .unwrap_or_default(),
+            metadata_errors: metadata_errors.iter().map(ToString::to_string).collect(),
         }
     }
 
@@ -185,71 +189,10 @@ impl ClientInfo {
     }
 }
 
-fn md_str(md: &Struct, key: &str) -> Option<String> {
-    match md.fields.get(key)?.kind.as_ref()? {
-        ValueKind::StringValue(s) => Some(s.clone()),
-        ValueKind::NumberValue(n) => Some(format!("{n}")),
-        ValueKind::BoolValue(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
-fn md_struct(md: &Struct, key: &str) -> BTreeMap<String, String> {
-    let Some(Value {
-        kind: Some(ValueKind::StructValue(s)),
-    }) = md.fields.get(key)
-    else {
-        return BTreeMap::new();
-    };
-    s.fields
-        .keys()
-        .filter_map(|k| md_str(s, k).map(|v| (k.clone(), v)))
-        .collect()
-}
-
-/// `http:8080,grpc-api:9090` (name prefix gives the protocol, Istio-style) or bare numbers (HTTP).
-fn parse_port_list(s: &str) -> Vec<Port> {
-    s.split(',')
-        .filter_map(|item| {
-            let item = item.trim();
-            let (name, number) = match item.rsplit_once(':') {
-                Some((name, n)) => (name.to_string(), n.parse().ok()?),
-                None => (format!("http-{item}"), item.parse().ok()?),
-            };
-            Some(Port {
-                number,
-                protocol: Protocol::parse(None, Some(&name)),
-                name,
-            })
-        })
-        .collect()
-}
-
-/// Istio's `POD_PORTS`: `[{"name":"http","containerPort":8080,"protocol":"TCP"}]`.
-fn parse_pod_ports(s: &str) -> Vec<Port> {
-    let Ok(list) = serde_json::from_str::<Vec<serde_json::Value>>(s) else {
-        return Vec::new();
-    };
-    list.iter()
-        .filter_map(|p| {
-            let number = u32::try_from(p.get("containerPort")?.as_u64()?).ok()?;
-            let name = p
-                .get("name")
-                .and_then(|n| n.as_str())
-                .unwrap_or("")
-                .to_string();
-            let protocol = Protocol::parse(None, Some(&name));
-            Some(Port {
-                number,
-                name,
-                protocol,
-            })
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
+    use envoy_types::pb::google::protobuf::{value::Kind as ValueKind, Struct, Value};
+
     use super::*;
 
     fn s(v: &str) -> Value {
@@ -305,9 +248,23 @@ mod tests {
             ..Node::default()
         };
         assert_eq!(ClientInfo::from_node(&plain).kind, ClientKind::Fronting);
-        assert_eq!(
-            parse_port_list("http:8080,grpc-api:9090")[1].protocol,
-            Protocol::Grpc
-        );
+    }
+
+    #[test]
+    fn port_names_give_protocols_and_bad_keys_are_reported_not_guessed() {
+        let mut md = Struct::default();
+        md.fields
+            .insert("JALUR_PORTS".into(), s("http:8080,grpc-api:9090"));
+        md.fields.insert("JALUR_INBOUND_PORT".into(), s("15o06"));
+        let node = Node {
+            id: "sidecar~10.0.0.1~a.ns~ns.svc.cluster.local".into(),
+            metadata: Some(md),
+            ..Node::default()
+        };
+        let c = ClientInfo::from_node(&node);
+        assert_eq!(c.ports[1].protocol, Protocol::Grpc);
+        assert_eq!(c.inbound_port, DEFAULT_INBOUND_PORT);
+        assert_eq!(c.metadata_errors.len(), 1, "{:?}", c.metadata_errors);
+        assert!(c.metadata_errors[0].contains("JALUR_INBOUND_PORT"));
     }
 }

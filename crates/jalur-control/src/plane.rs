@@ -109,8 +109,11 @@ impl Generator for MeshGenerator {
     }
 
     fn connected(&self, conn_id: u64, node: &Node) {
-        self.proxies
-            .connected(conn_id, &ClientInfo::from_node(node));
+        let client = ClientInfo::from_node(node);
+        for error in &client.metadata_errors {
+            tracing::warn!(conn_id, node = %client.id, %error, "node metadata key ignored");
+        }
+        self.proxies.connected(conn_id, &client);
     }
 
     fn ready(&self, conn_id: u64, _node: &Node) {

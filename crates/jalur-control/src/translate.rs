@@ -130,7 +130,7 @@ pub fn translate(mesh: &Mesh, client: &ClientInfo) -> ClientSnapshot {
 
 /// Istio's cluster naming: `outbound|9080|v1|reviews.bookinfo.svc.cluster.local`.
 pub fn cluster_name(port: u32, subset: Option<&str>, host: &str) -> String {
-    format!("outbound|{port}|{}|{host}", subset.unwrap_or(""))
+    jalur_wire::ClusterName::outbound(port, subset, host).to_string()
 }
 
 pub fn duration(d: std::time::Duration) -> envoy_types::pb::google::protobuf::Duration {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::config::core::v3::{node::UserAgentVersionType, Node};
-use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+use jalur_wire::{NamedPort, NodeMeta, Role as MetaRole};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Mutex};
 
@@ -35,7 +35,7 @@ pub struct ProxyOptions {
     /// The local app's port (sidecars): inbound traffic goes to 127.0.0.1:PORT.
     pub app_port: Option<u16>,
     /// Ports the workload serves, `name:port` (defaults to `http:APP_PORT`).
-    pub ports: Vec<String>,
+    pub ports: Vec<NamedPort>,
     pub instance_ip: String,
     pub listen_address: String,
     pub outbound_port: u16,
@@ -337,13 +337,8 @@ fn workload_name(opts: &ProxyOptions) -> String {
     }
 }
 
-fn s(v: impl Into<String>) -> Value {
-    Value {
-        kind: Some(Kind::StringValue(v.into())),
-    }
-}
-
-/// The node in Istio's shape, with jalur's metadata, as `jalur-control/src/node.rs` reads it.
+/// The node in Istio's shape, with jalur's metadata as `jalur_wire::NodeMeta` writes it (the
+/// type the control plane reads it with).
 pub fn node(opts: &ProxyOptions) -> Node {
     let kind = match opts.role {
         Role::Sidecar => "sidecar",
@@ -351,60 +346,37 @@ pub fn node(opts: &ProxyOptions) -> Node {
     };
     let workload = workload_name(opts);
     let ns = &opts.namespace;
-    let mut labels = Struct::default();
-    for (k, v) in &opts.labels {
-        labels.fields.insert(k.clone(), s(v.clone()));
-    }
+    let mut labels = opts.labels.clone();
     if let Some(svc) = &opts.service {
-        labels
-            .fields
-            .entry("app".into())
-            .or_insert_with(|| s(svc.clone()));
+        labels.entry("app".into()).or_insert_with(|| svc.clone());
     }
     let mut ports = opts.ports.clone();
-    if ports.is_empty() {
-        if let Some(p) = opts.app_port {
-            ports.push(format!("http:{p}"));
-        }
+    if let (true, Some(number)) = (ports.is_empty(), opts.app_port) {
+        ports.push(NamedPort {
+            name: "http".into(),
+            number: u32::from(number),
+        });
     }
-    let mut md = Struct::default();
-    let mut put = |k: &str, v: Value| {
-        md.fields.insert(k.into(), v);
-    };
-    put("NAMESPACE", s(ns.clone()));
-    put(
-        "LABELS",
-        Value {
-            kind: Some(Kind::StructValue(labels)),
-        },
-    );
-    put("INSTANCE_IPS", s(opts.instance_ip.clone()));
-    put("WORKLOAD_NAME", s(workload.clone()));
-    put(
-        "JALUR_ROLE",
-        s(if opts.role == Role::Gateway {
-            "gateway"
-        } else {
-            "sidecar"
+    let md = NodeMeta {
+        namespace: Some(ns.clone()),
+        labels,
+        instance_ips: vec![opts.instance_ip.clone()],
+        workload_name: Some(workload.clone()),
+        service: opts.service.clone(),
+        role: Some(match opts.role {
+            Role::Sidecar => MetaRole::Sidecar,
+            Role::Gateway => MetaRole::Gateway,
         }),
-    );
-    if let Some(svc) = &opts.service {
-        put("JALUR_SERVICE", s(svc.clone()));
+        ports,
+        app_port: opts.app_port.map(u32::from),
+        inbound_port: Some(u32::from(opts.inbound_port)),
+        outbound_port: Some(u32::from(opts.outbound_port)),
+        health_port: Some(u32::from(opts.health_addr.port())),
+        stats_port: Some(u32::from(opts.stats_addr.port())),
+        listen_address: Some(opts.listen_address.clone()),
+        ephemeral_ports: opts.ephemeral_ports,
     }
-    if !ports.is_empty() {
-        put("JALUR_PORTS", s(ports.join(",")));
-    }
-    if let Some(p) = opts.app_port {
-        put("JALUR_APP_PORT", s(p.to_string()));
-    }
-    put("JALUR_OUTBOUND_PORT", s(opts.outbound_port.to_string()));
-    put("JALUR_INBOUND_PORT", s(opts.inbound_port.to_string()));
-    put("JALUR_LISTEN_ADDRESS", s(opts.listen_address.clone()));
-    put("JALUR_HEALTH_PORT", s(opts.health_addr.port().to_string()));
-    put("JALUR_STATS_PORT", s(opts.stats_addr.port().to_string()));
-    if opts.ephemeral_ports {
-        put("JALUR_EPHEMERAL_PORTS", s("true"));
-    }
+    .to_struct();
     Node {
         id: format!(
             "{kind}~{}~{workload}.{ns}~{ns}.svc.cluster.local",

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::{HeaderMap, Response};
+use jalur_wire::ClusterName;
 use tokio::sync::watch;
 
 use crate::config::{Cluster, Endpoint, HashPolicy, Listener, ListenerKind, RouteSource, Snapshot};
@@ -527,15 +528,17 @@ impl ClusterRuntime {
     }
 }
 
-/// (`destination_service`, subset) from Istio's cluster name `outbound|9080|v1|reviews.ns.svc...`.
+/// (`destination_service`, subset) from Istio's cluster name `outbound|9080|v1|reviews.ns.svc...`;
+/// any other name is its own service, subset unknown.
 fn names(cluster: &str) -> (Arc<str>, Arc<str>) {
-    let parts: Vec<&str> = cluster.split('|').collect();
-    match parts.as_slice() {
-        [_, _, subset, host] => (
-            Arc::from(*host),
-            Arc::from(if subset.is_empty() { "unknown" } else { subset }),
+    match cluster.parse::<ClusterName>() {
+        Ok(ClusterName::Outbound { subset, host, .. }) => (
+            Arc::from(host),
+            Arc::from(subset.as_deref().unwrap_or("unknown")),
         ),
-        _ => (Arc::from(cluster), Arc::from("unknown")),
+        // Istio's inbound names carry no host: as before the names were typed, no service.
+        Ok(ClusterName::Inbound { .. }) => (Arc::from(""), Arc::from("unknown")),
+        Err(_) => (Arc::from(cluster), Arc::from("unknown")),
     }
 }
 

@@ -61,7 +61,7 @@ async fn callee(kind: Kind, plane: &Plane, service: &'static str, h2: bool) -> O
         Kind::Jalur => {
             let opts = ProxyOptions {
                 app_port: Some(recorder.addr().port()),
-                ports: vec![format!("{port_name}:{PORT}")],
+                ports: vec![format!("{port_name}:{PORT}").parse().expect("port")],
                 ..sidecar_opts(plane.xds, service, NS)
             };
             (

@@ -370,7 +370,7 @@ async fn fronting_split(kind: Kind) {
     // The meshed instance: a jalur sidecar registering itself (service port 9080, app elsewhere).
     let server = jalur_proxy::run::Proxy::start(jalur_proxy::run::ProxyOptions {
         app_port: Some(mesh_app.addr().port()),
-        ports: vec!["http:9080".into()],
+        ports: vec!["http:9080".parse().expect("port")],
         ..sidecar_opts(plane.xds, "payments", "default")
     })
     .await

@@ -273,7 +273,7 @@ async fn grpc_unary_and_streaming_through_a_sidecar_pair() {
     let port = backend.addr().port();
     let server = Proxy::start(ProxyOptions {
         app_port: Some(port),
-        ports: vec![format!("grpc:{port}")],
+        ports: vec![format!("grpc:{port}").parse().expect("port")],
         ..sidecar_opts(xds, "echo", "grpc")
     })
     .await

@@ -62,7 +62,7 @@ async fn fleet(migration: &str, opts: jalur_control::Options) -> Fleet {
         let app = SampleApp::start("reviews", &format!("mesh-{i}")).expect("mesh app");
         let sidecar = Proxy::start(ProxyOptions {
             app_port: Some(app.addr().port()),
-            ports: vec!["http2:9080".into()],
+            ports: vec!["http2:9080".parse().expect("port")],
             labels: [("version".to_string(), format!("mesh-{i}"))].into(),
             ..sidecar_opts(plane.xds, "reviews", "default")
         })
@@ -615,7 +615,7 @@ async fn canary_between_subsets_of_a_meshed_service() {
         sidecars.push(
             Proxy::start(ProxyOptions {
                 app_port: Some(app.addr().port()),
-                ports: vec!["http2:9080".into()],
+                ports: vec!["http2:9080".parse().expect("port")],
                 labels: [("version".to_string(), v.to_string())].into(),
                 ..sidecar_opts(plane.xds, "reviews", "default")
             })

@@ -29,7 +29,7 @@ pub struct Args {
     app_port: Option<u16>,
     /// Ports the workload serves, `name:port` (name prefix gives the protocol: http, grpc, tcp).
     #[arg(long, env = "JALUR_PORTS", value_delimiter = ',')]
-    ports: Vec<String>,
+    ports: Vec<jalur_wire::NamedPort>,
     /// This workload's address as callers reach it.
     #[arg(long, env = "JALUR_INSTANCE_IP", default_value = "127.0.0.1")]
     instance_ip: String,

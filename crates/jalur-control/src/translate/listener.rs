@@ -86,7 +86,7 @@ pub fn sidecar(ctx: &Ctx) -> Built {
                 number: c.app_port.unwrap_or(first.number),
                 ..first.clone()
             };
-            let name = format!("inbound|{}||", app.number);
+            let name = jalur_wire::ClusterName::inbound(app.number).to_string();
             let inbound_routes = RouteConfiguration {
                 name: INBOUND.into(),
                 virtual_hosts: vec![VirtualHost {

@@ -172,7 +172,10 @@ impl Fleet {
                 let app = SampleApp::start(svc.name, &format!("mesh-{i}"))?;
                 let proxy = Proxy::start(ProxyOptions {
                     app_port: Some(app.addr().port()),
-                    ports: vec![format!("http2:{SERVICE_PORT}")],
+                    ports: vec![jalur_wire::NamedPort {
+                        name: "http2".into(),
+                        number: u32::from(SERVICE_PORT),
+                    }],
                     labels: [("version".to_string(), format!("mesh-{i}"))].into(),
                     ..proxy_opts(plane.xds_addr, svc.name)
                 })
