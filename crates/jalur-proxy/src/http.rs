@@ -49,7 +49,7 @@ pub async fn handle(
     let (resp, outcome) = match route_and_forward(&compiled, &ln, req, peer).await {
         Ok((resp, outcome)) => (resp, outcome),
         Err((e, cluster)) => {
-            tracing::debug!(listener = %ln.name, error = %e, "request failed");
+            tracing::debug!(listener = %ln.name, source = ?e.source, error = %e, "request failed");
             let outcome = Outcome {
                 status: e.status,
                 flag: Some(e.flag),
@@ -626,8 +626,13 @@ fn grpc_retriable(p: &RetryPolicy, resp: &Response<Body>) -> bool {
     status.is_some_and(|s| p.on.grpc_statuses.get(s).copied().unwrap_or(false))
 }
 
+/// Whether the route's policy retries this failure. Only an error that says a retry may help
+/// (`ProxyError::retryable`: connect failures, resets, per-try timeouts) is ever retried; the
+/// policy then decides which of those it covers, as Envoy's `retry_on` does.
 fn retriable_error(policy: Option<&RetryPolicy>, e: &ProxyError) -> bool {
-    let Some(p) = policy else { return false };
+    let Some(p) = policy.filter(|_| e.retryable) else {
+        return false;
+    };
     match e.flag {
         Flag::UpstreamConnectFailure => {
             p.on.connect_failure || p.on.server_error || p.on.gateway_error
@@ -765,4 +770,43 @@ fn splice(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpg
             tracing::debug!(error = %e, "upgraded stream ended with an error");
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::RetryOn;
+
+    #[test]
+    fn only_errors_that_say_a_retry_may_help_are_retried() {
+        let policy = RetryPolicy {
+            num_retries: 2,
+            per_try_timeout: None,
+            on: RetryOn {
+                server_error: true,
+                gateway_error: true,
+                connect_failure: true,
+                reset: true,
+                ..RetryOn::default()
+            },
+            retriable_status_codes: Vec::new(),
+            backoff_base: Duration::from_millis(25),
+            backoff_max: Duration::from_millis(250),
+            other_hosts: true,
+        };
+        let refused = ProxyError::new(Flag::UpstreamConnectFailure, "refused");
+        assert!(refused.retryable);
+        assert!(retriable_error(Some(&policy), &refused));
+        assert!(!retriable_error(None, &refused));
+        // The same flag, marked as not worth retrying (say, a request that cannot be replayed).
+        let spent = ProxyError {
+            retryable: false,
+            ..refused
+        };
+        assert!(!retriable_error(Some(&policy), &spent));
+        let overflow = ProxyError::new(Flag::UpstreamOverflow, "breaker open");
+        assert!(!retriable_error(Some(&policy), &overflow));
+    }
 }
