@@ -12,6 +12,7 @@ macro_rules! say {
 mod analyze;
 mod api;
 mod control;
+#[cfg(feature = "demo")]
 mod demo;
 mod migrate;
 mod proxy;
@@ -52,17 +53,29 @@ enum Command {
     /// Show every connected xDS client and whether it is in sync, like `istioctl proxy-status`.
     ProxyStatus(proxy_status::Args),
     /// Start a whole local fleet (legacy registry, services, sidecars, load) and migrate it.
+    #[cfg(feature = "demo")]
     Demo(demo::Args),
     /// Move a service's traffic from its legacy path to the mesh stage by stage, or roll it back.
     Migrate(migrate::Args),
 }
 
+impl Command {
+    fn is_demo(&self) -> bool {
+        #[cfg(feature = "demo")]
+        if let Command::Demo(_) = self {
+            return true;
+        }
+        false
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo tells its own story on stdout; its components' info logs would drown it.
-    let default_level = match cli.command {
-        Command::Demo(_) => "warn",
-        _ => "info",
+    let default_level = if cli.command.is_demo() {
+        "warn"
+    } else {
+        "info"
     };
     init_tracing(cli.log_format, default_level);
     let result = match cli.command {
@@ -70,6 +83,7 @@ fn main() -> ExitCode {
         Command::Analyze(args) => analyze::run(args),
         Command::Proxy(args) => runtime().and_then(|rt| rt.block_on(proxy::run(args))),
         Command::ProxyStatus(args) => runtime().and_then(|rt| rt.block_on(proxy_status::run(args))),
+        #[cfg(feature = "demo")]
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args))),
         Command::Migrate(args) => runtime().and_then(|rt| rt.block_on(migrate::run(args))),
     };

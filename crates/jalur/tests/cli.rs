@@ -605,6 +605,7 @@ fn migrate_cli_drives_a_migration_and_reports_errors() {
 
 /// The README's main command: the whole demo on this machine, ending with its report — the
 /// migrated services without a failed request, the faulty one rolled back by itself.
+#[cfg(feature = "demo")]
 #[test]
 fn demo_exit_migrates_two_services_and_rolls_one_back() {
     let out = jalur()
