@@ -688,16 +688,14 @@ fn next_index(previous: u64, new: u64) -> u64 {
     }
 }
 
-/// Exponential backoff with full jitter: 200 ms doubling up to 10 s.
+/// Exponential backoff with jitter: 200 ms doubling up to 10 s, each wait drawn uniformly from
+/// the upper half, so the watchers of one registry do not hammer a recovering Consul together.
+/// The only backoff in this crate, so it stays a function here rather than a dependency.
 fn backoff(failures: u32) -> Duration {
     let cap = Duration::from_millis(200)
         .saturating_mul(1u32 << failures.min(6))
         .min(Duration::from_secs(10));
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    cap.mul_f64(0.5 + f64::from(nanos % 1000) / 2000.0)
+    cap.mul_f64(0.5 + fastrand::f64() / 2.0)
 }
 
 /// Query strings never carry a token here (it goes in a header), but strip one if a user put it

@@ -32,7 +32,7 @@ impl Drain {
     pub fn close_connection(&self) -> bool {
         match self.started.get() {
             None => false,
-            Some((at, period)) => close_with(at.elapsed(), *period, crate::http::fastrand()),
+            Some((at, period)) => close_with(at.elapsed(), *period, fastrand::u64(..)),
         }
     }
 }

@@ -227,26 +227,7 @@ async fn apply_fault(route: &Route) -> Option<ProxyError> {
 
 /// True with probability `ppm` parts per million.
 fn chance(ppm: u32) -> bool {
-    ppm >= 1_000_000 || (fastrand() % 1_000_000) < u64::from(ppm)
-}
-
-/// A cheap thread-local xorshift; statistical quality is plenty for splits and sampling.
-pub fn fastrand() -> u64 {
-    use std::cell::Cell;
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new({
-            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
-            (t ^ (std::ptr::addr_of!(t) as u64)) | 1
-        });
-    }
-    STATE.with(|s| {
-        let mut x = s.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        s.set(x);
-        x
-    })
+    ppm >= 1_000_000 || fastrand::u32(..1_000_000) < ppm
 }
 
 fn redirect<B>(r: &Redirect, req: &Request<B>, authority: &str) -> Response<Body> {
@@ -392,7 +373,7 @@ async fn forward(
                 .ok_or_else(|| ProxyError::new(Flag::UpstreamReset, "retry without a policy"))?;
             let _retry = cluster.breakers_try_retry()?;
             attempt += 1;
-            tokio::time::sleep(crate::resilience::backoff(
+            tokio::time::sleep(crate::backoff::retry_delay(
                 attempt,
                 policy.backoff_base,
                 policy.backoff_max,

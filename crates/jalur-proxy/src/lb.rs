@@ -12,7 +12,6 @@
 //! unhealthy or ejected does a pick return `None` (the caller answers 503 with flag UH). Envoy's
 //! panic threshold (route to all hosts when under 50% are healthy) is not implemented.
 
-use std::cell::Cell;
 use std::collections::BinaryHeap;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -102,8 +101,12 @@ impl Balancer {
             Algo::RoundRobin(rr) => rr.pick(hosts, ok),
             Algo::LeastRequest => least_request(hosts, ok),
             Algo::Random(w) => random_pick(hosts, w, ok),
-            Algo::RingHash(ring) => ring.pick(hosts, ctx.hash.unwrap_or_else(random_u64), ok),
-            Algo::Maglev(table) => table.pick(hosts, ctx.hash.unwrap_or_else(random_u64), ok),
+            Algo::RingHash(ring) => {
+                ring.pick(hosts, ctx.hash.unwrap_or_else(|| fastrand::u64(..)), ok)
+            }
+            Algo::Maglev(table) => {
+                table.pick(hosts, ctx.hash.unwrap_or_else(|| fastrand::u64(..)), ok)
+            }
         }
     }
 }
@@ -149,7 +152,7 @@ impl RoundRobin {
             edf_schedule(hosts)
         };
         RoundRobin {
-            next: AtomicUsize::new(random_u64() as usize),
+            next: AtomicUsize::new(fastrand::usize(..)),
             schedule,
         }
     }
@@ -269,9 +272,9 @@ impl Weights {
 
     fn draw(&self, n: usize) -> usize {
         match self.cumulative.last() {
-            None => (random_u64() % n as u64) as usize,
+            None => fastrand::usize(..n),
             Some(&total) => {
-                let r = random_u64() % total;
+                let r = fastrand::u64(..total);
                 self.cumulative.partition_point(|&c| c <= r)
             }
         }
@@ -290,8 +293,8 @@ fn least_request<'a>(hosts: &'a [Arc<Host>], ok: &dyn Fn(&Host) -> bool) -> Opti
         return hosts.first().filter(|h| ok(h));
     }
     for _ in 0..DRAWS {
-        let a = (random_u64() % n as u64) as usize;
-        let b = (a + 1 + (random_u64() % (n as u64 - 1)) as usize) % n;
+        let a = fastrand::usize(..n);
+        let b = (a + 1 + fastrand::usize(..n - 1)) % n;
         match (ok(&hosts[a]), ok(&hosts[b])) {
             (true, true) => return Some(less_loaded(&hosts[a], &hosts[b])),
             (true, false) => return Some(&hosts[a]),
@@ -325,28 +328,7 @@ fn random_pick<'a>(
     (0..DRAWS)
         .map(|_| &hosts[w.draw(n)])
         .find(|h| ok(h))
-        .or_else(|| scan(hosts, (random_u64() % n as u64) as usize, ok))
-}
-
-// --------------------------------------------------------------------------------- randomness
-
-thread_local! {
-    static RNG: Cell<u64> = Cell::new({
-        use std::hash::BuildHasher;
-        std::collections::hash_map::RandomState::new().hash_one(0u8)
-    });
-}
-
-/// A fast per-thread pseudo-random number (splitmix64); not for anything secret.
-pub(crate) fn random_u64() -> u64 {
-    RNG.with(|state| {
-        let s = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
-        state.set(s);
-        let mut z = s;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    })
+        .or_else(|| scan(hosts, fastrand::usize(..n), ok))
 }
 
 impl AsRef<HostSet> for Balancer {

@@ -5,6 +5,7 @@
 //! [`tcp`]) using [`routing`], [`lb`] and [`resilience`]. [`metrics`] and [`admin`] report.
 
 pub mod admin;
+pub mod backoff;
 pub mod config;
 pub mod drain;
 pub mod error;

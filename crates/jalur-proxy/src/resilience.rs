@@ -1,12 +1,10 @@
 //! What keeps a failing upstream from taking the proxy (and its other upstreams) down with it,
 //! in Envoy's semantics: per-cluster circuit breakers ([`Breakers`]), per-host outlier detection
-//! ([`Outlier`]), a retry budget so retries cannot amplify an outage ([`RetryBudget`]), and fully
-//! jittered exponential backoff between retries ([`backoff`]).
+//! ([`Outlier`]), and a retry budget so retries cannot amplify an outage ([`RetryBudget`]). The
+//! backoff between retries is `crate::backoff`.
 //!
 //! Counters are atomics; the only locks are per-host ejection records, taken when a host is
 //! ejected or un-ejected (never on a healthy host's pick) and never held across an await.
-
-use std::time::Duration;
 
 pub mod breaker;
 pub mod outlier;
@@ -46,26 +44,4 @@ impl RetryBudget {
     pub fn try_acquire(&self, active_requests: u32, active_retries: u32) -> bool {
         active_retries < self.max_retries(active_requests)
     }
-}
-
-/// How long to wait before retry number `attempt` (1 for the first retry): Envoy's fully
-/// jittered exponential backoff, uniform in `[0, min(base * 2^(attempt-1), max))`.
-pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
-    jittered(attempt, base, max, crate::lb::random_u64())
-}
-
-/// The exclusive upper bound of the wait before retry number `attempt`.
-fn ceiling(attempt: u32, base: Duration, max: Duration) -> Duration {
-    let factor = 1u32
-        .checked_shl(attempt.saturating_sub(1))
-        .unwrap_or(u32::MAX);
-    base.saturating_mul(factor).min(max)
-}
-
-fn jittered(attempt: u32, base: Duration, max: Duration, random: u64) -> Duration {
-    let nanos = u64::try_from(ceiling(attempt, base, max).as_nanos()).unwrap_or(u64::MAX);
-    if nanos == 0 {
-        return Duration::ZERO;
-    }
-    Duration::from_nanos(random % nanos)
 }

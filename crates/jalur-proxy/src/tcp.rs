@@ -24,7 +24,7 @@ pub async fn proxy(
     peer: SocketAddr,
 ) {
     let compiled = rt.compiled();
-    let Some(target) = pick_weighted(&cfg.targets, crate::http::fastrand()) else {
+    let Some(target) = pick_weighted(&cfg.targets, fastrand::u64(..)) else {
         return;
     };
     let Some(cluster) = compiled.cluster(&target.cluster) else {

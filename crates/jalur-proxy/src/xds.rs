@@ -7,10 +7,9 @@
 //! with jittered exponential backoff, and a new stream tells the server what the proxy holds.
 //!
 //! Layout: `apply.rs` (pure: response + snapshot -> snapshot), `delta.rs` and `sotw.rs` (the two
-//! wire protocols), `backoff.rs`; this file holds the public face and the reconnect loop.
+//! wire protocols); this file holds the public face and the reconnect loop.
 
 mod apply;
-mod backoff;
 mod delta;
 mod sotw;
 
@@ -29,9 +28,9 @@ use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
 
+use crate::backoff::Backoff;
 use crate::config::Snapshot;
 use apply::{Convert, Held, ResourceType, Update};
-use backoff::Backoff;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a leaving proxy waits for the control plane to end the stream it half-closed.

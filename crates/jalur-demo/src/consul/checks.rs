@@ -2,7 +2,6 @@
 //! the double plays the agent (polling HTTP and TCP checks, expiring TTL checks, reaping
 //! services critical for too long).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -431,23 +430,11 @@ pub(super) fn parse_go_duration(text: &str) -> Option<Duration> {
     Some(Duration::from_nanos(nanos as u64))
 }
 
-/// A random duration in `[0, max)` (splitmix64 over the clock and a counter; no rand crate).
+/// A random duration in `[0, max)`.
 pub(super) fn random_below(max: Duration) -> Duration {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let max_nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
     if max_nanos == 0 {
         return Duration::ZERO;
     }
-    let clock = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|since| since.subsec_nanos() as u64)
-        .unwrap_or(0);
-    let mut z = COUNTER
-        .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
-        .wrapping_add(clock << 17)
-        .wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    Duration::from_nanos(z % max_nanos)
+    Duration::from_nanos(fastrand::u64(..max_nanos))
 }

@@ -474,7 +474,7 @@ fn every_policy_avoids_previous_hosts_but_falls_back_to_them() {
 }
 
 fn rand() -> u64 {
-    random_u64()
+    fastrand::u64(..)
 }
 
 // -------------------------------------------------------------------------- consistent hash

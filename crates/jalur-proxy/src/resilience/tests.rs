@@ -196,51 +196,6 @@ fn retry_budget_limits() {
     );
 }
 
-// ----------------------------------------------------------------------------------- backoff
-
-#[test]
-fn backoff_doubles_its_ceiling_up_to_the_max() {
-    let (base, max) = (Duration::from_millis(25), Duration::from_millis(250));
-    let top = |attempt| ceiling(attempt, base, max);
-    assert_eq!(top(1), Duration::from_millis(25));
-    assert_eq!(top(0), Duration::from_millis(25));
-    assert_eq!(top(2), Duration::from_millis(50));
-    assert_eq!(top(3), Duration::from_millis(100));
-    assert_eq!(top(4), Duration::from_millis(200));
-    assert_eq!(top(5), Duration::from_millis(250));
-    assert_eq!(top(64), Duration::from_millis(250));
-    assert_eq!(jittered(3, base, max, 0), Duration::ZERO);
-    // Just below the ceiling, and wrapping at it.
-    assert_eq!(
-        jittered(3, base, max, 99_999_999),
-        Duration::from_nanos(99_999_999)
-    );
-    assert_eq!(jittered(3, base, max, 100_000_005), Duration::from_nanos(5));
-    assert_eq!(
-        jittered(1, base, max, 1_000_003),
-        Duration::from_nanos(1_000_003)
-    );
-    assert_eq!(jittered(1, Duration::ZERO, max, 12345), Duration::ZERO);
-    assert_eq!(
-        jittered(1, base, Duration::from_millis(10), 10_000_000),
-        Duration::ZERO
-    );
-}
-
-#[test]
-fn backoff_is_fully_jittered() {
-    let (base, max) = (Duration::from_millis(100), Duration::from_secs(1));
-    let samples: Vec<Duration> = (0..4000).map(|_| backoff(2, base, max)).collect();
-    assert!(samples.iter().all(|d| *d < Duration::from_millis(200)));
-    let mean = samples.iter().sum::<Duration>() / 4000;
-    assert!(
-        mean > Duration::from_millis(90) && mean < Duration::from_millis(110),
-        "{mean:?}"
-    );
-    assert!(samples.iter().any(|d| *d < Duration::from_millis(20)));
-    assert!(samples.iter().any(|d| *d > Duration::from_millis(180)));
-}
-
 // ----------------------------------------------------------------------------------- outlier
 
 fn hosts(n: u8) -> HostSet {
