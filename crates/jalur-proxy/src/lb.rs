@@ -25,7 +25,7 @@ mod ring;
 #[cfg(test)]
 mod tests;
 
-pub use hash::{generated_cookie_value, request_hash, request_hash_with, set_cookie, xxh64};
+pub use hash::{generated_cookie_value, request_hash, request_hash_with, set_cookie};
 use ring::{Maglev, Ring};
 
 /// What a pick knows of the request.

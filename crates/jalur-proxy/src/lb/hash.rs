@@ -1,4 +1,5 @@
-//! Request hashing for the consistent-hash balancers, bit-for-bit Envoy's: xxHash64 (seed 0) of
+//! Request hashing for the consistent-hash balancers, bit-for-bit Envoy's: xxHash64 (seed 0, from
+//! `xxhash-rust`, checked against Envoy's vectors in `lb/tests.rs`) of
 //! the header/cookie/query value or the source IP, several policies folded with Envoy's
 //! rotate-and-xor. Envoy and jalur sidecars side by side during a migration then send the same
 //! key to the same endpoint (the ring and the Maglev table are built the same way too).
@@ -9,76 +10,9 @@ use std::time::Duration;
 
 use http::HeaderMap;
 
+use xxhash_rust::xxh64::xxh64;
+
 use crate::config::HashPolicy;
-
-const P1: u64 = 0x9E37_79B1_85EB_CA87;
-const P2: u64 = 0xC2B2_AE3D_27D4_EB4F;
-const P3: u64 = 0x1656_67B1_9E37_79F9;
-const P4: u64 = 0x85EB_CA77_C2B2_AE63;
-const P5: u64 = 0x27D4_EB2F_1656_67C5;
-
-/// xxHash64 (XXH64) of `input` with `seed`.
-pub fn xxh64(input: &[u8], seed: u64) -> u64 {
-    let mut rest = input;
-    let mut h = if input.len() >= 32 {
-        let mut v = [
-            seed.wrapping_add(P1).wrapping_add(P2),
-            seed.wrapping_add(P2),
-            seed,
-            seed.wrapping_sub(P1),
-        ];
-        while rest.len() >= 32 {
-            for (i, lane) in v.iter_mut().enumerate() {
-                *lane = round(*lane, read_u64(&rest[i * 8..]));
-            }
-            rest = &rest[32..];
-        }
-        let mut h = v[0]
-            .rotate_left(1)
-            .wrapping_add(v[1].rotate_left(7))
-            .wrapping_add(v[2].rotate_left(12))
-            .wrapping_add(v[3].rotate_left(18));
-        for lane in v {
-            h = (h ^ round(0, lane)).wrapping_mul(P1).wrapping_add(P4);
-        }
-        h
-    } else {
-        seed.wrapping_add(P5)
-    };
-    h = h.wrapping_add(input.len() as u64);
-    while rest.len() >= 8 {
-        h ^= round(0, read_u64(rest));
-        h = h.rotate_left(27).wrapping_mul(P1).wrapping_add(P4);
-        rest = &rest[8..];
-    }
-    if rest.len() >= 4 {
-        let word = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
-        h ^= u64::from(word).wrapping_mul(P1);
-        h = h.rotate_left(23).wrapping_mul(P2).wrapping_add(P3);
-        rest = &rest[4..];
-    }
-    for &byte in rest {
-        h ^= u64::from(byte).wrapping_mul(P5);
-        h = h.rotate_left(11).wrapping_mul(P1);
-    }
-    h ^= h >> 33;
-    h = h.wrapping_mul(P2);
-    h ^= h >> 29;
-    h = h.wrapping_mul(P3);
-    h ^ (h >> 32)
-}
-
-fn round(acc: u64, input: u64) -> u64 {
-    acc.wrapping_add(input.wrapping_mul(P2))
-        .rotate_left(31)
-        .wrapping_mul(P1)
-}
-
-fn read_u64(b: &[u8]) -> u64 {
-    let mut word = [0u8; 8];
-    word.copy_from_slice(&b[..8]);
-    u64::from_le_bytes(word)
-}
 
 /// The request's hash under the route's hash policies, as Envoy computes it; `None` when no
 /// policy found its input (the balancer then picks as if at random).

@@ -5,8 +5,8 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use super::hash::xxh64;
 use super::{scan, Host};
+use xxhash_rust::xxh64::xxh64;
 
 /// Host weights normalized to sum 1, with the smallest and largest.
 fn normalized(hosts: &[Arc<Host>]) -> (Vec<f64>, f64, f64) {
