@@ -667,24 +667,6 @@ fn vector(value: &str) -> String {
 
 const EMPTY: &str = r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#;
 
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 3 <= bytes.len() {
-            if let Ok(byte) = u8::from_str_radix(&text[i + 1..i + 3], 16) {
-                out.push(byte);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// A fake Prometheus: records each query (decoded) and answers `reply(query)`.
 async fn fake_prometheus<F>(reply: F) -> (String, Arc<Mutex<Vec<String>>>, JoinHandle<()>)
 where
@@ -700,7 +682,9 @@ where
             !encoded.contains(['"', ' ', '{', '|', '+']),
             "not URL-encoded: {encoded}"
         );
-        let query = percent_decode(encoded);
+        let query = percent_encoding::percent_decode_str(encoded)
+            .decode_utf8_lossy()
+            .into_owned();
         if let Ok(mut seen) = record.lock() {
             seen.push(query.clone());
         }
