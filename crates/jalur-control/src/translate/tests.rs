@@ -1,7 +1,8 @@
 //! Golden tests: each `testdata/golden/<scenario>/config.yaml` (plus the shared `base.yaml`) is
 //! translated for a sidecar, a gateway and a proxyless gRPC client, rendered as JSON and compared
-//! with `expected.json`. Run with `UPDATE_GOLDEN=1` to rewrite the expectations after a deliberate
-//! change, and review the diff.
+//! with the `insta` snapshot `expected.snap` beside it. After a deliberate change, run
+//! `INSTA_UPDATE=always cargo test -p jalur-control golden` (or `cargo insta review`) and review
+//! the diff. Under CI nothing is ever written: a mismatch fails (see [`refuse_updates_in_ci`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -85,26 +86,38 @@ fn scenario(name: &str) {
         "gateway": gw,
         "proxyless-grpc": crate::render::snapshot(&translate(&mesh, &grpc)),
     });
-    let text = serde_json::to_string_pretty(&actual).expect("json") + "\n";
-    let expected_path = dir.join(name).join("expected.json");
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&expected_path, &text).expect("write golden");
+    let text = serde_json::to_string_pretty(&actual).expect("json");
+    refuse_updates_in_ci();
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path(dir.join(name));
+    settings.set_prepend_module_to_snapshot(false);
+    settings.set_omit_expression(true);
+    settings.bind(|| insta::assert_snapshot!("expected", text));
+}
+
+/// In CI a golden file is never rewritten, whatever the environment says: insta's own default
+/// there is to fail without writing, but `INSTA_UPDATE=always|force|unseen|new` or
+/// `INSTA_FORCE_PASS` would accept (or stash) a changed translation and pass, and the old
+/// `UPDATE_GOLDEN` rewrote the files. Any of them under `CI=true` fails the test instead.
+fn refuse_updates_in_ci() {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    if let Some(v) = var("UPDATE_GOLDEN") {
+        panic!(
+            "UPDATE_GOLDEN={v} is gone: golden files are insta snapshots; run \
+             `INSTA_UPDATE=always cargo test -p jalur-control golden` (never under CI)"
+        );
+    }
+    let ci = var("CI").is_some_and(|v| v != "false" && v != "0");
+    if !ci {
         return;
     }
-    let expected = std::fs::read_to_string(&expected_path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (run with UPDATE_GOLDEN=1 to create it)",
-            expected_path.display()
-        )
-    });
-    if expected != text {
-        let actual_path = expected_path.with_extension("actual.json");
-        let _ = std::fs::write(&actual_path, &text);
-        panic!(
-            "{name}: translation differs from {} (actual written to {})",
-            expected_path.display(),
-            actual_path.display()
-        );
+    let update = var("INSTA_UPDATE").filter(|v| v != "auto" && v != "no");
+    let force_pass = var("INSTA_FORCE_PASS").filter(|v| v != "0");
+    if let Some(v) = update {
+        panic!("INSTA_UPDATE={v} under CI=true: golden files are never updated in CI");
+    }
+    if let Some(v) = force_pass {
+        panic!("INSTA_FORCE_PASS={v} under CI=true: a golden mismatch must fail in CI");
     }
 }
 
