@@ -162,7 +162,11 @@ fn config_dump(snap: &Snapshot) -> Value {
             let discovery = match &c.discovery {
                 Discovery::Eds { service_name } => json!({ "eds": service_name }),
                 Discovery::Static => json!("static"),
-                Discovery::Dns { hosts } => json!({ "dns": hosts.iter().map(|(h, p)| format!("{h}:{p}")).collect::<Vec<_>>() }),
+                Discovery::Dns { hosts, refresh, respect_ttl } => json!({
+                    "dns": hosts.iter().map(|(h, p)| format!("{h}:{p}")).collect::<Vec<_>>(),
+                    "refresh_ms": refresh.as_millis() as u64,
+                    "respect_dns_ttl": respect_ttl,
+                }),
             };
             json!({ "name": c.name, "discovery": discovery, "lb": format!("{:?}", c.lb), "protocol": format!("{:?}", c.protocol), "connect_timeout_ms": c.connect_timeout.as_millis() as u64, "outlier_detection": c.outlier.is_some() })
         })

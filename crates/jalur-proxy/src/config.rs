@@ -345,8 +345,13 @@ pub enum Discovery {
     Eds { service_name: String },
     /// Endpoints given inline (STATIC), already resolved.
     Static,
-    /// Hostnames resolved by the proxy (STRICT_DNS / LOGICAL_DNS), `host:port`.
-    Dns { hosts: Vec<(String, u16)> },
+    /// Hostnames resolved by the proxy (STRICT_DNS / LOGICAL_DNS), `host:port`, again every
+    /// `refresh` (Envoy's `dns_refresh_rate`), or when the records expire if `respect_ttl`.
+    Dns {
+        hosts: Vec<(String, u16)>,
+        refresh: Duration,
+        respect_ttl: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

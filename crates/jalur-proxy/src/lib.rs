@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod backoff;
 pub mod config;
+pub mod dns;
 pub mod drain;
 pub mod error;
 pub mod framing;

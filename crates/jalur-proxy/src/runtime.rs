@@ -15,6 +15,7 @@ use jalur_wire::ClusterName;
 use tokio::sync::watch;
 
 use crate::config::{Cluster, Endpoint, HashPolicy, Listener, ListenerKind, RouteSource, Snapshot};
+use crate::dns;
 use crate::drain::Drain;
 use crate::error::{Flag, ProxyError};
 use crate::host::{Host, HostSet};
@@ -330,39 +331,26 @@ async fn health_check_loop(weak: Weak<ClusterRuntime>, hc: crate::config::Health
     }
 }
 
-/// How often a DNS cluster's hostnames are resolved again (Envoy's dns_refresh_rate default).
-const DNS_REFRESH: Duration = Duration::from_secs(5);
-
-/// Resolves a DNS cluster's hostnames now and every [`DNS_REFRESH`], until the cluster is gone.
-/// A failed lookup keeps the last addresses (a DNS blip must not empty a cluster).
-async fn resolve_loop(weak: Weak<ClusterRuntime>, hosts: Vec<(String, u16)>) {
+/// Resolves a DNS cluster's hostnames now and again as `crate::dns` says, until the cluster is
+/// gone. A failed round keeps the last addresses.
+async fn resolve_loop(
+    weak: Weak<ClusterRuntime>,
+    hosts: Vec<(String, u16)>,
+    refresh: Duration,
+    respect_ttl: bool,
+) {
+    let resolver = dns::resolver();
     loop {
-        let mut endpoints = Vec::new();
-        let mut failed = false;
-        for (host, port) in &hosts {
-            match tokio::net::lookup_host((host.as_str(), *port)).await {
-                Ok(addrs) => endpoints.extend(addrs.filter(|a| a.is_ipv4()).map(|addr| Endpoint {
-                    addr,
-                    weight: 1,
-                    healthy: true,
-                    locality: String::new(),
-                })),
-                Err(e) => {
-                    failed = true;
-                    tracing::warn!(%host, error = %e, "DNS lookup failed; keeping the last addresses");
-                }
-            }
-        }
+        let round = dns::resolve(resolver.as_ref(), &hosts).await;
+        let wait = dns::next_refresh(refresh, respect_ttl, round.ttl);
         let Some(cluster) = weak.upgrade() else {
             return;
         };
-        if !failed || !endpoints.is_empty() {
-            endpoints.sort_by_key(|e| e.addr);
-            endpoints.dedup_by_key(|e| e.addr);
+        if let Some(endpoints) = round.endpoints() {
             cluster.update_endpoints(endpoints);
         }
         drop(cluster);
-        tokio::time::sleep(DNS_REFRESH).await;
+        tokio::time::sleep(wait).await;
     }
 }
 
@@ -391,14 +379,17 @@ impl ClusterRuntime {
                         .abort_handle(),
                 );
             }
-            if let (crate::config::Discovery::Dns { hosts }, Ok(handle)) =
-                (&config.discovery, tokio::runtime::Handle::try_current())
+            if let (
+                crate::config::Discovery::Dns {
+                    hosts,
+                    refresh,
+                    respect_ttl,
+                },
+                Ok(handle),
+            ) = (&config.discovery, tokio::runtime::Handle::try_current())
             {
-                tasks.push(
-                    handle
-                        .spawn(resolve_loop(weak.clone(), hosts.clone()))
-                        .abort_handle(),
-                );
+                let resolve = resolve_loop(weak.clone(), hosts.clone(), *refresh, *respect_ttl);
+                tasks.push(handle.spawn(resolve).abort_handle());
             }
             let outlier_task = outlier.as_ref().and_then(|o| {
                 let o = o.clone();

@@ -34,6 +34,8 @@ const OUTLIER_INTERVAL: Duration = Duration::from_secs(10);
 const OUTLIER_BASE_EJECTION: Duration = Duration::from_secs(30);
 const OUTLIER_MAX_EJECTION_PERCENT: u32 = 10;
 const OUTLIER_CONSECUTIVE: u32 = 5;
+/// Envoy's `dns_refresh_rate` default.
+const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(5);
 
 pub(super) fn cluster(c: &XdsCluster) -> Res<(Cluster, Option<EndpointSet>)> {
     reject_if(c.name.is_empty(), "name", "a cluster name is required")?;
@@ -170,7 +172,24 @@ fn discovery(c: &XdsCluster) -> Res<(Discovery, Option<EndpointSet>)> {
                 "load_assignment",
                 "a LOGICAL_DNS cluster needs exactly one endpoint",
             )?;
-            Ok((Discovery::Dns { hosts }, None))
+            // Envoy's defaults; both fields are deprecated in favour of the DnsCluster
+            // extension, which jalur does not take, but Istio still sets them.
+            #[allow(deprecated)]
+            let (refresh, respect_ttl) = (c.dns_refresh_rate.as_ref(), c.respect_dns_ttl);
+            let refresh = positive(refresh, DEFAULT_DNS_REFRESH).at("dns_refresh_rate")?;
+            reject_if(
+                refresh < Duration::from_millis(1),
+                "dns_refresh_rate",
+                "must be at least 1ms",
+            )?;
+            Ok((
+                Discovery::Dns {
+                    hosts,
+                    refresh,
+                    respect_ttl,
+                },
+                None,
+            ))
         }
         T::OriginalDst => Err(Invalid::new(
             "type",

@@ -267,9 +267,28 @@ fn static_and_dns_clusters() {
     assert_eq!(
         c.discovery,
         Discovery::Dns {
-            hosts: vec![("db.example.com".into(), 5432), ("10.0.0.9".into(), 5432)]
+            hosts: vec![("db.example.com".into(), 5432), ("10.0.0.9".into(), 5432)],
+            refresh: Duration::from_secs(5),
+            respect_ttl: false,
         }
     );
+    #[allow(deprecated)]
+    let tuned = XdsCluster {
+        dns_refresh_rate: Some(dur(30, 0)),
+        respect_dns_ttl: true,
+        ..with_type(cluster::DiscoveryType::StrictDns, Some(dns.clone()))
+    };
+    let (c, _) = cluster(&tuned).expect("valid");
+    assert!(matches!(
+        c.discovery,
+        Discovery::Dns { refresh, respect_ttl: true, .. } if refresh == Duration::from_secs(30)
+    ));
+    #[allow(deprecated)]
+    let too_fast = XdsCluster {
+        dns_refresh_rate: Some(dur(0, 500_000)),
+        ..with_type(cluster::DiscoveryType::StrictDns, Some(dns.clone()))
+    };
+    assert_eq!(field(cluster(&too_fast)), "dns_refresh_rate");
     assert_eq!(
         field(cluster(&with_type(
             cluster::DiscoveryType::LogicalDns,
