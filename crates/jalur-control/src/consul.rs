@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 mod export;
+mod json;
 
 pub use export::OWNER_TAG;
 
@@ -55,6 +56,7 @@ pub struct ConsulRegistries {
     inner: Arc<Mutex<Inner>>,
     up: Family<Labels, Gauge>,
     errors: Family<Labels, Counter>,
+    invalid: Family<Labels, Counter>,
 }
 
 #[derive(Default)]
@@ -83,6 +85,7 @@ impl ConsulRegistries {
             inner: Arc::default(),
             up: Family::default(),
             errors: Family::default(),
+            invalid: Family::default(),
         });
         let weak = Arc::downgrade(&this);
         let export_config = config.clone();
@@ -134,6 +137,11 @@ impl ConsulRegistries {
             "jalur_consul_errors",
             "Failed Consul queries, by ConsulRegistry",
             self.errors.clone(),
+        );
+        registry.register(
+            "jalur_consul_invalid_entries",
+            "Consul health entries that could not be read and were skipped, by ConsulRegistry",
+            self.invalid.clone(),
         );
     }
 
@@ -468,9 +476,17 @@ impl Watcher {
             );
             match self.get(&query).await {
                 Ok((body, new_index)) => {
+                    let names = match json::catalog(body) {
+                        Ok(catalog) => self.selected(catalog),
+                        Err(e) => {
+                            self.report(Err(e.to_string()));
+                            failures += 1;
+                            tokio::time::sleep(backoff(failures)).await;
+                            continue;
+                        }
+                    };
                     failures = 0;
                     index = next_index(index, new_index);
-                    let names = self.selected(&body);
                     health.retain(|name, _| names.contains(name));
                     if let Some(p) = self.parent.upgrade() {
                         let keys: Vec<String> =
@@ -513,9 +529,21 @@ impl Watcher {
             );
             match self.get(&query).await {
                 Ok((body, new_index)) => {
+                    let entries = match json::health(&name, body) {
+                        Ok((entries, invalid)) => {
+                            self.invalid(&invalid);
+                            entries
+                        }
+                        Err(e) => {
+                            self.report(Err(e.to_string()));
+                            failures += 1;
+                            tokio::time::sleep(backoff(failures)).await;
+                            continue;
+                        }
+                    };
                     failures = 0;
                     index = next_index(index, new_index);
-                    let workloads = self.workloads(&name, &body, dc.as_deref());
+                    let workloads = self.workloads(&name, &entries, dc.as_deref());
                     if let Some(p) = self.parent.upgrade() {
                         p.set_service(&self.key, &key, workloads);
                         p.first_answer(&self.key, &key);
@@ -546,97 +574,91 @@ impl Watcher {
             .await
     }
 
-    /// Service names from `/v1/catalog/services` that the spec selects.
-    fn selected(&self, catalog: &Value) -> Vec<String> {
-        let Some(map) = catalog.as_object() else {
-            return Vec::new();
+    /// Logs and counts health entries that could not be read (they are left out).
+    fn invalid(&self, errors: &[json::JsonError]) {
+        let Some(p) = self.parent.upgrade() else {
+            return;
         };
+        for error in errors {
+            tracing::warn!(registry = %self.key, %error, "Consul health entry skipped");
+            let labels = vec![("registry".to_string(), self.key.clone())];
+            p.invalid.get_or_create(&labels).inc();
+        }
+    }
+
+    /// Service names from `/v1/catalog/services` that the spec selects.
+    fn selected(&self, catalog: json::Catalog) -> Vec<String> {
         let sel = self.spec.services.clone().unwrap_or_default();
-        let mut names: Vec<String> = map
-            .iter()
+        // A BTreeMap: the names come out sorted.
+        catalog
+            .into_iter()
             .filter(|(name, _)| name.as_str() != "consul")
             .filter(|(name, tags)| {
-                let by_name = sel.names.is_empty() || sel.names.iter().any(|n| n == *name);
-                let tags: Vec<&str> = tags
-                    .as_array()
-                    .map(|a| a.iter().filter_map(Value::as_str).collect())
-                    .unwrap_or_default();
-                let by_tag =
-                    sel.tags.is_empty() || sel.tags.iter().any(|t| tags.contains(&t.as_str()));
+                let by_name = sel.names.is_empty() || sel.names.iter().any(|n| n == name);
+                let tags = tags.as_deref().unwrap_or_default();
+                let by_tag = sel.tags.is_empty() || sel.tags.iter().any(|t| tags.contains(t));
                 by_name && by_tag
             })
-            .map(|(name, _)| name.clone())
-            .collect();
-        names.sort();
-        names
+            .map(|(name, _)| name)
+            .collect()
     }
 
     /// Health entries -> workloads for `name.service.consul` and its aliases.
-    fn workloads(&self, name: &str, health: &Value, dc: Option<&str>) -> Vec<Workload> {
+    fn workloads(
+        &self,
+        name: &str,
+        health: &[json::HealthEntry],
+        dc: Option<&str>,
+    ) -> Vec<Workload> {
         let include_warning = self.spec.warning == Some(WarningPolicy::Include);
         let service_port = self.spec.service_port.unwrap_or(DEFAULT_SERVICE_PORT);
         let mut hosts = vec![format!("{name}.service.consul")];
         hosts.extend(self.spec.aliases.get(name).cloned().unwrap_or_default());
         let mut out = Vec::new();
-        for entry in health.as_array().into_iter().flatten() {
-            let svc = &entry["Service"];
-            let address = svc["Address"]
-                .as_str()
-                .filter(|a| !a.is_empty())
-                .or_else(|| entry["Node"]["Address"].as_str());
-            let (Some(address), Some(port)) = (address, svc["Port"].as_u64()) else {
+        for entry in health {
+            // json::health keeps only entries with an address.
+            let Some(address) = entry.address() else {
                 continue;
             };
-            let statuses: Vec<&str> = entry["Checks"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|c| c["Status"].as_str())
-                .collect();
+            let svc = &entry.service;
+            let statuses: Vec<&str> = entry.checks.iter().map(|c| c.status.as_str()).collect();
             let critical = statuses.contains(&"critical") || statuses.contains(&"maintenance");
             let warning = statuses.contains(&"warning");
             let healthy = !critical && (!warning || include_warning);
-            let weight_key = if warning { "Warning" } else { "Passing" };
-            let weight = svc["Weights"][weight_key].as_u64().unwrap_or(1).max(1) as u32;
+            let weight = svc
+                .weights
+                .map(|w| if warning { w.warning } else { w.passing })
+                .unwrap_or(1)
+                .max(1);
             let mut labels = BTreeMap::from([(ORIGIN_LABEL.to_string(), "consul".to_string())]);
-            for tag in svc["Tags"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-            {
+            for tag in &svc.tags {
                 if let Some((k, v)) = tag.split_once('=').or_else(|| tag.split_once(':')) {
                     labels.insert(k.to_string(), v.to_string());
                 }
             }
-            for (k, v) in svc["Meta"].as_object().into_iter().flatten() {
-                if let Some(v) = v.as_str() {
-                    labels.insert(k.clone(), v.to_string());
-                }
-            }
-            let protocol = Protocol::parse(labels.get("protocol").map(String::as_str), None);
-            let protocol = if labels.contains_key("protocol") {
-                protocol
-            } else {
-                Protocol::Http
+            labels.extend(svc.meta.clone());
+            let protocol = match labels.get("protocol") {
+                Some(p) => Protocol::parse(Some(p), None),
+                None => Protocol::Http,
             };
-            let datacenter = entry["Node"]["Datacenter"]
-                .as_str()
+            let datacenter = Some(entry.node.datacenter.as_str())
+                .filter(|d| !d.is_empty())
                 .or(dc)
                 .unwrap_or("")
                 .to_string();
+            let id = if svc.id.is_empty() { name } else { &svc.id };
             for host in &hosts {
                 out.push(Workload {
                     host: host.clone(),
                     namespace: "consul".into(),
-                    name: svc["ID"].as_str().unwrap_or(name).to_string(),
+                    name: id.to_string(),
                     address: address.to_string(),
                     ports: vec![Port {
                         number: service_port,
                         name: "http".into(),
                         protocol,
                     }],
-                    target_port: u32::try_from(port).ok(),
+                    target_port: Some(u32::from(svc.port)),
                     labels: labels.clone(),
                     weight,
                     locality: datacenter.clone(),
@@ -739,8 +761,9 @@ pub async fn fetch_view(
     let (catalog, _) = api
         .call(http::Method::GET, "/v1/catalog/services", None)
         .await?;
+    let catalog = json::catalog(catalog).map_err(|e| e.to_string())?;
     let mut view = ConsulView::default();
-    for (name, tags) in catalog.as_object().into_iter().flatten() {
+    for (name, tags) in catalog {
         if name == "consul" {
             continue;
         }
@@ -751,28 +774,19 @@ pub async fn fetch_view(
                 None,
             )
             .await?;
-        let entries = health.as_array().cloned().unwrap_or_default();
+        // An offline check reports what it cannot read rather than guessing around it.
+        let (entries, invalid) = json::health(&name, health).map_err(|e| e.to_string())?;
+        if let Some(e) = invalid.first() {
+            return Err(e.to_string());
+        }
         let passing = entries
             .iter()
-            .filter(|e| {
-                e["Checks"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .all(|c| c["Status"] == "passing")
-            })
+            .filter(|e| e.checks.iter().all(|c| c.status == "passing"))
             .count();
-        let tags = tags
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .map(str::to_string)
-            .collect();
         view.services.insert(
-            name.clone(),
+            name,
             ConsulService {
-                tags,
+                tags: tags.unwrap_or_default(),
                 passing,
                 total: entries.len(),
             },

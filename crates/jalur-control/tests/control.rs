@@ -390,3 +390,70 @@ async fn a_migration_step_and_its_rollback_do_not_wait_for_the_debounce() {
     plane.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A Consul agent that answers with one health entry jalur cannot read (a port that is not a
+/// number) beside a good one: the good instance is served, the bad one is counted in
+/// `jalur_consul_invalid_entries_total`, and neither is guessed at. Raw HTTP on purpose: the
+/// Consul double only ever produces well-formed entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_consul_entry_is_counted_and_the_rest_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let consul = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = consul.local_addr().expect("addr");
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = consul.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let n = conn.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                let body = if head.starts_with("GET /v1/catalog/services") {
+                    r#"{"consul":[],"payments":["v1"]}"#
+                } else {
+                    r#"[{"Node":{"Address":"10.9.0.1"},"Service":{"ID":"p-1","Port":8080},"Checks":[{"Status":"passing"}]},
+                        {"Node":{"Address":"10.9.0.2"},"Service":{"ID":"p-2","Port":"eighty"},"Checks":[]}]"#
+                };
+                // A blocking query that already has an index waits, as Consul's would.
+                if !head.contains("index=0") {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Consul-Index: 7\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    let registry = format!(
+        "apiVersion: jalur.dev/v1alpha1\nkind: ConsulRegistry\nmetadata: {{name: legacy, namespace: default}}\nspec:\n  addresses: [\"{addr}\"]\n  wait: 1s\n"
+    );
+    let plane = Plane::start(&[("consul.yaml", registry)]).await;
+    assert_eventually(
+        "the readable instance is served and the other counted",
+        Duration::from_secs(10),
+        || async {
+            let registry = plane.get_json("/debug/registry").await.to_string();
+            let (_, _, metrics) =
+                jalur_testkit::http_get(plane.status(), "status", "/metrics", &[])
+                    .await
+                    .map_err(|e| e.to_string())?;
+            let counted = metrics.lines().any(|l| {
+                l.starts_with("jalur_consul_invalid_entries_total{")
+                    && l.rsplit(' ').next().and_then(|n| n.parse::<f64>().ok()) >= Some(1.0)
+            });
+            if registry.contains("10.9.0.1") && !registry.contains("10.9.0.2") && counted {
+                Ok(())
+            } else {
+                Err(format!("registry: {registry}\nmetrics: {metrics}"))
+            }
+        },
+    )
+    .await;
+    server.abort();
+}
