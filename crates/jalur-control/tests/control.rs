@@ -342,7 +342,8 @@ async fn a_migration_step_and_its_rollback_do_not_wait_for_the_debounce() {
     use std::sync::atomic::Ordering;
     use std::time::Instant;
 
-    let dir = jalur_testkit::unique_temp_dir("jalur-control-debounce").expect("temp dir");
+    let tmp = tempfile::TempDir::with_prefix("jalur-control-debounce-").expect("temp dir");
+    let dir = tmp.path().to_path_buf();
     std::fs::write(
         dir.join("m.yaml"),
         "apiVersion: jalur.dev/v1alpha1\nkind: Migration\nmetadata: {name: reviews, namespace: shop}\nspec:\n  legacy: {host: reviews.service.consul}\n  mesh: {host: reviews}\n  stages: [{weight: 50, hold: 1h}, {weight: 100, hold: 1h}]\n",
@@ -388,7 +389,6 @@ async fn a_migration_step_and_its_rollback_do_not_wait_for_the_debounce() {
         );
     }
     plane.stop().await;
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// A Consul agent that answers with one health entry jalur cannot read (a port that is not a

@@ -106,7 +106,7 @@ pub fn bootstrap(opts: &EnvoyOpts) -> Value {
 /// removed on drop, or kept (and named) when Envoy failed to start or the test is panicking.
 pub struct Envoy {
     child: ChildGuard,
-    dir: PathBuf,
+    dir: tempfile::TempDir,
     admin: SocketAddr,
     keep_files: bool,
 }
@@ -114,11 +114,11 @@ pub struct Envoy {
 impl Envoy {
     /// Starts `binary` with a bootstrap made from `opts`, and waits until its admin listens.
     pub async fn start_with(binary: &Path, opts: EnvoyOpts) -> Result<Envoy, String> {
-        let dir = crate::unique_temp_dir("jalur-envoy")
+        let dir = tempfile::TempDir::with_prefix("jalur-envoy-")
             .map_err(|err| format!("cannot make a temp dir for Envoy: {err}"))?;
-        let bootstrap_path = dir.join("bootstrap.yaml");
-        let admin_path = dir.join("admin-address");
-        let log_path = dir.join("envoy.log");
+        let bootstrap_path = dir.path().join("bootstrap.yaml");
+        let admin_path = dir.path().join("admin-address");
+        let log_path = dir.path().join("envoy.log");
         let yaml = yaml_serde::to_string(&bootstrap(&opts))
             .map_err(|err| format!("cannot render the Envoy bootstrap: {err}"))?;
         std::fs::write(&bootstrap_path, yaml)
@@ -190,7 +190,7 @@ impl Envoy {
 
     /// The temp dir holding `bootstrap.yaml` and `envoy.log`.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.dir.path()
     }
 
     /// GET `path` on the admin interface; a non-2xx answer is an error carrying its body.
@@ -216,7 +216,7 @@ impl Envoy {
 
     /// The last lines of Envoy's log, for failure messages.
     pub fn log_tail(&self) -> String {
-        let path = self.dir.join("envoy.log");
+        let path = self.dir.path().join("envoy.log");
         match std::fs::read_to_string(&path) {
             Ok(text) => {
                 let lines: Vec<&str> = text.lines().collect();
@@ -236,16 +236,16 @@ impl Drop for Envoy {
     fn drop(&mut self) {
         self.child.kill();
         if self.keep_files {
+            self.dir.disable_cleanup(true);
             return;
         }
         if std::thread::panicking() {
+            self.dir.disable_cleanup(true);
             eprintln!(
                 "Envoy files kept in {}\n{}",
-                self.dir.display(),
+                self.dir.path().display(),
                 self.log_tail()
             );
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 }

@@ -27,21 +27,3 @@ pub mod process;
 pub use app::SampleApp;
 pub use consul::{ConsulDouble, ConsulOpts};
 pub use load::{share, LoadGen, LoadProtocol, LoadSpec, LoadSummary, LoadTarget, Sample};
-
-/// A fresh, empty directory under the system temp dir, named after `prefix`, unique within
-/// this machine (pid + counter + clock).
-pub fn unique_temp_dir(prefix: &str) -> std::io::Result<std::path::PathBuf> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let dir = std::env::temp_dir().join(format!(
-        "{prefix}-{}-{}-{nanos}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
-}

@@ -630,7 +630,8 @@ async fn consul_double_stale_exports_cleaned_at_start_and_all_deregistered_at_st
         ..sidecar_opts(([127, 0, 0, 1], 1).into(), "legacy-bridge", "default")
     };
     // The crashed run's memory of its clients: this start waits for the gateway to return.
-    let state_dir = jalur_testkit::unique_temp_dir("jalur-export-state").expect("temp dir");
+    let state_tmp = tempfile::TempDir::with_prefix("jalur-export-state-").expect("temp dir");
+    let state_dir = state_tmp.path().to_path_buf();
     let gateway_id = jalur_proxy::run::node(&gateway_opts).id;
     std::fs::write(
         state_dir.join("clients.json"),
@@ -688,5 +689,4 @@ async fn consul_double_stale_exports_cleaned_at_start_and_all_deregistered_at_st
         "stopping the control plane deregisters what it owns, and only that"
     );
     gateway.shutdown().await;
-    let _ = std::fs::remove_dir_all(state_dir);
 }

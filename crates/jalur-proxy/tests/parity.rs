@@ -488,7 +488,8 @@ async fn gateway_terminates_tls_with_alpn_h2(kind: Kind) {
     let v2 = EchoServer::start("v2").await;
     let cert =
         rcgen::generate_simple_self_signed(vec!["bookinfo.example.com".to_string()]).expect("cert");
-    let dir = jalur_testkit::unique_temp_dir("jalur-tls").expect("tmp");
+    let tmp = tempfile::TempDir::with_prefix("jalur-tls-").expect("tmp");
+    let dir = tmp.path();
     let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&cert_file, cert.cert.pem()).expect("cert file");
     std::fs::write(&key_file, cert.signing_key.serialize_pem()).expect("key file");
@@ -560,7 +561,6 @@ async fn gateway_terminates_tls_with_alpn_h2(kind: Kind) {
         (200, http::Version::HTTP_2, "v2"),
         "{kind:?}"
     );
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 both!(gateway_tls, gateway_terminates_tls_with_alpn_h2);

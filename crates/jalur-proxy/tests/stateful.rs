@@ -6,14 +6,14 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{jalur_sidecar, sidecar_opts, Plane};
 use jalur_proxy::run::Proxy;
 use jalur_testkit::peers::{postgres_bin_dir, redis_server};
-use jalur_testkit::{assert_eventually, http_get, require_peer, unique_temp_dir, ChildGuard};
+use jalur_testkit::{assert_eventually, http_get, require_peer, ChildGuard};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -100,16 +100,16 @@ async fn redis_through_a_sidecar_local_port_round_trips_and_is_counted() {
 struct Redis {
     child: ChildGuard,
     port: u16,
-    dir: PathBuf,
+    dir: tempfile::TempDir,
 }
 
 impl Redis {
     async fn start(bin: &Path) -> Redis {
         let mut failures = Vec::new();
         for _ in 0..START_ATTEMPTS {
-            let dir = unique_temp_dir("jalur-redis").expect("temp dir");
+            let dir = tempfile::TempDir::with_prefix("jalur-redis-").expect("temp dir");
             let port = free_port();
-            let log = std::fs::File::create(dir.join("redis.log")).expect("log file");
+            let log = std::fs::File::create(dir.path().join("redis.log")).expect("log file");
             let mut command = Command::new(bin);
             command
                 .arg("--port")
@@ -117,7 +117,7 @@ impl Redis {
                 .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
                 .args(["--daemonize", "no", "--logfile", ""])
                 .arg("--dir")
-                .arg(&dir)
+                .arg(dir.path())
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().expect("log fd"))
                 .stderr(log);
@@ -136,7 +136,7 @@ impl Redis {
             }
             failures.push(format!(
                 "port {port}: {}",
-                std::fs::read_to_string(redis.dir.join("redis.log")).unwrap_or_default()
+                std::fs::read_to_string(redis.dir.path().join("redis.log")).unwrap_or_default()
             ));
         }
         panic!("redis-server did not start: {failures:#?}");
@@ -146,7 +146,6 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.child.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -280,22 +279,22 @@ async fn postgres_through_a_sidecar_local_port_answers_sql_and_is_counted() {
 struct Postgres {
     child: Option<ChildGuard>,
     port: u16,
-    dir: PathBuf,
+    dir: tempfile::TempDir,
 }
 
 impl Postgres {
     async fn start(bin: &Path) -> Postgres {
         let owner = server_user();
-        let dir = unique_temp_dir("jalur-postgres").expect("temp dir");
+        let dir = tempfile::TempDir::with_prefix("jalur-postgres-").expect("temp dir");
         let mut pg = Postgres {
             child: None,
             port: 0,
             dir,
         };
         if let Some((uid, gid)) = owner {
-            std::os::unix::fs::chown(&pg.dir, Some(uid), Some(gid)).expect("chown temp dir");
+            std::os::unix::fs::chown(pg.dir.path(), Some(uid), Some(gid)).expect("chown temp dir");
         }
-        let data = pg.dir.join("data");
+        let data = pg.dir.path().join("data");
 
         let mut initdb = tokio::process::Command::new(bin.join("initdb"));
         initdb
@@ -303,7 +302,7 @@ impl Postgres {
             .arg(&data)
             .args(["-U", "postgres", "--auth=trust", "--no-sync", "--no-locale"])
             .args(["-E", "UTF8"])
-            .current_dir(&pg.dir)
+            .current_dir(pg.dir.path())
             .stdin(Stdio::null())
             .kill_on_drop(true);
         if let Some((uid, gid)) = owner {
@@ -323,7 +322,7 @@ impl Postgres {
         let mut failures = Vec::new();
         for _ in 0..START_ATTEMPTS {
             let port = free_port();
-            let log_path = pg.dir.join(format!("postgres-{port}.log"));
+            let log_path = pg.dir.path().join(format!("postgres-{port}.log"));
             let log = std::fs::File::create(&log_path).expect("log file");
             let mut command = Command::new(bin.join("postgres"));
             command
@@ -332,11 +331,11 @@ impl Postgres {
                 .arg("-p")
                 .arg(port.to_string())
                 .arg("-k")
-                .arg(&pg.dir)
+                .arg(pg.dir.path())
                 .args(["-c", "listen_addresses=127.0.0.1"])
                 .args(["-c", "fsync=off", "-c", "shared_buffers=16MB"])
                 .args(["-c", "max_connections=20"])
-                .current_dir(&pg.dir)
+                .current_dir(pg.dir.path())
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().expect("log fd"))
                 .stderr(log);
@@ -405,7 +404,6 @@ impl Postgres {
 impl Drop for Postgres {
     fn drop(&mut self) {
         self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
@@ -25,7 +25,8 @@ const CLIENT_SLACK: Duration = Duration::from_secs(30);
 pub struct GrpcBackend {
     name: String,
     addr: SocketAddr,
-    dir: PathBuf,
+    /// Holds `backend.log`; removed on drop.
+    _dir: tempfile::TempDir,
     _stdin: Option<ChildStdin>,
     _stdout: BufReader<ChildStdout>,
     child: ChildGuard,
@@ -34,9 +35,9 @@ pub struct GrpcBackend {
 impl GrpcBackend {
     /// Starts the backend with `python` (see [`crate::peers::python`]) on 127.0.0.1:0.
     pub async fn start(python: &Path, name: &str) -> Result<GrpcBackend, String> {
-        let dir = crate::unique_temp_dir("jalur-grpc-backend")
+        let dir = tempfile::TempDir::with_prefix("jalur-grpc-backend-")
             .map_err(|err| format!("cannot make a temp dir: {err}"))?;
-        let log_path = dir.join("backend.log");
+        let log_path = dir.path().join("backend.log");
         let log = std::fs::File::create(&log_path)
             .map_err(|err| format!("cannot create {}: {err}", log_path.display()))?;
         let mut command = Command::new(python);
@@ -78,7 +79,7 @@ impl GrpcBackend {
         Ok(GrpcBackend {
             name: name.to_string(),
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            dir,
+            _dir: dir,
             _stdin: stdin,
             _stdout: stdout,
             child,
@@ -97,7 +98,6 @@ impl GrpcBackend {
 impl Drop for GrpcBackend {
     fn drop(&mut self) {
         self.child.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

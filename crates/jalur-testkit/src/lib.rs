@@ -45,7 +45,6 @@ pub use echo::{Behaviour, EchoServer};
 pub use envoy::{Envoy, EnvoyOpts};
 pub use eventually::{assert_eventually, eventually};
 pub use grpc::{GrpcBackend, XdsClient, XdsClientReport};
-pub use jalur_demo::unique_temp_dir;
 pub use peers::{envoy_binary, node_client_dir, peer_script, python, require_peer, skip_log};
 pub use process::ChildGuard;
 

@@ -155,15 +155,16 @@ mod tests {
     use super::*;
 
     /// A log of this test's own, so these tests never count as skips of the suite.
-    fn own_log(name: &str) -> PathBuf {
-        let dir = crate::unique_temp_dir(name).expect("temp dir");
-        dir.join("skipped.log")
+    fn own_log(name: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::TempDir::with_prefix(name).expect("temp dir");
+        let log = dir.path().join("skipped.log");
+        (dir, log)
     }
 
     #[test]
     fn a_found_peer_is_returned_in_and_out_of_ci() {
         let bin = PathBuf::from("/usr/bin/true");
-        let log = own_log("jalur-found-peer");
+        let (_dir, log) = own_log("jalur-found-peer");
         assert_eq!(
             require_peer_in("x", Some(bin.clone()), false, &log),
             Some(bin.clone())
@@ -177,7 +178,7 @@ mod tests {
 
     #[test]
     fn a_missing_peer_is_skipped_outside_ci_and_recorded_for_scripts_test() {
-        let log = own_log("jalur-skipped-peer");
+        let (_dir, log) = own_log("jalur-skipped-peer");
         assert_eq!(require_peer_in("redis-server", None, false, &log), None);
         assert_eq!(require_peer_in("envoy", None, false, &log), None);
         let recorded = std::fs::read_to_string(&log).expect("skips recorded");
@@ -194,7 +195,7 @@ mod tests {
     #[test]
     #[should_panic(expected = "REQUIRED PEER MISSING: redis-server")]
     fn a_missing_peer_fails_in_ci() {
-        require_peer_in("redis-server", None, true, &own_log("jalur-ci-peer"));
+        require_peer_in("redis-server", None, true, &own_log("jalur-ci-peer").1);
     }
 
     #[test]
@@ -206,7 +207,8 @@ mod tests {
     #[test]
     fn the_newest_postgres_major_with_all_programs_wins() {
         use std::os::unix::fs::PermissionsExt;
-        let root = crate::unique_temp_dir("jalur-pg-bin").expect("temp dir");
+        let tmp = tempfile::TempDir::with_prefix("jalur-pg-bin-").expect("temp dir");
+        let root = tmp.path();
         for (major, complete) in [("9", true), ("15", true), ("16", false), ("x", true)] {
             let bin = root.join(major).join("bin");
             std::fs::create_dir_all(&bin).expect("mkdir");
@@ -223,7 +225,6 @@ mod tests {
             }
         }
         let found = postgres_bin_dir_under(&root);
-        let _ = std::fs::remove_dir_all(&root);
         assert_eq!(found, Some(root.join("15/bin")));
         assert_eq!(postgres_bin_dir_under(&root.join("missing")), None);
     }

@@ -51,7 +51,7 @@ pub struct Prometheus {
     /// `http://127.0.0.1:PORT`, what `PrometheusSource::new` takes.
     pub url: String,
     addr: SocketAddr,
-    dir: PathBuf,
+    dir: tempfile::TempDir,
     child: ChildGuard,
     keep_files: bool,
 }
@@ -82,11 +82,11 @@ impl Prometheus {
         scrape_interval: Duration,
     ) -> Result<Prometheus, Start> {
         let failed = Start::Failed;
-        let dir = crate::unique_temp_dir("jalur-prometheus")
+        let dir = tempfile::TempDir::with_prefix("jalur-prometheus-")
             .map_err(|err| failed(format!("cannot make a temp dir for Prometheus: {err}")))?;
-        let config_path = dir.join("prometheus.yml");
-        let targets_path = dir.join("targets.json");
-        let log_path = dir.join("prometheus.log");
+        let config_path = dir.path().join("prometheus.yml");
+        let targets_path = dir.path().join("targets.json");
+        let log_path = dir.path().join("prometheus.log");
         write_targets(&targets_path, targets).map_err(failed)?;
         let yaml = yaml_serde::to_string(&config(&targets_path, scrape_interval))
             .map_err(|err| failed(format!("cannot render the Prometheus config: {err}")))?;
@@ -104,7 +104,7 @@ impl Prometheus {
             .arg(format!("--config.file={}", config_path.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
-                dir.join("data").display()
+                dir.path().join("data").display()
             ))
             .arg(format!("--web.listen-address={addr}"))
             .stdin(Stdio::null())
@@ -163,12 +163,12 @@ impl Prometheus {
 
     /// The temp dir holding `prometheus.yml`, `targets.json`, `prometheus.log` and the TSDB.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.dir.path()
     }
 
     /// Replaces the scraped targets; Prometheus picks the file up within about a second.
     pub fn set_targets(&self, targets: &[SocketAddr]) -> Result<(), String> {
-        write_targets(&self.dir.join("targets.json"), targets)
+        write_targets(&self.dir.path().join("targets.json"), targets)
     }
 
     /// An instant query: `data.result` of Prometheus's answer.
@@ -185,7 +185,7 @@ impl Prometheus {
 
     /// The last lines of Prometheus's log, for failure messages.
     pub fn log_tail(&self) -> String {
-        let path = self.dir.join("prometheus.log");
+        let path = self.dir.path().join("prometheus.log");
         let text = self.log();
         let lines: Vec<&str> = text.lines().collect();
         let start = lines.len().saturating_sub(LOG_TAIL_LINES);
@@ -197,7 +197,7 @@ impl Prometheus {
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
     }
 }
 
@@ -205,16 +205,16 @@ impl Drop for Prometheus {
     fn drop(&mut self) {
         self.child.kill();
         if self.keep_files {
+            self.dir.disable_cleanup(true);
             return;
         }
         if std::thread::panicking() {
+            self.dir.disable_cleanup(true);
             eprintln!(
                 "Prometheus files kept in {}\n{}",
-                self.dir.display(),
+                self.dir.path().display(),
                 self.log_tail()
             );
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 }

@@ -72,7 +72,8 @@ fn analyze_broken_config_exits_one_with_codes_file_and_line() {
 
 #[test]
 fn analyze_failure_threshold_warning_fails_on_warnings() {
-    let dir = jalur_testkit::unique_temp_dir("jalur-cli").expect("tmp");
+    let tmp = tempfile::TempDir::with_prefix("jalur-cli-").expect("tmp");
+    let dir = tmp.path();
     let file = dir.join("dr.yaml");
     std::fs::write(
         &file,
@@ -88,7 +89,6 @@ fn analyze_failure_threshold_warning_fails_on_warnings() {
         .output()
         .expect("run");
     assert_eq!(strict.status.code(), Some(1));
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
@@ -315,7 +315,8 @@ async fn proxy_without_control_plane_logs_the_cause_and_keeps_retrying() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_cli_serves_logs_access_and_exits_cleanly_on_sigterm() {
     let backend = jalur_testkit::EchoServer::start("v1").await;
-    let dir = jalur_testkit::unique_temp_dir("jalur-cli-proxy").expect("tmp");
+    let tmp = tempfile::TempDir::with_prefix("jalur-cli-proxy-").expect("tmp");
+    let dir = tmp.path();
     let host = "reviews.bookinfo.svc.cluster.local";
     std::fs::write(
         dir.join("svc.yaml"),
@@ -451,7 +452,6 @@ async fn proxy_cli_serves_logs_access_and_exits_cleanly_on_sigterm() {
     )
     .await;
     assert!(code.success(), "exit status {code:?}");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// `jalur analyze --consul ADDR` against a Consul protocol DOUBLE (no Consul server is
@@ -463,7 +463,8 @@ async fn analyze_against_consul_reports_hybrid_findings() {
     let consul = ConsulDouble::start().await;
     consul.register(Instance::new("payments", "p-1", "127.0.0.1", 9001).status(Status::Passing));
     consul.register(Instance::new("fraud", "f-1", "127.0.0.1", 9002).status(Status::Critical));
-    let dir = jalur_testkit::unique_temp_dir("jalur-cli-hybrid").expect("tmp");
+    let tmp = tempfile::TempDir::with_prefix("jalur-cli-hybrid-").expect("tmp");
+    let dir = tmp.path();
     let vs = |host: &str| {
         format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: v}}\nspec:\n  hosts: [x.example.com]\n  http:\n  - route:\n    - destination: {{host: {host}}}\n")
     };
@@ -507,7 +508,6 @@ async fn analyze_against_consul_reports_hybrid_findings() {
         "{findings:?}"
     );
     assert!(unhealthy.status.success(), "a warning alone passes");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 fn migrate(status: SocketAddr, args: &[&str]) -> (Option<i32>, String, String) {
@@ -528,7 +528,8 @@ fn migrate(status: SocketAddr, args: &[&str]) -> (Option<i32>, String, String) {
 /// `-o json`), start, pause, resume, promote to the end, rollback; errors exit 1 and say why.
 #[test]
 fn migrate_cli_drives_a_migration_and_reports_errors() {
-    let dir = jalur_testkit::unique_temp_dir("jalur-cli-migrate").expect("temp dir");
+    let tmp = tempfile::TempDir::with_prefix("jalur-cli-migrate-").expect("temp dir");
+    let dir = tmp.path();
     std::fs::write(
         dir.join("migration.yaml"),
         "apiVersion: jalur.dev/v1alpha1\nkind: Migration\nmetadata: {name: reviews, namespace: shop}\nspec:\n  legacy: {host: reviews.service.consul}\n  mesh: {host: reviews}\n  stages: [{weight: 10, hold: 1m}, {weight: 50, hold: 1m}, {weight: 100, hold: 1m}]\n",
@@ -600,7 +601,6 @@ fn migrate_cli_drives_a_migration_and_reports_errors() {
         err.contains("Connection refused"),
         "the cause is named: {err}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The README's main command: the whole demo on this machine, ending with its report — the

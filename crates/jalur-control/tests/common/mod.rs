@@ -10,17 +10,20 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use jalur_control::{ControlPlane, Options};
-use jalur_testkit::{http_get, unique_temp_dir};
+use jalur_testkit::http_get;
 
 pub struct Plane {
     pub plane: ControlPlane,
     pub dir: PathBuf,
+    /// Owns `dir`: removed when the plane is dropped.
+    _tmp: tempfile::TempDir,
 }
 
 impl Plane {
     /// A control plane on 127.0.0.1:0 serving `files` (name -> YAML) from a fresh directory.
     pub async fn start(files: &[(&str, String)]) -> Plane {
-        let dir = unique_temp_dir("jalur-control-test").expect("temp dir");
+        let tmp = tempfile::TempDir::with_prefix("jalur-control-test-").expect("temp dir");
+        let dir = tmp.path().to_path_buf();
         for (name, text) in files {
             std::fs::write(dir.join(name), text).expect("write config");
         }
@@ -36,7 +39,11 @@ impl Plane {
         let plane = ControlPlane::start(opts)
             .await
             .expect("control plane starts");
-        Plane { plane, dir }
+        Plane {
+            plane,
+            dir,
+            _tmp: tmp,
+        }
     }
 
     pub fn xds(&self) -> SocketAddr {
@@ -64,12 +71,6 @@ impl Plane {
             .expect("status API");
         assert_eq!(status, 200, "{path}: {body}");
         serde_json::from_str(&body).expect("json")
-    }
-}
-
-impl Drop for Plane {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -9,13 +9,15 @@ use std::time::Duration;
 
 use jalur_control::{ControlPlane, Options};
 use jalur_proxy::run::{Proxy, ProxyOptions};
-use jalur_testkit::{assert_eventually, http_get, unique_temp_dir};
+use jalur_testkit::{assert_eventually, http_get};
 
 pub struct Plane {
     /// None while stopped.
     pub plane: Option<ControlPlane>,
     pub xds: SocketAddr,
     pub dir: PathBuf,
+    /// Owns `dir`: removed when the plane is dropped.
+    _tmp: tempfile::TempDir,
     /// Options of every (re)start; `config` and `xds_addr` are filled in.
     pub template: Options,
 }
@@ -37,7 +39,8 @@ impl Plane {
     }
 
     pub async fn start_with(files: &[(&str, String)], template: Options) -> Plane {
-        let dir = unique_temp_dir("jalur-proxy-test").expect("temp dir");
+        let tmp = tempfile::TempDir::with_prefix("jalur-proxy-test-").expect("temp dir");
+        let dir = tmp.path().to_path_buf();
         for (name, text) in files {
             std::fs::write(dir.join(name), text).expect("write config");
         }
@@ -46,6 +49,7 @@ impl Plane {
             xds: plane.xds_addr,
             plane: Some(plane),
             dir,
+            _tmp: tmp,
             template,
         }
     }
@@ -81,12 +85,6 @@ impl Plane {
         let tmp = self.dir.join(format!(".{name}.tmp"));
         std::fs::write(&tmp, text).expect("write");
         std::fs::rename(&tmp, self.dir.join(name)).expect("rename");
-    }
-}
-
-impl Drop for Plane {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
