@@ -14,7 +14,7 @@ use jalur_model::Config;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use super::Api;
+use super::api::Api;
 use crate::node::ClientInfo;
 
 /// The tag on every Consul entry jalur registered (and so may remove).
