@@ -54,11 +54,11 @@ impl Backoff {
         self.attempt = 0;
     }
 
-    pub fn next(&mut self) -> Duration {
-        self.next_with(fastrand::u64(..))
+    pub fn next_delay(&mut self) -> Duration {
+        self.delay_with(fastrand::u64(..))
     }
 
-    fn next_with(&mut self, random: u64) -> Duration {
+    fn delay_with(&mut self, random: u64) -> Duration {
         self.attempt = self.attempt.saturating_add(1);
         let spread = nanos(ceiling(self.attempt, self.base, self.max).saturating_sub(self.base));
         self.base + Duration::from_nanos(random % spread.saturating_add(1))
@@ -122,19 +122,19 @@ mod tests {
     fn reconnects_wait_between_base_and_a_doubling_cap() {
         let top = |spread: Duration| nanos(spread);
         let mut b = Backoff::new(100 * MS, 500 * MS);
-        assert_eq!(b.next_with(u64::MAX), 100 * MS);
-        assert_eq!(b.next_with(top(100 * MS)), 200 * MS);
-        assert_eq!(b.next_with(0), 100 * MS);
-        assert_eq!(b.next_with(top(400 * MS)), 500 * MS);
-        assert_eq!(b.next_with(top(200 * MS)), 300 * MS);
+        assert_eq!(b.delay_with(u64::MAX), 100 * MS);
+        assert_eq!(b.delay_with(top(100 * MS)), 200 * MS);
+        assert_eq!(b.delay_with(0), 100 * MS);
+        assert_eq!(b.delay_with(top(400 * MS)), 500 * MS);
+        assert_eq!(b.delay_with(top(200 * MS)), 300 * MS);
         b.reset();
-        assert_eq!(b.next_with(u64::MAX), 100 * MS);
+        assert_eq!(b.delay_with(u64::MAX), 100 * MS);
     }
 
     #[test]
     fn random_reconnect_delays_are_spread_and_bounded() {
         let mut b = Backoff::new(10 * MS, 1000 * MS);
-        let delays: Vec<Duration> = (0..64).map(|_| b.next()).collect();
+        let delays: Vec<Duration> = (0..64).map(|_| b.next_delay()).collect();
         assert!(delays.iter().all(|d| (10 * MS..=1000 * MS).contains(d)));
         let late = &delays[10..];
         assert!(late.iter().any(|d| *d != late[0]), "no jitter: {late:?}");
@@ -143,7 +143,7 @@ mod tests {
     #[test]
     fn max_below_base_means_base() {
         let mut b = Backoff::new(100 * MS, 10 * MS);
-        assert_eq!(b.next(), 100 * MS);
-        assert_eq!(b.next(), 100 * MS);
+        assert_eq!(b.next_delay(), 100 * MS);
+        assert_eq!(b.next_delay(), 100 * MS);
     }
 }

@@ -308,7 +308,7 @@ pub(crate) async fn run_with(
         if session.responses > 0 {
             backoff.reset();
         }
-        let delay = backoff.next();
+        let delay = backoff.next_delay();
         let error = error.describe(&opts.addr);
         warn!(addr = %opts.addr, retry_in_ms = delay.as_millis(), "{error} (retrying in {:.1} s); serving the last good config", delay.as_secs_f64());
         state.update_status(|s| {

@@ -224,7 +224,7 @@ mod tests {
                     .expect("chmod");
             }
         }
-        let found = postgres_bin_dir_under(&root);
+        let found = postgres_bin_dir_under(root);
         assert_eq!(found, Some(root.join("15/bin")));
         assert_eq!(postgres_bin_dir_under(&root.join("missing")), None);
     }
