@@ -261,7 +261,8 @@ async fn proxy_without_control_plane_logs_the_cause_and_keeps_retrying() {
         .local_addr()
         .expect("addr")
         .port();
-    let dir = jalur_testkit::unique_temp_dir("jalur-cli-no-control").expect("tmp");
+    let tmp = tempfile::TempDir::with_prefix("jalur-cli-no-control-").expect("tmp");
+    let dir = tmp.path();
     let log = dir.join("proxy.log");
     let mut cmd = jalur();
     cmd.args(["proxy", "--xds", &format!("127.0.0.1:{port}")])
@@ -307,7 +308,6 @@ async fn proxy_without_control_plane_logs_the_cause_and_keeps_retrying() {
     })
     .await;
     assert!(code.success(), "exit status {code:?}");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// `jalur proxy` as a process: serves through its outbound port, logs one JSON access line per

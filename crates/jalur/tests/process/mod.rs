@@ -338,16 +338,19 @@ impl ProxyProcess {
 /// A temp dir holding a config directory `config/` with `files`, and the processes' logs.
 pub struct Workdir {
     pub root: PathBuf,
+    /// Owns `root`: removed on drop, kept (and named) when the test is panicking.
+    dir: tempfile::TempDir,
 }
 
 impl Workdir {
     pub fn new(prefix: &str, files: &[(&str, String)]) -> Workdir {
-        let root = jalur_testkit::unique_temp_dir(prefix).expect("temp dir");
+        let dir = tempfile::TempDir::with_prefix(prefix).expect("temp dir");
+        let root = dir.path().to_path_buf();
         std::fs::create_dir_all(root.join("config")).expect("config dir");
         for (name, text) in files {
             std::fs::write(root.join("config").join(name), text).expect("write config");
         }
-        Workdir { root }
+        Workdir { root, dir }
     }
 
     pub fn config(&self) -> PathBuf {
@@ -358,9 +361,8 @@ impl Workdir {
 impl Drop for Workdir {
     fn drop(&mut self) {
         if std::thread::panicking() {
+            self.dir.disable_cleanup(true);
             eprintln!("logs kept in {}", self.root.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.root);
         }
     }
 }
