@@ -466,7 +466,7 @@ mod tests {
 
     /// Stands for the request path answering one request on the guarded connection.
     fn answer(verdicts: &std::sync::Arc<Verdicts>) {
-        drop(Answering::new(crate::http::empty(), verdicts.clone()));
+        drop(Answering::new(crate::upstream::empty(), verdicts.clone()));
     }
 
     #[tokio::test(start_paused = true)]
