@@ -20,6 +20,7 @@ use crate::upstream::{empty, full, Body};
 
 mod body;
 mod record;
+mod upgrade;
 use body::ReqBody;
 use record::{AccessEntry, Record, Recorded};
 
@@ -314,8 +315,10 @@ async fn forward(
     let _permit = cluster.breakers_try_request().map_err(fail)?;
 
     let mut req = req;
-    // WebSocket and other HTTP/1.1 upgrades: forwarded as a request, then spliced byte for byte.
-    let upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+    // WebSocket upgrades: forwarded as a request, then spliced byte for byte after the 101.
+    let upgrade = upgrade::requested(req.headers())
+        .map_err(fail)?
+        .then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let hash = cluster.request_hash(
         &fwd.hash,
@@ -352,7 +355,7 @@ async fn forward(
             let result = send_once(&cluster, &host, &parts, &mut body, fwd.retry.as_ref()).await;
             cluster.report(&host, &result);
             let retry_allowed =
-                body.is_held() && fwd.retry.as_ref().is_some_and(|p| attempt < p.num_retries);
+                body.can_replay() && fwd.retry.as_ref().is_some_and(|p| attempt < p.num_retries);
             match result {
                 Ok(resp) if !(retry_allowed && retriable_response(fwd.retry.as_ref(), &resp)) => {
                     return Ok(resp)
@@ -394,9 +397,12 @@ async fn forward(
     apply_ops(resp.headers_mut(), &target.response_headers);
     apply_ops(resp.headers_mut(), &route.response_headers);
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switching {
+        upgrade::check_switch(upgrade.is_some(), resp.headers()).map_err(fail)?;
+    }
     strip_hop_by_hop(resp.headers_mut(), switching);
     if let (Some(downstream), true) = (upgrade, switching) {
-        splice(downstream, hyper::upgrade::on(&mut resp));
+        upgrade::splice(downstream, hyper::upgrade::on(&mut resp));
     }
     let grpc_status = resp
         .headers()
@@ -415,7 +421,7 @@ async fn forward(
 /// Shadow traffic: a copy of the request to each mirror cluster (sampled), fire and forget, with
 /// `-shadow` appended to the authority as Envoy does. Only requests whose body is held.
 fn mirror(compiled: &Compiled, fwd: &Forward, parts: &http::request::Parts, body: &ReqBody) {
-    if !body.is_held() {
+    if body.held().is_none() {
         return;
     }
     for m in &fwd.mirrors {
@@ -462,7 +468,7 @@ async fn send_once(
     // RFC 9113 §6.8: a stream refused by a GOAWAY (or REFUSED_STREAM) was not processed, so a
     // held body goes once more, on a fresh connection, whatever the retry policy. hyper's pool
     // can hand out an HTTP/2 connection whose GOAWAY (a draining upstream) is in flight.
-    if matches!(&response, Err(e) if refused_unprocessed(e)) && body.is_held() {
+    if matches!(&response, Err(e) if refused_unprocessed(e)) && body.can_replay() {
         tracing::debug!(host = %host.addr, "upstream refused the request unprocessed (GOAWAY); sending it again");
         let request = upstream_request(cluster, host, parts, body, downstream_h2)?;
         response = send_timed(client, request, per_try, host).await?;
@@ -720,37 +726,6 @@ fn strip_hop_by_hop(h: &mut http::HeaderMap, upgrading: bool) {
     for (n, v) in kept {
         h.insert(n, v);
     }
-}
-
-/// An HTTP/1.1 upgrade request (`Connection: upgrade` and an `Upgrade` protocol).
-fn is_upgrade(h: &http::HeaderMap) -> bool {
-    let connection_upgrade = h
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-        });
-    connection_upgrade && h.contains_key(http::header::UPGRADE)
-}
-
-/// After a 101, copies bytes both ways between the two upgraded connections until either ends.
-fn splice(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-    tokio::spawn(async move {
-        let (down, up) = match tokio::try_join!(downstream, upstream) {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::debug!(error = %e, "upgrade failed");
-                return;
-            }
-        };
-        let mut down = hyper_util::rt::TokioIo::new(down);
-        let mut up = hyper_util::rt::TokioIo::new(up);
-        if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
-            tracing::debug!(error = %e, "upgraded stream ended with an error");
-        }
-    });
 }
 
 #[cfg(test)]

@@ -246,7 +246,15 @@ async fn judge_all(
         .filter(|(_, c)| !**c)
         .map(|(t, _)| t.clone())
         .collect();
-    strays.extend(backend.errors());
+    // A body found malformed half-way fails the connection: what was valid of it streamed
+    // upstream already, and the upstream connection ends with it, an incomplete message never
+    // framed as a request (Envoy streams bodies the same way). Anything else is a stray.
+    strays.extend(
+        backend
+            .errors()
+            .into_iter()
+            .filter(|e| e != "connection ended inside a chunked body"),
+    );
     (verdicts, strays)
 }
 
@@ -373,10 +381,14 @@ async fn a_desynchronising_upstream_never_poisons_the_pool() {
         let [poisoned, clean] = got.as_slice() else {
             panic!("{name}: the backend saw {got:?} (a retry of the first?)")
         };
-        assert_ne!(
-            poisoned.conn, clean.conn,
-            "{name}: the poisoned connection went back to the pool"
-        );
+        // (The short body's connection is closed by the backend itself; the other two stay
+        // open on the backend's side, so only jalur can have dropped them.)
+        if name != "short_body" {
+            assert_ne!(
+                poisoned.conn, clean.conn,
+                "{name}: the poisoned connection went back to the pool"
+            );
+        }
         assert!(
             backend.errors().is_empty(),
             "{name}: {:?}",
@@ -415,5 +427,55 @@ async fn headers_named_in_connection_stop_at_the_hop() {
         assert_eq!(one.header("keep-alive"), None, "{kind}");
         assert_eq!(one.header("x-kept"), Some("2"), "{kind}");
         assert_eq!(one.body, b"hello", "{kind}");
+    }
+}
+
+/// Only WebSocket upgrades are spliced, as Istio configures Envoy. An `h2c` upgrade is served
+/// as a plain request without its upgrade headers (jalur and Envoy alike), and a backend that
+/// switches anyway gets a 502 from jalur (Envoy hangs on it); an upgrade to any other protocol is
+/// refused with 403 by both and never reaches the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_websocket_upgrades_are_spliced() {
+    let backend = Recorder::h1().await;
+    let plane = Plane::start(&routes(&backend)).await;
+    let (_proxy, jalur) = jalur_sidecar(sidecar_opts(plane.xds, "client", "shop")).await;
+    let envoy = envoy_sidecar(plane.xds, "client-envoy", "shop").await;
+    let mut fronts = vec![("jalur", jalur)];
+    if let Some((_, addr)) = &envoy {
+        fronts.push(("envoy", *addr));
+    }
+    let switch = b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n";
+    for (kind, addr) in fronts {
+        wait_routed(addr).await;
+        backend.clear();
+        let other = format!(
+            "GET /foo HTTP/1.1\r\nHost: {HOST}\r\nConnection: Upgrade\r\nUpgrade: foo/1\r\n\r\n"
+        );
+        let ex = exchange(addr, other.as_bytes(), 1).await;
+        assert_eq!(ex.statuses(), vec![403], "{kind}: {ex:?}");
+        assert!(
+            backend.requests().is_empty(),
+            "{kind}: {:?}",
+            backend.requests()
+        );
+
+        if kind == "jalur" {
+            // Envoy would wait on a switch it did not ask for until the client gives up.
+            backend.script([switch.to_vec()]);
+        }
+        let h2c = format!("GET /h2c HTTP/1.1\r\nHost: {HOST}\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n");
+        let ex = exchange(addr, h2c.as_bytes(), 1).await;
+        let got = backend.requests();
+        let [plain] = got.as_slice() else {
+            panic!("{kind}: the backend saw {got:?}")
+        };
+        assert_eq!(plain.header("upgrade"), None, "{kind}: {plain:?}");
+        assert_eq!(plain.header("http2-settings"), None, "{kind}: {plain:?}");
+        if kind == "jalur" {
+            assert_eq!(ex.statuses(), vec![502], "{kind}: {ex:?}");
+            assert_eq!(ex.responses[0].header("x-jalur-flags"), Some("UPE"));
+        } else {
+            assert_eq!(ex.statuses(), vec![200], "{kind}: {ex:?}");
+        }
     }
 }

@@ -132,7 +132,8 @@ impl Recorder {
         self.log().requests.clone()
     }
 
-    /// Every byte received since the last clear, by connection (numbered in accept order).
+    /// Every byte received since the last clear, by connection (numbered in accept order); for
+    /// the h2c recorder, the DATA of each stream as it arrived.
     pub fn raw(&self) -> std::collections::BTreeMap<u64, Vec<u8>> {
         self.log().raw.clone()
     }
@@ -381,6 +382,12 @@ async fn serve_h2(stream: TcpStream, log: Arc<Mutex<Log>>) {
     let service = service_fn(move |req: hyper::Request<Incoming>| {
         let log = log.clone();
         async move {
+            // Each stream's DATA goes to `raw` as it arrives, under a number of its own.
+            let stream_id = {
+                let mut l = lock(&log);
+                l.connections += 1;
+                l.connections
+            };
             let (parts, body) = req.into_parts();
             let ended = hyper::body::Body::is_end_stream(&body);
             let mut data = Vec::new();
@@ -390,7 +397,14 @@ async fn serve_h2(stream: TcpStream, log: Arc<Mutex<Log>>) {
             while let Some(frame) = body.frame().await {
                 match frame {
                     Ok(frame) => match frame.into_data() {
-                        Ok(bytes) => data.extend_from_slice(&bytes),
+                        Ok(bytes) => {
+                            lock(&log)
+                                .raw
+                                .entry(stream_id)
+                                .or_default()
+                                .extend_from_slice(&bytes);
+                            data.extend_from_slice(&bytes)
+                        }
                         Err(frame) => {
                             if let Ok(t) = frame.into_trailers() {
                                 trailers = header_pairs(&t);

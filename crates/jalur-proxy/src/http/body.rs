@@ -1,12 +1,15 @@
-//! Request bodies on their way upstream. A body that fits [`MAX_RETRY_BODY`] is held whole —
-//! data and trailers — so a retry can send it again; a larger one is forwarded as it comes,
-//! after the part already read. Either way the upstream sees the body the client sent: its
-//! bytes, its trailers, and (on HTTP/1.1) its framing, decided by [`ReqBody::upstream_framing`].
+//! Request bodies on their way upstream. When the route retries, a body whose Content-Length
+//! says it fits [`MAX_RETRY_BODY`] is read whole first (so a retry or a mirror can send it
+//! again); any other body streams upstream as it arrives — a gRPC stream or a slow upload must
+//! never wait for its own end — while a copy is kept as long as it fits [`MAX_RETRY_BODY`], so a
+//! retry can still resend it (Envoy's model). Either way the upstream sees the body the client
+//! sent: its bytes, its trailers, and (on HTTP/1.1) its framing ([`ReqBody::upstream_framing`]).
 
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::HeaderMap;
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
@@ -18,61 +21,70 @@ use crate::upstream::{Body, BoxError};
 /// one that ends short is a clean 502 (and may be retried) rather than a truncated answer.
 pub const MAX_HELD_RESPONSE: u64 = 64 * 1024;
 
-/// Bodies up to this size are held so the request can be retried; larger or streaming
-/// bodies (gRPC streams) are forwarded as they come, without retries.
+/// A retry can resend a body of up to this size; a larger one is sent once.
 pub const MAX_RETRY_BODY: u64 = 64 * 1024;
 
-/// The request's body: none, held whole (can be sent again), or streaming (sent once).
+/// The request's body.
 pub enum ReqBody {
     /// The request ended with its head (no body, `Content-Length: 0`, or h2 END_STREAM).
     Empty,
+    /// Read whole before the first attempt (a small Content-Length).
     Held {
         data: Bytes,
         trailers: Option<HeaderMap>,
     },
+    /// Streamed as it arrives, with a copy kept while it fits.
+    Teed(Arc<Mutex<Tee>>),
+    /// No retries on the route: sent once, as it arrives.
     Streaming(Option<Body>),
 }
 
+/// The downstream body shared by the attempts that stream it, and the copy that lets a later
+/// attempt replay what an earlier one consumed.
+pub struct Tee {
+    incoming: Incoming,
+    kept: Vec<Bytes>,
+    kept_len: u64,
+    /// More than [`MAX_RETRY_BODY`] went by: the copy was dropped, no replay is possible.
+    overflowed: bool,
+    /// The downstream body ended (with these trailers, if any).
+    ended: bool,
+    trailers: Option<HeaderMap>,
+    /// The attempt allowed to read; an earlier one still polled by its connection is cut off.
+    attempt: u64,
+}
+
 impl ReqBody {
-    /// Reads `body` up to [`MAX_RETRY_BODY`] when `hold` (the route retries), whatever its
-    /// framing: Content-Length, chunked or HTTP/2 DATA.
-    pub async fn take(mut body: Incoming, hold: bool) -> Result<ReqBody, ProxyError> {
+    /// Takes the downstream body for sending: read whole first only when `retry` and its
+    /// Content-Length fits [`MAX_RETRY_BODY`]; otherwise streamed (with a copy when `retry`).
+    pub async fn take(body: Incoming, retry: bool) -> Result<ReqBody, ProxyError> {
         if body.is_end_stream() {
             return Ok(ReqBody::Empty);
         }
-        if !hold || body.size_hint().lower() > MAX_RETRY_BODY {
+        if !retry {
             return Ok(ReqBody::Streaming(Some(boxed(body))));
         }
-        let mut data = BytesMut::new();
-        loop {
-            let frame = match body.frame().await {
-                None => {
-                    return Ok(ReqBody::Held {
-                        data: data.freeze(),
-                        trailers: None,
-                    })
-                }
-                Some(frame) => frame.map_err(read_error)?,
-            };
-            match frame.into_data() {
-                Ok(chunk) => {
-                    data.extend_from_slice(&chunk);
-                    if data.len() as u64 > MAX_RETRY_BODY {
-                        let resumed = Resumed {
-                            held: Some(data.freeze()),
-                            rest: body,
-                        };
-                        return Ok(ReqBody::Streaming(Some(resumed.boxed_unsync())));
-                    }
-                }
-                Err(frame) => {
-                    return Ok(ReqBody::Held {
-                        data: data.freeze(),
-                        trailers: frame.into_trailers().ok(),
-                    })
-                }
-            }
+        if body
+            .size_hint()
+            .exact()
+            .is_some_and(|n| n <= MAX_RETRY_BODY)
+        {
+            let collected = body.collect().await.map_err(read_error)?;
+            let trailers = collected.trailers().cloned();
+            return Ok(ReqBody::Held {
+                data: collected.to_bytes(),
+                trailers,
+            });
         }
+        Ok(ReqBody::Teed(Arc::new(Mutex::new(Tee {
+            incoming: body,
+            kept: Vec::new(),
+            kept_len: 0,
+            overflowed: false,
+            ended: false,
+            trailers: None,
+            attempt: 0,
+        }))))
     }
 
     /// The body for one attempt upstream; a streaming body can be sent only once.
@@ -84,18 +96,42 @@ impl ReqBody {
                 trailers: trailers.clone(),
             }
             .boxed_unsync()),
+            ReqBody::Teed(tee) => {
+                let attempt = {
+                    let mut t = lock(tee);
+                    if t.overflowed {
+                        return Err(ProxyError::new(
+                            Flag::UpstreamReset,
+                            "the request body outgrew the retry buffer",
+                        ));
+                    }
+                    t.attempt += 1;
+                    t.attempt
+                };
+                Ok(TeeBody {
+                    tee: tee.clone(),
+                    attempt,
+                    replayed: 0,
+                    trailers_sent: false,
+                }
+                .boxed_unsync())
+            }
             ReqBody::Streaming(b) => b
                 .take()
                 .ok_or_else(|| ProxyError::new(Flag::UpstreamReset, "streaming body already sent")),
         }
     }
 
-    /// Whether the body is held (a retry may send it again).
-    pub fn is_held(&self) -> bool {
-        !matches!(self, ReqBody::Streaming(_))
+    /// Whether another attempt can send the body again.
+    pub fn can_replay(&self) -> bool {
+        match self {
+            ReqBody::Empty | ReqBody::Held { .. } => true,
+            ReqBody::Teed(tee) => !lock(tee).overflowed,
+            ReqBody::Streaming(_) => false,
+        }
     }
 
-    /// Data and trailers, for a mirror's copy (only held bodies are mirrored).
+    /// Data and trailers, for a mirror's copy (bodies read whole before sending).
     pub fn held(&self) -> Option<ReqBody> {
         match self {
             ReqBody::Empty => Some(ReqBody::Empty),
@@ -103,7 +139,7 @@ impl ReqBody {
                 data: data.clone(),
                 trailers: trailers.clone(),
             }),
-            ReqBody::Streaming(_) => None,
+            ReqBody::Teed(_) | ReqBody::Streaming(_) => None,
         }
     }
 
@@ -199,13 +235,20 @@ impl hyper::body::Body for Replay {
     }
 }
 
-/// A body that outgrew [`MAX_RETRY_BODY`] while being held: what was read, then the rest.
-struct Resumed {
-    held: Option<Bytes>,
-    rest: Incoming,
+fn lock(tee: &Mutex<Tee>) -> std::sync::MutexGuard<'_, Tee> {
+    tee.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl hyper::body::Body for Resumed {
+/// One attempt's view of a [`Tee`]: what earlier attempts consumed (replayed from the copy),
+/// then the rest of the downstream body as it arrives (copied while it fits).
+struct TeeBody {
+    tee: Arc<Mutex<Tee>>,
+    attempt: u64,
+    replayed: usize,
+    trailers_sent: bool,
+}
+
+impl hyper::body::Body for TeeBody {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -213,23 +256,61 @@ impl hyper::body::Body for Resumed {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(held) = self.held.take() {
-            return Poll::Ready(Some(Ok(Frame::data(held))));
+        let this = &mut *self;
+        // Never held across an await: polling is all that happens under the lock.
+        let mut t = lock(&this.tee);
+        if t.attempt != this.attempt {
+            return Poll::Ready(Some(Err(
+                "a later attempt took over the request body".into()
+            )));
         }
-        Pin::new(&mut self.rest)
-            .poll_frame(cx)
-            .map_err(|e| Box::new(e) as BoxError)
+        if let Some(kept) = t.kept.get(this.replayed).cloned() {
+            this.replayed += 1;
+            return Poll::Ready(Some(Ok(Frame::data(kept))));
+        }
+        if t.ended {
+            if this.trailers_sent {
+                return Poll::Ready(None);
+            }
+            this.trailers_sent = true;
+            return Poll::Ready(t.trailers.clone().map(|tr| Ok(Frame::trailers(tr))));
+        }
+        let frame = match Pin::new(&mut t.incoming).poll_frame(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => {
+                t.ended = true;
+                this.trailers_sent = true;
+                return Poll::Ready(None);
+            }
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Ok(frame))) => frame,
+        };
+        match frame.into_data() {
+            Ok(data) => {
+                if !t.overflowed {
+                    t.kept_len += data.len() as u64;
+                    if t.kept_len > MAX_RETRY_BODY {
+                        t.overflowed = true;
+                        t.kept = Vec::new();
+                    } else {
+                        t.kept.push(data.clone());
+                        this.replayed = t.kept.len();
+                    }
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Err(frame) => {
+                t.ended = true;
+                this.trailers_sent = true;
+                t.trailers = frame.into_trailers().ok();
+                Poll::Ready(t.trailers.clone().map(|tr| Ok(Frame::trailers(tr))))
+            }
+        }
     }
 
-    fn size_hint(&self) -> SizeHint {
-        let held = self.held.as_ref().map_or(0, |h| h.len() as u64);
-        let rest = self.rest.size_hint();
-        let mut hint = SizeHint::new();
-        hint.set_lower(rest.lower() + held);
-        if let Some(upper) = rest.upper() {
-            hint.set_upper(upper + held);
-        }
-        hint
+    fn is_end_stream(&self) -> bool {
+        let t = lock(&self.tee);
+        t.ended && self.trailers_sent && self.replayed >= t.kept.len()
     }
 }
 
