@@ -198,11 +198,15 @@ fn boxed(body: Incoming) -> Body {
     body.map_err(|e| Box::new(e) as BoxError).boxed_unsync()
 }
 
+/// A client that went away mid-body is a disconnect (DC); a body the framing guard or hyper
+/// found malformed is a protocol error (DPE).
 fn read_error(e: hyper::Error) -> ProxyError {
-    ProxyError::new(
-        Flag::DownstreamProtocolError,
-        format!("reading the request body: {e}"),
-    )
+    let flag = if e.is_incomplete_message() || e.is_canceled() {
+        Flag::DownstreamDisconnect
+    } else {
+        Flag::DownstreamProtocolError
+    };
+    ProxyError::new(flag, format!("reading the request body: {e}"))
 }
 
 /// A held body sent again: its data, then its trailers. Never ends with the head, so a 0-byte
