@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use jalur_proxy::run::{Proxy, ProxyOptions, Role};
+use jalur_proxy::run::{Proxy, ProxyOptions};
 use jalur_testkit::wire::{exchange, exchange_expect, Exchange, Framing, Recorded, Recorder};
 use jalur_testkit::{assert_eventually, envoy_binary, require_peer, Envoy, EnvoyOpts};
 use serde_json::json;
@@ -135,26 +135,7 @@ async fn front(kind: Kind, entry: Entry, plane: &Plane) -> Option<Front> {
             })
         }
         (Kind::Jalur, Entry::Gateway) => {
-            let opts = ProxyOptions {
-                role: Role::Gateway,
-                labels: [("istio".to_string(), "ingressgateway".to_string())].into(),
-                ephemeral_ports: true,
-                ..sidecar_opts(plane.xds, "edge-gateway", NS)
-            };
-            let proxy = Proxy::start(opts).await.expect("jalur gateway");
-            let addr = assert_eventually(
-                "jalur gateway binds its listener",
-                Duration::from_secs(20),
-                || async {
-                    proxy
-                        .listeners()
-                        .into_iter()
-                        .find(|(n, _)| n == "0.0.0.0_8080")
-                        .map(|(_, a)| a)
-                        .ok_or_else(|| "not yet".to_string())
-                },
-            )
-            .await;
+            let (proxy, addr) = common::jalur_gateway(plane.xds, NS).await;
             Some(Front {
                 addr,
                 _proxy: Some(proxy),
@@ -162,21 +143,9 @@ async fn front(kind: Kind, entry: Entry, plane: &Plane) -> Option<Front> {
             })
         }
         (Kind::Envoy, Entry::Gateway) => {
-            let binary = require_peer("envoy", envoy_binary())?;
-            let mut opts = EnvoyOpts::new(
-                plane.xds,
-                &format!("router~127.0.0.1~edge-gw.{NS}~{NS}.svc.cluster.local"),
-            );
-            opts.metadata = json!({ "LABELS": { "istio": "ingressgateway" }, "NAMESPACE": NS, "JALUR_EPHEMERAL_PORTS": "true", "JALUR_LISTEN_ADDRESS": "127.0.0.1" });
-            let envoy = Envoy::start_with(&binary, opts)
-                .await
-                .expect("envoy gateway");
-            let port = envoy
-                .listener_port("0.0.0.0_8080")
-                .await
-                .expect("gateway listener");
+            let (envoy, addr) = common::envoy_gateway(plane.xds, NS).await?;
             Some(Front {
-                addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                addr,
                 _proxy: None,
                 _envoy: Some(envoy),
             })

@@ -8,10 +8,7 @@ use std::time::{Duration, Instant};
 
 use jalur_proxy::run::Proxy;
 use jalur_testkit::yaml::{four_sigma, service_entry, share, spread, subsets_rule, workload_entry};
-use jalur_testkit::{
-    assert_eventually, envoy_binary, http_get, require_peer, EchoServer, Envoy, EnvoyOpts,
-};
-use serde_json::json;
+use jalur_testkit::{assert_eventually, http_get, EchoServer, Envoy};
 
 mod common;
 
@@ -380,46 +377,14 @@ both!(faults, faults_abort_and_delay_by_percentage);
 /// A gateway of either kind selected by `istio: ingressgateway`; returns the address of its
 /// listener for Gateway port 8080 (bound on an OS-chosen port).
 async fn gateway(kind: Kind, plane: &Plane) -> Option<(SocketAddr, Option<Envoy>, Option<Proxy>)> {
-    let listener = "0.0.0.0_8080";
     match kind {
         Kind::Jalur => {
-            let opts = jalur_proxy::run::ProxyOptions {
-                role: jalur_proxy::run::Role::Gateway,
-                labels: [("istio".to_string(), "ingressgateway".to_string())].into(),
-                ephemeral_ports: true,
-                ..sidecar_opts(plane.xds, "edge-gateway", "istio-system")
-            };
-            let proxy = Proxy::start(opts).await.expect("jalur gateway");
-            let addr = assert_eventually(
-                "jalur gateway binds its listener",
-                Duration::from_secs(20),
-                || async {
-                    proxy
-                        .listeners()
-                        .into_iter()
-                        .find(|(n, _)| n == listener)
-                        .map(|(_, a)| a)
-                        .ok_or_else(|| "not yet".to_string())
-                },
-            )
-            .await;
+            let (proxy, addr) = common::jalur_gateway(plane.xds, "istio-system").await;
             Some((addr, None, Some(proxy)))
         }
         Kind::Envoy => {
-            let binary = require_peer("envoy", envoy_binary())?;
-            let mut opts = EnvoyOpts::new(
-                plane.xds,
-                "router~127.0.0.1~edge-gw.istio-system~istio-system.svc.cluster.local",
-            );
-            opts.metadata = json!({ "LABELS": { "istio": "ingressgateway" }, "JALUR_EPHEMERAL_PORTS": "true", "JALUR_LISTEN_ADDRESS": "127.0.0.1" });
-            let envoy = Envoy::start_with(&binary, opts)
-                .await
-                .expect("envoy gateway");
-            let port = envoy
-                .listener_port(listener)
-                .await
-                .expect("gateway listener");
-            Some((SocketAddr::from(([127, 0, 0, 1], port)), Some(envoy), None))
+            let (envoy, addr) = common::envoy_gateway(plane.xds, "istio-system").await?;
+            Some((addr, Some(envoy), None))
         }
     }
 }

@@ -397,19 +397,36 @@ async fn a_desynchronising_upstream_never_poisons_the_pool() {
     }
 }
 
+/// A jalur and (when installed) an Envoy sidecar of a client in `shop`.
+struct Sidecars {
+    jalur: (jalur_proxy::run::Proxy, SocketAddr),
+    envoy: Option<(Envoy, SocketAddr)>,
+}
+
+impl Sidecars {
+    async fn start(plane: &Plane) -> Sidecars {
+        Sidecars {
+            jalur: jalur_sidecar(sidecar_opts(plane.xds, "client", "shop")).await,
+            envoy: envoy_sidecar(plane.xds, "client-envoy", "shop").await,
+        }
+    }
+
+    /// Each sidecar's outbound address, named.
+    fn fronts(&self) -> Vec<(&'static str, SocketAddr)> {
+        let mut fronts = vec![("jalur", self.jalur.1)];
+        fronts.extend(self.envoy.as_ref().map(|(_, addr)| ("envoy", *addr)));
+        fronts
+    }
+}
+
 /// Headers named in `Connection` are hop-by-hop (RFC 9110 §7.6.1): neither jalur nor Envoy
 /// forwards them, while the framing and routing headers survive a request that names them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_named_in_connection_stop_at_the_hop() {
     let backend = Recorder::h1().await;
     let plane = Plane::start(&routes(&backend)).await;
-    let (_proxy, jalur) = jalur_sidecar(sidecar_opts(plane.xds, "client", "shop")).await;
-    let envoy = envoy_sidecar(plane.xds, "client-envoy", "shop").await;
-    let mut fronts = vec![("jalur", jalur)];
-    if let Some((_, addr)) = &envoy {
-        fronts.push(("envoy", *addr));
-    }
-    for (kind, addr) in fronts {
+    let sidecars = Sidecars::start(&plane).await;
+    for (kind, addr) in sidecars.fronts() {
         wait_routed(addr).await;
         backend.clear();
         let request = format!("POST /hop HTTP/1.1\r\nHost: {HOST}\r\nConnection: keep-alive, x-secret, content-length\r\nX-Secret: 1\r\nX-Kept: 2\r\nKeep-Alive: timeout=5\r\nContent-Length: 5\r\n\r\nhello");
@@ -438,14 +455,9 @@ async fn headers_named_in_connection_stop_at_the_hop() {
 async fn only_websocket_upgrades_are_spliced() {
     let backend = Recorder::h1().await;
     let plane = Plane::start(&routes(&backend)).await;
-    let (_proxy, jalur) = jalur_sidecar(sidecar_opts(plane.xds, "client", "shop")).await;
-    let envoy = envoy_sidecar(plane.xds, "client-envoy", "shop").await;
-    let mut fronts = vec![("jalur", jalur)];
-    if let Some((_, addr)) = &envoy {
-        fronts.push(("envoy", *addr));
-    }
+    let sidecars = Sidecars::start(&plane).await;
     let switch = b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n";
-    for (kind, addr) in fronts {
+    for (kind, addr) in sidecars.fronts() {
         wait_routed(addr).await;
         backend.clear();
         let other = format!(

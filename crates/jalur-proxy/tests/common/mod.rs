@@ -145,3 +145,55 @@ pub async fn envoy_sidecar(
     wait_accepts(outbound).await;
     Some((envoy, outbound))
 }
+
+/// The listener a gateway binds for Gateway port 8080 (on an OS-chosen port).
+pub const GATEWAY_LISTENER: &str = "0.0.0.0_8080";
+
+/// A jalur gateway selected by `istio: ingressgateway`, in `namespace`, and the address of its
+/// listener for Gateway port 8080.
+pub async fn jalur_gateway(xds: SocketAddr, namespace: &str) -> (Proxy, SocketAddr) {
+    let opts = ProxyOptions {
+        role: jalur_proxy::run::Role::Gateway,
+        labels: [("istio".to_string(), "ingressgateway".to_string())].into(),
+        ephemeral_ports: true,
+        ..sidecar_opts(xds, "edge-gateway", namespace)
+    };
+    let proxy = Proxy::start(opts).await.expect("jalur gateway");
+    let addr = assert_eventually(
+        "jalur gateway binds its listener",
+        Duration::from_secs(20),
+        || async {
+            proxy
+                .listeners()
+                .into_iter()
+                .find(|(n, _)| n == GATEWAY_LISTENER)
+                .map(|(_, a)| a)
+                .ok_or_else(|| "not yet".to_string())
+        },
+    )
+    .await;
+    (proxy, addr)
+}
+
+/// A stock Envoy gateway (Istio's `router~` node id) selected by `istio: ingressgateway`, in
+/// `namespace`, and the address of its listener for Gateway port 8080; `None` when Envoy is
+/// not installed (and not CI).
+pub async fn envoy_gateway(
+    xds: SocketAddr,
+    namespace: &str,
+) -> Option<(jalur_testkit::Envoy, SocketAddr)> {
+    let binary = jalur_testkit::require_peer("envoy", jalur_testkit::envoy_binary())?;
+    let mut opts = jalur_testkit::EnvoyOpts::new(
+        xds,
+        &format!("router~127.0.0.1~edge-gw.{namespace}~{namespace}.svc.cluster.local"),
+    );
+    opts.metadata = serde_json::json!({ "LABELS": { "istio": "ingressgateway" }, "NAMESPACE": namespace, "JALUR_EPHEMERAL_PORTS": "true", "JALUR_LISTEN_ADDRESS": "127.0.0.1" });
+    let envoy = jalur_testkit::Envoy::start_with(&binary, opts)
+        .await
+        .expect("envoy gateway");
+    let port = envoy
+        .listener_port(GATEWAY_LISTENER)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", envoy.log_tail()));
+    Some((envoy, SocketAddr::from(([127, 0, 0, 1], port))))
+}
