@@ -514,19 +514,7 @@ async fn tcp_service_through_a_local_port_is_proxied_and_counted() {
     );
     let plane = Plane::start(&[("ledger.yaml", se)]).await;
     let (proxy, _) = jalur_sidecar(sidecar_opts(plane.xds, "productpage", "bookinfo")).await;
-    let local = assert_eventually(
-        "the TCP listener is bound",
-        Duration::from_secs(10),
-        || async {
-            proxy
-                .listeners()
-                .into_iter()
-                .find(|(n, _)| n == "tcp|5432|ledger.db.internal")
-                .map(|(_, a)| a)
-                .ok_or_else(|| "not yet".to_string())
-        },
-    )
-    .await;
+    let local = common::bound_listener(&proxy, "tcp|5432|ledger.db.internal").await;
     for round in 0..3 {
         let mut s = tokio::net::TcpStream::connect(local)
             .await
@@ -683,19 +671,7 @@ async fn a_request_that_arrives_before_its_routes_is_held_and_served() {
     let proxy = Proxy::start(sidecar_opts(xds, "productpage", "bookinfo"))
         .await
         .expect("proxy");
-    let outbound = assert_eventually(
-        "the outbound listener is up",
-        Duration::from_secs(20),
-        || async {
-            proxy
-                .listeners()
-                .into_iter()
-                .find(|(n, _)| n == "outbound")
-                .map(|(_, a)| a)
-                .ok_or_else(|| "not yet".to_string())
-        },
-    )
-    .await;
+    let outbound = common::bound_listener(&proxy, "outbound").await;
     assert!(
         proxy.state.config.snapshot().routes.is_empty(),
         "the routes were held back"

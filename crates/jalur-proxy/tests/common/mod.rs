@@ -93,23 +93,28 @@ pub fn sidecar_opts(xds: SocketAddr, service: &str, namespace: &str) -> ProxyOpt
     ProxyOptions::loopback(xds, service, namespace)
 }
 
-/// Starts a jalur sidecar and waits until its outbound listener answers; returns it with the
-/// outbound address.
-pub async fn jalur_sidecar(opts: ProxyOptions) -> (Proxy, SocketAddr) {
-    let proxy = Proxy::start(opts).await.expect("jalur proxy starts");
-    let outbound = assert_eventually(
-        "jalur proxy serves its outbound listener",
+/// Waits until `proxy` has bound its listener `name`; its address (port 0 resolved).
+pub async fn bound_listener(proxy: &Proxy, name: &str) -> SocketAddr {
+    assert_eventually(
+        &format!("jalur proxy binds its listener {name}"),
         Duration::from_secs(20),
         || async {
             proxy
                 .listeners()
                 .into_iter()
-                .find(|(n, _)| n == "outbound")
+                .find(|(n, _)| n == name)
                 .map(|(_, a)| a)
                 .ok_or_else(|| "not yet".to_string())
         },
     )
-    .await;
+    .await
+}
+
+/// Starts a jalur sidecar and waits until its outbound listener answers; returns it with the
+/// outbound address.
+pub async fn jalur_sidecar(opts: ProxyOptions) -> (Proxy, SocketAddr) {
+    let proxy = Proxy::start(opts).await.expect("jalur proxy starts");
+    let outbound = bound_listener(&proxy, "outbound").await;
     wait_accepts(outbound).await;
     (proxy, outbound)
 }
@@ -159,19 +164,7 @@ pub async fn jalur_gateway(xds: SocketAddr, namespace: &str) -> (Proxy, SocketAd
         ..sidecar_opts(xds, "edge-gateway", namespace)
     };
     let proxy = Proxy::start(opts).await.expect("jalur gateway");
-    let addr = assert_eventually(
-        "jalur gateway binds its listener",
-        Duration::from_secs(20),
-        || async {
-            proxy
-                .listeners()
-                .into_iter()
-                .find(|(n, _)| n == GATEWAY_LISTENER)
-                .map(|(_, a)| a)
-                .ok_or_else(|| "not yet".to_string())
-        },
-    )
-    .await;
+    let addr = bound_listener(&proxy, GATEWAY_LISTENER).await;
     (proxy, addr)
 }
 
