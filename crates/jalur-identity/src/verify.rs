@@ -1,0 +1,340 @@
+//! SPIFFE-aware peer verification for rustls. A workload certificate's only name is a URI SAN,
+//! which rustls's server-name check cannot match, so the chain is verified by rustls's webpki
+//! verifiers against the current trust bundle and then the SPIFFE id is checked here.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use x509_parser::extensions::GeneralName;
+
+use crate::cert::{CredentialsWatch, TrustBundle};
+use crate::{IdentityError, SpiffeId};
+
+/// The SPIFFE id a certificate names: exactly one `spiffe://` URI SAN.
+pub fn peer_id(cert: &CertificateDer<'_>) -> Result<SpiffeId, IdentityError> {
+    let bad = |reason: String| IdentityError::Certificate {
+        what: "peer".into(),
+        reason,
+    };
+    let (_, x509) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| bad(format!("unreadable: {e}")))?;
+    let san = x509
+        .subject_alternative_name()
+        .map_err(|e| bad(format!("unreadable subjectAltName: {e}")))?
+        .ok_or_else(|| bad("has no subjectAltName".into()))?;
+    let mut ids = san.value.general_names.iter().filter_map(|n| match n {
+        GeneralName::URI(uri) if uri.starts_with("spiffe://") => Some(*uri),
+        _ => None,
+    });
+    match (ids.next(), ids.next()) {
+        (Some(uri), None) => uri.parse(),
+        (None, _) => Err(bad("names no SPIFFE id".into())),
+        (Some(_), Some(_)) => Err(bad("names more than one SPIFFE id".into())),
+    }
+}
+
+/// A certificate's notBefore and notAfter.
+pub fn validity(cert: &CertificateDer<'_>) -> Result<(SystemTime, SystemTime), IdentityError> {
+    let (_, x509) = x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| {
+        IdentityError::Certificate {
+            what: "certificate".into(),
+            reason: format!("unreadable: {e}"),
+        }
+    })?;
+    let at = |t: x509_parser::time::ASN1Time| {
+        let secs = t.timestamp();
+        if secs >= 0 {
+            SystemTime::UNIX_EPOCH + Duration::from_secs(secs.unsigned_abs())
+        } else {
+            SystemTime::UNIX_EPOCH
+        }
+    };
+    Ok((
+        at(x509.validity().not_before),
+        at(x509.validity().not_after),
+    ))
+}
+
+/// Which peer identities a verifier accepts once the chain is good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accept {
+    /// Any of these ids (an upstream cluster's service accounts).
+    AnyOf(Vec<SpiffeId>),
+    /// Any workload of this trust domain (inbound mTLS, the control plane's 15012).
+    TrustDomain(String),
+}
+
+impl Accept {
+    fn check(&self, id: &SpiffeId) -> Result<(), rustls::Error> {
+        let ok = match self {
+            Accept::AnyOf(ids) => ids.contains(id),
+            Accept::TrustDomain(td) => &id.trust_domain == td,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+}
+
+/// The webpki verifiers for one trust bundle, built once per bundle (they index the roots).
+#[derive(Debug)]
+pub(crate) struct BundleVerifiers {
+    server: Arc<WebPkiServerVerifier>,
+    client: Arc<dyn ClientCertVerifier>,
+    client_optional: Arc<dyn ClientCertVerifier>,
+}
+
+impl BundleVerifiers {
+    pub(crate) fn new(bundle: &TrustBundle) -> Result<Self, IdentityError> {
+        let roots = Arc::new(bundle.root_store());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let err = |e: String| IdentityError::Certificate {
+            what: "trust bundle".into(),
+            reason: e,
+        };
+        let server = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .build()
+            .map_err(|e| err(e.to_string()))?;
+        let client = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .build()
+            .map_err(|e| err(e.to_string()))?;
+        let client_optional = WebPkiClientVerifier::builder_with_provider(roots, provider)
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| err(e.to_string()))?;
+        Ok(Self {
+            server,
+            client,
+            client_optional,
+        })
+    }
+}
+
+/// Verifies a server (an upstream sidecar, the control plane) against the current bundle, then
+/// its SPIFFE id against `accept`.
+#[derive(Debug)]
+pub struct SpiffeServerVerifier {
+    creds: CredentialsWatch,
+    accept: Accept,
+}
+
+impl SpiffeServerVerifier {
+    pub fn new(creds: CredentialsWatch, accept: Accept) -> Arc<Self> {
+        Arc::new(Self { creds, accept })
+    }
+
+    fn inner(&self) -> Arc<WebPkiServerVerifier> {
+        self.creds.borrow().verifiers.server.clone()
+    }
+}
+
+impl ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        // webpki checks the chain before the name: a name mismatch means the chain is good.
+        let placeholder = ServerName::try_from("spiffe.invalid")
+            .map_err(|_| rustls::Error::General("placeholder server name".into()))?;
+        match self.inner().verify_server_cert(
+            end_entity,
+            intermediates,
+            &placeholder,
+            ocsp_response,
+            now,
+        ) {
+            Ok(_)
+            | Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => {}
+            Err(e) => return Err(e),
+        }
+        let id = peer_id(end_entity).map_err(|_| {
+            rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
+        })?;
+        self.accept.check(&id)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner().supported_verify_schemes()
+    }
+}
+
+/// Verifies a client (a downstream sidecar, a proxy on 15012) against the current bundle, then
+/// its SPIFFE id. `optional`: a client without a certificate is let through (PERMISSIVE
+/// plaintext is a different path; this is for 15012, where a bootstrap token stands in).
+#[derive(Debug)]
+pub struct SpiffeClientVerifier {
+    creds: CredentialsWatch,
+    accept: Accept,
+    optional: bool,
+}
+
+impl SpiffeClientVerifier {
+    pub fn new(creds: CredentialsWatch, accept: Accept, optional: bool) -> Arc<Self> {
+        Arc::new(Self {
+            creds,
+            accept,
+            optional,
+        })
+    }
+
+    fn inner(&self) -> Arc<dyn ClientCertVerifier> {
+        let creds = self.creds.borrow();
+        if self.optional {
+            creds.verifiers.client_optional.clone()
+        } else {
+            creds.verifiers.client.clone()
+        }
+    }
+}
+
+impl ClientCertVerifier for SpiffeClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        !self.optional
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // Hints are optional (RFC 8446 §4.2.4); sending none avoids borrowing from the watch.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.inner()
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let id = peer_id(end_entity).map_err(|_| {
+            rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
+        })?;
+        self.accept.check(&id)?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner().supported_verify_schemes()
+    }
+}
+
+/// Presents the current workload certificate, whatever rotation has happened since the config
+/// was built (server side).
+#[derive(Debug)]
+pub struct CurrentCert(pub CredentialsWatch);
+
+impl rustls::server::ResolvesServerCert for CurrentCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.borrow().cert.certified_key())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for CurrentCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.borrow().cert.certified_key())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// A client config presenting the workload certificate and accepting servers per `accept`.
+pub fn client_config(
+    creds: CredentialsWatch,
+    accept: Accept,
+    alpn: &[&[u8]],
+) -> Result<rustls::ClientConfig, IdentityError> {
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| IdentityError::Key(e.to_string()))?
+    .dangerous()
+    .with_custom_certificate_verifier(SpiffeServerVerifier::new(creds.clone(), accept))
+    .with_client_cert_resolver(Arc::new(CurrentCert(creds)));
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// A server config presenting the workload certificate and verifying clients per `accept`
+/// (`optional`: clients may come without a certificate).
+pub fn server_config(
+    creds: CredentialsWatch,
+    accept: Accept,
+    optional: bool,
+    alpn: &[&[u8]],
+) -> Result<rustls::ServerConfig, IdentityError> {
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| IdentityError::Key(e.to_string()))?
+    .with_client_cert_verifier(SpiffeClientVerifier::new(creds.clone(), accept, optional))
+    .with_cert_resolver(Arc::new(CurrentCert(creds)));
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
