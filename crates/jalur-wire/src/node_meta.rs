@@ -17,6 +17,8 @@ pub mod key {
     pub const INSTANCE_IPS: &str = "INSTANCE_IPS";
     /// Istio: the workload (pod) name.
     pub const WORKLOAD_NAME: &str = "WORKLOAD_NAME";
+    /// Istio: the workload's service account (its SPIFFE id's `sa`); defaults to the service.
+    pub const SERVICE_ACCOUNT: &str = "SERVICE_ACCOUNT";
     /// Istio: the container ports, `[{"name":"http","containerPort":8080,"protocol":"TCP"}]`.
     pub const POD_PORTS: &str = "POD_PORTS";
     /// The service the workload serves (else the `app` label).
@@ -47,6 +49,7 @@ pub struct NodeMeta {
     pub labels: BTreeMap<String, String>,
     pub instance_ips: Vec<String>,
     pub workload_name: Option<String>,
+    pub service_account: Option<String>,
     pub service: Option<String>,
     pub role: Option<Role>,
     /// From `JALUR_PORTS`, else from `POD_PORTS`.
@@ -129,6 +132,7 @@ impl NodeMeta {
                 })
                 .unwrap_or_default(),
             workload_name: r.string(key::WORKLOAD_NAME),
+            service_account: r.string(key::SERVICE_ACCOUNT),
             service: r.string(key::SERVICE),
             role: r.role(),
             ports,
@@ -173,6 +177,7 @@ impl NodeMeta {
         }
         let strings = [
             (key::WORKLOAD_NAME, &self.workload_name),
+            (key::SERVICE_ACCOUNT, &self.service_account),
             (key::SERVICE, &self.service),
             (key::LISTEN_ADDRESS, &self.listen_address),
         ];

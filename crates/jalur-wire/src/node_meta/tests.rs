@@ -24,6 +24,7 @@ fn full() -> NodeMeta {
             .collect(),
         instance_ips: vec!["10.1.2.3".into(), "fd00::3".into()],
         workload_name: Some("reviews-v2".into()),
+        service_account: Some("bookinfo-reviews".into()),
         service: Some("reviews".into()),
         role: Some(Role::Gateway),
         ports: vec![
