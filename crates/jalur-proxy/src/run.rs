@@ -362,6 +362,8 @@ pub fn node(opts: &ProxyOptions) -> Node {
         labels,
         instance_ips: vec![opts.instance_ip.clone()],
         workload_name: Some(workload.clone()),
+        // Set by the transport track once the proxy has an identity (`--service-account`).
+        service_account: None,
         service: opts.service.clone(),
         role: Some(match opts.role {
             Role::Sidecar => MetaRole::Sidecar,
