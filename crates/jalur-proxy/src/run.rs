@@ -14,6 +14,8 @@ use jalur_wire::{NamedPort, NodeMeta, Role as MetaRole};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Mutex};
 
+use jalur_identity::CredentialsWatch;
+
 use crate::admin::{self, AdminState, Endpoints};
 use crate::listener::Listeners;
 use crate::runtime::{Identity, Runtime};
@@ -56,6 +58,11 @@ pub struct ProxyOptions {
     pub header_read_timeout: Duration,
     /// One structured log line per request.
     pub access_log: bool,
+    /// The proxy's mesh identity, already obtained (tests build one from a test CA; `jalur
+    /// proxy --xds-address https://…` gets it from the control plane's CA). With it the node
+    /// announces its SERVICE_ACCOUNT and `security.istio.io/tlsMode: istio`, and the data path
+    /// does mTLS as xDS says (`Runtime::credentials`).
+    pub credentials: Option<CredentialsWatch>,
 }
 
 impl ProxyOptions {
@@ -103,9 +110,13 @@ impl Default for ProxyOptions {
             drain_timeout: Duration::from_secs(20),
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             access_log: false,
+            credentials: None,
         }
     }
 }
+
+/// The workload label (Istio's) saying its proxy accepts mesh mTLS.
+pub const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
 
 /// Istio's terminationDrainDuration default: long enough for the control plane to withdraw
 /// the endpoint and for callers to take the change (one push, well under a second here).
@@ -193,7 +204,12 @@ impl Proxy {
                     .unwrap_or("unknown"),
             ),
         };
-        let rt = Runtime::new(identity, opts.access_log, opts.header_read_timeout);
+        let rt = Runtime::new(
+            identity,
+            opts.access_log,
+            opts.header_read_timeout,
+            opts.credentials.clone(),
+        );
         let config = ConfigState::new();
         let bind = |what: &'static str, addr: SocketAddr| async move {
             TcpListener::bind(addr)
@@ -350,6 +366,13 @@ pub fn node(opts: &ProxyOptions) -> Node {
     if let Some(svc) = &opts.service {
         labels.entry("app".into()).or_insert_with(|| svc.clone());
     }
+    // With an identity the proxy can terminate and originate mesh mTLS: Istio's label tells
+    // the control plane to send callers' auto mTLS here, and the account names the SPIFFE id
+    // the control plane checks the certificate on 15012 against.
+    let service_account = opts.credentials.as_ref().map(|creds| {
+        labels.insert(TLS_MODE_LABEL.into(), "istio".into());
+        creds.borrow().cert.id.service_account.clone()
+    });
     let mut ports = opts.ports.clone();
     if let (true, Some(number)) = (ports.is_empty(), opts.app_port) {
         ports.push(NamedPort {
@@ -362,8 +385,7 @@ pub fn node(opts: &ProxyOptions) -> Node {
         labels,
         instance_ips: vec![opts.instance_ip.clone()],
         workload_name: Some(workload.clone()),
-        // Set by the transport track once the proxy has an identity (`--service-account`).
-        service_account: None,
+        service_account,
         service: opts.service.clone(),
         role: Some(match opts.role {
             Role::Sidecar => MetaRole::Sidecar,

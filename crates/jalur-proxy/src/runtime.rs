@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::{HeaderMap, Response};
+use jalur_identity::CredentialsWatch;
 use jalur_wire::ClusterName;
 use tokio::sync::watch;
 
@@ -46,6 +47,10 @@ pub struct Runtime {
     pub access_log: bool,
     /// A downstream connection must deliver each request head within this (slowloris).
     pub header_read_timeout: Duration,
+    /// The proxy's mesh identity (certificate + trust bundle), renewed in place by the
+    /// `CertRotator` behind it: what xDS's SDS names `default` and `ROOTCA` resolve to for
+    /// upstream and downstream mTLS. `None` without an identity (plaintext xDS).
+    pub credentials: Option<CredentialsWatch>,
 }
 
 /// Where a listener's routes come from, resolved for lookup.
@@ -120,6 +125,7 @@ impl Runtime {
         identity: Identity,
         access_log: bool,
         header_read_timeout: Duration,
+        credentials: Option<CredentialsWatch>,
     ) -> Arc<Runtime> {
         Arc::new(Runtime {
             compiled: ArcSwap::from_pointee(Compiled::default()),
@@ -130,6 +136,7 @@ impl Runtime {
             connections: AtomicUsize::new(0),
             access_log,
             header_read_timeout,
+            credentials,
         })
     }
 
@@ -548,6 +555,7 @@ mod tests {
             },
             false,
             Duration::from_secs(10),
+            None,
         )
     }
 

@@ -106,6 +106,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         drain_timeout: args.drain_timeout,
         header_read_timeout: args.header_read_timeout,
         access_log: args.access_log,
+        credentials: None,
     };
     let proxy = Proxy::start(opts).await?;
     say!("jalur proxy {} started", proxy.node_id);
