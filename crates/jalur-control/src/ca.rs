@@ -27,8 +27,10 @@ use tonic::Status;
 
 pub mod files;
 pub mod service;
+pub mod token;
 
 pub use service::{CaMetrics, CaService, ClientCertAuthenticator, WorkloadAuthenticator};
+pub use token::{TokenAuthenticator, Tokens};
 
 /// The service account of the control plane's own certificate.
 pub const CONTROL_SERVICE_ACCOUNT: &str = "jalur-control";
@@ -110,6 +112,7 @@ pub struct MeshCa {
     pub authority: Arc<Authority>,
     pub service: Arc<CaService>,
     pub metrics: CaMetrics,
+    pub tokens: Arc<Tokens>,
 }
 
 impl MeshCa {
@@ -121,8 +124,13 @@ impl MeshCa {
         let authority = Authority::load_or_create(state_dir, opts)?;
         let metrics = CaMetrics::default();
         metrics.register(registry);
-        let authenticators: Vec<Arc<dyn WorkloadAuthenticator>> =
-            vec![Arc::new(ClientCertAuthenticator)];
+        let tokens = Tokens::load_or_create(state_dir, &opts.trust_domain)?;
+        // The client certificate first: a workload renewing with its certificate is that
+        // identity whatever token it may still carry.
+        let authenticators: Vec<Arc<dyn WorkloadAuthenticator>> = vec![
+            Arc::new(ClientCertAuthenticator),
+            Arc::new(TokenAuthenticator(tokens.clone())),
+        ];
         let service = Arc::new(CaService::new(
             authority.clone(),
             authenticators,
@@ -132,6 +140,7 @@ impl MeshCa {
             authority,
             service,
             metrics,
+            tokens,
         })
     }
 }
