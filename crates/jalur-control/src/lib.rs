@@ -1,6 +1,7 @@
 //! The jalur control plane: config store and watch, service registries, translation of Istio
 //! config into Envoy xDS, the ADS server wiring, and the status API.
 
+pub mod ca;
 pub mod consul;
 pub mod mesh;
 pub mod migrate;

@@ -48,6 +48,8 @@ pub struct Options {
     pub scrape_interval: Duration,
     /// How often the migration controller judges its stages.
     pub migration_tick: Duration,
+    /// The mesh CA (its files under `<state dir>/ca/`); `None`: no CA, no mesh identities.
+    pub ca: Option<crate::ca::CaOptions>,
 }
 
 impl Default for Options {
@@ -64,6 +66,7 @@ impl Default for Options {
             scrape_targets: Vec::new(),
             scrape_interval: Duration::from_millis(500),
             migration_tick: Duration::from_millis(200),
+            ca: None,
         }
     }
 }
@@ -80,6 +83,10 @@ pub enum Error {
     },
     #[error(transparent)]
     Xds(#[from] jalur_xds::server::Error),
+    #[error("certificate authority: {0}")]
+    Ca(#[from] crate::ca::CaError),
+    #[error("the certificate authority needs a state directory: pass --state-dir")]
+    CaWithoutStateDir,
 }
 
 /// A started control plane: its bound addresses, and its state.
@@ -197,6 +204,13 @@ impl ControlPlane {
 
         let mut registry = MetricsRegistry::default();
         ads.register_metrics(&mut registry);
+        let ca = match &opts.ca {
+            Some(ca) => {
+                let dir = state_dir.as_deref().ok_or(Error::CaWithoutStateDir)?;
+                Some(Arc::new(crate::ca::MeshCa::start(dir, ca, &mut registry)?))
+            }
+            None => None,
+        };
         let pm = PlaneMetrics {
             rebuilds: Counter::default(),
             services: Gauge::default(),
@@ -265,6 +279,7 @@ impl ControlPlane {
             metrics: Arc::new(registry),
             generation,
             migrations: migrations.clone(),
+            ca,
         };
         migrations.set_ads(ads.clone());
         let mut tasks = Vec::new();

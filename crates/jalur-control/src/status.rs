@@ -42,6 +42,8 @@ pub struct State {
     pub metrics: Arc<MetricsRegistry>,
     pub generation: Arc<AtomicU64>,
     pub migrations: Migrations,
+    /// The mesh CA, when the plane has one.
+    pub ca: Option<Arc<crate::ca::MeshCa>>,
 }
 
 pub async fn serve(listener: TcpListener, state: State, mut shutdown: watch::Receiver<bool>) {
