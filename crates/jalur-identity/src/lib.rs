@@ -7,6 +7,9 @@
 //!   rotation reaches every TLS config without a restart.
 //! - [`verify`]: rustls verifiers that check the chain against the bundle and then the SPIFFE id
 //!   (rustls's own server-name check cannot match a URI SAN).
+//! - [`channel`]: gRPC over that TLS, both ends of the control plane's port 15012.
+//! - [`rotate`]: [`rotate::CertRotator`], a workload's certificate from the CA and renewed at
+//!   half life, with the trust bundle re-read from its file.
 //! - [`istio_ca`]: Istio's CA protocol (`istio.v1.auth.IstioCertificateService/CreateCertificate`),
 //!   its messages, a tonic server around a [`istio_ca::CertificateAuthority`] and a client.
 
@@ -14,7 +17,9 @@ use std::fmt;
 use std::str::FromStr;
 
 pub mod cert;
+pub mod channel;
 pub mod istio_ca;
+pub mod rotate;
 pub mod verify;
 
 pub use cert::{Credentials, CredentialsWatch, TrustBundle, WorkloadCert, WorkloadKey};
@@ -33,6 +38,20 @@ pub enum IdentityError {
     Certificate { what: String, reason: String },
     #[error("key generation or signing failed: {0}")]
     Key(String),
+    #[error("control plane at {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    #[error("the CA at {addr} refused the certificate request: {code:?}: {message}")]
+    Refused {
+        addr: String,
+        code: tonic::Code,
+        message: String,
+    },
+    #[error("{what} {path}: {reason}")]
+    File {
+        what: &'static str,
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }
 
 /// `spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT`, as Istio names workloads.

@@ -124,17 +124,41 @@ impl BundleVerifiers {
 /// its SPIFFE id against `accept`.
 #[derive(Debug)]
 pub struct SpiffeServerVerifier {
-    creds: CredentialsWatch,
+    roots: ServerRoots,
     accept: Accept,
+}
+
+/// Where a server verifier's roots come from.
+#[derive(Debug)]
+enum ServerRoots {
+    /// The bundle of the process's current credentials.
+    Current(CredentialsWatch),
+    /// A fixed bundle: a workload without a certificate yet (its first CA request).
+    Fixed(Arc<WebPkiServerVerifier>),
 }
 
 impl SpiffeServerVerifier {
     pub fn new(creds: CredentialsWatch, accept: Accept) -> Arc<Self> {
-        Arc::new(Self { creds, accept })
+        Arc::new(Self {
+            roots: ServerRoots::Current(creds),
+            accept,
+        })
+    }
+
+    /// Against a fixed bundle, for a client that has no credentials yet.
+    pub fn for_bundle(bundle: &TrustBundle, accept: Accept) -> Result<Arc<Self>, IdentityError> {
+        let verifiers = BundleVerifiers::new(bundle)?;
+        Ok(Arc::new(Self {
+            roots: ServerRoots::Fixed(verifiers.server),
+            accept,
+        }))
     }
 
     fn inner(&self) -> Arc<WebPkiServerVerifier> {
-        self.creds.borrow().verifiers.server.clone()
+        match &self.roots {
+            ServerRoots::Current(creds) => creds.borrow().verifiers.server.clone(),
+            ServerRoots::Fixed(verifier) => verifier.clone(),
+        }
     }
 }
 
