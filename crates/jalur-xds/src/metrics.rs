@@ -36,6 +36,11 @@ struct KindLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabel {
+    code: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindVersion {
     kind: String,
     version: String,
@@ -54,6 +59,7 @@ pub(crate) struct Metrics {
     pushes: Family<TypeKind, Counter>,
     push_bytes: Family<TypeKind, Counter>,
     nacks: Family<TypeKind, Counter>,
+    refused: Family<CodeLabel, Counter>,
     push_latency: HistogramFamily<TypeLabel>,
     convergence: Histogram,
 }
@@ -64,6 +70,7 @@ impl Metrics {
             pushes: Family::default(),
             push_bytes: Family::default(),
             nacks: Family::default(),
+            refused: Family::default(),
             push_latency: Family::new_with_constructor(latency_histogram),
             convergence: latency_histogram(),
         }
@@ -85,6 +92,11 @@ impl Metrics {
             "nacks",
             "xDS responses rejected by clients",
             self.nacks.clone(),
+        );
+        r.register(
+            "streams_refused",
+            "xDS streams the control plane refused to serve (Generator::admit), by gRPC code",
+            self.refused.clone(),
         );
         r.register(
             "push_latency_seconds",
@@ -121,6 +133,13 @@ impl Metrics {
             kind: kind.to_string(),
         };
         self.nacks.get_or_create(&labels).inc();
+    }
+
+    pub(crate) fn refused(&self, status: &tonic::Status) {
+        let labels = CodeLabel {
+            code: format!("{:?}", status.code()),
+        };
+        self.refused.get_or_create(&labels).inc();
     }
 
     pub(crate) fn converged(&self, seconds: f64) {

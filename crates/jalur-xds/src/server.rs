@@ -25,6 +25,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::codegen::http;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::metrics::{Convergence, Metrics};
@@ -61,6 +62,15 @@ pub trait Generator: Send + Sync + 'static {
     /// All resources this client should currently see, built from ONE immutable config snapshot
     /// (so a (re)connecting client always gets a consistent set).
     fn generate(&self, node: &Node) -> Arc<ClientSnapshot>;
+
+    /// May this stream's node be served? Called with the node of the first request and the
+    /// request's extensions (what the transport knows about the connection, e.g. a verified
+    /// client identity) before anything else: an `Err` ends the stream with that status and
+    /// the node is never registered (`connected` is not called, so no traffic can be sent to
+    /// it). Default: everyone.
+    fn admit(&self, _node: &Node, _extensions: &http::Extensions) -> Result<(), Status> {
+        Ok(())
+    }
 
     /// A stream got its node (first request). The control plane registers the proxy's workload
     /// here. Called before the first `generate` for the stream.
@@ -228,8 +238,9 @@ impl AggregatedDiscoveryService for AdsService {
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         self.refuse_if_closing()?;
         let peer = request.remote_addr();
+        let (_, extensions, inbound) = request.into_parts();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let session = conn::run::<sotw::Sotw>(self.shared.clone(), request.into_inner(), tx, peer);
+        let session = conn::run::<sotw::Sotw>(self.shared.clone(), inbound, tx, peer, extensions);
         tokio::spawn(session);
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -240,9 +251,9 @@ impl AggregatedDiscoveryService for AdsService {
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         self.refuse_if_closing()?;
         let peer = request.remote_addr();
+        let (_, extensions, inbound) = request.into_parts();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let session =
-            conn::run::<delta::Delta>(self.shared.clone(), request.into_inner(), tx, peer);
+        let session = conn::run::<delta::Delta>(self.shared.clone(), inbound, tx, peer, extensions);
         tokio::spawn(session);
         Ok(Response::new(ReceiverStream::new(rx)))
     }

@@ -230,6 +230,7 @@ pub(crate) async fn run<P: Protocol>(
     mut inbound: Streaming<P::Request>,
     tx: Outbound<P::Response>,
     peer: Option<SocketAddr>,
+    extensions: tonic::codegen::http::Extensions,
 ) {
     let mut changes = shared.changes.clone();
     let mut closing = shared.closing.subscribe();
@@ -244,6 +245,11 @@ pub(crate) async fn run<P: Protocol>(
     if node.id.is_empty() {
         let msg = "node.id is empty: the control plane identifies proxies by it";
         return end(&tx, Some(Status::invalid_argument(msg))).await;
+    }
+    if let Err(status) = shared.generator.admit(&node, &extensions) {
+        warn!(node = %node.id, ?peer, code = ?status.code(), reason = status.message(), "xDS client refused");
+        shared.metrics.refused(&status);
+        return end(&tx, Some(status)).await;
     }
     // Registered at once (its workload counts while the plane warms up), answered once warm.
     let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);

@@ -44,6 +44,12 @@ impl Generator for FakeGenerator {
     fn generate(&self, _node: &Node) -> Arc<ClientSnapshot> {
         self.snapshot.lock().expect("snapshot lock").clone()
     }
+    fn admit(&self, node: &Node, _extensions: &http::Extensions) -> Result<(), Status> {
+        match node.id.strip_prefix("impostor-") {
+            Some(who) => Err(Status::permission_denied(format!("{who} may not register"))),
+            None => Ok(()),
+        }
+    }
     fn connected(&self, conn_id: u64, node: &Node) {
         self.events
             .lock()
@@ -684,6 +690,40 @@ async fn first_request_without_node_is_rejected() {
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("node"), "{}", err.message());
     assert!(h.generator.events().is_empty());
+}
+
+#[tokio::test]
+async fn a_node_the_generator_does_not_admit_is_refused_and_never_registered() {
+    let h = Harness::start(snapshot([cluster("a")])).await;
+    for delta in [false, true] {
+        let err = if delta {
+            let mut c = h.delta("impostor-payments").await;
+            c.subscribe(TypeUrl::Cluster, &[]).await;
+            within("refusal", c.rx.message()).await.err()
+        } else {
+            let mut c = h.sotw("impostor-payments").await;
+            c.request(TypeUrl::Cluster, &[]).await;
+            within("refusal", c.rx.message()).await.err()
+        };
+        let err = err.expect("stream must fail");
+        assert_eq!(err.code(), Code::PermissionDenied);
+        assert_eq!(err.message(), "payments may not register");
+    }
+    assert!(
+        h.generator.events().is_empty(),
+        "{:?}",
+        h.generator.events()
+    );
+    assert!(h.status("impostor-payments").is_none());
+    let metrics = h.metrics();
+    assert!(
+        metrics.contains("jalur_xds_streams_refused_total{code=\"PermissionDenied\"} 2"),
+        "{metrics}"
+    );
+    // Others are still served.
+    let mut c = h.sotw("honest").await;
+    c.request(TypeUrl::Cluster, &[]).await;
+    assert_eq!(names(&c.recv().await.resources), ["a"]);
 }
 
 // ---- delta -------------------------------------------------------------------------------
