@@ -26,17 +26,114 @@ pub struct Listener {
     pub name: String,
     pub addr: SocketAddr,
     pub kind: ListenerKind,
-    /// Terminate TLS on this listener (a gateway's HTTPS server).
+    /// Terminate TLS on this listener (a gateway's HTTPS server, a sidecar's mTLS inbound).
     pub tls: Option<ServerTls>,
+    /// With `tls`: a connection whose first byte does not start a TLS handshake is served in
+    /// plaintext (PERMISSIVE: a `tls` and a `raw_buffer` filter chain, told apart as Envoy's
+    /// tls_inspector does). Without it such a connection is closed (no chain matches).
+    pub plaintext_too: bool,
 }
 
-/// A server certificate and key (PEM, read when the config was applied) and the ALPN protocols
-/// offered (`h2`, `http/1.1`).
+/// How a listener terminates TLS: its certificate, whether clients must present one, and the
+/// ALPN protocols offered (`h2`, `http/1.1`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerTls {
-    pub cert_chain_pem: Vec<u8>,
-    pub private_key_pem: Vec<u8>,
+    pub cert: CertSource,
+    /// Mutual TLS: a client certificate is required, its chain verified against SDS `ROOTCA`
+    /// (the proxy's trust bundle) and its SPIFFE id against this.
+    pub client_cert: Option<PeerMatch>,
     pub alpn: Vec<String>,
+}
+
+/// Where a certificate comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CertSource {
+    /// PEM read when the config was applied (files or inline data).
+    Pem {
+        cert_chain_pem: Vec<u8>,
+        private_key_pem: Vec<u8>,
+    },
+    /// SDS secret `default`: the proxy's own workload certificate, read at every handshake so a
+    /// rotation needs no config change.
+    Mesh,
+}
+
+/// Which peer identities a mesh TLS connection accepts once the chain is good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerMatch {
+    /// One of these SPIFFE ids (URI SANs matched exactly: an upstream's service accounts).
+    AnyOf(Vec<jalur_identity::SpiffeId>),
+    /// Any workload of this trust domain (a URI SAN prefix `spiffe://TD/`).
+    TrustDomain(String),
+    /// No SAN matcher in the config: any workload of the proxy's own trust domain. Envoy would
+    /// accept any certificate the roots sign; a mesh peer always has a SPIFFE id, so jalur asks
+    /// for one.
+    OwnTrustDomain,
+}
+
+/// Mesh mTLS towards an upstream: the proxy's certificate (SDS `default`), the peer verified
+/// against SDS `ROOTCA`, SNI and ALPN as the cluster says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientTls {
+    pub sni: Option<String>,
+    pub alpn: Vec<String>,
+    pub peer: PeerMatch,
+}
+
+/// How a cluster's connections are made.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum UpstreamTransport {
+    #[default]
+    Plaintext,
+    /// Every endpoint over TLS.
+    Tls(ClientTls),
+    /// Envoy's `transport_socket_matches`: the first match whose criteria an endpoint's
+    /// `envoy.transport_socket_match` metadata contains decides; none matching, `otherwise_tls`
+    /// (the cluster's own `transport_socket`). One TLS configuration per cluster.
+    ByEndpoint {
+        tls: ClientTls,
+        matches: Vec<SocketMatch>,
+        otherwise_tls: bool,
+    },
+}
+
+impl UpstreamTransport {
+    /// The TLS settings for an endpoint with this `envoy.transport_socket_match` metadata, or
+    /// `None` for plaintext.
+    pub fn for_endpoint(&self, metadata: &BTreeMap<String, String>) -> Option<&ClientTls> {
+        match self {
+            UpstreamTransport::Plaintext => None,
+            UpstreamTransport::Tls(tls) => Some(tls),
+            UpstreamTransport::ByEndpoint {
+                tls,
+                matches,
+                otherwise_tls,
+            } => {
+                let hit = matches.iter().find(|m| {
+                    m.criteria
+                        .iter()
+                        .all(|(k, v)| metadata.get(k).is_some_and(|mv| mv == v))
+                });
+                let use_tls = hit.map_or(*otherwise_tls, |m| m.tls);
+                use_tls.then_some(tls)
+            }
+        }
+    }
+
+    pub fn tls(&self) -> Option<&ClientTls> {
+        match self {
+            UpstreamTransport::Plaintext => None,
+            UpstreamTransport::Tls(tls) | UpstreamTransport::ByEndpoint { tls, .. } => Some(tls),
+        }
+    }
+}
+
+/// One of a cluster's `transport_socket_matches`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SocketMatch {
+    pub name: String,
+    pub criteria: BTreeMap<String, String>,
+    pub tls: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -337,6 +434,8 @@ pub struct Cluster {
     pub health_check: Option<HealthCheckConfig>,
     pub max_requests_per_connection: Option<u32>,
     pub idle_timeout: Option<Duration>,
+    /// Plaintext, TLS, or chosen per endpoint.
+    pub transport: UpstreamTransport,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -429,4 +528,7 @@ pub struct Endpoint {
     pub healthy: bool,
     /// `region/zone/sub_zone` without trailing empty parts (`eu/a`); empty when unset.
     pub locality: String,
+    /// The endpoint's `envoy.transport_socket_match` metadata (string values), which the
+    /// cluster's transport socket matches read (`tlsMode: istio`).
+    pub socket_match: BTreeMap<String, String>,
 }

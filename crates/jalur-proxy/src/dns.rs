@@ -72,6 +72,7 @@ pub async fn resolve(resolver: Option<&TokioResolver>, hosts: &[(String, u16)]) 
                         weight: 1,
                         healthy: true,
                         locality: String::new(),
+                        socket_match: Default::default(),
                     }));
             }
             Err(e) => {
@@ -118,6 +119,7 @@ mod tests {
             weight: 1,
             healthy: true,
             locality: String::new(),
+            socket_match: Default::default(),
         };
         let nothing = Resolved {
             failed: true,

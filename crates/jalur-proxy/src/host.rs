@@ -24,6 +24,8 @@ pub struct Host {
     pub locality: String,
     /// EDS health: an unhealthy host is never picked.
     pub healthy: bool,
+    /// Its `envoy.transport_socket_match` metadata: whether it is reached over mTLS.
+    pub socket_match: std::collections::BTreeMap<String, String>,
     state: Arc<HostState>,
 }
 
@@ -50,6 +52,7 @@ impl Host {
             weight: endpoint.weight.max(1),
             locality: endpoint.locality.clone(),
             healthy: endpoint.healthy,
+            socket_match: endpoint.socket_match.clone(),
             state,
         }
     }
@@ -160,7 +163,8 @@ impl HostSet {
                 Some(h)
                     if h.weight == e.weight.max(1)
                         && h.locality == e.locality
-                        && h.healthy == e.healthy =>
+                        && h.healthy == e.healthy
+                        && h.socket_match == e.socket_match =>
                 {
                     Arc::clone(h)
                 }

@@ -47,7 +47,12 @@ pub async fn handle(
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         .unwrap_or(0);
-    let (resp, outcome) = match route_and_forward(&compiled, &ln, req, peer).await {
+    // The downstream connection's TLS (`listener.rs` puts it on every request).
+    let downstream = req
+        .extensions()
+        .get::<Arc<crate::tls::ConnSecurity>>()
+        .cloned();
+    let (resp, mut outcome) = match route_and_forward(&compiled, &ln, req, peer).await {
         Ok((resp, outcome)) => (resp, outcome),
         Err((e, cluster)) => {
             tracing::debug!(listener = %ln.name, source = ?e.source, error = %e, "request failed");
@@ -56,10 +61,15 @@ pub async fn handle(
                 flag: Some(e.flag),
                 cluster: cluster.map(|c| c.labels.clone()),
                 grpc_status: None,
+                security: None,
             };
             (local_reply(&e), outcome)
         }
     };
+    if ln.inbound {
+        // The destination reports the connection it was called on; the source, its upstream's.
+        outcome.security = downstream;
+    }
     let access = rt.access_log.then(|| AccessEntry {
         method: method.clone(),
         path: path.clone(),
@@ -182,6 +192,7 @@ async fn route_and_forward(
                     flag: None,
                     cluster: None,
                     grpc_status: None,
+                    security: None,
                 },
             ))
         }
@@ -194,6 +205,7 @@ async fn route_and_forward(
                     flag: None,
                     cluster: None,
                     grpc_status: None,
+                    security: None,
                 },
             ))
         }
@@ -409,11 +421,16 @@ async fn forward(
         .get("grpc-status")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let security = resp
+        .extensions()
+        .get::<crate::upstream::UpstreamSecurity>()
+        .map(|s| s.0.clone());
     let outcome = Outcome {
         status: resp.status(),
         flag: None,
         cluster: Some(cluster.labels.clone()),
         grpc_status,
+        security,
     };
     Ok((resp, outcome))
 }
@@ -511,12 +528,15 @@ fn upstream_request(
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    let uri: Uri = format!("http://{}{path}", host.addr).parse().map_err(|e| {
-        ProxyError::new(
-            Flag::UpstreamConnectFailure,
-            format!("bad upstream uri: {e}"),
-        )
-    })?;
+    let scheme = cluster.upstream.scheme(host);
+    let uri: Uri = format!("{scheme}://{}{path}", host.addr)
+        .parse()
+        .map_err(|e| {
+            ProxyError::new(
+                Flag::UpstreamConnectFailure,
+                format!("bad upstream uri: {e}"),
+            )
+        })?;
     let mut builder = Request::builder().method(parts.method.clone()).uri(uri);
     if let Some(h) = builder.headers_mut() {
         *h = parts.headers.clone();
@@ -537,10 +557,7 @@ type Upstreamed = Result<Response<Incoming>, hyper_util::client::legacy::Error>;
 
 /// Sends one request, within the per-try timeout if there is one.
 async fn send_timed(
-    client: &hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector,
-        Body,
-    >,
+    client: &hyper_util::client::legacy::Client<crate::upstream::Connector, Body>,
     request: Request<Body>,
     per_try: Option<std::time::Duration>,
     host: &crate::lb::Host,

@@ -21,5 +21,6 @@ pub mod routing;
 pub mod run;
 pub mod runtime;
 pub mod tcp;
+pub mod tls;
 pub mod upstream;
 pub mod xds;

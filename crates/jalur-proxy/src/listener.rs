@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use crate::config::{Listener, ListenerKind, Snapshot};
 use crate::framing::Verdict;
 use crate::runtime::{ListenerCtx, Runtime};
+use crate::tls::{Accepted, Terminator};
 
 /// Downstream header limit: larger request heads get 431 and are never forwarded.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -26,6 +27,7 @@ pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 struct Active {
     addr: SocketAddr,
     tls: Option<crate::config::ServerTls>,
+    plaintext_too: bool,
     bound: SocketAddr,
     kind: std::mem::Discriminant<ListenerKind>,
     ctx: Arc<ArcSwap<ListenerCtx>>,
@@ -63,7 +65,10 @@ impl Listeners {
         let mut failures = Vec::new();
         self.active.retain(|name, a| {
             let keep = snap.listeners.get(name).is_some_and(|l| {
-                l.addr == a.addr && l.tls == a.tls && std::mem::discriminant(&l.kind) == a.kind
+                l.addr == a.addr
+                    && l.tls == a.tls
+                    && l.plaintext_too == a.plaintext_too
+                    && std::mem::discriminant(&l.kind) == a.kind
             });
             if !keep {
                 tracing::info!(listener = %name, addr = %a.bound, "listener closed");
@@ -77,7 +82,11 @@ impl Listeners {
                 a.ctx.store(Arc::new(ctx));
                 continue;
             }
-            let acceptor = match l.tls.as_ref().map(tls_acceptor).transpose() {
+            let terminator = l
+                .tls
+                .as_ref()
+                .map(|t| Terminator::new(t, rt.credentials.as_ref()));
+            let acceptor = match terminator.transpose() {
                 Ok(a) => a,
                 Err(e) => {
                     tracing::error!(listener = %name, error = %e, "cannot set up TLS");
@@ -107,6 +116,7 @@ impl Listeners {
                         Active {
                             addr: l.addr,
                             tls: l.tls.clone(),
+                            plaintext_too: l.plaintext_too,
                             bound,
                             kind: std::mem::discriminant(&l.kind),
                             ctx,
@@ -148,7 +158,7 @@ async fn accept_loop(
     socket: TcpListener,
     ctx: Arc<ArcSwap<ListenerCtx>>,
     drain: watch::Receiver<bool>,
-    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Terminator>,
 ) {
     loop {
         let (stream, peer) = match socket.accept().await {
@@ -161,65 +171,60 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let rt = rt.clone();
-        let ctx = ctx.clone();
-        let drain = drain.clone();
-        match &l.kind {
-            ListenerKind::Http(_) => {
-                rt.connection_opened();
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    match acceptor {
-                        None => serve_http(stream, rt.clone(), ctx, peer, drain).await,
-                        Some(acceptor) => match tokio::time::timeout(
-                            TLS_HANDSHAKE_TIMEOUT,
-                            acceptor.accept(stream),
-                        )
-                        .await
-                        {
-                            Ok(Ok(tls)) => serve_http(tls, rt.clone(), ctx, peer, drain).await,
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed")
-                            }
-                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                        },
-                    }
-                    rt.connection_closed();
-                });
+        let (rt, ctx, drain, tls, l) = (
+            rt.clone(),
+            ctx.clone(),
+            drain.clone(),
+            tls.clone(),
+            l.clone(),
+        );
+        rt.connection_opened();
+        // The handshake runs in the connection's own task: a slow client holds up nobody.
+        tokio::spawn(async move {
+            let accepted = match &tls {
+                None => Ok(Accepted::Plain(stream)),
+                Some(t) => t.accept(stream, l.plaintext_too).await,
+            };
+            match accepted {
+                Ok(conn) => serve(conn, &l, rt.clone(), ctx, peer, drain).await,
+                Err(e) => {
+                    tracing::debug!(listener = %l.name, %peer, error = %e, "connection refused")
+                }
             }
-            ListenerKind::Tcp(tcp) => {
-                let tcp = tcp.clone();
-                rt.connection_opened();
-                tokio::spawn(async move {
-                    crate::tcp::proxy(rt.clone(), tcp, stream, peer).await;
-                    rt.connection_closed();
-                });
-            }
-        }
+            rt.connection_closed();
+        });
     }
 }
 
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A rustls acceptor for a listener's certificate, offering its ALPN protocols (`h2` first, so
-/// HTTP/2 clients get HTTP/2).
-fn tls_acceptor(tls: &crate::config::ServerTls) -> Result<tokio_rustls::TlsAcceptor, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&tls.cert_chain_pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("certificate chain is not valid PEM: {e}"))?;
-    let key = PrivateKeyDer::from_pem_slice(&tls.private_key_pem)
-        .map_err(|e| format!("private key is not valid PEM: {e}"))?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS versions: {e}"))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("certificate and key do not make a server identity: {e}"))?;
-    config.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+/// One accepted connection, plaintext or TLS, through the listener's network filter.
+async fn serve(
+    conn: Accepted,
+    l: &Listener,
+    rt: Arc<Runtime>,
+    ctx: Arc<ArcSwap<ListenerCtx>>,
+    peer: SocketAddr,
+    drain: watch::Receiver<bool>,
+) {
+    match (&l.kind, conn) {
+        (ListenerKind::Http(_), Accepted::Plain(s)) => {
+            serve_http(s, rt, ctx, peer, drain, None).await
+        }
+        (ListenerKind::Http(_), Accepted::Tls(s, security)) => {
+            serve_http(s, rt, ctx, peer, drain, Some(Arc::new(security))).await
+        }
+        (ListenerKind::Tcp(tcp), conn) => {
+            let inbound = ctx.load().inbound;
+            match conn {
+                Accepted::Plain(s) => {
+                    crate::tcp::proxy(rt, tcp.clone(), s, peer, inbound, None).await
+                }
+                Accepted::Tls(s, security) => {
+                    let security = Some(Arc::new(security));
+                    crate::tcp::proxy(rt, tcp.clone(), s, peer, inbound, security).await
+                }
+            }
+        }
+    }
 }
 
 /// Serves HTTP/1.1 or HTTP/2 (prior knowledge or ALPN) on one connection until it ends or the
@@ -230,6 +235,7 @@ async fn serve_http<I>(
     ctx: Arc<ArcSwap<ListenerCtx>>,
     peer: SocketAddr,
     mut drain: watch::Receiver<bool>,
+    tls: Option<Arc<crate::tls::ConnSecurity>>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -240,8 +246,11 @@ async fn serve_http<I>(
     let goaway_asked = goaway.clone();
     let (stream, verdicts) = crate::framing::Guard::new(io, header_timeout);
     let judged = verdicts.clone();
-    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+    let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let (rt, goaway) = (rt.clone(), goaway.clone());
+        if let Some(tls) = &tls {
+            req.extensions_mut().insert(tls.clone());
+        }
         let ln = ctx.load_full();
         let verdict = if req.version() < http::Version::HTTP_2 {
             judged.next()

@@ -12,6 +12,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::error::Flag;
+use crate::tls::ConnSecurity;
 
 /// Labels of `istio_requests_total` and its histograms. `Arc<str>` so that building one per
 /// request copies pointers, not strings.
@@ -29,6 +30,8 @@ pub struct RequestLabels {
     pub grpc_response_status: std::borrow::Cow<'static, str>,
     pub request_protocol: &'static str,
     pub connection_security_policy: &'static str,
+    pub source_principal: Arc<str>,
+    pub destination_principal: Arc<str>,
 }
 
 impl EncodeLabelSet for RequestLabels {
@@ -53,6 +56,8 @@ impl EncodeLabelSet for RequestLabels {
                 "connection_security_policy",
                 self.connection_security_policy,
             ),
+            ("source_principal", &*self.source_principal),
+            ("destination_principal", &*self.destination_principal),
         ]
         .as_slice()
         .encode(encoder)
@@ -66,6 +71,7 @@ pub struct TcpLabels {
     pub source_workload: Arc<str>,
     pub destination_service: Arc<str>,
     pub response_flags: &'static str,
+    pub security: SecurityLabels,
 }
 
 impl EncodeLabelSet for TcpLabels {
@@ -75,6 +81,15 @@ impl EncodeLabelSet for TcpLabels {
             ("source_workload", &*self.source_workload),
             ("destination_service", &*self.destination_service),
             ("response_flags", self.response_flags),
+            (
+                "connection_security_policy",
+                self.security.connection_security_policy,
+            ),
+            ("source_principal", &*self.security.source_principal),
+            (
+                "destination_principal",
+                &*self.security.destination_principal,
+            ),
         ]
         .as_slice()
         .encode(encoder)
@@ -127,6 +142,45 @@ pub struct Outcome {
     pub flag: Option<Flag>,
     pub cluster: Option<Arc<ClusterLabels>>,
     pub grpc_status: Option<String>,
+    /// The TLS of the connection the reporter saw: the downstream one (destination reporter)
+    /// or the upstream one (source reporter); `None` for plaintext.
+    pub security: Option<Arc<ConnSecurity>>,
+}
+
+/// Istio's `connection_security_policy`, `source_principal` and `destination_principal`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SecurityLabels {
+    pub connection_security_policy: &'static str,
+    pub source_principal: Arc<str>,
+    pub destination_principal: Arc<str>,
+}
+
+impl SecurityLabels {
+    /// As Istio fills them: the destination reporter says `mutual_tls` or `none` and names the
+    /// peer as source; the source reporter says `unknown` (it cannot know the server's policy)
+    /// and names the upstream's certificate as destination. `unknown` where no certificate was
+    /// presented.
+    pub fn new(inbound: bool, security: Option<&ConnSecurity>, unknown: &Arc<str>) -> Self {
+        let name = |p: Option<&Arc<str>>| p.cloned().unwrap_or_else(|| unknown.clone());
+        let (peer, local) = match security {
+            Some(s) => (s.peer.as_ref(), s.local.as_ref()),
+            None => (None, None),
+        };
+        if inbound {
+            let mutual = security.is_some_and(|s| s.mutual);
+            SecurityLabels {
+                connection_security_policy: if mutual { "mutual_tls" } else { "none" },
+                source_principal: name(peer),
+                destination_principal: name(local.filter(|_| mutual)),
+            }
+        } else {
+            SecurityLabels {
+                connection_security_policy: "unknown",
+                source_principal: name(local),
+                destination_principal: name(peer),
+            }
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -142,7 +196,7 @@ pub struct Metrics {
     /// Requests refused before routing (malformed, oversized headers), by reason.
     pub downstream_rejected: Family<ReasonLabels, Counter>,
     pub registry: Arc<Registry>,
-    unknown: Arc<str>,
+    pub unknown: Arc<str>,
 }
 
 impl Metrics {
@@ -239,6 +293,7 @@ impl Metrics {
                 self.unknown.clone(),
             ),
         };
+        let security = SecurityLabels::new(inbound, o.security.as_deref(), &self.unknown);
         let labels = RequestLabels {
             reporter: if inbound { "destination" } else { "source" },
             source_workload: if inbound {
@@ -271,7 +326,9 @@ impl Metrics {
             response_flags: o.flag.map(Flag::as_str).unwrap_or("-"),
             grpc_response_status: grpc_status_label(o.grpc_status.as_deref()),
             request_protocol: protocol,
-            connection_security_policy: "none",
+            connection_security_policy: security.connection_security_policy,
+            source_principal: security.source_principal,
+            destination_principal: security.destination_principal,
         };
         self.duration_ms
             .get_or_create(&labels)

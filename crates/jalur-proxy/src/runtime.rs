@@ -188,6 +188,7 @@ impl Runtime {
             })
             .collect();
         let mut clusters = HashMap::new();
+        let creds = self.credentials.as_ref();
         for (name, cfg) in &snap.clusters {
             let endpoints = endpoints_of(&snap, cfg);
             let rt = match prev.clusters.get(name) {
@@ -198,8 +199,8 @@ impl Runtime {
                     }
                     old.clone()
                 }
-                Some(old) => ClusterRuntime::new(cfg.clone(), endpoints, Some(old)),
-                None => ClusterRuntime::new(cfg.clone(), endpoints, None),
+                Some(old) => ClusterRuntime::new(cfg.clone(), endpoints, Some(old), creds),
+                None => ClusterRuntime::new(cfg.clone(), endpoints, None, creds),
             };
             clusters.insert(name.clone(), rt);
         }
@@ -231,12 +232,30 @@ impl Runtime {
         );
     }
 
-    pub fn tcp_labels(&self, cluster: &ClusterRuntime, flag: Option<Flag>) -> TcpLabels {
+    /// The `istio_tcp_*` labels of one connection: `inbound` when this proxy is its
+    /// destination, `security` the TLS the reporter saw (downstream when inbound, else the
+    /// upstream connection's).
+    pub fn tcp_labels(
+        &self,
+        cluster: &ClusterRuntime,
+        flag: Option<Flag>,
+        inbound: bool,
+        security: Option<&crate::tls::ConnSecurity>,
+    ) -> TcpLabels {
         TcpLabels {
-            reporter: Arc::from("source"),
-            source_workload: self.identity.workload.clone(),
-            destination_service: cluster.labels.service.clone(),
+            reporter: Arc::from(if inbound { "destination" } else { "source" }),
+            source_workload: if inbound {
+                self.metrics.unknown.clone()
+            } else {
+                self.identity.workload.clone()
+            },
+            destination_service: if inbound {
+                self.identity.canonical_service.clone()
+            } else {
+                cluster.labels.service.clone()
+            },
             response_flags: flag.map(Flag::as_str).unwrap_or("-"),
+            security: crate::metrics::SecurityLabels::new(inbound, security, &self.metrics.unknown),
         }
     }
 
@@ -366,6 +385,7 @@ impl ClusterRuntime {
         config: Arc<Cluster>,
         endpoints: Vec<Endpoint>,
         previous: Option<&Arc<ClusterRuntime>>,
+        creds: Option<&CredentialsWatch>,
     ) -> Arc<ClusterRuntime> {
         // Keep host state (active requests, ejections) across a policy change.
         let hosts = match previous {
@@ -422,7 +442,7 @@ impl ClusterRuntime {
                     b
                 },
                 outlier,
-                upstream: Upstream::new(&config),
+                upstream: Upstream::new(&config, creds),
                 labels: Arc::new(ClusterLabels {
                     name: Arc::from(config.name.as_str()),
                     canonical: Arc::from(service.split('.').next().unwrap_or("unknown")),
@@ -439,10 +459,11 @@ impl ClusterRuntime {
         let current = self.balancer.load();
         let same = current.hosts().len() == endpoints.len()
             && endpoints.iter().all(|e| {
-                current
-                    .hosts()
-                    .get(e.addr)
-                    .is_some_and(|h| h.weight == e.weight.max(1) && h.healthy == e.healthy)
+                current.hosts().get(e.addr).is_some_and(|h| {
+                    h.weight == e.weight.max(1)
+                        && h.healthy == e.healthy
+                        && h.socket_match == e.socket_match
+                })
             });
         if !same {
             let hosts = current.hosts().update(&endpoints);

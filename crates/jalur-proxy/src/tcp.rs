@@ -10,19 +10,24 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use tokio::net::TcpStream;
-
 use crate::config::TcpListener;
 use crate::error::Flag;
 use crate::routing::pick_weighted;
 use crate::runtime::Runtime;
+use crate::tls::ConnSecurity;
 
-pub async fn proxy(
+/// Proxies one downstream connection. `inbound`: this proxy is its destination (a sidecar's
+/// inbound listener), and `downstream_tls` what its TLS handshake established, if any.
+pub async fn proxy<D>(
     rt: Arc<Runtime>,
     cfg: TcpListener,
-    mut downstream: TcpStream,
+    mut downstream: D,
     peer: SocketAddr,
-) {
+    inbound: bool,
+    downstream_tls: Option<Arc<ConnSecurity>>,
+) where
+    D: AsyncRead + AsyncWrite + Unpin,
+{
     let compiled = rt.compiled();
     let Some(target) = pick_weighted(&cfg.targets, fastrand::u64(..)) else {
         return;
@@ -31,13 +36,18 @@ pub async fn proxy(
         tracing::debug!(cluster = %target.cluster, "TCP: cluster not configured; closing");
         return;
     };
-    let labels = rt.tcp_labels(&cluster, None);
+    let labels = rt.tcp_labels(&cluster, None, inbound, downstream_tls.as_deref());
     rt.metrics.tcp_opened.get_or_create(&labels).inc();
     // The cluster's max connections (DestinationRule connectionPool.tcp.maxConnections): over it,
     // the connection is closed at once and counted with flag UO.
     let Ok(_connection) = cluster.breakers.try_connection() else {
         tracing::debug!(cluster = %cluster.config.name, "TCP: max connections reached; closing");
-        let labels = rt.tcp_labels(&cluster, Some(Flag::UpstreamOverflow));
+        let labels = rt.tcp_labels(
+            &cluster,
+            Some(Flag::UpstreamOverflow),
+            inbound,
+            downstream_tls.as_deref(),
+        );
         rt.metrics.tcp_closed.get_or_create(&labels).inc();
         return;
     };
@@ -51,7 +61,7 @@ pub async fn proxy(
         tried.push(host.addr);
         let connect = tokio::time::timeout(
             cluster.config.connect_timeout,
-            TcpStream::connect(host.addr),
+            cluster.upstream.connect_stream(&host),
         )
         .await;
         match connect {
@@ -70,9 +80,10 @@ pub async fn proxy(
             break None;
         }
     };
+    let mut upstream_tls = None;
     let (sent, received) = match upstream {
-        Some(up) => {
-            let _ = up.set_nodelay(true);
+        Some((up, security)) => {
+            upstream_tls = security.mutual.then(|| Arc::new(security));
             // Count bytes as they pass, so a connection that ends with a reset still reports
             // what it carried.
             let (from_down, from_up) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -94,7 +105,12 @@ pub async fn proxy(
         }
         None => (0, 0),
     };
-    let labels = rt.tcp_labels(&cluster, flag);
+    let security = if inbound {
+        downstream_tls
+    } else {
+        upstream_tls
+    };
+    let labels = rt.tcp_labels(&cluster, flag, inbound, security.as_deref());
     rt.metrics.tcp_sent.get_or_create(&labels).inc_by(sent);
     rt.metrics
         .tcp_received

@@ -17,9 +17,7 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster as XdsCluster;
 use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
-use envoy_types::pb::envoy::config::core::v3::{
-    address, socket_address, transport_socket, Address, ConfigSource, TransportSocket,
-};
+use envoy_types::pb::envoy::config::core::v3::{address, socket_address, Address, ConfigSource};
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener as XdsListener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
@@ -35,6 +33,9 @@ mod cluster;
 mod fault;
 mod listener;
 mod route;
+mod tls;
+
+pub use tls::{SDS_CERT, SDS_ROOTS, SOCKET_MATCH_METADATA};
 
 #[cfg(test)]
 mod tests;
@@ -214,86 +215,6 @@ fn ads_source(source: Option<&ConfigSource>) -> Res<()> {
         Some(_) => Err(Invalid::here(
             "only ADS config sources (ads or self) are supported",
         )),
-    }
-}
-
-/// A listener's transport socket: plaintext (none or `raw_buffer`), or TLS termination with one
-/// certificate from files or inline data (`DownstreamTlsContext`). Client certificates (mutual
-/// TLS) are not supported yet.
-pub(super) fn downstream_tls(
-    ts: Option<&TransportSocket>,
-) -> Res<Option<crate::config::ServerTls>> {
-    use envoy_types::pb::envoy::config::core::v3::{data_source::Specifier, DataSource};
-    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
-    let Some(ts) = ts else { return Ok(None) };
-    let Some(transport_socket::ConfigType::TypedConfig(any)) = &ts.config_type else {
-        return plaintext(Some(ts)).map(|_| None);
-    };
-    if type_name(any) != "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext" {
-        return plaintext(Some(ts)).map(|_| None);
-    }
-    let ctx: DownstreamTlsContext = decode(any).at("typed_config")?;
-    reject_if(
-        ctx.require_client_certificate
-            .as_ref()
-            .is_some_and(|b| b.value),
-        "typed_config.require_client_certificate",
-        "mutual TLS (client certificates) is not supported yet",
-    )?;
-    let common = ctx.common_tls_context.unwrap_or_default();
-    let read = |d: &Option<DataSource>, field: &str| -> Res<Vec<u8>> {
-        match d.as_ref().and_then(|d| d.specifier.as_ref()) {
-            Some(Specifier::Filename(f)) => {
-                std::fs::read(f).map_err(|e| Invalid::new(field, format!("cannot read {f}: {e}")))
-            }
-            Some(Specifier::InlineBytes(b)) => Ok(b.clone()),
-            Some(Specifier::InlineString(s)) => Ok(s.clone().into_bytes()),
-            _ => Err(Invalid::new(field, "a filename or inline PEM is required")),
-        }
-    };
-    let [cert] = common.tls_certificates.as_slice() else {
-        return Err(Invalid::new(
-            "typed_config.common_tls_context.tls_certificates",
-            "exactly one certificate is supported (SDS is not yet)",
-        ));
-    };
-    let cert_chain_pem = read(
-        &cert.certificate_chain,
-        "typed_config.common_tls_context.tls_certificates[0].certificate_chain",
-    )?;
-    let private_key_pem = read(
-        &cert.private_key,
-        "typed_config.common_tls_context.tls_certificates[0].private_key",
-    )?;
-    let alpn = if common.alpn_protocols.is_empty() {
-        vec!["h2".into(), "http/1.1".into()]
-    } else {
-        common.alpn_protocols.clone()
-    };
-    Ok(Some(crate::config::ServerTls {
-        cert_chain_pem,
-        private_key_pem,
-        alpn,
-    }))
-}
-
-/// A transport socket jalur can honour: none, or an explicit plaintext (`raw_buffer`) one.
-fn plaintext(ts: Option<&TransportSocket>) -> Res<()> {
-    let Some(ts) = ts else { return Ok(()) };
-    let kind = match &ts.config_type {
-        Some(transport_socket::ConfigType::TypedConfig(any)) => type_name(any),
-        None => ts.name.as_str(),
-    };
-    match kind {
-        "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
-        | "envoy.transport_sockets.raw_buffer" => Ok(()),
-        k if k.contains("tls") || ts.name.contains("tls") => Err(Invalid::here(
-            "TLS not supported here yet (only a listener's DownstreamTlsContext terminating with one certificate)",
-        )),
-        _ => Err(Invalid::here(format!(
-            "transport socket \"{}\" ({kind}) is not supported; only plaintext",
-            ts.name
-        ))),
     }
 }
 

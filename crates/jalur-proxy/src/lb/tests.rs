@@ -17,6 +17,7 @@ fn endpoint(i: u32, weight: u32) -> Endpoint {
         weight,
         healthy: true,
         locality: String::new(),
+        socket_match: Default::default(),
     }
 }
 

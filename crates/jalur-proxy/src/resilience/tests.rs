@@ -205,6 +205,7 @@ fn hosts(n: u8) -> HostSet {
             weight: 1,
             healthy: true,
             locality: String::new(),
+            socket_match: Default::default(),
         })
         .collect();
     HostSet::new(&eps)
@@ -453,6 +454,7 @@ async fn ejection_state_survives_endpoint_updates_and_detector_replacement() {
             weight: 7,
             healthy: true,
             locality: "eu/a".into(),
+            socket_match: Default::default(),
         })
         .collect();
     eps.pop();
@@ -479,6 +481,7 @@ async fn hosts_outside_the_set_and_ejected_hosts_are_not_ejected_again() {
         weight: 1,
         healthy: true,
         locality: String::new(),
+        socket_match: Default::default(),
     });
     assert!(report_n(&o, &set, &stranger, Outcome::status(500), 4).is_none());
     let h = &set.hosts()[0];

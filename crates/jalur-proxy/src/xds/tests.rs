@@ -76,6 +76,7 @@ fn fake_listener(l: &XdsListener) -> Result<Listener, ConvertError> {
         addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         kind,
         tls: None,
+        plaintext_too: true,
     })
 }
 
@@ -128,6 +129,7 @@ fn fake_cluster(c: &XdsCluster) -> Result<(Cluster, Option<EndpointSet>), Conver
         outlier: None,
         max_requests_per_connection: None,
         idle_timeout: None,
+        transport: Default::default(),
     };
     Ok((cluster, inline))
 }
@@ -161,6 +163,7 @@ fn endpoint_set(cla: &ClusterLoadAssignment) -> EndpointSet {
             weight: 1,
             healthy: true,
             locality: String::new(),
+            socket_match: Default::default(),
         })
         .collect();
     EndpointSet {

@@ -19,8 +19,7 @@ use envoy_types::pb::google::protobuf::UInt32Value;
 use prost::Name;
 
 use super::{
-    ads_source, decode, host_port, plaintext, positive, reject_if, socket_addr, timeout, At,
-    Invalid, Res,
+    ads_source, decode, host_port, positive, reject_if, socket_addr, timeout, At, Invalid, Res,
 };
 use crate::config::{
     Cluster, Discovery, Endpoint, EndpointSet, HealthCheckConfig, LbPolicy, OutlierConfig,
@@ -62,6 +61,7 @@ pub(super) fn cluster(c: &XdsCluster) -> Res<(Cluster, Option<EndpointSet>)> {
         .transpose()
         .at("health_checks[0]")?;
     let http = protocol(c)?;
+    let transport = super::tls::cluster_transport(c)?;
     let cluster = Cluster {
         name: c.name.clone(),
         discovery,
@@ -74,23 +74,13 @@ pub(super) fn cluster(c: &XdsCluster) -> Res<(Cluster, Option<EndpointSet>)> {
         outlier,
         max_requests_per_connection: http.max_requests_per_connection,
         idle_timeout: http.idle_timeout,
+        transport,
     };
     Ok((cluster, endpoints))
 }
 
 /// Cluster features that change how traffic flows and that jalur does not implement.
 fn unsupported(c: &XdsCluster) -> Res<()> {
-    plaintext(c.transport_socket.as_ref()).at("transport_socket")?;
-    for (i, m) in c.transport_socket_matches.iter().enumerate() {
-        plaintext(m.transport_socket.as_ref()).at(format_args!(
-            "transport_socket_matches[{i}].transport_socket"
-        ))?;
-    }
-    reject_if(
-        c.transport_socket_matcher.is_some(),
-        "transport_socket_matcher",
-        "TLS not supported yet",
-    )?;
     reject_if(
         c.health_checks.len() > 1,
         "health_checks",
@@ -455,7 +445,7 @@ fn http_protocol_options(o: &HttpProtocolOptions) -> Res<HttpOptions> {
         Some(UpstreamProtocolOptions::AutoConfig(_)) => {
             return Err(Invalid::new(
                 "auto_config",
-                "ALPN protocol selection needs TLS, which is not supported yet",
+                "ALPN protocol selection is not supported; use explicit_http_config",
             ))
         }
         None => {
@@ -559,5 +549,6 @@ fn endpoint(e: &LbEndpoint, locality: &str) -> Res<Endpoint> {
         weight,
         healthy,
         locality: locality.to_string(),
+        socket_match: super::tls::endpoint_socket_match(e.metadata.as_ref()),
     })
 }

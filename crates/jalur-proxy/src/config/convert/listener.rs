@@ -19,15 +19,15 @@ use prost::Name;
 
 use super::{ads_source, decode, reject_if, socket_addr, timeout, type_name, At, Invalid, Res};
 use crate::config::{
-    HttpListener, Listener, ListenerKind, RouteSource, TcpListener, WeightedCluster,
+    HttpListener, Listener, ListenerKind, RouteSource, ServerTls, TcpListener, WeightedCluster,
 };
 
 const HCM: &str = "envoy.filters.network.http_connection_manager";
 const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
 const ROUTER: &str = "envoy.filters.http.router";
 const FAULT: &str = "envoy.filters.http.fault";
-/// Listener filters that only inspect the first bytes for filter-chain matching, which jalur
-/// does not do: harmless to skip.
+/// Listener filters that only inspect the first bytes for filter-chain matching: jalur looks at
+/// the first byte itself when a listener has a TLS and a plaintext chain.
 const INSPECTORS: [&str; 2] = [
     "envoy.filters.listener.tls_inspector",
     "envoy.filters.listener.http_inspector",
@@ -84,36 +84,121 @@ pub(super) fn listener(l: &XdsListener) -> Res<Listener> {
             &format!("listener filter \"{}\" is not supported", f.name),
         )?;
     }
-    let (chain, path) = match (l.filter_chains.as_slice(), &l.default_filter_chain) {
-        ([chain], None) => (chain, "filter_chains[0]"),
-        ([], Some(chain)) => (chain, "default_filter_chain"),
-        ([], None) => return Err(Invalid::new("filter_chains", "a filter chain is required")),
-        _ => {
-            return Err(Invalid::new(
-                "filter_chains",
-                "exactly one filter chain (and no default_filter_chain) is supported",
-            ))
-        }
-    };
-    let (kind, tls) = filter_chain(chain).at(path)?;
+    let (kind, tls, plaintext_too) = filter_chains(l)?;
     Ok(Listener {
         name: l.name.clone(),
         addr,
         kind,
         tls,
+        plaintext_too,
     })
 }
 
-#[allow(deprecated)] // use_proxy_proto: still honoured by Envoy, so still refused.
-fn filter_chain(chain: &FilterChain) -> Res<(ListenerKind, Option<crate::config::ServerTls>)> {
-    if let Some(m) = &chain.filter_chain_match {
+/// Which connections a filter chain takes: Envoy's `filter_chain_match.transport_protocol`, as
+/// the tls_inspector sets it (`tls` for a TLS ClientHello, `raw_buffer` for anything else).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Takes {
+    Any,
+    Tls,
+    Plaintext,
+}
+
+type Chain = (Takes, ListenerKind, Option<ServerTls>, String);
+
+/// The filter chains, at most one per kind of connection (TLS, plaintext, either) and all ending
+/// in the same network filter: a sidecar's inbound listener under PERMISSIVE is a TLS chain and
+/// a plaintext one, under STRICT the TLS chain alone.
+fn filter_chains(l: &XdsListener) -> Res<(ListenerKind, Option<ServerTls>, bool)> {
+    let mut chains: Vec<Chain> = Vec::new();
+    let all = l
+        .filter_chains
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c, format!("filter_chains[{i}]")))
+        .chain(
+            l.default_filter_chain
+                .as_ref()
+                .map(|c| (c, "default_filter_chain".to_string())),
+        );
+    for (chain, path) in all {
+        let takes = if path == "default_filter_chain" {
+            Takes::Any
+        } else {
+            chain_match(chain.filter_chain_match.as_ref()).at(&path)?
+        };
+        let (kind, tls) = filter_chain(chain).at(&path)?;
+        match (takes, &tls) {
+            (Takes::Tls, None) => return Err(Invalid::new(
+                format!("{path}.transport_socket"),
+                "a chain for TLS connections must terminate TLS (TLS passthrough is not supported)",
+            )),
+            (Takes::Plaintext, Some(_)) => {
+                return Err(Invalid::new(
+                    format!("{path}.transport_socket"),
+                    "a chain for raw_buffer (plaintext) connections cannot terminate TLS",
+                ))
+            }
+            _ => {}
+        }
+        if let Some(other) = chains.iter().find(|c| c.0 == takes) {
+            return Err(Invalid::new(
+                format!("{path}.filter_chain_match"),
+                format!("matches the same connections as {}", other.3),
+            ));
+        }
+        chains.push((takes, kind, tls, path));
+    }
+    let pick = |first: Takes| {
+        chains
+            .iter()
+            .find(|c| c.0 == first)
+            .or_else(|| chains.iter().find(|c| c.0 == Takes::Any))
+    };
+    let (on_tls, on_plain) = (pick(Takes::Tls), pick(Takes::Plaintext));
+    let Some(primary) = on_tls.or(on_plain) else {
+        return Err(Invalid::new("filter_chains", "a filter chain is required"));
+    };
+    for c in &chains {
         reject_if(
-            *m != FilterChainMatch::default(),
-            "filter_chain_match",
-            "filter chain matching is not supported; leave filter_chain_match empty",
+            c.1 != primary.1,
+            &format!("{}.filters", c.3),
+            &format!(
+                "differs from the network filter of {}: jalur proxy runs one network filter per listener; its chains may differ only in TLS",
+                primary.3
+            ),
         )?;
     }
-    let tls = super::downstream_tls(chain.transport_socket.as_ref()).at("transport_socket")?;
+    let tls = on_tls.and_then(|c| c.2.clone());
+    let plaintext_too = on_plain.is_some_and(|c| c.2.is_none());
+    Ok((primary.1.clone(), tls, plaintext_too))
+}
+
+/// A chain's match: empty, or only `transport_protocol` (`tls` / `raw_buffer`).
+fn chain_match(m: Option<&FilterChainMatch>) -> Res<Takes> {
+    let Some(m) = m else { return Ok(Takes::Any) };
+    let rest = FilterChainMatch {
+        transport_protocol: String::new(),
+        ..m.clone()
+    };
+    reject_if(
+        rest != FilterChainMatch::default(),
+        "filter_chain_match",
+        "only transport_protocol (tls or raw_buffer) is supported in filter_chain_match",
+    )?;
+    match m.transport_protocol.as_str() {
+        "" => Ok(Takes::Any),
+        "tls" => Ok(Takes::Tls),
+        "raw_buffer" => Ok(Takes::Plaintext),
+        other => Err(Invalid::new(
+            "filter_chain_match.transport_protocol",
+            format!("\"{other}\" is not a transport protocol (tls or raw_buffer)"),
+        )),
+    }
+}
+
+#[allow(deprecated)] // use_proxy_proto: still honoured by Envoy, so still refused.
+fn filter_chain(chain: &FilterChain) -> Res<(ListenerKind, Option<ServerTls>)> {
+    let tls = super::tls::downstream(chain.transport_socket.as_ref()).at("transport_socket")?;
     reject_if(
         chain.use_proxy_proto.as_ref().is_some_and(|b| b.value),
         "use_proxy_proto",

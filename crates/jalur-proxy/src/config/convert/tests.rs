@@ -69,6 +69,7 @@ mod actions;
 mod clusters;
 mod mutate;
 mod routes;
+mod tls;
 
 // ----------------------------------------------------------------------------------- fixtures
 
@@ -560,8 +561,8 @@ fn listener_errors_name_their_field() {
     assert_eq!(
         (err.field.as_str(), err.message.as_str()),
         (
-            "filter_chains[0].transport_socket",
-            "TLS not supported here yet (only a listener's DownstreamTlsContext terminating with one certificate)"
+            "filter_chains[0].transport_socket.typed_config",
+            "transport socket \"envoy.transport_sockets.tls\" () is not supported; only raw_buffer and tls"
         )
     );
 
@@ -600,15 +601,19 @@ fn listener_errors_name_their_field() {
     let ok = with(&ctx).expect("TLS termination converts");
     let tls = ok.tls.expect("tls kept");
     assert_eq!(
-        (tls.cert_chain_pem.as_slice(), tls.alpn.clone()),
+        (tls.cert, tls.alpn.clone()),
         (
-            b"CERT".as_slice(),
+            crate::config::CertSource::Pem {
+                cert_chain_pem: b"CERT".to_vec(),
+                private_key_pem: b"KEY".to_vec()
+            },
             vec!["h2".to_string(), "http/1.1".to_string()]
         )
     );
+    // Client certificates need a validation context saying whom to trust.
     ctx.require_client_certificate =
         Some(envoy_types::pb::google::protobuf::BoolValue { value: true });
-    let err = with(&ctx).expect_err("mutual TLS");
+    let err = with(&ctx).expect_err("mutual TLS without a validation context");
     assert_eq!(
         err.field,
         "filter_chains[0].transport_socket.typed_config.require_client_certificate"
@@ -642,7 +647,7 @@ fn listener_errors_name_their_field() {
 
     let mut two = outbound();
     two.filter_chains.push(two.filter_chains[0].clone());
-    assert_eq!(field(listener(&two)), "filter_chains");
+    assert_eq!(field(listener(&two)), "filter_chains[1].filter_chain_match");
 
     let mut host = outbound();
     host.address = Some(socket("localhost", 15001));

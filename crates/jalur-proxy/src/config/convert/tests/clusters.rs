@@ -346,7 +346,7 @@ fn cluster_errors_name_their_field() {
         (err.field.as_str(), err.message.as_str()),
         (
             "transport_socket",
-            "TLS not supported here yet (only a listener's DownstreamTlsContext terminating with one certificate)"
+            "transport socket \"tls\" without a typed_config is not supported"
         )
     );
     assert!(
@@ -443,6 +443,7 @@ fn load_assignment_as_translated() {
         weight,
         healthy,
         locality: locality.into(),
+        socket_match: Default::default(),
     };
     assert_eq!(
         set.endpoints,

@@ -1,0 +1,265 @@
+//! TLS on the data path: listeners terminating TLS (a gateway's certificate, or the workload's
+//! for mesh mTLS) and clusters originating mesh mTLS. Every mesh config reads the proxy's
+//! [`CredentialsWatch`] at handshake time (`jalur_identity::verify`), so a rotated certificate
+//! or trust bundle applies to the next handshake without rebuilding anything here.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jalur_identity::verify::{self, Accept};
+use jalur_identity::{CredentialsWatch, SpiffeId};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use crate::config::{CertSource, ClientTls, PeerMatch, ServerTls};
+
+/// A TLS handshake (either side) must finish within this.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first byte of a TLS connection: a handshake record (RFC 8446 §5.1, content type 22).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// What a connection's security was, for Istio's metric labels.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnSecurity {
+    /// Both sides presented a verified certificate.
+    pub mutual: bool,
+    /// The peer's SPIFFE id (`spiffe://…`), when it presented one.
+    pub peer: Option<Arc<str>>,
+    /// This proxy's own SPIFFE id on this connection, when it presented one.
+    pub local: Option<Arc<str>>,
+}
+
+fn mesh_creds<'a>(
+    creds: Option<&'a CredentialsWatch>,
+    what: &str,
+) -> Result<&'a CredentialsWatch, String> {
+    creds.ok_or_else(|| {
+        format!(
+            "{what} uses SDS \"default\"/\"ROOTCA\" but this proxy has no mesh identity (start it with --xds-address https://… and a token)"
+        )
+    })
+}
+
+fn accept(peer: &PeerMatch, creds: &CredentialsWatch) -> Accept {
+    match peer {
+        PeerMatch::AnyOf(ids) => Accept::AnyOf(ids.clone()),
+        PeerMatch::TrustDomain(td) => Accept::TrustDomain(td.clone()),
+        PeerMatch::OwnTrustDomain => {
+            Accept::TrustDomain(creds.borrow().cert.id.trust_domain.clone())
+        }
+    }
+}
+
+fn own_id(creds: Option<&CredentialsWatch>) -> Option<Arc<str>> {
+    creds.map(|c| Arc::from(c.borrow().cert.id.to_string().as_str()))
+}
+
+// ------------------------------------------------------------------------------------- servers
+
+/// A listener's TLS: one rustls config offering the listener's ALPN protocols, and one offering
+/// none for clients whose ALPN list shares nothing with it (Istio's callers offer
+/// `istio-peer-exchange`/`istio`; rustls would refuse such a handshake, Envoy goes on without
+/// ALPN, and so does jalur).
+#[derive(Clone)]
+pub struct Terminator {
+    with_alpn: Arc<rustls::ServerConfig>,
+    without_alpn: Arc<rustls::ServerConfig>,
+    local: Option<Arc<str>>,
+}
+
+/// A connection accepted on a listener: plaintext, or TLS with what the handshake established.
+pub enum Accepted {
+    Plain(TcpStream),
+    Tls(
+        Box<tokio_rustls::server::TlsStream<TcpStream>>,
+        ConnSecurity,
+    ),
+}
+
+impl Terminator {
+    pub fn new(tls: &ServerTls, creds: Option<&CredentialsWatch>) -> Result<Terminator, String> {
+        let mut config = match (&tls.cert, &tls.client_cert) {
+            (CertSource::Mesh, peer) => {
+                let creds = mesh_creds(creds, "the listener's TLS")?;
+                match peer {
+                    Some(peer) => {
+                        verify::server_config(creds.clone(), accept(peer, creds), false, &[])
+                            .map_err(|e| e.to_string())?
+                    }
+                    None => rustls::ServerConfig::builder_with_provider(provider())
+                        .with_safe_default_protocol_versions()
+                        .map_err(|e| format!("TLS versions: {e}"))?
+                        .with_no_client_auth()
+                        .with_cert_resolver(Arc::new(verify::CurrentCert(creds.clone()))),
+                }
+            }
+            (CertSource::Pem { .. }, Some(_)) => return Err(
+                "client certificates are verified only with the mesh certificate (SDS \"default\")"
+                    .into(),
+            ),
+            (
+                CertSource::Pem {
+                    cert_chain_pem,
+                    private_key_pem,
+                },
+                None,
+            ) => pem_server_config(cert_chain_pem, private_key_pem)?,
+        };
+        let local = match tls.cert {
+            CertSource::Mesh => own_id(creds),
+            CertSource::Pem { .. } => None,
+        };
+        let without_alpn = Arc::new(config.clone());
+        config.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        Ok(Terminator {
+            with_alpn: Arc::new(config),
+            without_alpn,
+            local,
+        })
+    }
+
+    /// Terminates TLS on `stream`; with `plaintext_too`, a connection whose first byte is not a
+    /// TLS handshake record is handed back as plaintext (PERMISSIVE), else it is refused (no
+    /// filter chain matches; Envoy closes it too).
+    pub async fn accept(&self, stream: TcpStream, plaintext_too: bool) -> Result<Accepted, String> {
+        let mut first = [0u8; 1];
+        let n = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first))
+            .await
+            .map_err(|_| "no first byte before the handshake timeout".to_string())?
+            .map_err(|e| format!("reading the first byte: {e}"))?;
+        if n == 0 {
+            return Err("closed before its first byte".into());
+        }
+        if first[0] != TLS_HANDSHAKE_RECORD {
+            return if plaintext_too {
+                Ok(Accepted::Plain(stream))
+            } else {
+                Err("not a TLS handshake and no plaintext chain: closed".into())
+            };
+        }
+        let handshake = async {
+            let acceptor =
+                tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+            let start = acceptor.await.map_err(|e| format!("ClientHello: {e}"))?;
+            let offers = |ours: &[Vec<u8>]| {
+                start
+                    .client_hello()
+                    .alpn()
+                    .is_some_and(|mut theirs| theirs.any(|p| ours.iter().any(|o| o == p)))
+            };
+            let config = if offers(&self.with_alpn.alpn_protocols) {
+                self.with_alpn.clone()
+            } else {
+                self.without_alpn.clone()
+            };
+            start
+                .into_stream(config)
+                .await
+                .map_err(|e| format!("TLS handshake: {e}"))
+        };
+        let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+            .await
+            .map_err(|_| "TLS handshake timed out".to_string())??;
+        let peer = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| verify::peer_id(c).ok())
+            .map(|id| Arc::from(id.to_string().as_str()));
+        let security = ConnSecurity {
+            mutual: peer.is_some() && self.local.is_some(),
+            peer,
+            local: self.local.clone(),
+        };
+        Ok(Accepted::Tls(Box::new(tls), security))
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// A server config for a certificate and key given as PEM (a gateway's SIMPLE server).
+fn pem_server_config(chain: &[u8], key: &[u8]) -> Result<rustls::ServerConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("certificate chain is not valid PEM: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(key)
+        .map_err(|e| format!("private key is not valid PEM: {e}"))?;
+    rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS versions: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("certificate and key do not make a server identity: {e}"))
+}
+
+// ------------------------------------------------------------------------------------- clients
+
+/// A cluster's mesh mTLS origination: the rustls client config (built once per cluster; the
+/// verifier and the presented certificate read the credentials watch) and the SNI.
+pub struct Originator {
+    connector: tokio_rustls::TlsConnector,
+    sni: Option<ServerName<'static>>,
+    local: Option<Arc<str>>,
+}
+
+impl Originator {
+    pub fn new(tls: &ClientTls, creds: Option<&CredentialsWatch>) -> Result<Originator, String> {
+        let creds = mesh_creds(creds, "the cluster's TLS")?;
+        let alpn: Vec<&[u8]> = tls.alpn.iter().map(|p| p.as_bytes()).collect();
+        let config = verify::client_config(creds.clone(), accept(&tls.peer, creds), &alpn)
+            .map_err(|e| e.to_string())?;
+        let sni = match &tls.sni {
+            None => None,
+            Some(s) => Some(
+                ServerName::try_from(s.clone())
+                    .map_err(|e| format!("SNI \"{s}\" is not a DNS name: {e}"))?,
+            ),
+        };
+        Ok(Originator {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            sni,
+            local: own_id(Some(creds)),
+        })
+    }
+
+    /// The TLS handshake over a connected `tcp` to `addr` (the name when no SNI is configured:
+    /// an IP sends none).
+    pub async fn connect<IO>(
+        &self,
+        io: IO,
+        addr: SocketAddr,
+    ) -> std::io::Result<(tokio_rustls::client::TlsStream<IO>, ConnSecurity)>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let name = self
+            .sni
+            .clone()
+            .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
+        let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.connector.connect(name, io))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
+            })??;
+        let peer = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| verify::peer_id(c).ok())
+            .map(|id: SpiffeId| Arc::from(id.to_string().as_str()));
+        let security = ConnSecurity {
+            mutual: true,
+            peer,
+            local: self.local.clone(),
+        };
+        Ok((tls, security))
+    }
+}

@@ -1,0 +1,463 @@
+//! jalur proxy's mTLS data path on Istio-shaped xDS (hand-built here, served per node by a
+//! static xDS server), with credentials from a test CA: sidecar → sidecar over mTLS for
+//! HTTP/1.1, h2 and TCP, the peers' SPIFFE ids in Istio's metric labels and in the chain a
+//! plain rustls client sees; STRICT refuses plaintext, PERMISSIVE takes both, DISABLE is
+//! plaintext; a wrong peer identity or another CA is refused; a rotated certificate is
+//! presented on the next handshake with nothing rebuilt.
+
+#[path = "common/ca.rs"]
+mod ca;
+#[path = "common/istio_tls.rs"]
+mod istio_tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ca::{spiffe, Identity, TestCa};
+use istio_tls::{cluster, listener, upstream_tls, Mode, StaticPlane};
+use jalur_identity::verify::{client_config, peer_id, Accept};
+use jalur_identity::{Credentials, CredentialsWatch};
+use jalur_proxy::run::{Proxy, ProxyOptions};
+use jalur_testkit::{assert_eventually, http2_get, http_get, EchoServer};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const DEADLINE: Duration = Duration::from_secs(20);
+const STOREFRONT: &str = "spiffe://cluster.local/ns/shop/sa/storefront";
+const PAYMENTS: &str = "spiffe://cluster.local/ns/shop/sa/payments";
+const SNI: &str = "outbound_.8080_._.payments.shop.svc.cluster.local";
+
+async fn start_proxy(xds: SocketAddr, service: &str, creds: Option<CredentialsWatch>) -> Proxy {
+    let mut opts = ProxyOptions::loopback(xds, service, "shop");
+    opts.ephemeral_ports = true;
+    opts.credentials = creds;
+    Proxy::start(opts).await.expect("jalur proxy starts")
+}
+
+async fn bound(proxy: &Proxy, name: &str) -> SocketAddr {
+    assert_eventually(&format!("listener {name} bound"), DEADLINE, || async {
+        proxy
+            .listeners()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| a)
+            .ok_or_else(|| "not yet".to_string())
+    })
+    .await
+}
+
+/// A TCP echo backend: writes back whatever it reads.
+async fn tcp_echo() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+/// The server side: `payments` with inbound HTTP and TCP listeners under `mode`, in front of
+/// an HTTP echo and a TCP echo.
+struct Server {
+    proxy: Proxy,
+    http: SocketAddr,
+    tcp: SocketAddr,
+    _echo: EchoServer,
+}
+
+async fn start_server(plane: &StaticPlane, mode: Mode, creds: CredentialsWatch) -> Server {
+    let echo = EchoServer::start("payments").await;
+    let tcp_backend = tcp_echo().await;
+    plane.serve(
+        "payments.shop",
+        vec![
+            listener("inbound", "inbound|8080||", false, mode),
+            listener("inbound-tcp", "inbound|9000||", true, mode),
+        ],
+        vec![
+            cluster("inbound|8080||", &[echo.addr()], false, None, false),
+            cluster("inbound|9000||", &[tcp_backend], false, None, false),
+        ],
+    );
+    let proxy = start_proxy(plane.addr, "payments", Some(creds)).await;
+    let http = bound(&proxy, "inbound").await;
+    let tcp = bound(&proxy, "inbound-tcp").await;
+    Server {
+        proxy,
+        http,
+        tcp,
+        _echo: echo,
+    }
+}
+
+/// The client side: `storefront` with outbound HTTP/1.1, h2 and TCP listeners to `server`,
+/// expecting the server to run as `sans`.
+async fn client(
+    plane: &StaticPlane,
+    server: &Server,
+    creds: CredentialsWatch,
+    sans: &[&str],
+) -> Proxy {
+    let tls = |h2| Some(upstream_tls(SNI, sans, h2));
+    plane.serve(
+        "storefront.shop",
+        vec![
+            listener("outbound", "outbound|8080||payments", false, Mode::Disable),
+            listener(
+                "outbound-h2",
+                "outbound|8080|h2|payments",
+                false,
+                Mode::Disable,
+            ),
+            listener(
+                "outbound-tcp",
+                "outbound|9000||payments",
+                true,
+                Mode::Disable,
+            ),
+        ],
+        vec![
+            cluster(
+                "outbound|8080||payments",
+                &[server.http],
+                true,
+                tls(false),
+                false,
+            ),
+            cluster(
+                "outbound|8080|h2|payments",
+                &[server.http],
+                true,
+                tls(true),
+                true,
+            ),
+            cluster(
+                "outbound|9000||payments",
+                &[server.tcp],
+                true,
+                tls(false),
+                false,
+            ),
+        ],
+    );
+    start_proxy(plane.addr, "storefront", Some(creds)).await
+}
+
+async fn stats(proxy: &Proxy) -> String {
+    http_get(proxy.stats_addr, "stats", "/stats/prometheus", &[])
+        .await
+        .expect("stats")
+        .2
+}
+
+/// The `istio_requests_total` (or `istio_tcp_*`) lines carrying every `labels` pair.
+fn lines<'a>(stats: &'a str, metric: &str, labels: &[(&str, &str)]) -> Vec<&'a str> {
+    stats
+        .lines()
+        .filter(|l| l.starts_with(metric))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .collect()
+}
+
+async fn tcp_roundtrip(addr: SocketAddr, msg: &[u8]) -> Result<Vec<u8>, String> {
+    let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    s.write_all(msg).await.map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; msg.len()];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf))
+        .await
+        .map_err(|_| "no echo".to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(buf)
+}
+
+#[tokio::test]
+async fn sidecars_speak_mtls_for_http1_h2_and_tcp_and_label_both_principals() {
+    let ca = TestCa::new();
+    let plane = StaticPlane::start().await;
+    let payments = ca.identity(&spiffe("shop", "payments"), &[]);
+    let storefront = ca.identity(&spiffe("shop", "storefront"), &[]);
+    let server = start_server(&plane, Mode::Strict, payments.watch.clone()).await;
+    let client = client(&plane, &server, storefront.watch.clone(), &[PAYMENTS]).await;
+    let outbound = bound(&client, "outbound").await;
+    let outbound_h2 = bound(&client, "outbound-h2").await;
+    let outbound_tcp = bound(&client, "outbound-tcp").await;
+
+    let (status, _, body) = assert_eventually("HTTP/1.1 over mTLS", DEADLINE, || async {
+        http_get(outbound, "payments", "/", &[]).await
+    })
+    .await;
+    assert_eq!((status, body.trim()), (200, "payments"));
+    let (status, _, body) = http2_get(outbound_h2, "payments", "/", &[])
+        .await
+        .expect("h2c → h2 over mTLS");
+    assert_eq!((status, body.trim()), (200, "payments"));
+    let echoed = tcp_roundtrip(outbound_tcp, b"ping over mtls")
+        .await
+        .expect("TCP over mTLS");
+    assert_eq!(echoed, b"ping over mtls");
+
+    // The destination saw the caller's certificate; the source saw the server's.
+    let server_stats = stats(&server.proxy).await;
+    let inbound = lines(
+        &server_stats,
+        "istio_requests_total",
+        &[
+            ("reporter", "destination"),
+            ("connection_security_policy", "mutual_tls"),
+            ("source_principal", STOREFRONT),
+            ("destination_principal", PAYMENTS),
+        ],
+    );
+    assert!(
+        inbound
+            .iter()
+            .any(|l| l.contains("request_protocol=\"http\""))
+            && inbound
+                .iter()
+                .any(|l| l.contains("request_protocol=\"http2\"")),
+        "destination metrics: {server_stats}"
+    );
+    let client_stats = stats(&client).await;
+    let outbound_lines = lines(
+        &client_stats,
+        "istio_requests_total",
+        &[
+            ("reporter", "source"),
+            ("connection_security_policy", "unknown"),
+            ("source_principal", STOREFRONT),
+            ("destination_principal", PAYMENTS),
+        ],
+    );
+    assert_eq!(outbound_lines.len(), 2, "source metrics: {client_stats}");
+    assert_eventually("TCP metrics with principals", DEADLINE, || async {
+        let s = stats(&server.proxy).await;
+        let tcp = lines(
+            &s,
+            "istio_tcp_connections_opened_total",
+            &[
+                ("reporter", "destination"),
+                ("connection_security_policy", "mutual_tls"),
+                ("source_principal", STOREFRONT),
+            ],
+        );
+        (!tcp.is_empty()).then_some(()).ok_or(s)
+    })
+    .await;
+}
+
+/// A handshake to `addr` as a bare rustls client with `creds` expecting `accept`; the server's
+/// SPIFFE id on success.
+async fn handshake(
+    addr: SocketAddr,
+    creds: &CredentialsWatch,
+    accept: Accept,
+) -> Result<String, String> {
+    let config = client_config(creds.clone(), accept, &[b"http/1.1"]).map_err(|e| e.to_string())?;
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = ServerName::try_from(SNI).map_err(|e| e.to_string())?;
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    // TLS 1.3: the server judges the client certificate after its own flight; a refusal shows
+    // on the first read.
+    tls.write_all(b"GET / HTTP/1.1\r\nhost: payments\r\nconnection: close\r\n\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut answer = Vec::new();
+    tls.read_to_end(&mut answer)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !answer.starts_with(b"HTTP/1.1 200") {
+        return Err(format!("answered {:?}", String::from_utf8_lossy(&answer)));
+    }
+    let cert = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .cloned();
+    let id = peer_id(&cert.ok_or("no peer certificate")?).map_err(|e| e.to_string())?;
+    Ok(id.to_string())
+}
+
+#[tokio::test]
+async fn strict_shows_its_spiffe_chain_and_refuses_plaintext_strangers_and_wrong_ids() {
+    let ca = TestCa::new();
+    let plane = StaticPlane::start().await;
+    let payments = ca.identity(&spiffe("shop", "payments"), &[]);
+    let storefront = ca.identity(&spiffe("shop", "storefront"), &[]);
+    let server = start_server(&plane, Mode::Strict, payments.watch.clone()).await;
+    let td = || Accept::TrustDomain("cluster.local".into());
+
+    let seen = assert_eventually("a rustls client sees the chain", DEADLINE, || async {
+        handshake(server.http, &storefront.watch, td()).await
+    })
+    .await;
+    assert_eq!(seen, PAYMENTS);
+
+    // Plaintext: no chain matches, the connection is closed without an answer (as Envoy).
+    let plain = http_get(server.http, "payments", "/", &[]).await;
+    assert!(plain.is_err(), "STRICT answered plaintext: {plain:?}");
+    // A client certificate from another CA, and one from another trust domain: refused.
+    let stranger = TestCa::new().identity(&spiffe("shop", "storefront"), &[&ca]);
+    assert!(handshake(server.http, &stranger.watch, td()).await.is_err());
+    let foreign = ca.identity(
+        &jalur_identity::SpiffeId::new("evil.example", "shop", "x"),
+        &[],
+    );
+    assert!(handshake(server.http, &foreign.watch, td()).await.is_err());
+
+    // A caller expecting another service account refuses the server: 503, flag UF.
+    let client = client(&plane, &server, storefront.watch.clone(), &[STOREFRONT]).await;
+    let outbound = bound(&client, "outbound").await;
+    let (status, headers, _) =
+        assert_eventually("the wrong-id request is answered", DEADLINE, || async {
+            http_get(outbound, "payments", "/", &[]).await
+        })
+        .await;
+    assert_eq!(status, 503);
+    assert_eq!(
+        headers.get("x-jalur-flags").and_then(|v| v.to_str().ok()),
+        Some("UF")
+    );
+}
+
+#[tokio::test]
+async fn permissive_takes_mtls_and_plaintext_and_labels_each_disable_is_plaintext() {
+    let ca = TestCa::new();
+    let plane = StaticPlane::start().await;
+    let payments = ca.identity(&spiffe("shop", "payments"), &[]);
+    let storefront = ca.identity(&spiffe("shop", "storefront"), &[]);
+    let server = start_server(&plane, Mode::Permissive, payments.watch.clone()).await;
+    let client = client(&plane, &server, storefront.watch.clone(), &[PAYMENTS]).await;
+    let outbound = bound(&client, "outbound").await;
+
+    let (status, _, _) = assert_eventually("mTLS under PERMISSIVE", DEADLINE, || async {
+        http_get(outbound, "payments", "/", &[]).await
+    })
+    .await;
+    assert_eq!(status, 200);
+    let (status, _, body) = http_get(server.http, "payments", "/", &[])
+        .await
+        .expect("plaintext under PERMISSIVE");
+    assert_eq!((status, body.trim()), (200, "payments"));
+    let echoed = tcp_roundtrip(server.tcp, b"plain tcp")
+        .await
+        .expect("plaintext TCP");
+    assert_eq!(echoed, b"plain tcp");
+    let s = stats(&server.proxy).await;
+    let mtls = lines(
+        &s,
+        "istio_requests_total",
+        &[
+            ("connection_security_policy", "mutual_tls"),
+            ("source_principal", STOREFRONT),
+        ],
+    );
+    let plain = lines(
+        &s,
+        "istio_requests_total",
+        &[
+            ("connection_security_policy", "none"),
+            ("source_principal", "unknown"),
+            ("destination_principal", "unknown"),
+        ],
+    );
+    assert!(!mtls.is_empty() && !plain.is_empty(), "{s}");
+
+    // DISABLE: plaintext only, and nothing is labelled mTLS.
+    let plane2 = StaticPlane::start().await;
+    let disabled = start_server(&plane2, Mode::Disable, payments.watch.clone()).await;
+    let (status, _, _) = assert_eventually("plaintext under DISABLE", DEADLINE, || async {
+        http_get(disabled.http, "payments", "/", &[]).await
+    })
+    .await;
+    assert_eq!(status, 200);
+    let s = stats(&disabled.proxy).await;
+    assert!(
+        lines(
+            &s,
+            "istio_requests_total",
+            &[("connection_security_policy", "mutual_tls")]
+        )
+        .is_empty(),
+        "{s}"
+    );
+}
+
+#[tokio::test]
+async fn a_rotated_certificate_and_trust_bundle_apply_to_the_next_handshake() {
+    let ca = TestCa::new();
+    let plane = StaticPlane::start().await;
+    let payments: Identity = ca.identity(&spiffe("shop", "payments"), &[]);
+    let storefront = ca.identity(&spiffe("shop", "storefront"), &[]);
+    let server = start_server(&plane, Mode::Strict, payments.watch.clone()).await;
+    let td = || Accept::TrustDomain("cluster.local".into());
+    let serial = |creds: &CredentialsWatch| creds.borrow().cert.chain[0].clone();
+
+    assert_eventually("first handshake", DEADLINE, || async {
+        handshake(server.http, &storefront.watch, td()).await
+    })
+    .await;
+    let before = serial(&payments.watch);
+    // Renewal: same key type, new certificate, published on the watch; nothing else happens.
+    let renewed = ca.sign(&spiffe("shop", "payments"), Duration::from_secs(3600));
+    let creds = Credentials::new(renewed, ca.bundle()).expect("creds");
+    payments.tx.send(Arc::new(creds)).expect("send");
+    let after = serial(&payments.watch);
+    assert_ne!(before, after);
+    let presented = presented_leaf(server.http, &storefront.watch).await;
+    assert_eq!(
+        presented, after,
+        "the next handshake presents the renewed certificate"
+    );
+
+    // Root rotation: the new root is distributed first (both trusted), then the server's
+    // certificate comes from it; a caller trusting both roots keeps connecting.
+    let new_ca = TestCa::new();
+    for id in [&payments, &storefront] {
+        let cert = id.watch.borrow().cert.id.clone();
+        let cert = ca.sign(&cert, Duration::from_secs(3600));
+        let creds = Credentials::new(cert, ca.bundle_with(&[&new_ca])).expect("creds");
+        id.tx.send(Arc::new(creds)).expect("send");
+    }
+    let from_new = new_ca.sign(&spiffe("shop", "payments"), Duration::from_secs(3600));
+    let creds = Credentials::new(from_new, ca.bundle_with(&[&new_ca])).expect("creds");
+    payments.tx.send(Arc::new(creds)).expect("send");
+    let seen = handshake(server.http, &storefront.watch, td())
+        .await
+        .expect("new root accepted");
+    assert_eq!(seen, PAYMENTS);
+}
+
+async fn presented_leaf(
+    addr: SocketAddr,
+    creds: &CredentialsWatch,
+) -> rustls::pki_types::CertificateDer<'static> {
+    let config = client_config(
+        creds.clone(),
+        Accept::AnyOf(vec![PAYMENTS.parse().expect("id")]),
+        &[],
+    )
+    .expect("config");
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = ServerName::try_from(SNI).expect("name");
+    let tls = connector.connect(name, tcp).await.expect("handshake");
+    tls.get_ref().1.peer_certificates().expect("certs")[0].clone()
+}
