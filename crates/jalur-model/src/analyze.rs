@@ -13,6 +13,7 @@ mod gateway;
 pub mod hybrid;
 mod index;
 mod migration;
+mod peer_authentication;
 mod service_entry;
 mod virtual_service;
 
@@ -64,6 +65,7 @@ pub fn analyze_with(config: &Config, extra: &KnownServices) -> Vec<Diagnostic> {
             Spec::Gateway(gw) => gateway::check(r, gw, &mut out),
             Spec::ConsulRegistry(_) => {}
             Spec::Migration(m) => migration::check(config, r, m, &mut out),
+            Spec::PeerAuthentication(pa) => peer_authentication::check(config, r, pa, &mut out),
         }
     }
     out.sort_by(|a, b| {

@@ -86,6 +86,17 @@ pub mod codes {
 
     pub const INVALID_MIGRATION: Code = code("JAL0125", "InvalidMigration", Severity::Error);
 
+    // Security (PeerAuthentication, DestinationRule tls).
+    pub const PORT_LEVEL_MTLS_WITHOUT_SELECTOR: Code =
+        code("JAL0140", "PortLevelMtlsWithoutSelector", Severity::Error);
+    pub const CONFLICTING_PEER_AUTHENTICATION: Code = code(
+        "JAL0141",
+        "ConflictingPeerAuthentication",
+        Severity::Warning,
+    );
+    pub const TLS_MODE_NOT_SUPPORTED: Code =
+        code("JAL0142", "TlsModeNotSupported", Severity::Warning);
+
     // Hybrid findings (`jalur analyze --consul ADDR`): config checked against a live Consul.
     pub const CONSUL_NAME_SHADOWED: Code = code("JAL0130", "ConsulNameShadowed", Severity::Warning);
     pub const CONSUL_NAME_COLLIDES: Code = code(
@@ -142,6 +153,9 @@ pub mod codes {
         INVALID_STATUS_CODE,
         INVALID_PORT_NUMBER,
         INVALID_MIGRATION,
+        PORT_LEVEL_MTLS_WITHOUT_SELECTOR,
+        CONFLICTING_PEER_AUTHENTICATION,
+        TLS_MODE_NOT_SUPPORTED,
     ];
 }
 

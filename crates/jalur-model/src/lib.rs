@@ -9,6 +9,7 @@ pub mod host;
 pub mod jalur;
 pub mod load;
 pub mod networking;
+pub mod security;
 pub mod span;
 
 use std::collections::BTreeMap;
@@ -31,10 +32,11 @@ pub enum Kind {
     Gateway,
     ConsulRegistry,
     Migration,
+    PeerAuthentication,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::ServiceEntry,
@@ -42,11 +44,13 @@ impl Kind {
         Kind::Gateway,
         Kind::ConsulRegistry,
         Kind::Migration,
+        Kind::PeerAuthentication,
     ];
 
     pub fn group(self) -> &'static str {
         match self {
             Kind::ConsulRegistry | Kind::Migration => "jalur.dev",
+            Kind::PeerAuthentication => "security.istio.io",
             _ => "networking.istio.io",
         }
     }
@@ -55,6 +59,7 @@ impl Kind {
     pub fn versions(self) -> &'static [&'static str] {
         match self {
             Kind::ConsulRegistry | Kind::Migration => &["v1alpha1"],
+            Kind::PeerAuthentication => &["v1", "v1beta1"],
             _ => &["v1", "v1beta1", "v1alpha3"],
         }
     }
@@ -68,6 +73,7 @@ impl Kind {
             Kind::Gateway => "Gateway",
             Kind::ConsulRegistry => "ConsulRegistry",
             Kind::Migration => "Migration",
+            Kind::PeerAuthentication => "PeerAuthentication",
         }
     }
 
@@ -142,6 +148,7 @@ pub enum Spec {
     Gateway(networking::Gateway),
     ConsulRegistry(jalur::ConsulRegistry),
     Migration(jalur::Migration),
+    PeerAuthentication(security::PeerAuthentication),
 }
 
 impl Spec {
@@ -154,6 +161,7 @@ impl Spec {
             Spec::Gateway(_) => Kind::Gateway,
             Spec::ConsulRegistry(_) => Kind::ConsulRegistry,
             Spec::Migration(_) => Kind::Migration,
+            Spec::PeerAuthentication(_) => Kind::PeerAuthentication,
         }
     }
 }
@@ -238,6 +246,11 @@ impl Config {
     typed_iter!(gateways, Gateway, networking::Gateway);
     typed_iter!(consul_registries, ConsulRegistry, jalur::ConsulRegistry);
     typed_iter!(migrations, Migration, jalur::Migration);
+    typed_iter!(
+        peer_authentications,
+        PeerAuthentication,
+        security::PeerAuthentication
+    );
 
     /// Sorted by kind, namespace, name so that translation is deterministic whatever the file order.
     pub fn new(mut resources: Vec<Resource>) -> Config {

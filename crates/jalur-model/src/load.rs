@@ -223,6 +223,7 @@ fn typed_spec(kind: Kind, value: yaml_serde::Value) -> Result<Spec, (String, Str
         Kind::Gateway => Spec::Gateway(typed(value)?),
         Kind::ConsulRegistry => Spec::ConsulRegistry(typed(value)?),
         Kind::Migration => Spec::Migration(typed(value)?),
+        Kind::PeerAuthentication => Spec::PeerAuthentication(typed(value)?),
     })
 }
 

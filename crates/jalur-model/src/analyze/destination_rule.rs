@@ -123,8 +123,21 @@ fn outlier(r: &Resource, field: &str, od: &OutlierDetection, out: &mut Vec<Diagn
     }
 }
 
-/// MUTUAL needs a client certificate and key, from files or from a credential.
+/// MUTUAL needs a client certificate and key, from files or from a credential. SIMPLE and MUTUAL
+/// (TLS origination to a server outside the mesh) are not translated yet: say so rather than let
+/// traffic go in plaintext unannounced.
 fn client_tls(r: &Resource, field: &str, tls: &ClientTlsSettings, out: &mut Vec<Diagnostic>) {
+    if matches!(tls.mode, TlsMode::Simple | TlsMode::Mutual) {
+        let mode = if tls.mode == TlsMode::Simple {
+            "SIMPLE"
+        } else {
+            "MUTUAL"
+        };
+        let msg = format!(
+            "tls mode {mode} (TLS origination) is not yet supported: connections to this host stay as they are (plaintext unless the mesh's mTLS applies); ISTIO_MUTUAL and DISABLE are honoured"
+        );
+        out.push(r.diag(codes::TLS_MODE_NOT_SUPPORTED, &format!("{field}.mode"), msg));
+    }
     if tls.mode != TlsMode::Mutual || tls.credential_name.is_some() {
         return;
     }
