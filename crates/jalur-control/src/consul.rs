@@ -541,6 +541,7 @@ impl Watcher {
                     locality: datacenter.clone(),
                     healthy,
                     source: format!("consul:{}", self.key),
+                    service_account: None,
                 });
             }
         }

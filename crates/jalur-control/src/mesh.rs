@@ -9,7 +9,41 @@ use jalur_model::host;
 use jalur_model::networking::{self, Resolution, ServiceEntry};
 use jalur_model::{Config, Resource};
 
-use crate::workload::{Port, Protocol, Workload};
+use crate::workload::{is_mtls_labelled, Port, Protocol, Workload};
+
+/// What translation needs to write identities: the trust domain of SPIFFE ids and the root
+/// namespace whose PeerAuthentication is mesh-wide. The control plane's flags set them
+/// (`--trust-domain`, `--root-namespace`); the defaults are Istio's and jalur's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Security {
+    pub trust_domain: String,
+    pub root_namespace: String,
+}
+
+impl Default for Security {
+    fn default() -> Security {
+        Security {
+            trust_domain: "cluster.local".to_string(),
+            root_namespace: jalur_model::security::DEFAULT_ROOT_NAMESPACE.to_string(),
+        }
+    }
+}
+
+/// Who an mTLS-capable endpoint is: the namespace and account of its SPIFFE id.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct Identity {
+    pub namespace: String,
+    pub service_account: String,
+}
+
+impl Identity {
+    pub fn spiffe_id(&self, trust_domain: &str) -> String {
+        format!(
+            "spiffe://{trust_domain}/ns/{}/sa/{}",
+            self.namespace, self.service_account
+        )
+    }
+}
 
 /// How a service's endpoints reach clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -56,6 +90,9 @@ pub struct Endpoint {
     pub weight: u32,
     pub locality: String,
     pub healthy: bool,
+    /// Set when the endpoint holds mesh credentials (label `security.istio.io/tlsMode: istio`
+    /// and an identity): callers then reach it over mTLS and check this identity.
+    pub identity: Option<Identity>,
 }
 
 impl Endpoint {
@@ -69,12 +106,18 @@ pub struct Mesh {
     pub config: Arc<Config>,
     pub services: BTreeMap<String, Service>,
     pub endpoints: BTreeMap<String, Vec<Endpoint>>,
+    pub security: Security,
 }
 
 impl Mesh {
     pub fn build(config: Arc<Config>, workloads: &[Workload]) -> Mesh {
+        Mesh::build_with(config, workloads, Security::default())
+    }
+
+    pub fn build_with(config: Arc<Config>, workloads: &[Workload], security: Security) -> Mesh {
         let mut mesh = Mesh {
             config: config.clone(),
+            security,
             ..Mesh::default()
         };
         for (res, se) in config.service_entries() {
@@ -117,7 +160,7 @@ impl Mesh {
         let mut endpoints: Vec<Endpoint> = se
             .endpoints
             .iter()
-            .filter_map(|we| endpoint_of(we, se, &ports))
+            .filter_map(|we| endpoint_of(we, se, ns, &ports))
             .collect();
         if let Some(selector) = &se.workload_selector {
             for (wres, we) in config.workload_entries() {
@@ -127,7 +170,7 @@ impl Mesh {
                         .iter()
                         .all(|(k, v)| we.labels.get(k) == Some(v));
                 if selected {
-                    endpoints.extend(endpoint_of(we, se, &ports));
+                    endpoints.extend(endpoint_of(we, se, ns, &ports));
                 }
             }
         }
@@ -200,6 +243,10 @@ impl Mesh {
                 weight: w.weight.max(1),
                 locality: w.locality.clone(),
                 healthy: w.healthy,
+                identity: w.mtls_capable().then(|| Identity {
+                    namespace: w.namespace.clone(),
+                    service_account: w.service_account.clone().unwrap_or_default(),
+                }),
             });
     }
 }
@@ -226,6 +273,7 @@ fn local_ports(res: &Resource) -> std::collections::BTreeMap<u32, u32> {
 fn endpoint_of(
     we: &networking::WorkloadEntry,
     se: &ServiceEntry,
+    namespace: &str,
     ports: &[Port],
 ) -> Option<Endpoint> {
     let address = we.address.clone()?;
@@ -254,5 +302,16 @@ fn endpoint_of(
         weight: we.weight.unwrap_or(1).max(1),
         locality: we.locality.clone().unwrap_or_default(),
         healthy: true,
+        identity: is_mtls_labelled(&we.labels).then(|| Identity {
+            namespace: namespace.to_string(),
+            // As for a proxy without SERVICE_ACCOUNT: the account is the service's name.
+            service_account: we.service_account.clone().unwrap_or_else(|| {
+                let host = se.hosts.first().map(String::as_str).unwrap_or_default();
+                host.split('.').next().unwrap_or_default().to_string()
+            }),
+        }),
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -49,6 +49,9 @@ pub struct ClientInfo {
     pub namespace: String,
     pub workload_name: String,
     pub service: Option<String>,
+    /// Istio's `SERVICE_ACCOUNT`, else the service's short name, else the workload name: the
+    /// account of the SPIFFE id this client's workload has.
+    pub service_account: String,
     pub labels: BTreeMap<String, String>,
     pub ports: Vec<Port>,
     /// The local app's port (`JALUR_APP_PORT`) when it differs from the service port.
@@ -108,6 +111,15 @@ impl ClientInfo {
             .service
             .or_else(|| labels.get("service.istio.io/canonical-name").cloned())
             .or_else(|| labels.get("app").cloned());
+        let service_account = md
+            .service_account
+            .or_else(|| {
+                service
+                    .as_deref()
+                    .and_then(|s| s.split('.').next())
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| workload_name.clone());
         let ports = md
             .ports
             .into_iter()
@@ -124,6 +136,7 @@ impl ClientInfo {
             namespace,
             workload_name,
             service,
+            service_account,
             labels,
             ports,
             inbound_port: md.inbound_port.unwrap_or(DEFAULT_INBOUND_PORT),
@@ -185,6 +198,7 @@ impl ClientInfo {
             locality: self.locality.clone(),
             healthy: true,
             source: format!("proxy:{}", self.id),
+            service_account: Some(self.service_account.clone()),
         })
     }
 }

@@ -10,6 +10,11 @@ use std::sync::Arc;
 /// counts: `subsets: [{name: legacy, labels: {jalur.dev/origin: consul}}, {name: mesh, ...}]`.
 pub const ORIGIN_LABEL: &str = "jalur.dev/origin";
 
+/// Istio's mark of a workload that holds mesh credentials: callers then speak mTLS to it (auto
+/// mTLS). jalur proxy with an identity and the Envoy bootstrap `jalur agent` writes carry it.
+pub const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
+pub const TLS_MODE_ISTIO: &str = "istio";
+
 /// Application protocol of a port, from Istio's `protocol` field or its name prefix (`http-web`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub enum Protocol {
@@ -75,6 +80,21 @@ pub struct Workload {
     pub healthy: bool,
     /// Who reported it, e.g. `proxy:sidecar~10.0.0.1~reviews-v1.bookinfo~bookinfo.svc.cluster.local`.
     pub source: String,
+    /// The account its SPIFFE id names (`spiffe://TD/ns/NAMESPACE/sa/ACCOUNT`): the proxy's
+    /// `SERVICE_ACCOUNT`, else its service name. `None` for registry instances (Consul): they
+    /// are plaintext legacy with no identity.
+    pub service_account: Option<String>,
+}
+
+impl Workload {
+    /// It holds mesh credentials (label `security.istio.io/tlsMode: istio`) and an identity.
+    pub fn mtls_capable(&self) -> bool {
+        self.service_account.is_some() && is_mtls_labelled(&self.labels)
+    }
+}
+
+pub fn is_mtls_labelled(labels: &std::collections::BTreeMap<String, String>) -> bool {
+    labels.get(TLS_MODE_LABEL).map(String::as_str) == Some(TLS_MODE_ISTIO)
 }
 
 pub type WorkloadSet = Arc<Vec<Workload>>;

@@ -525,6 +525,7 @@ fn inbound_cluster(ctx: &Ctx, name: &str, app: &Port) -> Cluster {
         weight: 1,
         locality: String::new(),
         healthy: true,
+        identity: None,
     };
     let mut c = build_cluster(
         ctx,

@@ -270,6 +270,7 @@ fn imported_services_get_the_registry_active_health_check() {
         locality: String::new(),
         healthy: true,
         source: "consul:default/legacy".into(),
+        service_account: None,
     };
     let mesh = Mesh::build(Arc::new(jalur_model::Config::new(res)), &[w]);
     let client = node(
