@@ -121,10 +121,20 @@ fn render_cluster(c: &Cluster) -> Value {
             _ => "auto",
         })
     });
+    let matches: Vec<Value> = c
+        .transport_socket_matches
+        .iter()
+        .map(|m| {
+            let on = m.r#match.as_ref().map(tls::struct_json).unwrap_or(json!({}));
+            json!({ "name": m.name, "match": on, "socket": tls::socket(m.transport_socket.as_ref()) })
+        })
+        .collect();
     prune(json!({
         "type": kind, "lb_policy": lb, "connect_timeout": dur(&c.connect_timeout),
         "circuit_breakers": cb, "outlier_detection": od, "upstream_protocol": protocol,
         "endpoints": c.load_assignment.as_ref().map(render_cla).map(|v| v["endpoints"].clone()),
+        "transport_socket": c.transport_socket.as_ref().map(|t| tls::socket(Some(t))),
+        "transport_socket_matches": matches,
     }))
 }
 
@@ -139,8 +149,14 @@ fn render_cla(c: &ClusterLoadAssignment) -> Value {
                     Some(lb_endpoint::HostIdentifier::Endpoint(ep)) => addr(&ep.address),
                     _ => Value::Null,
                 };
-                json!({ "address": a, "locality": loc, "weight": e.load_balancing_weight.as_ref().map(|w| w.value),
-                        "health": if e.health_status == 1 { "HEALTHY" } else { "UNHEALTHY" } })
+                let mut v = json!({ "address": a, "locality": loc, "weight": e.load_balancing_weight.as_ref().map(|w| w.value),
+                        "health": if e.health_status == 1 { "HEALTHY" } else { "UNHEALTHY" } });
+                if let Some(md) = e.metadata.as_ref().filter(|m| !m.filter_metadata.is_empty()) {
+                    let md: Map<String, Value> =
+                        md.filter_metadata.iter().map(|(k, s)| (k.clone(), tls::struct_json(s))).collect();
+                    v["metadata"] = Value::Object(md);
+                }
+                v
             })
         })
         .collect();
@@ -162,7 +178,22 @@ fn render_listener(l: &Listener) -> Value {
         .as_ref()
         .and_then(|a| a.api_listener.as_ref())
         .map(network_filter);
-    prune(json!({ "address": addr(&l.address), "filters": filters, "api_listener": api }))
+    // Chains are shown one by one only when they differ by match or TLS; a single plain chain
+    // renders as its filters alone.
+    let (filters, chains): (Vec<Value>, Vec<Value>) = if l
+        .filter_chains
+        .iter()
+        .any(|fc| fc.filter_chain_match.is_some() || fc.transport_socket.is_some())
+    {
+        (Vec::new(), l.filter_chains.iter().map(tls::chain).collect())
+    } else {
+        (filters, Vec::new())
+    };
+    let listener_filters: Vec<&str> = l.listener_filters.iter().map(|f| f.name.as_str()).collect();
+    prune(
+        json!({ "address": addr(&l.address), "filters": filters, "api_listener": api,
+                  "listener_filters": listener_filters, "filter_chains": chains }),
+    )
 }
 
 fn network_filter(any: &Any) -> Value {
@@ -283,3 +314,5 @@ fn retry(r: &RetryPolicy) -> Value {
                   "per_try_timeout": dur(&r.per_try_timeout), "retriable_status_codes": r.retriable_status_codes }),
     )
 }
+
+mod tls;

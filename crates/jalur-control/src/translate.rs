@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod listener;
 pub mod route;
+pub mod tls;
 
 use envoy_types::pb::envoy::config::core::v3::{
     config_source::ConfigSourceSpecifier, AggregatedConfigSource, ApiVersion, ConfigSource,

@@ -397,3 +397,200 @@ spec:
         "hosts the Gateway does not expose are not routed"
     );
 }
+
+/// The mTLS shape jalur emits (Istio's): meshed `ratings` instances announce credentials, one
+/// legacy instance does not, `reviews` is forced to ISTIO_MUTUAL, bookinfo is PERMISSIVE.
+fn mtls_config(permissive_or_strict: &str) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "ratings.yaml",
+            r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ratings, namespace: bookinfo}
+spec:
+  hosts: [ratings.bookinfo.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports:
+  - {number: 9080, name: http, protocol: HTTP}
+  - {number: 7070, name: grpc, protocol: GRPC}
+  endpoints:
+  - {address: 127.0.0.1, ports: {http: 19080, grpc: 17070}, labels: {app: ratings, security.istio.io/tlsMode: istio}, serviceAccount: ratings}
+  - {address: 127.0.0.2, ports: {http: 19080, grpc: 17070}, labels: {app: ratings}}
+"#
+            .to_string(),
+        ),
+        ("reviews.yaml", service_entry("reviews", "bookinfo", HOST)),
+        (
+            "reviews-dr.yaml",
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: bookinfo}\nspec:\n  host: reviews\n  trafficPolicy:\n    tls: {mode: ISTIO_MUTUAL}\n".to_string(),
+        ),
+        (
+            "pa.yaml",
+            format!("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: bookinfo}}\nspec:\n  mtls: {{mode: {permissive_or_strict}}}\n"),
+        ),
+    ]
+}
+
+/// Envoy's whole config dump (endpoints included), as JSON.
+async fn config_dump(envoy: &Envoy) -> serde_json::Value {
+    let text = envoy
+        .admin_get("/config_dump?include_eds")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    serde_json::from_str(&text).expect("config_dump is JSON")
+}
+
+/// The inbound listener's filter chains' transport protocols, from a config dump (active or
+/// warming: with no SDS server its TLS chain waits for its secrets).
+fn inbound_protocols(dump: &serde_json::Value) -> Option<Vec<String>> {
+    let configs = dump["configs"].as_array()?;
+    let listeners = configs
+        .iter()
+        .find_map(|c| c["dynamic_listeners"].as_array())?;
+    let inbound = listeners.iter().find(|l| l["name"] == "inbound")?;
+    let state = if inbound["warming_state"].is_null() {
+        &inbound["active_state"]
+    } else {
+        &inbound["warming_state"]
+    };
+    let chains = state["listener"]["filter_chains"].as_array()?;
+    Some(
+        chains
+            .iter()
+            .map(|c| {
+                c["filter_chain_match"]["transport_protocol"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect(),
+    )
+}
+
+/// Every type the client was sent is ACKed at the version sent, with no NACK.
+fn acked_without_nack(syncz: &serde_json::Value, node_id: &str) -> Result<(), String> {
+    let me = syncz
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["node_id"] == node_id))
+        .ok_or("not in syncz yet")?;
+    for t in ["cds", "eds", "lds"] {
+        let s = &me["types"][t];
+        if !s["last_nack"].is_null() {
+            return Err(format!("{t} NACKed: {}", s["last_nack"]));
+        }
+        if s["sent_version"].as_str().unwrap_or("").is_empty()
+            || s["acked_version"] != s["sent_version"]
+        {
+            return Err(format!("{t} not ACKed yet: {s}"));
+        }
+    }
+    Ok(())
+}
+
+/// Stock Envoy ACKs the mTLS config jalur emits for a sidecar holding credentials: CDS with
+/// `transport_socket_matches` (tlsMode-istio: UpstreamTlsContext with SDS `default`/`ROOTCA`
+/// over `sds-grpc`, SAN match on the SPIFFE id, Istio's ALPN and SNI; tlsMode-disabled: raw
+/// buffer) and a DR-forced `transport_socket`, EDS with `envoy.transport_socket_match` endpoint
+/// metadata, LDS with the tls_inspector and PERMISSIVE's TLS + plaintext inbound chains, then
+/// STRICT's single TLS chain after an edit. No SDS server runs here (the agent's track serves
+/// it), so the secrets stay warming: this asserts acceptance and shape, not handshakes. It takes
+/// ~15 s: Envoy holds LDS until its warming clusters give up on SDS (`initial_fetch_timeout`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_acks_mtls_socket_matches_sds_and_inbound_tls_chains() {
+    let plane = Plane::start(&mtls_config("PERMISSIVE")).await;
+    let Some(binary) = require_peer("envoy", envoy_binary()) else {
+        return;
+    };
+    let sds_dir = tempfile::TempDir::with_prefix("jalur-sds-").expect("temp dir");
+    let mut opts = EnvoyOpts::new(plane.xds(), SIDECAR_ID);
+    opts.metadata = json!({
+        "JALUR_EPHEMERAL_PORTS": "true",
+        "JALUR_LISTEN_ADDRESS": "127.0.0.1",
+        "NAMESPACE": "bookinfo",
+        "JALUR_SERVICE": "productpage",
+        "JALUR_PORTS": "http:9080",
+        "SERVICE_ACCOUNT": "productpage",
+        "LABELS": { "app": "productpage", "security.istio.io/tlsMode": "istio" },
+    });
+    // What `jalur agent`'s bootstrap carries: the cluster SDS config names, a pipe to its socket.
+    opts.extra_clusters = vec![json!({
+        "name": "sds-grpc",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": "sds-grpc",
+            "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": { "pipe": {
+                "path": sds_dir.path().join("sds.sock").display().to_string()
+            } } } }] }]
+        },
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": { "http2_protocol_options": {} }
+            }
+        }
+    })];
+    let envoy = Envoy::start_with(&binary, opts)
+        .await
+        .expect("envoy starts");
+
+    assert_eventually(
+        "Envoy ACKs CDS, EDS and LDS",
+        Duration::from_secs(20),
+        || async { acked_without_nack(&plane.get_json("/debug/syncz").await, SIDECAR_ID) },
+    )
+    .await;
+    let dump = assert_eventually(
+        "the inbound listener in Envoy",
+        Duration::from_secs(10),
+        || async {
+            let dump = config_dump(&envoy).await;
+            match inbound_protocols(&dump) {
+                Some(p) => Ok((dump, p)),
+                None => Err("no inbound listener yet".to_string()),
+            }
+        },
+    )
+    .await;
+    let (dump, protocols) = dump;
+    assert_eq!(
+        protocols,
+        ["tls", "raw_buffer"],
+        "PERMISSIVE: TLS and plaintext chains"
+    );
+    let text = dump.to_string();
+    for expected in [
+        "\"name\":\"tlsMode-istio\"",
+        "\"name\":\"tlsMode-disabled\"",
+        "\"exact\":\"spiffe://cluster.local/ns/bookinfo/sa/ratings\"",
+        "\"sni\":\"outbound_.9080_._.ratings.bookinfo.svc.cluster.local\"",
+        "\"sni\":\"outbound_.9080_._.reviews.bookinfo.svc.cluster.local\"",
+        "\"istio-peer-exchange\"",
+        "\"cluster_name\":\"sds-grpc\"",
+        "\"name\":\"ROOTCA\"",
+        "\"name\":\"default\"",
+        "envoy.filters.listener.tls_inspector",
+        "\"require_client_certificate\":true",
+        "\"prefix\":\"spiffe://cluster.local/\"",
+        "\"envoy.transport_socket_match\":{\"tlsMode\":\"istio\"}",
+    ] {
+        assert!(
+            text.contains(expected),
+            "config_dump lacks {expected}:\n{text}"
+        );
+    }
+
+    // PERMISSIVE -> STRICT: Envoy takes the single-chain listener too.
+    plane.write("pa.yaml", &mtls_config("STRICT")[3].1);
+    assert_eventually("STRICT reaches Envoy", Duration::from_secs(20), || async {
+        let dump = config_dump(&envoy).await;
+        acked_without_nack(&plane.get_json("/debug/syncz").await, SIDECAR_ID)?;
+        match inbound_protocols(&dump) {
+            Some(p) if p == ["tls"] => Ok(()),
+            other => Err(format!("inbound chains {other:?}")),
+        }
+    })
+    .await;
+    drop(envoy);
+}

@@ -29,6 +29,8 @@ pub struct EnvoyOpts {
     pub cluster: String,
     /// `node.metadata`, a JSON object.
     pub metadata: Value,
+    /// More static clusters for the bootstrap (e.g. `sds-grpc`, which mTLS config names).
+    pub extra_clusters: Vec<Value>,
 }
 
 impl EnvoyOpts {
@@ -40,6 +42,7 @@ impl EnvoyOpts {
             node_id: node_id.to_string(),
             cluster: "jalur-test".to_string(),
             metadata: json!({}),
+            extra_clusters: Vec::new(),
         }
     }
 }
@@ -49,7 +52,7 @@ impl EnvoyOpts {
 pub fn bootstrap(opts: &EnvoyOpts) -> Value {
     let api_type = if opts.delta { "DELTA_GRPC" } else { "GRPC" };
     let over_ads = json!({ "ads": {}, "resource_api_version": "V3" });
-    json!({
+    let mut b = json!({
         "node": {
             "id": opts.node_id,
             "cluster": opts.cluster,
@@ -99,7 +102,11 @@ pub fn bootstrap(opts: &EnvoyOpts) -> Value {
                 }
             }]
         }
-    })
+    });
+    if let Some(clusters) = b["static_resources"]["clusters"].as_array_mut() {
+        clusters.extend(opts.extra_clusters.iter().cloned());
+    }
+    b
 }
 
 /// A running Envoy; killed when dropped. Its files (bootstrap, log) live in a temp dir that is

@@ -24,10 +24,11 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
 use envoy_types::pb::google::protobuf::UInt32Value;
 use envoy_types::util::pack_any;
 use jalur_model::networking::{
-    ConnectionPoolSettings, LoadBalancerSettings, OutlierDetection, SimpleLb, TrafficPolicy,
+    ClientTlsSettings, ConnectionPoolSettings, LoadBalancerSettings, OutlierDetection, SimpleLb,
+    TrafficPolicy,
 };
 
-use super::{ads_source, cluster_name, duration, Ctx};
+use super::{ads_source, cluster_name, duration, tls, Ctx};
 use crate::mesh::{Discovery, Endpoint, Service};
 use crate::workload::Port;
 
@@ -41,6 +42,7 @@ pub struct Policy {
     pub load_balancer: Option<LoadBalancerSettings>,
     pub connection_pool: Option<ConnectionPoolSettings>,
     pub outlier_detection: Option<OutlierDetection>,
+    pub tls: Option<ClientTlsSettings>,
 }
 
 impl Policy {
@@ -51,6 +53,9 @@ impl Policy {
             tp.connection_pool.as_ref(),
             tp.outlier_detection.as_ref(),
         );
+        if tp.tls.is_some() {
+            self.tls = tp.tls.clone();
+        }
         if let Some(pl) = tp
             .port_level_settings
             .iter()
@@ -61,6 +66,9 @@ impl Policy {
                 pl.connection_pool.as_ref(),
                 pl.outlier_detection.as_ref(),
             );
+            if pl.tls.is_some() {
+                self.tls = pl.tls.clone();
+            }
         }
     }
 
@@ -122,6 +130,9 @@ pub fn clusters(ctx: &Ctx) -> (Vec<Cluster>, Vec<ClusterLoadAssignment>) {
                 let selected: Vec<&Endpoint> =
                     endpoints.iter().filter(|e| e.matches(&labels)).collect();
                 let cla = load_assignment(&name, port.number, &selected);
+                let tls_mode = policy.tls.as_ref().map(|t| t.mode);
+                let secure =
+                    |c: &mut Cluster| tls::secure_cluster(ctx, c, service, port, subset, tls_mode);
                 match service.discovery {
                     Discovery::Eds => {
                         let mut c = cluster(ctx, &name, service, port, &policy, None);
@@ -129,6 +140,7 @@ pub fn clusters(ctx: &Ctx) -> (Vec<Cluster>, Vec<ClusterLoadAssignment>) {
                         if !ctx.proxyless {
                             c.health_checks.extend(health_check.clone());
                         }
+                        secure(&mut c);
                         clusters.push(c);
                         assignments.push(cla);
                     }
@@ -138,7 +150,9 @@ pub fn clusters(ctx: &Ctx) -> (Vec<Cluster>, Vec<ClusterLoadAssignment>) {
                         assignments.extend(eds);
                     }
                     Discovery::Dns => {
-                        clusters.push(cluster(ctx, &name, service, port, &policy, Some(cla)))
+                        let mut c = cluster(ctx, &name, service, port, &policy, Some(cla));
+                        secure(&mut c);
+                        clusters.push(c);
                     }
                 }
             }
@@ -503,7 +517,7 @@ pub fn load_assignment(
                 load_balancing_weight: Some(UInt32Value {
                     value: e.weight.max(1),
                 }),
-                ..LbEndpoint::default()
+                metadata: tls::endpoint_metadata(e),
             });
     }
     let endpoints = by_locality

@@ -97,13 +97,19 @@ pub fn sidecar(ctx: &Ctx) -> Built {
                 }],
                 ..RouteConfiguration::default()
             };
-            listeners.push(http_listener(
+            let mut inbound = http_listener(
                 ctx,
                 INBOUND,
                 c.bind_port(c.inbound_port),
                 rds(INBOUND),
                 TrafficDirection::Inbound,
-            ));
+            );
+            super::tls::inbound_chains(
+                ctx,
+                super::tls::inbound_mode(ctx, app.number),
+                &mut inbound,
+            );
+            listeners.push(inbound);
             route_configs.push(inbound_routes);
             clusters.push(inbound_cluster(ctx, &name, app));
         }

@@ -37,45 +37,82 @@ fn node(id: &str, user_agent: &str, md: &[(&str, &str)]) -> ClientInfo {
     })
 }
 
-fn gateway_node() -> ClientInfo {
-    let mut labels = Struct::default();
-    labels.fields.insert(
-        "istio".into(),
-        Value {
-            kind: Some(Kind::StringValue("ingressgateway".into())),
-        },
-    );
+fn string(v: &str) -> Value {
+    Value {
+        kind: Some(Kind::StringValue(v.into())),
+    }
+}
+
+/// A node's metadata with `LABELS` as a struct, as proxies send it.
+fn with_labels(md: &[(&str, &str)], labels: &[(&str, &str)]) -> Struct {
     let mut metadata = Struct::default();
+    for (k, v) in md {
+        metadata.fields.insert(k.to_string(), string(v));
+    }
+    let mut l = Struct::default();
+    for (k, v) in labels {
+        l.fields.insert(k.to_string(), string(v));
+    }
     metadata.fields.insert(
         "LABELS".into(),
         Value {
-            kind: Some(Kind::StructValue(labels)),
+            kind: Some(Kind::StructValue(l)),
         },
     );
+    metadata
+}
+
+/// The label a proxy holding mesh credentials announces.
+const MTLS: (&str, &str) = ("security.istio.io/tlsMode", "istio");
+
+fn gateway_node(secure: bool) -> ClientInfo {
+    let mut labels = vec![("istio", "ingressgateway")];
+    labels.extend(secure.then_some(MTLS));
     ClientInfo::from_node(&Node {
         id: "router~10.0.9.1~edge-gw-x.istio-system~istio-system.svc.cluster.local".into(),
         user_agent_name: "envoy".into(),
-        metadata: Some(metadata),
+        metadata: Some(with_labels(&[], &labels)),
         ..Node::default()
     })
 }
 
+fn sidecar_node(secure: bool) -> ClientInfo {
+    let md = [
+        ("JALUR_SERVICE", "productpage"),
+        ("JALUR_PORTS", "http:9080"),
+    ];
+    if !secure {
+        // Today's scenarios: exactly the metadata they were recorded with.
+        return node(
+            "sidecar~10.0.1.1~productpage-v1-x.bookinfo~bookinfo.svc.cluster.local",
+            "envoy",
+            &md,
+        );
+    }
+    ClientInfo::from_node(&Node {
+        id: "sidecar~10.0.1.1~productpage-v1-x.bookinfo~bookinfo.svc.cluster.local".into(),
+        user_agent_name: "envoy".into(),
+        metadata: Some(with_labels(&md, &[("app", "productpage"), MTLS])),
+        ..Node::default()
+    })
+}
+
+/// A scenario seen by clients without mesh credentials (every scenario before mTLS).
 fn scenario(name: &str) {
+    scenario_with(name, false)
+}
+
+/// `secure`: the sidecar and the gateway hold mesh credentials (they announce
+/// `security.istio.io/tlsMode: istio`, as jalur proxy with an identity and agent-fronted Envoy do).
+fn scenario_with(name: &str, secure: bool) {
     let dir = golden_dir();
     let loaded =
         jalur_model::load_paths(&[dir.join("base.yaml"), dir.join(name).join("config.yaml")]);
     assert!(!loaded.has_errors(), "{name}: {:#?}", loaded.diagnostics);
     let mesh = Mesh::build(Arc::new(loaded.config), &[]);
-    let sidecar = node(
-        "sidecar~10.0.1.1~productpage-v1-x.bookinfo~bookinfo.svc.cluster.local",
-        "envoy",
-        &[
-            ("JALUR_SERVICE", "productpage"),
-            ("JALUR_PORTS", "http:9080"),
-        ],
-    );
+    let sidecar = sidecar_node(secure);
     let grpc = node("grpc-client-1", "gRPC Python", &[]);
-    let gateway = gateway_node();
+    let gateway = gateway_node(secure);
     // A gateway sees the same clusters as a sidecar; only its listeners and routes differ.
     let mut gw = crate::render::snapshot(&translate(&mesh, &gateway));
     if let Some(m) = gw.as_object_mut() {
@@ -149,6 +186,29 @@ fn golden_service_entry() {
 #[test]
 fn golden_gateway_with_bound_virtual_service() {
     scenario("gateway");
+}
+
+#[test]
+fn golden_mtls_auto_by_endpoint_label() {
+    scenario_with("mtls-auto", true);
+}
+
+#[test]
+fn golden_mtls_strict_namespace() {
+    scenario_with("mtls-strict", true);
+}
+
+#[test]
+fn golden_mtls_port_level_disable_and_destination_rule_tls() {
+    scenario_with("mtls-port-level", true);
+}
+
+/// The mTLS-capable mesh of `mtls-auto` for clients without credentials: today's plaintext
+/// config (no socket matches, no inbound TLS chains); only endpoint metadata marks capable
+/// endpoints.
+#[test]
+fn golden_mtls_mesh_seen_without_credentials() {
+    scenario_with("mtls-no-credentials", false);
 }
 
 #[test]
@@ -289,4 +349,114 @@ fn imported_services_get_the_registry_active_health_check() {
         cluster.outlier_detection.is_some(),
         "imported services get outlier detection by default"
     );
+}
+
+/// A gateway with credentials originates mTLS into the mesh: its cluster to a service with a
+/// meshed instance carries the socket matches, while the service's Consul instances (no identity)
+/// carry no `tlsMode` metadata and so take the plaintext `tlsMode-disabled` socket.
+#[test]
+fn gateway_speaks_mtls_to_meshed_instances_and_plaintext_to_consul_ones() {
+    use crate::workload::{Port, Protocol, Workload};
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use jalur_xds::TypeUrl;
+    use prost::Message;
+
+    let port = Port {
+        number: 80,
+        name: "http".into(),
+        protocol: Protocol::Http,
+    };
+    let consul = Workload {
+        host: "payments.service.consul".into(),
+        namespace: "consul".into(),
+        name: "p-1".into(),
+        address: "10.1.0.1".into(),
+        ports: vec![port.clone()],
+        target_port: Some(9001),
+        labels: [
+            ("jalur.dev/origin".to_string(), "consul".to_string()),
+            // Even a stray label cannot make an instance without identity mTLS-capable.
+            ("security.istio.io/tlsMode".to_string(), "istio".to_string()),
+        ]
+        .into(),
+        weight: 1,
+        locality: String::new(),
+        healthy: true,
+        source: "consul:default/legacy".into(),
+        service_account: None,
+    };
+    let meshed = Workload {
+        address: "10.0.5.1".into(),
+        target_port: Some(15006),
+        labels: [
+            ("jalur.dev/origin".to_string(), "mesh".to_string()),
+            ("security.istio.io/tlsMode".to_string(), "istio".to_string()),
+        ]
+        .into(),
+        source: "proxy:sidecar~10.0.5.1~payments-1.shop~shop.svc.cluster.local".into(),
+        namespace: "shop".into(),
+        service_account: Some("payments".into()),
+        ..consul.clone()
+    };
+    let mesh = Mesh::build(Arc::default(), &[consul, meshed]);
+    let snap = translate(&mesh, &gateway_node(true));
+    let name = "outbound|80||payments.service.consul";
+    let c = Cluster::decode(
+        snap.resources[&TypeUrl::Cluster][name]
+            .body
+            .value
+            .as_slice(),
+    )
+    .expect("cluster");
+    let names: Vec<&str> = c
+        .transport_socket_matches
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
+    assert_eq!(names, ["tlsMode-istio", "tlsMode-disabled"]);
+    let rendered = crate::render::resource(
+        TypeUrl::Cluster,
+        &snap.resources[&TypeUrl::Cluster][name].body,
+    );
+    assert!(
+        rendered
+            .to_string()
+            .contains("spiffe://cluster.local/ns/shop/sa/payments"),
+        "{rendered}"
+    );
+    let cla = ClusterLoadAssignment::decode(
+        snap.resources[&TypeUrl::ClusterLoadAssignment][name]
+            .body
+            .value
+            .as_slice(),
+    )
+    .expect("cla");
+    let marked: Vec<(String, bool)> = cla.endpoints[0]
+        .lb_endpoints
+        .iter()
+        .map(|e| {
+            let rendered = format!("{:?}", e.host_identifier);
+            let address = if rendered.contains("10.1.0.1") {
+                "consul"
+            } else {
+                "mesh"
+            };
+            (address.to_string(), e.metadata.is_some())
+        })
+        .collect();
+    assert_eq!(
+        marked,
+        [("mesh".to_string(), true), ("consul".to_string(), false)]
+    );
+    // The same gateway without credentials keeps today's plaintext cluster.
+    let snap = translate(&mesh, &gateway_node(false));
+    let c = Cluster::decode(
+        snap.resources[&TypeUrl::Cluster][name]
+            .body
+            .value
+            .as_slice(),
+    )
+    .expect("cluster");
+    assert!(c.transport_socket_matches.is_empty() && c.transport_socket.is_none());
 }
