@@ -36,7 +36,9 @@ pub use token::{TokenAuthenticator, Tokens};
 pub const CONTROL_SERVICE_ACCOUNT: &str = "jalur-control";
 /// The root's lifetime when self-signed.
 const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-/// Leaves start this much in the past: the workload's clock may run behind ours.
+/// Leaves start up to this much in the past: the workload's clock may run behind ours. At most
+/// a tenth of the lifetime, so a short-lived certificate's half life (its renewal time) is
+/// still ahead when it is issued.
 const BACKDATE: Duration = Duration::from_secs(60);
 /// After a failed renewal of the control plane's certificate, try again this soon.
 const RENEW_RETRY: Duration = Duration::from_secs(60);
@@ -425,7 +427,7 @@ fn leaf_params(sans: Vec<SanType>, lifetime: Duration) -> Result<CertificatePara
     ];
     params.use_authority_key_identifier_extension = true;
     params.serial_number = Some(random_serial()?);
-    params.not_before = (now - BACKDATE).into();
+    params.not_before = (now - BACKDATE.min(lifetime / 10)).into();
     params.not_after = (now + lifetime).into();
     Ok(params)
 }

@@ -189,6 +189,12 @@ fn a_csr_is_signed_for_its_caller_with_a_capped_lifetime() {
     .expect("validity");
     assert!(not_after.duration_since(before).expect("after") <= Duration::from_secs(3600 + 5));
     openssl_verify(dir.path(), ca.bundle_pem(), &[], &chain[0]).expect("openssl accepts the leaf");
+    // A short-lived certificate is not backdated past its own half life: its renewal is ahead.
+    let chain = ca
+        .sign_csr(&request, &caller, Some(Duration::from_secs(4)))
+        .expect("signed");
+    let cert = WorkloadCert::new(&key, &chain.concat()).expect("cert");
+    assert!(cert.renew_at() > before, "renewal due before issue");
 }
 
 #[test]
