@@ -317,3 +317,60 @@ fn control_refuses_an_admin_token_file_others_can_read() {
         "{err}"
     );
 }
+
+/// SIGKILL is a crash: nothing is flushed on the way out. The restarted control plane has the
+/// same root (every issued certificate stays valid) and remembers its tokens and revocations.
+#[test]
+fn a_control_plane_killed_9_restarts_with_the_same_root_and_tokens() {
+    let s = setup();
+    let (mut control, status) = start_control(&s);
+    let bundle_file = s.dir.join("state/ca/trust-bundle.pem");
+    let root = std::fs::read_to_string(&bundle_file).expect("bundle");
+    let create = with_admin(
+        &s,
+        &[
+            "token",
+            "create",
+            "-n",
+            "shop",
+            "--service-account",
+            "storefront",
+            "-o",
+            "json",
+        ],
+    );
+    let ids: Vec<String> = (0..2)
+        .map(|_| {
+            let (code, out, err) = run(status, &create);
+            assert_eq!(code, Some(0), "{err}");
+            let v: Value = serde_json::from_str(&out).expect("json");
+            v["id"].as_str().expect("id").to_string()
+        })
+        .collect();
+    let (code, _, err) = run(status, &with_admin(&s, &["token", "revoke", &ids[0]]));
+    assert_eq!(code, Some(0), "{err}");
+    let pid = control.id();
+    control.kill();
+    assert!(
+        control.exited().is_some_and(|st| !st.success()),
+        "jalur control {pid} was not killed"
+    );
+
+    let (_control, status) = start_control(&s);
+    assert_eq!(
+        std::fs::read_to_string(&bundle_file).expect("bundle"),
+        root,
+        "a new root after the restart"
+    );
+    let (code, out, err) = run(status, &with_admin(&s, &["token", "list", "-o", "json"]));
+    assert_eq!(code, Some(0), "{err}");
+    let list: Vec<Value> = serde_json::from_str(&out).expect("json");
+    let state = |id: &str| {
+        list.iter()
+            .find(|r| r["id"] == id)
+            .map(|r| r["revoked"].clone())
+            .unwrap_or_else(|| panic!("token {id} forgotten: {out}"))
+    };
+    assert_eq!(state(&ids[0]), Value::Bool(true));
+    assert_eq!(state(&ids[1]), Value::Bool(false));
+}
