@@ -36,7 +36,9 @@ pub use token::{TokenAuthenticator, Tokens};
 pub const CONTROL_SERVICE_ACCOUNT: &str = "jalur-control";
 /// The root's lifetime when self-signed.
 const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-/// Leaves start this much in the past: the workload's clock may run behind ours.
+/// Leaves start up to this much in the past: the workload's clock may run behind ours. At most
+/// a tenth of the lifetime, so a short-lived certificate's half life (its renewal time) is
+/// still ahead when it is issued.
 const BACKDATE: Duration = Duration::from_secs(60);
 /// After a failed renewal of the control plane's certificate, try again this soon.
 const RENEW_RETRY: Duration = Duration::from_secs(60);
@@ -156,6 +158,7 @@ pub struct Authority {
     chain_tail: Vec<String>,
     bundle: TrustBundle,
     bundle_pem: String,
+    bundle_path: PathBuf,
 }
 
 impl std::fmt::Debug for Authority {
@@ -203,6 +206,7 @@ impl Authority {
             chain_tail: signer.chain_tail,
             bundle,
             bundle_pem,
+            bundle_path,
         }))
     }
 
@@ -213,6 +217,11 @@ impl Authority {
     /// Every root the mesh trusts.
     pub fn trust_bundle(&self) -> TrustBundle {
         self.bundle.clone()
+    }
+
+    /// `ca/trust-bundle.pem`: the file proxies and agents take as `--root-cert`.
+    pub fn bundle_path(&self) -> &Path {
+        &self.bundle_path
     }
 
     /// The same as PEM (what `ca/trust-bundle.pem` holds).
@@ -418,7 +427,7 @@ fn leaf_params(sans: Vec<SanType>, lifetime: Duration) -> Result<CertificatePara
     ];
     params.use_authority_key_identifier_extension = true;
     params.serial_number = Some(random_serial()?);
-    params.not_before = (now - BACKDATE).into();
+    params.not_before = (now - BACKDATE.min(lifetime / 10)).into();
     params.not_after = (now + lifetime).into();
     Ok(params)
 }
@@ -442,6 +451,21 @@ struct Signer {
 fn load_or_create_root(dir: &Path, trust_domain: &str) -> Result<Signer, CaError> {
     let cert_path = dir.join("root-cert.pem");
     let key_path = dir.join("root-key.pem");
+    if !cert_path.exists() && !key_path.exists() {
+        let (cert_pem, key_pem) = self_signed_root(trust_domain)?;
+        // The certificate is the claim: whoever links it first (two control planes may start
+        // on one state directory) owns the root and writes its key; the other loads theirs.
+        if files::create_exclusive(&cert_path, cert_pem.as_bytes(), 0o644)? {
+            files::write_private(&key_path, key_pem.as_bytes())?;
+            tracing::info!(path = %cert_path.display(), "created a self-signed mesh root");
+        }
+    }
+    // A root's certificate without its key is either being written right now by another
+    // process or was left by a crash; give the writer a moment before calling it broken.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while cert_path.exists() && !key_path.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     match (cert_path.exists(), key_path.exists()) {
         (true, true) => {
             let key_pem = files::read_private(&key_path)?;
@@ -454,27 +478,13 @@ fn load_or_create_root(dir: &Path, trust_domain: &str) -> Result<Signer, CaError
                 vec![cert_pem.clone()],
             )
         }
-        (false, false) => {
-            let (cert_pem, key_pem) = self_signed_root(trust_domain)?;
-            // The key first: a root certificate whose key was lost is worse than a stray key.
-            files::write_private(&key_path, key_pem.as_bytes())?;
-            files::write_public(&cert_path, cert_pem.as_bytes())?;
-            tracing::info!(path = %cert_path.display(), "created a self-signed mesh root");
-            signer_from(
-                &cert_path,
-                &cert_pem,
-                &key_path,
-                &key_pem,
-                vec![cert_pem.clone()],
-            )
-        }
-        (true, false) => Err(CaError::HalfRoot {
-            present: cert_path,
-            missing: key_path,
-        }),
         (false, true) => Err(CaError::HalfRoot {
             present: key_path,
             missing: cert_path,
+        }),
+        _ => Err(CaError::HalfRoot {
+            present: cert_path,
+            missing: key_path,
         }),
     }
 }

@@ -50,6 +50,8 @@ pub struct Options {
     pub migration_tick: Duration,
     /// The mesh CA (its files under `<state dir>/ca/`); `None`: no CA, no mesh identities.
     pub ca: Option<crate::ca::CaOptions>,
+    /// `--admin-token-file`: the token the status API's write endpoints require.
+    pub admin_token_file: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -67,6 +69,7 @@ impl Default for Options {
             scrape_interval: Duration::from_millis(500),
             migration_tick: Duration::from_millis(200),
             ca: None,
+            admin_token_file: None,
         }
     }
 }
@@ -211,6 +214,15 @@ impl ControlPlane {
             }
             None => None,
         };
+        let admin = match &opts.admin_token_file {
+            Some(path) => Some(crate::status::admin::AdminToken::read(path)?),
+            None => {
+                if ca.is_some() {
+                    tracing::warn!("no --admin-token-file: anyone who reaches the status API can mint bootstrap tokens and drive migrations");
+                }
+                None
+            }
+        };
         let pm = PlaneMetrics {
             rebuilds: Counter::default(),
             services: Gauge::default(),
@@ -280,6 +292,7 @@ impl ControlPlane {
             generation,
             migrations: migrations.clone(),
             ca,
+            admin,
         };
         migrations.set_ads(ads.clone());
         let mut tasks = Vec::new();

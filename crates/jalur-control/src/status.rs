@@ -1,6 +1,7 @@
 //! The status API on 15014: `/ready`, `/metrics` (Prometheus text), `/debug/syncz` (per-client
 //! xDS sync state), `/debug/config_dump?proxy=ID` (the resources that client is served), `/debug/config`
-//! (the config being served and the last rejected change), `/debug/registry` (workloads).
+//! (the config being served and the last rejected change), `/debug/registry` (workloads),
+//! `/api/migrations`, `/api/tokens` (bootstrap tokens); admin auth in [`admin`].
 
 use std::convert::Infallible;
 use std::sync::atomic::AtomicU64;
@@ -27,6 +28,11 @@ use crate::migrate::Migrations;
 use crate::registry::{ProxyRegistry, Registry};
 use crate::store::ConfigStore;
 
+pub mod admin;
+
+/// The largest request body the API reads (a token request is a few dozen bytes).
+const MAX_BODY: usize = 64 * 1024;
+
 type Reply = Response<Full<Bytes>>;
 
 /// Shared state the status API reads.
@@ -44,6 +50,8 @@ pub struct State {
     pub migrations: Migrations,
     /// The mesh CA, when the plane has one.
     pub ca: Option<Arc<crate::ca::MeshCa>>,
+    /// `--admin-token-file`: when set, [`admin::protected`] endpoints need it.
+    pub admin: Option<admin::AdminToken>,
 }
 
 pub async fn serve(listener: TcpListener, state: State, mut shutdown: watch::Receiver<bool>) {
@@ -62,7 +70,7 @@ pub async fn serve(listener: TcpListener, state: State, mut shutdown: watch::Rec
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, req)) }
+                async move { Ok::<_, Infallible>(handle(&state, req).await) }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
@@ -71,7 +79,20 @@ pub async fn serve(listener: TcpListener, state: State, mut shutdown: watch::Rec
     }
 }
 
-fn handle(state: &State, req: Request<Incoming>) -> Reply {
+async fn handle(state: &State, req: Request<Incoming>) -> Reply {
+    if admin::protected(req.method(), req.uri().path()) {
+        if let Some(refused) = admin::check(state, req.headers()) {
+            return refused;
+        }
+    }
+    if let Some(rest) = req.uri().path().strip_prefix("/api/tokens") {
+        let (method, rest) = (req.method().clone(), rest.to_string());
+        let body = match read_body(req).await {
+            Ok(b) => b,
+            Err(reply) => return reply,
+        };
+        return admin::tokens(state, &method, &rest, &body);
+    }
     if let Some(rest) = req.uri().path().strip_prefix("/api/migrations") {
         return migrations(state, req.method(), rest, req.uri().query().unwrap_or(""));
     }
@@ -102,8 +123,22 @@ fn handle(state: &State, req: Request<Incoming>) -> Reply {
         })),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /ready, /metrics, /debug/syncz, /debug/config_dump?proxy=ID, /debug/config, /debug/registry, /api/migrations\n".into(),
+            "not found; try /ready, /metrics, /debug/syncz, /debug/config_dump?proxy=ID, /debug/config, /debug/registry, /api/migrations, /api/tokens\n".into(),
         ),
+    }
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Reply> {
+    use http_body_util::BodyExt;
+    match http_body_util::Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) => Err(json_reply(
+            StatusCode::BAD_REQUEST,
+            &json!({ "error": format!("reading the request body (at most {MAX_BODY} bytes): {e}") }),
+        )),
     }
 }
 

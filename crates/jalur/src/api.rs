@@ -1,7 +1,7 @@
 //! The control plane's HTTP API as the CLI calls it.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
@@ -17,17 +17,50 @@ pub enum ApiError {
 
 /// `GET`/`POST` `path` on the control plane at `control`; the JSON answer, or its error.
 pub async fn call(control: &str, method: http::Method, path: &str) -> Result<Value, ApiError> {
+    request(control, method, path, None, None).await
+}
+
+/// The admin token the control plane's write endpoints need, from `--token-file` (the file the
+/// control plane was given as `--admin-token-file`).
+pub fn read_admin_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    let Some(file) = file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| anyhow::anyhow!("reading the admin token from {}: {e}", file.display()))?;
+    Ok(Some(text.trim().to_string()))
+}
+
+/// [`call`] with an admin token and a JSON body.
+pub async fn request(
+    control: &str,
+    method: http::Method,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&Value>,
+) -> Result<Value, ApiError> {
     // Accept what `jalur control` prints (`http://host:port`) as well as `host:port`.
     let control = control.trim_start_matches("http://").trim_end_matches('/');
     let unreachable = |cause: String| ApiError::Unreachable {
         control: control.to_string(),
         cause,
     };
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let req = http::Request::builder()
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut req = http::Request::builder()
         .method(method)
-        .uri(format!("http://{control}{path}"))
-        .body(Empty::new())
+        .uri(format!("http://{control}{path}"));
+    if let Some(token) = bearer {
+        req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let body = match body {
+        Some(v) => {
+            req = req.header(http::header::CONTENT_TYPE, "application/json");
+            Bytes::from(v.to_string())
+        }
+        None => Bytes::new(),
+    };
+    let req = req
+        .body(Full::new(body))
         .map_err(|e| unreachable(cause(&e)))?;
     let resp = tokio::time::timeout(std::time::Duration::from_secs(10), client.request(req))
         .await

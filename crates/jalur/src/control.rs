@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use jalur_control::ca::{CaOptions, PluginCa};
 use jalur_control::{ControlPlane, Options};
 
 #[derive(clap::Args)]
@@ -41,6 +42,52 @@ pub struct Args {
     /// Extra /stats/prometheus endpoints (host:port) to scrape for migration metrics.
     #[arg(long, env = "JALUR_SCRAPE", value_delimiter = ',')]
     scrape: Vec<SocketAddr>,
+    /// The mesh's trust domain: workload identities are spiffe://TRUST_DOMAIN/ns/NS/sa/SA.
+    #[arg(long, env = "JALUR_TRUST_DOMAIN", default_value = jalur_identity::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    /// The namespace of the control plane's own identity (…/ns/ROOT_NS/sa/jalur-control).
+    #[arg(long, env = "JALUR_ROOT_NAMESPACE", default_value = "jalur-system")]
+    root_namespace: String,
+    /// The longest a workload certificate lives (and the default when a CSR asks for none).
+    #[arg(long, env = "JALUR_WORKLOAD_CERT_TTL", default_value = "24h", value_parser = parse_duration)]
+    workload_cert_ttl: Duration,
+    /// Sign with this intermediate CA certificate (Istio's cacerts ca-cert.pem) instead of a
+    /// self-signed root kept in the state directory. Needs --ca-key and --ca-chain.
+    #[arg(long, env = "JALUR_CA_CERT", requires_all = ["ca_key", "ca_chain"])]
+    ca_cert: Option<PathBuf>,
+    /// The intermediate's private key (ca-key.pem; mode 0600 or stricter).
+    #[arg(long, env = "JALUR_CA_KEY", requires_all = ["ca_cert", "ca_chain"])]
+    ca_key: Option<PathBuf>,
+    /// The chain from the intermediate to the root, root last (cert-chain.pem).
+    #[arg(long, env = "JALUR_CA_CHAIN", requires_all = ["ca_cert", "ca_key"])]
+    ca_chain: Option<PathBuf>,
+    /// More roots to trust besides the CA's own (PEM), e.g. a root being rotated in.
+    #[arg(long, env = "JALUR_EXTRA_ROOTS")]
+    extra_roots: Option<PathBuf>,
+    /// A file holding the admin token (mode 0600) the status API's write endpoints, the token
+    /// API and /debug/config_dump then require as `authorization: Bearer`.
+    #[arg(long, env = "JALUR_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
+}
+
+impl Args {
+    fn ca(&self) -> CaOptions {
+        let plugin = match (&self.ca_cert, &self.ca_key, &self.ca_chain) {
+            (Some(cert), Some(key), Some(chain)) => Some(PluginCa {
+                cert: cert.clone(),
+                key: key.clone(),
+                chain: chain.clone(),
+            }),
+            _ => None,
+        };
+        CaOptions {
+            trust_domain: self.trust_domain.clone(),
+            root_namespace: self.root_namespace.clone(),
+            workload_ttl: self.workload_cert_ttl,
+            plugin,
+            extra_roots: self.extra_roots.clone(),
+        }
+    }
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -50,7 +97,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let ca = args.ca();
     let opts = Options {
+        ca: Some(ca),
+        admin_token_file: args.admin_token_file,
         config: args.config,
         xds_addr: args.xds_addr,
         status_addr: args.status_addr,
@@ -75,6 +125,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         "  status:  http://{}/debug/syncz  (metrics: /metrics)",
         plane.status_addr
     );
+    if let Some(ca) = &plane.state.ca {
+        say!(
+            "  CA:      {} (trust domain {}; give it to proxies as --root-cert)",
+            ca.authority.bundle_path().display(),
+            ca.authority.trust_domain()
+        );
+    }
     for w in &status.warnings {
         say!("  {w}");
     }

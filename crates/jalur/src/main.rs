@@ -17,6 +17,7 @@ mod demo;
 mod migrate;
 mod proxy;
 mod proxy_status;
+mod token;
 
 use std::process::ExitCode;
 
@@ -57,6 +58,8 @@ enum Command {
     Demo(demo::Args),
     /// Move a service's traffic from its legacy path to the mesh stage by stage, or roll it back.
     Migrate(migrate::Args),
+    /// Create, list or revoke bootstrap tokens: a workload's way to its first certificate.
+    Token(token::Args),
 }
 
 impl Command {
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
         #[cfg(feature = "demo")]
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args))),
         Command::Migrate(args) => runtime().and_then(|rt| rt.block_on(migrate::run(args))),
+        Command::Token(args) => runtime().and_then(|rt| rt.block_on(token::run(args))),
     };
     match result {
         Ok(code) => code,

@@ -8,7 +8,7 @@ use clap::ValueEnum;
 use http::Method;
 use serde_json::Value;
 
-use crate::api::{call, ApiError};
+use crate::api::{call, request, ApiError};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -27,6 +27,10 @@ pub struct Args {
     /// Follow the migration live until it is promoted, rolled back or paused.
     #[arg(long)]
     wait: bool,
+    /// The admin token file (the control plane's --admin-token-file), needed for every action
+    /// but status when the control plane has one.
+    #[arg(long, env = "JALUR_ADMIN_TOKEN_FILE")]
+    token_file: Option<std::path::PathBuf>,
     /// Give up waiting after this long (e.g. 10m); exit 1.
     #[arg(long, default_value = "30m", value_parser = crate::control::parse_duration)]
     timeout: Duration,
@@ -66,7 +70,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             (Method::POST, format!("/api/migrations/{name}/{cmd}{query}"))
         }
     };
-    let status = match call(&args.control, method, &path).await {
+    let admin = crate::api::read_admin_token(args.token_file.as_deref())?;
+    let status = match request(&args.control, method, &path, admin.as_deref(), None).await {
         Ok(s) => s,
         Err(e @ ApiError::Unreachable { .. }) => return Err(e.into()),
         Err(ApiError::Answered { message, .. }) => {

@@ -67,12 +67,34 @@ pub fn write_public(path: &Path, bytes: &[u8]) -> Result<(), CaError> {
     write_atomic(path, bytes, 0o644)
 }
 
+/// Creates `path` with `bytes` unless it exists: `Ok(false)` when another process (a second
+/// control plane started on the same state directory) created it first.
+pub fn create_exclusive(path: &Path, bytes: &[u8], mode: u32) -> Result<bool, CaError> {
+    let tmp = write_temp(path, bytes, mode)?;
+    // link(2) never replaces an existing file, unlike rename(2).
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(io(path)(e)),
+    }
+}
+
 fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CaError> {
+    let tmp = write_temp(path, bytes, mode)?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// A complete file beside `path` under a name no other writer uses.
+fn write_temp(path: &Path, bytes: &[u8], mode: u32) -> Result<std::path::PathBuf, CaError> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -87,6 +109,5 @@ fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CaError> {
     let mut file = options.open(&tmp).map_err(io(&tmp))?;
     file.write_all(bytes).map_err(io(&tmp))?;
     file.sync_all().map_err(io(&tmp))?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(io(path))
+    Ok(tmp)
 }

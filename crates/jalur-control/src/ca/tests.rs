@@ -189,6 +189,12 @@ fn a_csr_is_signed_for_its_caller_with_a_capped_lifetime() {
     .expect("validity");
     assert!(not_after.duration_since(before).expect("after") <= Duration::from_secs(3600 + 5));
     openssl_verify(dir.path(), ca.bundle_pem(), &[], &chain[0]).expect("openssl accepts the leaf");
+    // A short-lived certificate is not backdated past its own half life: its renewal is ahead.
+    let chain = ca
+        .sign_csr(&request, &caller, Some(Duration::from_secs(4)))
+        .expect("signed");
+    let cert = WorkloadCert::new(&key, &chain.concat()).expect("cert");
+    assert!(cert.renew_at() > before, "renewal due before issue");
 }
 
 #[test]
@@ -489,4 +495,43 @@ async fn a_renewal_authenticated_by_the_client_certificate_is_signed_and_counted
     assert_eq!(err.message(), "no client certificate and no bearer token");
     assert_eq!(refused(&metrics, "unauthenticated"), 1);
     assert_eq!(metrics.issued.get(), 1);
+}
+
+#[test]
+fn two_control_planes_starting_on_one_state_dir_share_one_root() {
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().to_path_buf();
+        let starts: Vec<_> = (0..4)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let ca = Authority::load_or_create(&path, &CaOptions::default())
+                        .expect("each start succeeds");
+                    let tokens = Tokens::load_or_create(&path, "cluster.local").expect("tokens");
+                    let t = tokens
+                        .create("shop", "storefront", Duration::from_secs(60), true)
+                        .expect("token");
+                    (ca.bundle_pem().to_string(), t.token)
+                })
+            })
+            .collect();
+        let results: Vec<(String, String)> = starts
+            .into_iter()
+            .map(|h| h.join().expect("join"))
+            .collect();
+        assert!(
+            results.iter().all(|(b, _)| b == &results[0].0),
+            "two roots were created"
+        );
+        // One token key: a token minted by any of them verifies on a fresh load.
+        let tokens = Tokens::load_or_create(&path, "cluster.local").expect("tokens");
+        for (_, t) in &results {
+            let claims = tokens.verify(t).map(|(c, _)| c);
+            // (tokens.json is last-writer-wins between processes; only the signature matters here)
+            if let Err(e) = &claims {
+                assert!(!e.message().contains("signature"), "{}", e.message());
+            }
+        }
+    }
 }

@@ -102,7 +102,14 @@ impl Tokens {
     pub fn load_or_create(state_dir: &Path, trust_domain: &str) -> Result<Arc<Tokens>, CaError> {
         let key_path = state_dir.join("ca").join("token-key");
         files::create_dir(&state_dir.join("ca"))?;
-        let key = if key_path.exists() {
+        if !key_path.exists() {
+            let mut bytes = vec![0u8; KEY_LEN];
+            aws_lc_rs::rand::fill(&mut bytes)
+                .map_err(|_| CaError::Tokens("the system has no randomness".into()))?;
+            // Another control plane on the same state directory may have won: use its key.
+            files::create_exclusive(&key_path, &bytes, 0o600)?;
+        }
+        let key = {
             let bytes = files::read_private_bytes(&key_path)?;
             if bytes.len() != KEY_LEN {
                 return Err(CaError::Invalid {
@@ -110,12 +117,6 @@ impl Tokens {
                     reason: format!("holds {} bytes, expected {KEY_LEN}", bytes.len()),
                 });
             }
-            bytes
-        } else {
-            let mut bytes = vec![0u8; KEY_LEN];
-            aws_lc_rs::rand::fill(&mut bytes)
-                .map_err(|_| CaError::Tokens("the system has no randomness".into()))?;
-            files::write_private(&key_path, &bytes)?;
             bytes
         };
         let path = state_dir.join("tokens.json");

@@ -1,0 +1,161 @@
+//! Who may change things through the status API, and the bootstrap token endpoints.
+//!
+//! With `--admin-token-file`, the endpoints that change the mesh or reveal what a proxy is
+//! served (migration commands, `/api/tokens`, `/debug/config_dump`) need
+//! `authorization: Bearer <that token>`; the read-only status pages stay open for dashboards
+//! and `jalur proxy-status`. Without the file everything is open as before (a warning says so
+//! at start when the plane has a CA).
+
+use std::path::Path;
+use std::time::Duration;
+
+use http::{header, HeaderMap, Method, StatusCode};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{json_reply, Reply, State};
+use crate::ca::files;
+use crate::ca::token::{TokenError, TokenRecord};
+use crate::ca::CaError;
+
+/// The operator's admin token. Compared in constant time; never printed.
+#[derive(Clone)]
+pub struct AdminToken(String);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+impl AdminToken {
+    /// Reads the token from `path` (0600 or stricter, as for any secret the plane reads).
+    pub fn read(path: &Path) -> Result<AdminToken, CaError> {
+        let text = files::read_private(path)?;
+        let token = text.trim();
+        if token.len() < 16 {
+            return Err(CaError::Invalid {
+                path: path.to_path_buf(),
+                reason:
+                    "the admin token must be at least 16 characters (try `openssl rand -hex 32`)"
+                        .into(),
+            });
+        }
+        Ok(AdminToken(token.to_string()))
+    }
+
+    fn matches(&self, presented: &str) -> bool {
+        aws_lc_rs::constant_time::verify_slices_are_equal(self.0.as_bytes(), presented.as_bytes())
+            .is_ok()
+    }
+}
+
+/// Does this request need the admin token?
+pub fn protected(method: &Method, path: &str) -> bool {
+    path.starts_with("/api/tokens")
+        || path == "/debug/config_dump"
+        || (path.starts_with("/api/migrations") && method != Method::GET)
+}
+
+/// `None` when the request may go on; the 401 otherwise.
+pub fn check(state: &State, headers: &HeaderMap) -> Option<Reply> {
+    let admin = state.admin.as_ref()?;
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let error = match presented {
+        Some(token) if admin.matches(token) => return None,
+        Some(_) => "the admin token does not match",
+        None => {
+            "this endpoint needs the admin token: send `authorization: Bearer <token>` with the \
+             contents of the control plane's --admin-token-file (jalur CLI: --token-file)"
+        }
+    };
+    let mut reply = json_reply(StatusCode::UNAUTHORIZED, &json!({ "error": error }));
+    reply.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer realm=\"jalur-control\""),
+    );
+    Some(reply)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CreateToken {
+    namespace: String,
+    service_account: String,
+    #[serde(default = "default_ttl")]
+    ttl_seconds: u64,
+    #[serde(default)]
+    reusable: bool,
+}
+
+fn default_ttl() -> u64 {
+    3600
+}
+
+/// `POST /api/tokens`, `GET /api/tokens`, `DELETE /api/tokens/ID`.
+pub fn tokens(state: &State, method: &Method, rest: &str, body: &[u8]) -> Reply {
+    let Some(ca) = &state.ca else {
+        return json_reply(
+            StatusCode::NOT_FOUND,
+            &json!({ "error": "this control plane has no certificate authority" }),
+        );
+    };
+    let bad = |status: StatusCode, e: String| json_reply(status, &json!({ "error": e }));
+    match (method, rest.trim_matches('/')) {
+        (&Method::GET, "") => {
+            let list: Vec<_> = ca.tokens.list().iter().map(record_json).collect();
+            json_reply(StatusCode::OK, &json!(list))
+        }
+        (&Method::POST, "") => {
+            let req: CreateToken = match serde_json::from_slice(body) {
+                Ok(r) => r,
+                Err(e) => return bad(StatusCode::BAD_REQUEST, format!("request body: {e}")),
+            };
+            let ttl = Duration::from_secs(req.ttl_seconds);
+            match ca
+                .tokens
+                .create(&req.namespace, &req.service_account, ttl, req.reusable)
+            {
+                Ok(t) => json_reply(StatusCode::OK, &json!(t)),
+                Err(e) => token_error(e),
+            }
+        }
+        (&Method::DELETE, id) if !id.is_empty() && !id.contains('/') => {
+            match ca.tokens.revoke(id) {
+                Ok(r) => json_reply(StatusCode::OK, &record_json(&r)),
+                Err(e) => token_error(e),
+            }
+        }
+        _ => bad(
+            StatusCode::NOT_FOUND,
+            "use POST /api/tokens, GET /api/tokens or DELETE /api/tokens/ID".into(),
+        ),
+    }
+}
+
+fn token_error(e: TokenError) -> Reply {
+    let status = match e {
+        TokenError::Invalid(_) => StatusCode::BAD_REQUEST,
+        TokenError::NotFound(_) => StatusCode::NOT_FOUND,
+        TokenError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    json_reply(status, &json!({ "error": e.to_string() }))
+}
+
+fn record_json(r: &TokenRecord) -> serde_json::Value {
+    let expires = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(r.expires);
+    json!({
+        "id": r.id,
+        "namespace": r.namespace,
+        "serviceAccount": r.service_account,
+        "expires": crate::ca::rfc3339(expires),
+        "reusable": r.reusable,
+        "used": r.used,
+        "revoked": r.revoked,
+        "expired": std::time::SystemTime::now() >= expires,
+    })
+}
