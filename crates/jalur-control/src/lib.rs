@@ -13,5 +13,6 @@ pub mod status;
 pub mod store;
 pub mod translate;
 pub mod workload;
+mod xds_tls;
 
 pub use plane::{ControlPlane, Options};

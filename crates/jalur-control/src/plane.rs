@@ -29,7 +29,14 @@ use crate::workload::{Workload, WorkloadSet};
 #[derive(Debug, Clone)]
 pub struct Options {
     pub config: Vec<PathBuf>,
+    /// Plaintext ADS (15010): served only with `insecure_xds`.
     pub xds_addr: SocketAddr,
+    /// ADS and the CA over TLS (15012): served when a CA is configured (`ca`).
+    pub xds_tls_addr: SocketAddr,
+    /// Serve plaintext ADS on `xds_addr`: anyone who reaches it can register as any service.
+    /// For development and in-process tests (the library default); `jalur control` needs
+    /// `--insecure-xds`.
+    pub insecure_xds: bool,
     pub status_addr: SocketAddr,
     /// Changes arriving within this window are pushed together.
     pub debounce: Duration,
@@ -59,6 +66,8 @@ impl Default for Options {
         Options {
             config: Vec::new(),
             xds_addr: ([0, 0, 0, 0], 15010).into(),
+            xds_tls_addr: ([0, 0, 0, 0], 15012).into(),
+            insecure_xds: true,
             status_addr: ([0, 0, 0, 0], 15014).into(),
             debounce: Duration::from_millis(100),
             registry_grace: Duration::from_secs(5),
@@ -90,11 +99,18 @@ pub enum Error {
     Ca(#[from] crate::ca::CaError),
     #[error("the certificate authority needs a state directory: pass --state-dir")]
     CaWithoutStateDir,
+    #[error("the xDS TLS port: {0}")]
+    Tls(String),
+    #[error("no xDS port to serve: plaintext xDS is off (no --insecure-xds) and there is no CA for the TLS port")]
+    NoXdsPort,
 }
 
 /// A started control plane: its bound addresses, and its state.
 pub struct ControlPlane {
+    /// Where plaintext ADS is served (`insecure_xds`); without it, the same as `xds_tls_addr`.
     pub xds_addr: SocketAddr,
+    /// ADS + CA over TLS, when a CA is configured.
+    pub xds_tls_addr: Option<SocketAddr>,
     pub status_addr: SocketAddr,
     pub state: State,
     /// Background loops (config watch, rebuilds, controller): aborted at once on stop.
@@ -110,6 +126,10 @@ struct MeshGenerator {
 }
 
 impl Generator for MeshGenerator {
+    fn admit(&self, node: &Node, extensions: &http::Extensions) -> Result<(), tonic::Status> {
+        crate::xds_tls::admit(node, extensions)
+    }
+
     fn client_kind(&self, node: &Node) -> String {
         ClientInfo::from_node(node).kind.label().to_string()
     }
@@ -259,13 +279,9 @@ impl ControlPlane {
                 .await
                 .map_err(|source| Error::Bind { what, addr, source })
         };
-        let xds_listener = bind("xDS", opts.xds_addr).await?;
+        let xds = XdsPorts::bind(&opts, ca.as_ref()).await?;
         let status_listener = bind("status API", opts.status_addr).await?;
-        let xds_addr = xds_listener.local_addr().map_err(|source| Error::Bind {
-            what: "xDS",
-            addr: opts.xds_addr,
-            source,
-        })?;
+        let (xds_addr, xds_tls_addr) = (xds.xds_addr, xds.xds_tls_addr);
         let status_addr = status_listener.local_addr().map_err(|source| Error::Bind {
             what: "status API",
             addr: opts.status_addr,
@@ -329,14 +345,26 @@ impl ControlPlane {
             )));
         }
         let mut rx = shutdown_rx.clone();
-        servers.push(tokio::spawn(async move {
-            let stop = async move {
-                let _ = rx.wait_for(|s| *s).await;
-            };
-            if let Err(e) = ads.serve(xds_listener, stop).await {
-                tracing::error!(error = %e, "xDS server stopped");
-            }
-        }));
+        if let Some(listener) = xds.plain {
+            let ads = ads.clone();
+            servers.push(tokio::spawn(async move {
+                let stop = async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                };
+                if let Err(e) = ads.serve(listener, stop).await {
+                    tracing::error!(error = %e, "xDS server stopped");
+                }
+            }));
+        }
+        if let Some((listener, config, ca)) = xds.tls {
+            servers.push(tokio::spawn(crate::xds_tls::serve(
+                listener,
+                config,
+                ads,
+                ca,
+                shutdown_rx.clone(),
+            )));
+        }
         servers.push(tokio::spawn(crate::status::serve(
             status_listener,
             state.clone(),
@@ -345,6 +373,7 @@ impl ControlPlane {
         tracing::info!(%xds_addr, %status_addr, "control plane serving");
         Ok(ControlPlane {
             xds_addr,
+            xds_tls_addr,
             status_addr,
             state,
             loops: tasks,
@@ -377,6 +406,57 @@ impl ControlPlane {
                 t.abort();
             }
         }
+    }
+}
+
+/// The bound xDS ports: plaintext (`insecure_xds`) and TLS (with a CA), at least one.
+struct XdsPorts {
+    plain: Option<TcpListener>,
+    tls: Option<(
+        TcpListener,
+        Arc<rustls::ServerConfig>,
+        Arc<crate::ca::MeshCa>,
+    )>,
+    xds_addr: SocketAddr,
+    xds_tls_addr: Option<SocketAddr>,
+}
+
+impl XdsPorts {
+    async fn bind(opts: &Options, ca: Option<&Arc<crate::ca::MeshCa>>) -> Result<XdsPorts, Error> {
+        let bind = |what: &'static str, addr: SocketAddr| async move {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Bind { what, addr, source })?;
+            let local =
+                listener
+                    .local_addr()
+                    .map_err(|source| Error::Bind { what, addr, source })?;
+            Ok::<_, Error>((listener, local))
+        };
+        let tls = match ca {
+            Some(ca) => {
+                let (listener, local) = bind("xDS (TLS)", opts.xds_tls_addr).await?;
+                let config = crate::xds_tls::tls_config(ca, opts.xds_tls_addr.ip())?;
+                Some((listener, config, ca.clone(), local))
+            }
+            None => None,
+        };
+        let plain = match opts.insecure_xds {
+            true => Some(bind("xDS", opts.xds_addr).await?),
+            false => None,
+        };
+        let xds_tls_addr = tls.as_ref().map(|t| t.3);
+        let xds_addr = plain
+            .as_ref()
+            .map(|p| p.1)
+            .or(xds_tls_addr)
+            .ok_or(Error::NoXdsPort)?;
+        Ok(XdsPorts {
+            plain: plain.map(|p| p.0),
+            tls: tls.map(|(l, c, ca, _)| (l, c, ca)),
+            xds_addr,
+            xds_tls_addr,
+        })
     }
 }
 

@@ -142,7 +142,7 @@ struct Rotation {
 impl Rotation {
     async fn run(mut self) {
         let mut retry = Retry::new(self.opts.retry_base, self.opts.retry_max);
-        let mut renew_at = instant_at(self.tx.borrow().cert.renew_at());
+        let mut renew_at = instant_at(renewal_time(&self.tx.borrow().cert, SystemTime::now()));
         let mut poll = tokio::time::interval(self.opts.bundle_poll);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -150,7 +150,8 @@ impl Rotation {
                 () = tokio::time::sleep_until(renew_at) => match self.renew().await {
                     Ok(()) => {
                         retry.reset();
-                        renew_at = instant_at(self.tx.borrow().cert.renew_at());
+                        let due = renewal_time(&self.tx.borrow().cert, SystemTime::now());
+                        renew_at = instant_at(due);
                     }
                     Err(error) => {
                         let delay = retry.next_delay();
@@ -261,6 +262,22 @@ fn read_bundle(path: &Path) -> Result<String, IdentityError> {
     })
 }
 
+/// When to renew a certificate received at `received`: half-way through its life
+/// ([`WorkloadCert::renew_at`]), but counted from when it arrived if that is later. A CA that
+/// backdates notBefore (for clock skew; jalur's does by a minute) would otherwise put the
+/// half-life of a short certificate in the past and renew it in a loop. Never sooner than a
+/// second after it arrived.
+fn renewal_time(cert: &WorkloadCert, received: SystemTime) -> SystemTime {
+    let from = received.max(cert.not_before);
+    let left = cert
+        .not_after
+        .duration_since(from)
+        .unwrap_or(Duration::ZERO);
+    (from + left / 2)
+        .max(cert.renew_at())
+        .max(received + Duration::from_secs(1))
+}
+
 /// The monotonic instant of a wall-clock time (now, if it has passed).
 fn instant_at(at: SystemTime) -> Instant {
     let wait = at
@@ -317,6 +334,42 @@ mod tests {
         }
         retry.reset();
         assert!(retry.next_delay() <= Duration::from_secs(1));
+    }
+
+    /// A leaf for `spiffe://cluster.local/ns/shop/sa/storefront` valid from `before` to
+    /// `after` seconds around now.
+    fn cert(before: u64, after: u64) -> (WorkloadCert, SystemTime) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::default();
+        let uri = "spiffe://cluster.local/ns/shop/sa/storefront"
+            .try_into()
+            .expect("uri");
+        params.subject_alt_names = vec![rcgen::SanType::URI(uri)];
+        let now = SystemTime::now();
+        params.not_before = (now - Duration::from_secs(before)).into();
+        params.not_after = (now + Duration::from_secs(after)).into();
+        let leaf = params.self_signed(&key).expect("sign");
+        let cert = WorkloadCert::from_pem(&key.serialize_pem(), &leaf.pem()).expect("cert");
+        (cert, now)
+    }
+
+    #[test]
+    fn renewal_is_half_way_through_the_life_left_when_the_ca_backdated() {
+        let secs = |t: SystemTime, now: SystemTime| {
+            t.duration_since(now).map_or(-1.0, |d| d.as_secs_f64())
+        };
+        // 24 h, not backdated: half life (x509 times are whole seconds).
+        let (day, now) = cert(0, 86_400);
+        let at = secs(renewal_time(&day, now), now);
+        assert!((43_198.0..=43_201.0).contains(&at), "{at}");
+        // 20 s backdated by a minute (half life would be 20 s ago): 10 s from now.
+        let (short, now) = cert(60, 20);
+        let at = secs(renewal_time(&short, now), now);
+        assert!((9.0..=10.5).contains(&at), "{at}");
+        // Expiring at once: not sooner than a second (no renewal loop).
+        let (gone, now) = cert(60, 0);
+        let at = secs(renewal_time(&gone, now), now);
+        assert!((0.99..=1.01).contains(&at), "{at}");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use jalur_identity::CredentialsWatch;
 use crate::admin::{self, AdminState, Endpoints};
 use crate::listener::Listeners;
 use crate::runtime::{Identity, Runtime};
-use crate::xds::{ConfigState, Lifecycle, XdsOptions};
+use crate::xds::{ConfigState, Lifecycle, XdsOptions, XdsTls};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -63,6 +63,9 @@ pub struct ProxyOptions {
     /// announces its SERVICE_ACCOUNT and `security.istio.io/tlsMode: istio`, and the data path
     /// does mTLS as xDS says (`Runtime::credentials`).
     pub credentials: Option<CredentialsWatch>,
+    /// The namespace of the control plane's identity (`jalur-control` there), checked when
+    /// `xds` is `https://`.
+    pub xds_root_namespace: String,
 }
 
 impl ProxyOptions {
@@ -111,6 +114,7 @@ impl Default for ProxyOptions {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             access_log: false,
             credentials: None,
+            xds_root_namespace: jalur_identity::channel::DEFAULT_ROOT_NAMESPACE.into(),
         }
     }
 }
@@ -134,6 +138,8 @@ pub enum Error {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("xDS address {0} is TLS (https://) but the proxy has no workload certificate (give it --root-cert and --token-file)")]
+    TlsWithoutIdentity(String),
     #[error("invalid {what} address {value:?}: {reason}")]
     Address {
         what: &'static str,
@@ -246,6 +252,7 @@ impl Proxy {
         let node = node(&opts);
         let xds_opts = XdsOptions {
             delta: opts.delta,
+            tls: xds_tls(&opts)?,
             ..XdsOptions::new(opts.xds.clone(), node)
         };
         tasks.push(tokio::spawn(crate::xds::run(
@@ -319,6 +326,23 @@ impl Proxy {
             t.abort();
         }
     }
+}
+
+/// TLS to the control plane when its address is `https://`: the proxy's certificate, and the
+/// control plane's id (`jalur-control` in the root namespace of the proxy's trust domain).
+fn xds_tls(opts: &ProxyOptions) -> Result<Option<XdsTls>, Error> {
+    if !opts.xds.starts_with("https://") {
+        return Ok(None);
+    }
+    let creds = opts
+        .credentials
+        .clone()
+        .ok_or_else(|| Error::TlsWithoutIdentity(opts.xds.clone()))?;
+    let td = creds.borrow().cert.id.trust_domain.clone();
+    Ok(Some(XdsTls {
+        credentials: creds,
+        control_plane: jalur_identity::channel::control_plane_id(&td, &opts.xds_root_namespace),
+    }))
 }
 
 async fn apply_loop(

@@ -28,6 +28,10 @@ use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
 
+use jalur_identity::channel::ClientAuth;
+use jalur_identity::verify::Accept;
+use jalur_identity::{CredentialsWatch, SpiffeId};
+
 use crate::backoff::Backoff;
 use crate::config::Snapshot;
 use apply::{Convert, Held, ResourceType, Update};
@@ -56,6 +60,17 @@ pub struct XdsOptions {
     pub backoff_base: Duration,
     /// Ceiling of the reconnect delay.
     pub backoff_max: Duration,
+    /// xDS over TLS (the control plane's 15012): this workload's certificate, and the
+    /// control plane's SPIFFE id the server must prove. Every (re)connect presents the
+    /// certificate current at that moment.
+    pub tls: Option<XdsTls>,
+}
+
+/// How the proxy authenticates to the control plane and recognises it.
+#[derive(Debug, Clone)]
+pub struct XdsTls {
+    pub credentials: CredentialsWatch,
+    pub control_plane: SpiffeId,
 }
 
 impl XdsOptions {
@@ -67,6 +82,7 @@ impl XdsOptions {
             delta: true,
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
+            tls: None,
         }
     }
 }
@@ -220,6 +236,9 @@ pub(crate) enum XdsError {
     },
     #[error("cannot connect: {}", chain(.0))]
     Connect(tonic::transport::Error),
+    /// A TLS connection failed (refused handshake, unreachable): the message says which.
+    #[error("{0}")]
+    Tls(String),
     #[error("control plane refused the stream: {:?}: {}", .0.code(), .0.message())]
     Refused(tonic::Status),
     #[error("stream failed: {:?}: {}", .0.code(), .0.message())]
@@ -238,6 +257,8 @@ impl XdsError {
             XdsError::Connect(e) => {
                 format!("cannot reach the control plane at {addr}: {}", cause(e))
             }
+            // Already names the address.
+            XdsError::Tls(message) => message.clone(),
             other => format!("control plane at {addr}: {other}"),
         }
     }
@@ -346,7 +367,7 @@ async fn connect_and_stream(
     lifecycle: &mut watch::Receiver<Lifecycle>,
 ) -> XdsError {
     let channel = tokio::select! {
-        channel = connect(&opts.addr) => match channel {
+        channel = connect(&opts.addr, opts.tls.as_ref()) => match channel {
             Ok(channel) => channel,
             Err(error) => return error,
         },
@@ -371,7 +392,14 @@ async fn leave<R>(mut inbound: tonic::Streaming<R>) -> XdsError {
     XdsError::Left
 }
 
-async fn connect(addr: &str) -> Result<Channel, XdsError> {
+async fn connect(addr: &str, tls: Option<&XdsTls>) -> Result<Channel, XdsError> {
+    if let Some(tls) = tls {
+        let auth = ClientAuth::Certificate(tls.credentials.clone());
+        let accept = Accept::AnyOf(vec![tls.control_plane.clone()]);
+        return jalur_identity::channel::connect(addr, auth, accept)
+            .await
+            .map_err(|e| XdsError::Tls(e.to_string()));
+    }
     let uri = if addr.contains("://") {
         addr.to_string()
     } else {

@@ -19,9 +19,17 @@ pub struct Args {
         value_delimiter = ','
     )]
     config: Vec<PathBuf>,
-    /// xDS (ADS, plaintext gRPC) listen address.
+    /// Plaintext xDS (ADS) listen address; served only with --insecure-xds.
     #[arg(long, env = "JALUR_XDS_ADDR", default_value = "0.0.0.0:15010")]
     xds_addr: SocketAddr,
+    /// xDS (ADS) and the CA (istio.v1.auth.IstioCertificateService) over TLS: proxies
+    /// authenticate with their workload certificate and may only register that identity.
+    #[arg(long, env = "JALUR_XDS_TLS_ADDR", default_value = "0.0.0.0:15012")]
+    xds_tls_addr: SocketAddr,
+    /// Also serve plaintext xDS on --xds-addr, where anyone who reaches it can register as any
+    /// service: for development only (`jalur demo` turns it on).
+    #[arg(long, env = "JALUR_INSECURE_XDS")]
+    insecure_xds: bool,
     /// Status API, metrics and debug endpoints listen address.
     #[arg(long, env = "JALUR_STATUS_ADDR", default_value = "0.0.0.0:15014")]
     status_addr: SocketAddr,
@@ -98,11 +106,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let ca = args.ca();
+    let args_insecure = args.insecure_xds;
     let opts = Options {
         ca: Some(ca),
         admin_token_file: args.admin_token_file,
         config: args.config,
         xds_addr: args.xds_addr,
+        xds_tls_addr: args.xds_tls_addr,
+        insecure_xds: args.insecure_xds,
         status_addr: args.status_addr,
         debounce: args.debounce,
         registry_grace: args.registry_grace,
@@ -120,7 +131,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         status.files,
         status.resources
     );
-    say!("  xDS:     {} (ADS, SotW and delta)", plane.xds_addr);
+    if let Some(tls) = plane.xds_tls_addr {
+        say!("  xDS+CA:  {tls} (TLS; ADS SotW and delta, IstioCertificateService)");
+    }
+    if args_insecure {
+        say!(
+            "  xDS:     {} (plaintext ADS, --insecure-xds: development only)",
+            plane.xds_addr
+        );
+    }
     say!(
         "  status:  http://{}/debug/syncz  (metrics: /metrics)",
         plane.status_addr

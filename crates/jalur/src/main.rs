@@ -50,7 +50,7 @@ enum Command {
     /// Validate config files offline, like `istioctl analyze`; exit status 1 on any error.
     Analyze(analyze::Args),
     /// Run the data plane: a sidecar or gateway proxy configured over xDS by `jalur control`.
-    Proxy(proxy::Args),
+    Proxy(Box<proxy::Args>),
     /// Show every connected xDS client and whether it is in sync, like `istioctl proxy-status`.
     ProxyStatus(proxy_status::Args),
     /// Start a whole local fleet (legacy registry, services, sidecars, load) and migrate it.
@@ -84,7 +84,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Control(args) => runtime().and_then(|rt| rt.block_on(control::run(args))),
         Command::Analyze(args) => analyze::run(args),
-        Command::Proxy(args) => runtime().and_then(|rt| rt.block_on(proxy::run(args))),
+        Command::Proxy(args) => runtime().and_then(|rt| rt.block_on(proxy::run(*args))),
         Command::ProxyStatus(args) => runtime().and_then(|rt| rt.block_on(proxy_status::run(args))),
         #[cfg(feature = "demo")]
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args))),

@@ -2,17 +2,43 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::ValueEnum;
+use jalur_identity::rotate::{CertRotator, RotatorOptions};
+use jalur_identity::SpiffeId;
 use jalur_proxy::run::{Proxy, ProxyOptions, Role};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Control plane xDS address (host:port).
-    #[arg(long, env = "JALUR_XDS", default_value = "127.0.0.1:15010")]
+    /// Control plane xDS address: `https://HOST:15012` (TLS; the proxy gets a workload
+    /// certificate from the control plane's CA and proves its identity with it), or
+    /// `HOST:15010` (plaintext, a control plane started with --insecure-xds).
+    #[arg(
+        long = "xds-address",
+        alias = "xds",
+        env = "JALUR_XDS",
+        default_value = "127.0.0.1:15010"
+    )]
     xds: String,
+    /// The mesh's trust bundle (PEM, one or more roots; the control plane's
+    /// `<state dir>/ca/trust-bundle.pem`), re-read when it changes. Needed with https://.
+    #[arg(long, env = "JALUR_ROOT_CERT")]
+    root_cert: Option<PathBuf>,
+    /// A bootstrap token (`jalur token create`) for the first certificate. Needed with https://.
+    #[arg(long, env = "JALUR_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// The workload's service account (its SPIFFE id's `sa`); default: the service name.
+    #[arg(long, env = "JALUR_SERVICE_ACCOUNT")]
+    service_account: Option<String>,
+    #[arg(long, env = "JALUR_TRUST_DOMAIN", default_value = jalur_identity::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    /// Lifetime to request for the workload certificate (the CA may shorten it); renewed at
+    /// half of it.
+    #[arg(long, env = "JALUR_CERT_TTL", default_value = "24h", value_parser = crate::control::parse_duration)]
+    cert_ttl: Duration,
     /// sidecar (inbound + outbound for one workload) or gateway (listeners from Gateway resources).
     #[arg(long, env = "JALUR_ROLE", value_enum, default_value_t = RoleArg::Sidecar)]
     role: RoleArg,
@@ -81,7 +107,39 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("label {s:?} must be key=value"))
 }
 
+/// With an `https://` control plane: the workload's certificate from its CA, kept renewed.
+/// A refused token is an error at start, with the CA's message.
+async fn identity(args: &Args) -> anyhow::Result<Option<CertRotator>> {
+    if !args.xds.starts_with("https://") {
+        return Ok(None);
+    }
+    let (Some(root_cert), Some(token_file)) = (&args.root_cert, &args.token_file) else {
+        anyhow::bail!(
+            "--xds-address {} is TLS: give the mesh's trust bundle (--root-cert) and a bootstrap token (--token-file)",
+            args.xds
+        );
+    };
+    let token = std::fs::read_to_string(token_file)
+        .map_err(|e| anyhow::anyhow!("bootstrap token {}: {e}", token_file.display()))?;
+    let account = args
+        .service_account
+        .clone()
+        .or_else(|| args.service.clone())
+        .ok_or_else(|| {
+            anyhow::anyhow!("--service-account (or --service) names the identity to request")
+        })?;
+    let id = SpiffeId::new(&args.trust_domain, &args.namespace, account);
+    let mut opts = RotatorOptions::new(&args.xds, id.clone(), root_cert);
+    opts.token = Some(token.trim().to_string());
+    opts.cert_ttl = args.cert_ttl;
+    let rotator = CertRotator::start(opts)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot get a workload certificate for {id}: {e}"))?;
+    Ok(Some(rotator))
+}
+
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let rotator = identity(&args).await?;
     let opts = ProxyOptions {
         xds: args.xds,
         role: match args.role {
@@ -106,10 +164,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         drain_timeout: args.drain_timeout,
         header_read_timeout: args.header_read_timeout,
         access_log: args.access_log,
-        credentials: None,
+        credentials: rotator.as_ref().map(CertRotator::credentials),
+        ..ProxyOptions::default()
     };
     let proxy = Proxy::start(opts).await?;
     say!("jalur proxy {} started", proxy.node_id);
+    if let Some(creds) = &proxy.state.rt.credentials {
+        let creds = creds.borrow();
+        say!("  identity: {} (mTLS to the control plane)", creds.cert.id);
+    }
     if let (Some(outbound), Some(inbound)) = (proxy.outbound_addr, proxy.inbound_addr) {
         say!("  outbound: {outbound}  inbound: {inbound}");
     }
@@ -118,5 +181,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     say!("  health: http://{}/healthz/ready", proxy.health_addr);
     crate::control::wait_for_signal().await;
     proxy.shutdown().await;
+    if let Some(rotator) = rotator {
+        rotator.stop();
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -113,6 +113,8 @@ impl ControlProcess {
             .arg("--config")
             .arg(config)
             .args(["--xds-addr", xds, "--status-addr", "127.0.0.1:0"])
+            // Plaintext xDS for these drills; 15012 has its own tests (secure_xds.rs).
+            .args(["--insecure-xds", "--xds-tls-addr", "127.0.0.1:0"])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("control log"));
