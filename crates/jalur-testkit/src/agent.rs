@@ -22,6 +22,7 @@
 
 use std::ops::Deref;
 use std::path::Path;
+use std::time::{Duration, SystemTime};
 
 use jalur_agent::bootstrap::{ControlPlane, EnvoyBootstrap, TLS_MODE_ISTIO, TLS_MODE_LABEL};
 use jalur_agent::{CredentialsWatch, SdsSocket};
@@ -111,4 +112,66 @@ impl Deref for AgentEnvoy {
     fn deref(&self) -> &Envoy {
         &self.envoy
     }
+}
+
+/// One certificate as Envoy's admin `/certs` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShownCert {
+    pub serial: String,
+    pub uris: Vec<String>,
+    pub expires: SystemTime,
+}
+
+/// Every certificate Envoy holds: the chains it presents and the CAs it verifies with.
+#[derive(Debug, Clone, Default)]
+pub struct ShownCerts {
+    pub chains: Vec<ShownCert>,
+    pub cas: Vec<ShownCert>,
+}
+
+/// Envoy's `/certs` (JSON), read.
+pub async fn envoy_certs(envoy: &Envoy) -> Result<ShownCerts, String> {
+    parse_certs(&envoy.admin_get("/certs").await?)
+}
+
+/// Parses the admin `/certs` JSON: `certificates[].cert_chain[]` and `.ca_cert[]`, each with
+/// `serial_number`, `subject_alt_names[].uri` and `expiration_time` (RFC 3339).
+pub fn parse_certs(json: &str) -> Result<ShownCerts, String> {
+    let v: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| format!("/certs is not JSON: {e}"))?;
+    let mut shown = ShownCerts::default();
+    let empty = Vec::new();
+    for context in v["certificates"].as_array().unwrap_or(&empty) {
+        for (key, out) in [
+            ("cert_chain", &mut shown.chains),
+            ("ca_cert", &mut shown.cas),
+        ] {
+            for c in context[key].as_array().unwrap_or(&empty) {
+                out.push(shown_cert(c)?);
+            }
+        }
+    }
+    Ok(shown)
+}
+
+fn shown_cert(c: &serde_json::Value) -> Result<ShownCert, String> {
+    let expiry = c["expiration_time"].as_str().unwrap_or_default();
+    let at = time::OffsetDateTime::parse(expiry, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("/certs expiration_time {expiry:?}: {e}"))?;
+    let secs = u64::try_from(at.unix_timestamp()).map_err(|_| format!("{expiry} before 1970"))?;
+    Ok(ShownCert {
+        serial: c["serial_number"]
+            .as_str()
+            .unwrap_or_default()
+            .to_lowercase(),
+        uris: c["subject_alt_names"]
+            .as_array()
+            .map(|sans| {
+                sans.iter()
+                    .filter_map(|s| s["uri"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        expires: SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
+    })
 }

@@ -80,12 +80,16 @@ impl TestCa {
 
 /// A certificate's serial number as Envoy's admin `/certs` prints it (lowercase hex of the
 /// integer's bytes, leading zero bytes dropped).
-pub fn serial_hex(cert: &WorkloadCert) -> String {
-    let leaf = cert.chain.first().expect("a leaf");
-    let (_, x509) = x509_parser::parse_x509_certificate(leaf.as_ref()).expect("leaf DER");
+pub fn serial_hex(cert_der: &[u8]) -> String {
+    let (_, x509) = x509_parser::parse_x509_certificate(cert_der).expect("certificate DER");
     x509.raw_serial()
         .iter()
         .skip_while(|b| **b == 0)
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// The serial of a workload certificate's leaf.
+pub fn leaf_serial(cert: &WorkloadCert) -> String {
+    serial_hex(cert.chain.first().expect("a leaf").as_ref())
 }
