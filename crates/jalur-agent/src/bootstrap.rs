@@ -25,13 +25,9 @@ pub const TLS_MODE_ISTIO: &str = "istio";
 /// The static cluster names (Istio's, so Istio-shaped xDS from the control plane resolves).
 pub const SDS_CLUSTER: &str = "sds-grpc";
 pub const XDS_CLUSTER: &str = "xds-grpc";
-/// The service account of the control plane's 15012 certificate (see the issue 10 contract).
-pub const CONTROL_PLANE_ACCOUNT: &str = "jalur-control";
-
-/// The control plane's SPIFFE id: `spiffe://TD/ns/ROOT_NS/sa/jalur-control`.
-pub fn control_plane_id(trust_domain: &str, root_namespace: &str) -> SpiffeId {
-    SpiffeId::new(trust_domain, root_namespace, CONTROL_PLANE_ACCOUNT)
-}
+/// The control plane's SPIFFE id (`spiffe://TD/ns/ROOT_NS/sa/jalur-control`), as the
+/// rotator and jalur proxy name it.
+pub use jalur_identity::channel::control_plane_id;
 
 /// Where Envoy's ADS goes: the control plane's TLS port and the id its certificate must name.
 #[derive(Debug, Clone)]

@@ -16,10 +16,12 @@
 //! agent should not compile a whole proxy for it.
 
 pub mod bootstrap;
+mod run;
 pub mod sds;
 mod socket;
 
 pub use jalur_identity::{Credentials, CredentialsWatch};
+pub use run::{Agent, AgentOptions};
 pub use sds::SdsSocket;
 
 /// Everything the agent can fail at, naming the file or socket involved.
@@ -29,4 +31,7 @@ pub enum AgentError {
     Socket { path: String, reason: String },
     #[error("Envoy bootstrap {path}: {reason}")]
     Bootstrap { path: String, reason: String },
+    /// No certificate: the CA refused (its message), the trust bundle or token is unreadable.
+    #[error("workload certificate: {0}")]
+    Certificate(jalur_identity::IdentityError),
 }

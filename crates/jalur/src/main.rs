@@ -9,6 +9,7 @@ macro_rules! say {
     };
 }
 
+mod agent;
 mod analyze;
 mod api;
 mod control;
@@ -57,6 +58,9 @@ enum Command {
     Demo(demo::Args),
     /// Move a service's traffic from its legacy path to the mesh stage by stage, or roll it back.
     Migrate(migrate::Args),
+    /// Beside a stock Envoy: get the workload certificate from the CA, serve it over SDS on a
+    /// Unix socket, write Envoy's bootstrap (like Istio's pilot-agent).
+    Agent(agent::Args),
 }
 
 impl Command {
@@ -86,6 +90,7 @@ fn main() -> ExitCode {
         #[cfg(feature = "demo")]
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args))),
         Command::Migrate(args) => runtime().and_then(|rt| rt.block_on(migrate::run(args))),
+        Command::Agent(args) => runtime().and_then(|rt| rt.block_on(agent::run(args))),
     };
     match result {
         Ok(code) => code,
