@@ -196,6 +196,47 @@ fn assert_shows(
     Ok(())
 }
 
+/// Issues a new certificate and waits until Envoy holds only it and presents it in a new
+/// handshake (the front cuts Envoy's ADS connection so it reconnects). Returns its serial.
+async fn rotate(
+    ca: &TestCa,
+    renew: &watch::Sender<Arc<jalur_identity::Credentials>>,
+    envoy: &AgentEnvoy,
+    front: &TlsFront,
+    root_serial: &str,
+) -> String {
+    renew.send_replace(ca.credentials(&workload(), HOUR));
+    let serial = leaf_serial(&renew.borrow().cert);
+    let expires = renew.borrow().cert.not_after;
+    assert_eventually(
+        "/certs shows the rotated certificate",
+        Duration::from_secs(10),
+        || async {
+            let certs = envoy_certs(envoy).await?;
+            if certs.chains.iter().any(|c| c.serial != serial) {
+                return Err(format!("an old chain is still loaded: {certs:?}"));
+            }
+            assert_shows(&certs, &serial, expires, root_serial)
+        },
+    )
+    .await;
+    front.cut_all();
+    assert_eventually(
+        "Envoy reconnects presenting the new certificate",
+        Duration::from_secs(10),
+        || async {
+            let seen = front.serials_seen(&workload());
+            if seen.contains(&serial) {
+                Ok(())
+            } else {
+                Err(format!("handshakes so far: {seen:?}"))
+            }
+        },
+    )
+    .await;
+    serial
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_takes_its_identity_from_the_agent_and_rotates_without_a_failed_request() {
     identity_and_rotation(false).await;
@@ -263,36 +304,7 @@ async fn identity_and_rotation(delta: bool) {
     let load = Load::start(proxy);
     let mut serials = vec![first];
     for _ in 0..2 {
-        renew.send_replace(ca.credentials(&workload(), HOUR));
-        let serial = leaf_serial(&renew.borrow().cert);
-        let expires = renew.borrow().cert.not_after;
-        assert_eventually(
-            "/certs shows the rotated certificate",
-            Duration::from_secs(10),
-            || async {
-                let certs = envoy_certs(&envoy).await?;
-                if certs.chains.iter().any(|c| c.serial != serial) {
-                    return Err(format!("an old chain is still loaded: {certs:?}"));
-                }
-                assert_shows(&certs, &serial, expires, &root_serial)
-            },
-        )
-        .await;
-        front.cut_all();
-        assert_eventually(
-            "Envoy reconnects presenting the new certificate",
-            Duration::from_secs(10),
-            || async {
-                let seen = front.serials_seen(&workload());
-                if seen.contains(&serial) {
-                    Ok(())
-                } else {
-                    Err(format!("handshakes so far: {seen:?}"))
-                }
-            },
-        )
-        .await;
-        serials.push(serial);
+        serials.push(rotate(&ca, &renew, &envoy, &front, &root_serial).await);
     }
     let (ok, failed) = load.finish().await;
     assert!(
