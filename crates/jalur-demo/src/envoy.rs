@@ -121,12 +121,19 @@ pub struct Envoy {
 impl Envoy {
     /// Starts `binary` with a bootstrap made from `opts`, and waits until its admin listens.
     pub async fn start_with(binary: &Path, opts: EnvoyOpts) -> Result<Envoy, String> {
+        Envoy::start_with_bootstrap(binary, &bootstrap(&opts)).await
+    }
+
+    /// Starts `binary` with a bootstrap the caller wrote (e.g. the one `jalur agent` writes for
+    /// the Envoy beside it), and waits until its admin listens. The admin address Envoy binds is
+    /// read back from `--admin-address-path`, so the bootstrap may ask for port 0.
+    pub async fn start_with_bootstrap(binary: &Path, bootstrap: &Value) -> Result<Envoy, String> {
         let dir = tempfile::TempDir::with_prefix("jalur-envoy-")
             .map_err(|err| format!("cannot make a temp dir for Envoy: {err}"))?;
         let bootstrap_path = dir.path().join("bootstrap.yaml");
         let admin_path = dir.path().join("admin-address");
         let log_path = dir.path().join("envoy.log");
-        let yaml = yaml_serde::to_string(&bootstrap(&opts))
+        let yaml = yaml_serde::to_string(bootstrap)
             .map_err(|err| format!("cannot render the Envoy bootstrap: {err}"))?;
         std::fs::write(&bootstrap_path, yaml)
             .map_err(|err| format!("cannot write {}: {err}", bootstrap_path.display()))?;

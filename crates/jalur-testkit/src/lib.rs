@@ -23,6 +23,8 @@
 
 use std::path::PathBuf;
 
+pub mod agent;
+pub mod ca;
 pub use jalur_demo::client;
 /// The Consul protocol double, which lives in `jalur-demo` (the demo runs it as its legacy
 /// registry); re-exported so tests keep using `jalur_testkit::consul`.

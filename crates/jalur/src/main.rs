@@ -9,6 +9,7 @@ macro_rules! say {
     };
 }
 
+mod agent;
 mod analyze;
 mod api;
 mod control;
@@ -60,6 +61,9 @@ enum Command {
     Migrate(migrate::Args),
     /// Create, list or revoke bootstrap tokens: a workload's way to its first certificate.
     Token(token::Args),
+    /// Beside a stock Envoy: get the workload certificate from the CA, serve it over SDS on a
+    /// Unix socket, write Envoy's bootstrap (like Istio's pilot-agent).
+    Agent(agent::Args),
 }
 
 impl Command {
@@ -90,6 +94,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args))),
         Command::Migrate(args) => runtime().and_then(|rt| rt.block_on(migrate::run(args))),
         Command::Token(args) => runtime().and_then(|rt| rt.block_on(token::run(args))),
+        Command::Agent(args) => runtime().and_then(|rt| rt.block_on(agent::run(args))),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,271 @@
+//! The SDS server Envoy's `sds-grpc` cluster talks to: Istio's secret names `default` and
+//! `ROOTCA`, built from the current [`Credentials`] and pushed again on every change.
+//!
+//! Each Envoy SDS subscription is its own gRPC stream; one task per stream follows both the
+//! stream's requests and the credentials watch (`sotw.rs`, `delta.rs` keep what each stream
+//! was sent). Responses carry the private key, so nothing here ever formats a response, a
+//! secret or a `Credentials` into a log line: logs name secrets and versions only.
+
+mod delta;
+mod sotw;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::{data_source::Specifier, DataSource};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    secret, CertificateValidationContext, Secret, TlsCertificate,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::{
+    SecretDiscoveryService, SecretDiscoveryServiceServer,
+};
+use envoy_types::pb::google::protobuf::Any;
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+use crate::{AgentError, Credentials, CredentialsWatch};
+
+/// The type every SDS request and response carries.
+pub const SECRET_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+/// Istio's name for the workload's certificate chain and key.
+pub const DEFAULT: &str = "default";
+/// Istio's name for the roots peers are verified against.
+pub const ROOTCA: &str = "ROOTCA";
+
+/// One secret as a stream sends it: its content version and the packed `Secret`.
+pub(crate) struct Built {
+    pub version: String,
+    pub any: Any,
+}
+
+/// The secret `name` from `creds`, or `None` for a name this agent does not serve.
+pub(crate) fn build(name: &str, creds: &Credentials) -> Option<Built> {
+    let (content_id, kind) = match name {
+        DEFAULT => {
+            let chain = creds.cert.chain_pem();
+            // The version hashes the chain only: the chain certifies the key, so it changes
+            // whenever the key does, and no digest of the key itself leaves the process.
+            let version = content_version(chain.as_bytes());
+            let tls = TlsCertificate {
+                certificate_chain: Some(inline(chain.into_bytes())),
+                private_key: Some(inline(creds.cert.key_pem_secret().into_bytes())),
+                ..Default::default()
+            };
+            (version, secret::Type::TlsCertificate(tls))
+        }
+        ROOTCA => {
+            let roots = creds.bundle.to_pem();
+            let version = content_version(roots.as_bytes());
+            let validation = CertificateValidationContext {
+                trusted_ca: Some(inline(roots.into_bytes())),
+                ..Default::default()
+            };
+            (version, secret::Type::ValidationContext(validation))
+        }
+        _ => return None,
+    };
+    let secret = Secret {
+        name: name.to_string(),
+        r#type: Some(kind),
+    };
+    Some(Built {
+        version: content_id,
+        any: envoy_types::util::pack_any(secret),
+    })
+}
+
+fn inline(bytes: Vec<u8>) -> DataSource {
+    DataSource {
+        specifier: Some(Specifier::InlineBytes(bytes)),
+        ..Default::default()
+    }
+}
+
+/// A short content hash: equal content, equal version, on every agent.
+pub(crate) fn content_version(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Logs, once per stream and name, a secret name this agent does not serve. Such names are
+/// answered with nothing: Envoy keeps waiting for them, and the log says why.
+#[derive(Default)]
+pub(crate) struct UnknownNames(BTreeSet<String>);
+
+impl UnknownNames {
+    pub fn note<'a>(&mut self, stream: u64, names: impl IntoIterator<Item = &'a String>) {
+        for name in names {
+            if name != DEFAULT && name != ROOTCA && self.0.insert(name.clone()) {
+                warn!(stream, secret = %name, "Envoy asked for a secret this agent does not serve (only {DEFAULT} and {ROOTCA}); not answering it");
+            }
+        }
+    }
+}
+
+/// The tonic service over one credentials watch.
+#[derive(Clone)]
+pub struct SdsService {
+    creds: CredentialsWatch,
+    streams: Arc<std::sync::atomic::AtomicU64>,
+    /// Set on shutdown: every open stream ends (Envoy never closes its SDS streams itself).
+    stop: Arc<watch::Sender<bool>>,
+}
+
+impl SdsService {
+    pub fn new(creds: CredentialsWatch) -> Self {
+        Self {
+            creds,
+            streams: Arc::default(),
+            stop: Arc::new(watch::channel(false).0),
+        }
+    }
+
+    /// Ends every open stream with UNAVAILABLE.
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    fn next_stream(&self) -> u64 {
+        self.streams
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1
+    }
+}
+
+type Out<T> = mpsc::Sender<Result<T, Status>>;
+
+#[tonic::async_trait]
+impl SecretDiscoveryService for SdsService {
+    type StreamSecretsStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+    type DeltaSecretsStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+    async fn stream_secrets(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamSecretsStream>, Status> {
+        let (tx, rx) = mpsc::channel(4);
+        let stream = self.next_stream();
+        debug!(stream, "SDS stream opened (state of the world)");
+        tokio::spawn(sotw::run(
+            stream,
+            request.into_inner(),
+            self.creds.clone(),
+            self.stop.subscribe(),
+            tx,
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn delta_secrets(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaSecretsStream>, Status> {
+        let (tx, rx) = mpsc::channel(4);
+        let stream = self.next_stream();
+        debug!(stream, "SDS stream opened (delta)");
+        tokio::spawn(delta::run(
+            stream,
+            request.into_inner(),
+            self.creds.clone(),
+            self.stop.subscribe(),
+            tx,
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn fetch_secrets(
+        &self,
+        request: Request<DiscoveryRequest>,
+    ) -> Result<Response<DiscoveryResponse>, Status> {
+        let request = request.into_inner();
+        let creds = self.creds.borrow().clone();
+        let mut unknown = UnknownNames::default();
+        unknown.note(0, &request.resource_names);
+        let built: Vec<(String, Built)> = request
+            .resource_names
+            .iter()
+            .filter_map(|n| build(n, &creds).map(|b| (n.clone(), b)))
+            .collect();
+        Ok(Response::new(sotw::response(&built, String::new())))
+    }
+}
+
+/// A running SDS server on a private Unix socket. Dropping it stops serving and removes the
+/// socket file; [`SdsSocket::shutdown`] does the same and waits for the server to end.
+pub struct SdsSocket {
+    path: PathBuf,
+    service: SdsService,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl SdsSocket {
+    /// Binds `path` (mode 0600, see `socket.rs`) and serves the secrets of `creds` on it.
+    pub async fn bind(path: &Path, creds: CredentialsWatch) -> Result<SdsSocket, AgentError> {
+        let listener = crate::socket::bind_private(path).await?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let sds = SdsService::new(creds);
+        let service = SecretDiscoveryServiceServer::new(sds.clone());
+        let shown = path.display().to_string();
+        let task = tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+                    let _ = stopped.await;
+                })
+                .await;
+            if let Err(e) = served {
+                warn!(socket = %shown, "SDS server ended: {e}");
+            }
+        });
+        info!(socket = %path.display(), "serving SDS secrets {DEFAULT} and {ROOTCA}");
+        Ok(SdsSocket {
+            path: path.to_path_buf(),
+            service: sds,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stops accepting, ends the open streams and removes the socket file.
+    pub async fn shutdown(mut self) {
+        self.service.stop();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            // The streams were told to end; a connection that will not close is cut.
+            let abort = task.abort_handle();
+            if tokio::time::timeout(std::time::Duration::from_secs(1), task)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Drop for SdsSocket {
+    fn drop(&mut self) {
+        self.service.stop();
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}

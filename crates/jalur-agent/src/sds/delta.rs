@@ -1,0 +1,160 @@
+//! One delta SDS stream: only secrets whose version the client does not hold are sent.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
+};
+use tonic::{Status, Streaming};
+use tracing::{debug, warn};
+
+use super::{build, Out, UnknownNames, SECRET_TYPE_URL};
+use crate::{Credentials, CredentialsWatch};
+
+#[derive(Default)]
+pub(crate) struct Delta {
+    stream: u64,
+    names: BTreeSet<String>,
+    /// name → the version the client holds (from `initial_resource_versions`, then from what
+    /// this stream sent; a NACKed version stays here so it is not re-sent until it changes).
+    held: BTreeMap<String, String>,
+    first: bool,
+    nonce: u64,
+    unknown: UnknownNames,
+}
+
+impl Delta {
+    pub fn new(stream: u64) -> Self {
+        Self {
+            stream,
+            first: true,
+            ..Default::default()
+        }
+    }
+
+    pub fn on_request(
+        &mut self,
+        req: &DeltaDiscoveryRequest,
+        creds: &Credentials,
+    ) -> Option<DeltaDiscoveryResponse> {
+        let stream = self.stream;
+        if !req.type_url.is_empty() && req.type_url != SECRET_TYPE_URL {
+            warn!(stream, type_url = %req.type_url, "ignoring an SDS request for another type");
+            return None;
+        }
+        if std::mem::take(&mut self.first) {
+            self.held.extend(
+                req.initial_resource_versions
+                    .iter()
+                    .map(|(n, v)| (n.clone(), v.clone())),
+            );
+        }
+        if !req.response_nonce.is_empty() {
+            match &req.error_detail {
+                Some(error) => {
+                    warn!(stream, nonce = %req.response_nonce, "Envoy rejected the secrets (NACK): {}", error.message)
+                }
+                None => debug!(stream, nonce = %req.response_nonce, "ACK"),
+            }
+        }
+        for name in &req.resource_names_subscribe {
+            if name == "*" {
+                warn!(
+                    stream,
+                    "Envoy asked for every secret (wildcard); secrets are served by name only"
+                );
+                continue;
+            }
+            self.names.insert(name.clone());
+        }
+        self.unknown.note(stream, &req.resource_names_subscribe);
+        for name in &req.resource_names_unsubscribe {
+            self.names.remove(name);
+            self.held.remove(name);
+        }
+        self.respond(creds)
+    }
+
+    /// New credentials: the secrets that changed, if any.
+    pub fn on_change(&mut self, creds: &Credentials) -> Option<DeltaDiscoveryResponse> {
+        self.respond(creds)
+    }
+
+    fn respond(&mut self, creds: &Credentials) -> Option<DeltaDiscoveryResponse> {
+        let mut resources = Vec::new();
+        for name in &self.names {
+            let Some(built) = build(name, creds) else {
+                continue;
+            };
+            if self.held.get(name) == Some(&built.version) {
+                continue;
+            }
+            self.held.insert(name.clone(), built.version.clone());
+            resources.push(Resource {
+                name: name.clone(),
+                version: built.version,
+                resource: Some(built.any),
+                ..Default::default()
+            });
+        }
+        if resources.is_empty() {
+            return None;
+        }
+        self.nonce += 1;
+        debug!(stream = self.stream, secrets = ?resources.iter().map(|r| (&r.name, &r.version)).collect::<Vec<_>>(), nonce = self.nonce, "pushing secrets");
+        Some(DeltaDiscoveryResponse {
+            system_version_info: self.nonce.to_string(),
+            resources,
+            type_url: SECRET_TYPE_URL.to_string(),
+            nonce: self.nonce.to_string(),
+            ..Default::default()
+        })
+    }
+}
+
+/// Serves one stream until Envoy closes it, the server stops, or the response channel closes.
+pub(crate) async fn run(
+    stream: u64,
+    mut requests: Streaming<DeltaDiscoveryRequest>,
+    mut creds: CredentialsWatch,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    tx: Out<DeltaDiscoveryResponse>,
+) {
+    let mut state = Delta::new(stream);
+    let mut creds_open = true;
+    loop {
+        let push = tokio::select! {
+            req = requests.message() => match req {
+                Ok(Some(req)) => {
+                    let current = creds.borrow_and_update().clone();
+                    state.on_request(&req, &current)
+                }
+                Ok(None) => break,
+                Err(status) => {
+                    debug!(stream, "SDS stream ended: {}", status.message());
+                    break;
+                }
+            },
+            changed = creds.changed(), if creds_open => {
+                if changed.is_err() {
+                    creds_open = false;
+                    None
+                } else {
+                    let current = creds.borrow_and_update().clone();
+                    state.on_change(&current)
+                }
+            }
+            _ = stop.changed() => {
+                let _ = tx.send(Err(Status::unavailable("jalur agent is shutting down"))).await;
+                break;
+            }
+            () = tx.closed() => break,
+        };
+        if let Some(response) = push {
+            if tx.send(Ok(response)).await.is_err() {
+                break;
+            }
+        }
+    }
+    debug!(stream, "SDS stream closed");
+}
