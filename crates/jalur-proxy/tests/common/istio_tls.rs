@@ -503,3 +503,24 @@ pub fn listener_from(name: &str, cluster: &str, tcp: bool, mode: Mode, source: S
         ..Default::default()
     }
 }
+
+/// `cluster` with an upstream idle timeout: a connection idle this long is closed, so the next
+/// request makes a new TLS handshake.
+pub fn with_idle_timeout(mut c: Cluster, idle: std::time::Duration) -> Cluster {
+    use prost::Message;
+    let key = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+    if let Some(any) = c.typed_extension_protocol_options.get_mut(key) {
+        let mut options = HttpProtocolOptions::decode(any.value.as_slice()).expect("options");
+        options.common_http_protocol_options = Some(
+            envoy_types::pb::envoy::config::core::v3::HttpProtocolOptions {
+                idle_timeout: Some(envoy_types::pb::google::protobuf::Duration {
+                    seconds: idle.as_secs() as i64,
+                    nanos: idle.subsec_nanos() as i32,
+                }),
+                ..Default::default()
+            },
+        );
+        *any = pack_any(options);
+    }
+    c
+}
