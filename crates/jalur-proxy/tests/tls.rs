@@ -461,3 +461,76 @@ async fn presented_leaf(
     let tls = connector.connect(name, tcp).await.expect("handshake");
     tls.get_ref().1.peer_certificates().expect("certs")[0].clone()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_unary_and_streaming_over_mtls_between_sidecars() {
+    let Some(py) = jalur_testkit::require_peer("python venv with grpcio", jalur_testkit::python())
+    else {
+        return;
+    };
+    let backend = jalur_testkit::GrpcBackend::start(&py, "echo-1")
+        .await
+        .expect("grpc backend");
+    let ca = TestCa::new();
+    let plane = StaticPlane::start().await;
+    let payments = ca.identity(&spiffe("shop", "payments"), &[]);
+    let storefront = ca.identity(&spiffe("shop", "storefront"), &[]);
+    plane.serve(
+        "payments.shop",
+        vec![listener("inbound", "inbound|50051||", false, Mode::Strict)],
+        vec![cluster(
+            "inbound|50051||",
+            &[backend.addr()],
+            false,
+            None,
+            true,
+        )],
+    );
+    let server = start_proxy(plane.addr, "payments", Some(payments.watch.clone())).await;
+    let inbound = bound(&server, "inbound").await;
+    plane.serve(
+        "storefront.shop",
+        vec![listener("outbound", "grpc", false, Mode::Disable)],
+        vec![cluster(
+            "grpc",
+            &[inbound],
+            true,
+            Some(upstream_tls(SNI, &[PAYMENTS], true)),
+            true,
+        )],
+    );
+    let client = start_proxy(plane.addr, "storefront", Some(storefront.watch.clone())).await;
+    let outbound = bound(&client, "outbound").await;
+    let out = tokio::process::Command::new(&py)
+        .arg(jalur_testkit::peer_script("grpc_call.py"))
+        .args(["--target", &outbound.to_string(), "--authority", "payments"])
+        .args(["--count", "20", "--stream", "50", "--timeout-secs", "5"])
+        .output()
+        .await
+        .expect("grpc_call.py runs");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "grpc_call.py printed no report ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(report["unary_ok"], 20, "{report}");
+    assert_eq!(
+        report["stream"].as_array().map(Vec::len),
+        Some(50),
+        "{report}"
+    );
+    let s = stats(&server).await;
+    let calls = lines(
+        &s,
+        "istio_requests_total",
+        &[
+            ("reporter", "destination"),
+            ("request_protocol", "grpc"),
+            ("grpc_response_status", "0"),
+            ("connection_security_policy", "mutual_tls"),
+            ("source_principal", STOREFRONT),
+        ],
+    );
+    assert!(!calls.is_empty(), "{s}");
+}

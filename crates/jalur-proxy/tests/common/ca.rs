@@ -1,6 +1,8 @@
 //! A test CA (rcgen) signing workload CSRs, as `crates/jalur-identity/tests/handshake.rs` does,
 //! so tests hand jalur proxies real mesh credentials without a control plane CA.
 
+#![allow(dead_code)]
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 

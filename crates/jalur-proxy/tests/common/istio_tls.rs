@@ -2,15 +2,17 @@
 //! per node by a static generator: the proxy's TLS data path tested on exactly the resources
 //! it will get, without depending on the control plane's translation.
 
+#![allow(dead_code)]
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
 use envoy_types::pb::envoy::config::core::v3::{
-    address, api_config_source::ApiType, config_source::ConfigSourceSpecifier, grpc_service,
-    transport_socket, Address, ApiConfigSource, ApiVersion, ConfigSource, GrpcService, Metadata,
-    SocketAddress, TransportSocket,
+    address, api_config_source::ApiType, config_source::ConfigSourceSpecifier, data_source,
+    grpc_service, transport_socket, Address, ApiConfigSource, ApiVersion, ConfigSource, DataSource,
+    GrpcService, Metadata, SocketAddress, TransportSocket,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
@@ -22,15 +24,17 @@ use envoy_types::pb::envoy::config::route::v3::{
     route, route_action, route_match, Route, RouteAction, RouteConfiguration, RouteMatch,
     VirtualHost,
 };
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    http_connection_manager::RouteSpecifier, HttpConnectionManager,
+    http_connection_manager::RouteSpecifier, http_filter, HttpConnectionManager, HttpFilter,
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     common_tls_context::{CombinedCertificateValidationContext, ValidationContextType},
+    secret,
     subject_alt_name_matcher::SanType,
-    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
-    SubjectAltNameMatcher, UpstreamTlsContext,
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, Secret,
+    SubjectAltNameMatcher, TlsCertificate, UpstreamTlsContext,
 };
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     http_protocol_options::{explicit_http_config, ExplicitHttpConfig, UpstreamProtocolOptions},
@@ -39,6 +43,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
 use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher::MatchPattern, StringMatcher};
 use envoy_types::pb::google::protobuf::{value::Kind, BoolValue, Struct, Value};
 use envoy_types::util::pack_any;
+use jalur_identity::Credentials;
 use jalur_xds::{AdsServer, ClientSnapshot, Generator, Resource, TypeUrl};
 use tokio::sync::watch;
 
@@ -90,7 +95,22 @@ impl StaticPlane {
 
     /// Serves `listeners` and `clusters` to the node of `service.namespace`.
     pub fn serve(&self, node_cluster: &str, listeners: Vec<Listener>, clusters: Vec<Cluster>) {
+        self.serve_with_secrets(node_cluster, listeners, clusters, None);
+    }
+
+    /// The same, plus SDS `default` and `ROOTCA` from `creds` over ADS (a stock Envoy without
+    /// an agent).
+    pub fn serve_with_secrets(
+        &self,
+        node_cluster: &str,
+        listeners: Vec<Listener>,
+        clusters: Vec<Cluster>,
+        creds: Option<&Credentials>,
+    ) {
         let mut snap = ClientSnapshot::default();
+        for s in creds.map(secrets).into_iter().flatten() {
+            snap.insert(TypeUrl::Secret, Resource::new(s.name.clone(), s));
+        }
         for l in listeners {
             snap.insert(TypeUrl::Listener, Resource::new(l.name.clone(), l));
         }
@@ -108,6 +128,36 @@ impl StaticPlane {
 
 // ---------------------------------------------------------------------------------- resources
 
+/// Istio's two secrets from a proxy's credentials, key inline (tests only: `jalur agent` hands
+/// them over a local socket).
+fn secrets(creds: &Credentials) -> Vec<Secret> {
+    let bytes = |b: String| {
+        Some(DataSource {
+            specifier: Some(data_source::Specifier::InlineBytes(b.into_bytes())),
+            ..Default::default()
+        })
+    };
+    vec![
+        Secret {
+            name: "default".into(),
+            r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+                certificate_chain: bytes(creds.cert.chain_pem()),
+                private_key: bytes(creds.cert.key_pem_secret()),
+                ..Default::default()
+            })),
+        },
+        Secret {
+            name: "ROOTCA".into(),
+            r#type: Some(secret::Type::ValidationContext(
+                CertificateValidationContext {
+                    trusted_ca: bytes(creds.bundle.to_pem()),
+                    ..Default::default()
+                },
+            )),
+        },
+    ]
+}
+
 fn socket_address(addr: SocketAddr) -> Address {
     Address {
         address: Some(address::Address::SocketAddress(SocketAddress {
@@ -119,6 +169,14 @@ fn socket_address(addr: SocketAddr) -> Address {
             ),
             ..Default::default()
         })),
+    }
+}
+
+/// An `Any` of a message with no fields set (Envoy 1.40 wants typed configs, even empty ones).
+fn empty_any(message: &str) -> envoy_types::pb::google::protobuf::Any {
+    envoy_types::pb::google::protobuf::Any {
+        type_url: format!("type.googleapis.com/{message}"),
+        value: Vec::new(),
     }
 }
 
@@ -136,7 +194,26 @@ fn strings(pairs: &[(&str, &str)]) -> Struct {
     }
 }
 
-fn sds(name: &str) -> SdsSecretConfig {
+/// Where a proxy gets the SDS secrets: from `jalur agent` on the `sds-grpc` cluster (Istio's
+/// shape, what the control plane emits), or over the ADS stream itself (a test's stock Envoy
+/// without an agent; jalur proxy resolves both names in-process either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sds {
+    Agent,
+    Ads,
+}
+
+fn sds(name: &str, source: Sds) -> SdsSecretConfig {
+    if source == Sds::Ads {
+        return SdsSecretConfig {
+            name: name.into(),
+            sds_config: Some(ConfigSource {
+                resource_api_version: ApiVersion::V3 as i32,
+                config_source_specifier: Some(ConfigSourceSpecifier::Ads(Default::default())),
+                ..Default::default()
+            }),
+        };
+    }
     let grpc = GrpcService {
         target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(
             grpc_service::EnvoyGrpc {
@@ -164,7 +241,7 @@ fn sds(name: &str) -> SdsSecretConfig {
     }
 }
 
-fn common(san: Vec<MatchPattern>, alpn: &[&str]) -> CommonTlsContext {
+fn common(san: Vec<MatchPattern>, alpn: &[&str], source: Sds) -> CommonTlsContext {
     let sans = san
         .into_iter()
         .map(|p| SubjectAltNameMatcher {
@@ -177,14 +254,14 @@ fn common(san: Vec<MatchPattern>, alpn: &[&str]) -> CommonTlsContext {
         })
         .collect();
     CommonTlsContext {
-        tls_certificate_sds_secret_configs: vec![sds("default")],
+        tls_certificate_sds_secret_configs: vec![sds("default", source)],
         validation_context_type: Some(ValidationContextType::CombinedValidationContext(
             CombinedCertificateValidationContext {
                 default_validation_context: Some(CertificateValidationContext {
                     match_typed_subject_alt_names: sans,
                     ..Default::default()
                 }),
-                validation_context_sds_secret_config: Some(sds("ROOTCA")),
+                validation_context_sds_secret_config: Some(sds("ROOTCA", source)),
                 ..Default::default()
             },
         )),
@@ -202,6 +279,10 @@ fn tls_socket<M: prost::Message + prost::Name>(ctx: M) -> TransportSocket {
 
 /// Istio's upstream mTLS socket for a service whose endpoints run as `sans`.
 pub fn upstream_tls(sni: &str, sans: &[&str], h2: bool) -> TransportSocket {
+    upstream_tls_from(sni, sans, h2, Sds::Agent)
+}
+
+pub fn upstream_tls_from(sni: &str, sans: &[&str], h2: bool, source: Sds) -> TransportSocket {
     let mut alpn = vec!["istio-peer-exchange", "istio"];
     if h2 {
         alpn.insert(0, "h2");
@@ -211,18 +292,19 @@ pub fn upstream_tls(sni: &str, sans: &[&str], h2: bool) -> TransportSocket {
         .map(|s| MatchPattern::Exact(s.to_string()))
         .collect();
     tls_socket(UpstreamTlsContext {
-        common_tls_context: Some(common(matchers, &alpn)),
+        common_tls_context: Some(common(matchers, &alpn, source)),
         sni: sni.into(),
         ..Default::default()
     })
 }
 
 /// Istio's inbound mTLS socket: client certificates of the trust domain required.
-pub fn downstream_mtls() -> TransportSocket {
+pub fn downstream_mtls(source: Sds) -> TransportSocket {
     tls_socket(DownstreamTlsContext {
         common_tls_context: Some(common(
             vec![MatchPattern::Prefix("spiffe://cluster.local/".into())],
             &["h2", "http/1.1"],
+            source,
         )),
         require_client_certificate: Some(BoolValue { value: true }),
         ..Default::default()
@@ -283,7 +365,9 @@ pub fn cluster(
                     r#match: Some(Struct::default()),
                     transport_socket: Some(TransportSocket {
                         name: "envoy.transport_sockets.raw_buffer".into(),
-                        config_type: None,
+                        config_type: Some(transport_socket::ConfigType::TypedConfig(empty_any(
+                            "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer",
+                        ))),
                     }),
                 },
             ]
@@ -326,6 +410,13 @@ fn hcm_filter(cluster: &str) -> Filter {
     };
     let hcm = HttpConnectionManager {
         stat_prefix: "test".into(),
+        http_filters: vec![HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
+                Router::default(),
+            ))),
+            ..Default::default()
+        }],
         route_specifier: Some(RouteSpecifier::RouteConfig(RouteConfiguration {
             name: "routes".into(),
             virtual_hosts: vec![VirtualHost {
@@ -367,6 +458,10 @@ pub enum Mode {
 /// A listener on loopback (port 0) whose chains end in HTTP to `cluster` (or TCP when `tcp`),
 /// with the inbound chains of `mode`.
 pub fn listener(name: &str, cluster: &str, tcp: bool, mode: Mode) -> Listener {
+    listener_from(name, cluster, tcp, mode, Sds::Agent)
+}
+
+pub fn listener_from(name: &str, cluster: &str, tcp: bool, mode: Mode, source: Sds) -> Listener {
     let filter = if tcp {
         tcp_filter(cluster)
     } else {
@@ -382,9 +477,9 @@ pub fn listener(name: &str, cluster: &str, tcp: bool, mode: Mode) -> Listener {
         ..Default::default()
     };
     let chains = match mode {
-        Mode::Strict => vec![chain("tls", Some(downstream_mtls()))],
+        Mode::Strict => vec![chain("tls", Some(downstream_mtls(source)))],
         Mode::Permissive => vec![
-            chain("tls", Some(downstream_mtls())),
+            chain("tls", Some(downstream_mtls(source))),
             chain("raw_buffer", None),
         ],
         Mode::Disable => vec![chain("", None)],
@@ -396,10 +491,36 @@ pub fn listener(name: &str, cluster: &str, tcp: bool, mode: Mode) -> Listener {
         listener_filters: (mode != Mode::Disable)
             .then(|| ListenerFilter {
                 name: "envoy.filters.listener.tls_inspector".into(),
+                config_type: Some(
+                    envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType::TypedConfig(
+                        empty_any("envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"),
+                    ),
+                ),
                 ..Default::default()
             })
             .into_iter()
             .collect(),
         ..Default::default()
     }
+}
+
+/// `cluster` with an upstream idle timeout: a connection idle this long is closed, so the next
+/// request makes a new TLS handshake.
+pub fn with_idle_timeout(mut c: Cluster, idle: std::time::Duration) -> Cluster {
+    use prost::Message;
+    let key = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+    if let Some(any) = c.typed_extension_protocol_options.get_mut(key) {
+        let mut options = HttpProtocolOptions::decode(any.value.as_slice()).expect("options");
+        options.common_http_protocol_options = Some(
+            envoy_types::pb::envoy::config::core::v3::HttpProtocolOptions {
+                idle_timeout: Some(envoy_types::pb::google::protobuf::Duration {
+                    seconds: idle.as_secs() as i64,
+                    nanos: idle.subsec_nanos() as i32,
+                }),
+                ..Default::default()
+            },
+        );
+        *any = pack_any(options);
+    }
+    c
 }
