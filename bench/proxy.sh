@@ -21,13 +21,14 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-ALL_ROWS="direct jalur-1 envoy-1 nginx-1 haproxy-1 jalur-2 envoy-2 nginx-2 haproxy-2"
+ALL_ROWS="direct jalur-1 envoy-1 nginx-1 haproxy-1 jalur-2 envoy-2 nginx-2 haproxy-2 jalur-2-mtls envoy-2-mtls"
 ROWS="${BENCH_ROWS:-$ALL_ROWS}"
 CONNS="${BENCH_CONNS:-32}"
 WARMUP="${BENCH_WARMUP:-3}"
 MAX_DURATION="${BENCH_MAX_DURATION:-10}"
 RATE="${BENCH_RATE:-1000}"
 FIXED_DURATION="${BENCH_FIXED_DURATION:-15}"
+HANDSHAKE_DURATION="${BENCH_HANDSHAKE_DURATION:-5}"
 PROXY_CPU="${BENCH_PROXY_CPU:-0}"
 LOAD_CPU="${BENCH_LOAD_CPU:-1}"
 OUT="$ROOT/bench/out"          # raw outputs of the last run (ignored by git)
@@ -203,7 +204,7 @@ sample_rss() {
 
 # ---------------------------------------------------------------- backend and control plane
 mkdir -p "$WORK"/{backend,config,logs}
-read -r BACKEND_PORT XDS_PORT STATUS_PORT <<<"$(free_ports 3)"
+read -r BACKEND_PORT XDS_PORT STATUS_PORT TLS_PORT <<<"$(free_ports 4)"
 
 nginx_conf_common() {
   cat <<EOF
@@ -259,7 +260,8 @@ spec:
 EOF
 # No retries anywhere, so nothing hides a failed request. echo-jalur / echo-envoy are the services
 # the two-hop server sidecars register for themselves when they connect.
-for h in "$HOST" echo-jalur.default.svc.cluster.local echo-envoy.default.svc.cluster.local; do
+for h in "$HOST" echo-jalur.default.svc.cluster.local echo-envoy.default.svc.cluster.local \
+  echo-jalur-mtls.default.svc.cluster.local echo-envoy-mtls.default.svc.cluster.local; do
   cat >>"$WORK/config/vs.yaml" <<EOF
 ---
 apiVersion: networking.istio.io/v1
@@ -273,8 +275,23 @@ spec:
     - destination: {host: $h}
 EOF
 done
+# The mTLS rows' server sidecars accept mutual TLS only (STRICT), so a plaintext request through
+# them cannot pass for an mTLS one.
+for app in echo-jalur-mtls echo-envoy-mtls; do
+  cat >>"$WORK/config/vs.yaml" <<EOF
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: $app, namespace: default}
+spec:
+  selector: {matchLabels: {app: $app}}
+  mtls: {mode: STRICT}
+EOF
+done
+# Plaintext xDS (15010) for the plain rows, TLS xDS + the CA (15012) for the mTLS rows.
 spawn "$LOAD_CPU" "$WORK/logs/control.log" env RUST_LOG=warn "$JALUR" control --config "$WORK/config" \
-  --xds-addr "127.0.0.1:$XDS_PORT" --status-addr "127.0.0.1:$STATUS_PORT" --registry-grace 0s
+  --xds-addr "127.0.0.1:$XDS_PORT" --insecure-xds --xds-tls-addr "127.0.0.1:$TLS_PORT" \
+  --state-dir "$WORK/state" --status-addr "127.0.0.1:$STATUS_PORT" --registry-grace 0s
 CONTROL_PID=$LAST_PID
 LOAD_PIDS=("$BACKEND_PID" "$CONTROL_PID")
 XDS="127.0.0.1:$XDS_PORT"
@@ -297,10 +314,48 @@ start_jalur_sidecar() { # NAME [--service S --app-port P ...]; sets OUT_PORT IN_
   shift
   local a h s
   read -r OUT_PORT IN_PORT a h s <<<"$(free_ports 5)"
-  spawn "$PROXY_CPU" "$WORK/logs/$name.log" env RUST_LOG=warn "$JALUR" proxy --xds "$XDS" \
+  spawn "$PROXY_CPU" "$WORK/logs/$name.log" env RUST_LOG=warn "$JALUR" proxy --xds "${SIDECAR_XDS:-$XDS}" \
     --namespace default --listen-address 127.0.0.1 --instance-ip 127.0.0.1 \
     --outbound-port "$OUT_PORT" --inbound-port "$IN_PORT" --admin-addr "127.0.0.1:$a" \
     --health-addr "127.0.0.1:$h" --stats-addr "127.0.0.1:$s" --drain-timeout 1s "$@"
+}
+
+# A bootstrap token for one service account, from the control plane's API.
+token_for() { # SA FILE
+  "$JALUR" token create --control "127.0.0.1:$STATUS_PORT" -n default --service-account "$1" >"$2" ||
+    die "jalur token create failed for $1"
+}
+
+start_jalur_mtls_sidecar() { # NAME SA [jalur proxy args...]; sets OUT_PORT IN_PORT LAST_PID
+  local name="$1" sa="$2"
+  shift 2
+  mkdir -p "$WORK/$name"
+  token_for "$sa" "$WORK/$name/token"
+  SIDECAR_XDS="https://127.0.0.1:$TLS_PORT" start_jalur_sidecar "$name" \
+    --root-cert "$WORK/state/ca/trust-bundle.pem" --token-file "$WORK/$name/token" \
+    --service-account "$sa" "$@"
+}
+
+# Envoy beside `jalur agent`, as Istio runs Envoy beside pilot-agent: the agent gets the
+# certificate, serves it over SDS and writes Envoy's bootstrap. The agent idles on the load CPU
+# and is not counted in the row (pilot-agent is not counted in Istio's sidecar figures either).
+start_envoy_mtls_sidecar() { # NAME SA [jalur agent args...]; sets OUT_PORT IN_PORT LAST_PID
+  local name="$1" sa="$2" dir="$WORK/$1" admin
+  shift 2
+  read -r OUT_PORT IN_PORT admin <<<"$(free_ports 3)"
+  mkdir -p "$dir"
+  token_for "$sa" "$dir/token"
+  spawn "$LOAD_CPU" "$WORK/logs/$name-agent.log" env RUST_LOG=warn "$JALUR" agent \
+    --xds-address "https://127.0.0.1:$TLS_PORT" --root-cert "$WORK/state/ca/trust-bundle.pem" \
+    --token-file "$dir/token" --namespace default --service-account "$sa" \
+    --sds-socket "$dir/sds.sock" --envoy-bootstrap "$dir/bootstrap.json" --delta \
+    --workload-name "$sa-x" --listen-address 127.0.0.1 --inbound-port "$IN_PORT" \
+    --outbound-port "$OUT_PORT" --envoy-admin "127.0.0.1:$admin" "$@"
+  ROW_EXTRA_PIDS+=("$LAST_PID")
+  for _ in $(seq 150); do [[ -s "$dir/bootstrap.json" ]] && break; sleep 0.2; done
+  [[ -s "$dir/bootstrap.json" ]] || die "jalur agent wrote no bootstrap: $(tail -n 20 "$WORK/logs/$name-agent.log")"
+  spawn "$PROXY_CPU" "$WORK/logs/$name.log" "$ENVOY" --concurrency 1 --disable-hot-restart \
+    --log-level warn -c "$dir/bootstrap.json"
 }
 
 start_envoy_sidecar() { # NAME WORKLOAD [JSON metadata fields]; sets OUT_PORT IN_PORT LAST_PID
@@ -395,6 +450,8 @@ EOF
 
 start_row() {
   ROW_PIDS=()
+  ROW_EXTRA_PIDS=()
+  ROW_MTLS=""
   ROW_CHECK=""
   ENTRY_HOST="$HOST"
   case "$1" in
@@ -457,8 +514,51 @@ start_row() {
     ROW_PIDS+=("$LAST_PID")
     ENTRY_PORT=$LISTEN_PORT
     ;;
+  jalur-2-mtls)
+    start_jalur_mtls_sidecar jalur-2-mtls-server echo-jalur-mtls --service echo-jalur-mtls --app-port "$BACKEND_PORT"
+    ROW_PIDS=("$LAST_PID")
+    ROW_CHECK=$IN_PORT
+    ROW_MTLS=$IN_PORT
+    start_jalur_mtls_sidecar jalur-2-mtls-client bench-client-mtls --service bench-client-mtls
+    ROW_PIDS+=("$LAST_PID")
+    ENTRY_PORT=$OUT_PORT
+    ENTRY_HOST=echo-jalur-mtls.default.svc.cluster.local
+    ;;
+  envoy-2-mtls)
+    start_envoy_mtls_sidecar envoy-2-mtls-server echo-envoy-mtls --service echo-envoy-mtls \
+      --ports "http:$BACKEND_PORT" --labels app=echo-envoy-mtls
+    ROW_PIDS=("$LAST_PID")
+    ROW_CHECK=$IN_PORT
+    ROW_MTLS=$IN_PORT
+    start_envoy_mtls_sidecar envoy-2-mtls-client bench-client-envoy-mtls --service bench-client-envoy-mtls
+    ROW_PIDS+=("$LAST_PID")
+    ENTRY_PORT=$OUT_PORT
+    ENTRY_HOST=echo-envoy-mtls.default.svc.cluster.local
+    ;;
   *) die "unknown row $1 (rows: $ALL_ROWS)" ;;
   esac
+}
+
+# New mutual-TLS connections per second into a server sidecar's inbound listener: openssl s_time
+# (one connection at a time, a full handshake each, no resumption) presents a workload
+# certificate the mesh root signed, and the server sidecar's CPU over the run gives handshakes
+# per proxy CPU-second.
+measure_handshakes() { # DIR PORT SERVER_PID
+  local dir="$1" port="$2" server="$3" ca="$WORK/state/ca" client="$WORK/hs-client"
+  if [[ ! -s "$client/cert.pem" ]]; then
+    mkdir -p "$client"
+    openssl ecparam -name prime256v1 -genkey -noout -out "$client/key.pem" 2>/dev/null
+    openssl req -new -key "$client/key.pem" -subj "/" -out "$client/csr.pem" 2>/dev/null
+    printf 'subjectAltName=URI:spiffe://cluster.local/ns/default/sa/bench-handshakes\nextendedKeyUsage=clientAuth,serverAuth\n' >"$client/ext"
+    openssl x509 -req -in "$client/csr.pem" -CA "$ca/root-cert.pem" -CAkey "$ca/root-key.pem" \
+      -CAcreateserial -days 1 -extfile "$client/ext" -out "$client/cert.pem" 2>/dev/null ||
+      { say "could not sign the handshake client's certificate"; return 0; }
+  fi
+  say "$(basename "$dir"): openssl s_time ${HANDSHAKE_DURATION}s of new mTLS connections to 127.0.0.1:$port"
+  snapshot "$dir/snap_hs_before" "$server"
+  pin "$LOAD_CPU" openssl s_time -connect "127.0.0.1:$port" -new -time "$HANDSHAKE_DURATION" \
+    -cert "$client/cert.pem" -key "$client/key.pem" -CAfile "$ca/root-cert.pem" >"$dir/s_time.txt" 2>&1 || true
+  snapshot "$dir/snap_hs_after" "$server"
 }
 
 # ---------------------------------------------------------------- one row
@@ -472,7 +572,7 @@ run_row() {
     say "$row: no 200 through 127.0.0.1:$ENTRY_PORT (Host: $ENTRY_HOST) within 60 s; skipped"
     echo "did not answer 200 within 60 s" >"$dir/failed"
     for f in "$WORK"/logs/"$row"*.log; do [[ -f "$f" ]] && cp "$f" "$dir/"; done
-    stop "${ROW_PIDS[@]+"${ROW_PIDS[@]}"}"
+    stop "${ROW_PIDS[@]+"${ROW_PIDS[@]}"}" "${ROW_EXTRA_PIDS[@]+"${ROW_EXTRA_PIDS[@]}"}"
     return 0
   fi
   # The check: status, headers and body through the whole path.
@@ -480,7 +580,7 @@ run_row() {
   if ! grep -q "$BODY" "$dir/check.txt"; then
     say "$row: the check request did not return the backend's body"
     echo "check request did not return the backend body" >"$dir/failed"
-    stop "${ROW_PIDS[@]+"${ROW_PIDS[@]}"}"
+    stop "${ROW_PIDS[@]+"${ROW_PIDS[@]}"}" "${ROW_EXTRA_PIDS[@]+"${ROW_EXTRA_PIDS[@]}"}"
     return 0
   fi
   if [[ -n "$ROW_CHECK" ]]; then
@@ -488,7 +588,7 @@ run_row() {
     if ! ss -Htn state established "( dport = :$ROW_CHECK )" | grep -q .; then
       say "$row: no connection into the second hop (port $ROW_CHECK) after the check request"
       echo "no connection into the second hop" >"$dir/failed"
-      stop "${ROW_PIDS[@]}"
+      stop "${ROW_PIDS[@]}" "${ROW_EXTRA_PIDS[@]+"${ROW_EXTRA_PIDS[@]}"}"
       return 0
     fi
     echo "second hop 127.0.0.1:$ROW_CHECK carries the traffic" >>"$dir/check.txt"
@@ -526,11 +626,13 @@ run_row() {
   kill "$sampler" 2>/dev/null || true
   wait "$sampler" 2>/dev/null || true
 
+  if [[ -n "$ROW_MTLS" ]]; then measure_handshakes "$dir" "$ROW_MTLS" "${ROW_PIDS[0]}"; fi
+
   : >"$dir/alive"
   for pid in "${ROW_PIDS[@]+"${ROW_PIDS[@]}"}"; do
     if [[ -d /proc/$pid ]]; then echo "$pid alive" >>"$dir/alive"; else echo "$pid DIED" >>"$dir/alive"; fi
   done
-  stop "${ROW_PIDS[@]+"${ROW_PIDS[@]}"}"
+  stop "${ROW_PIDS[@]+"${ROW_PIDS[@]}"}" "${ROW_EXTRA_PIDS[@]+"${ROW_EXTRA_PIDS[@]}"}"
   for f in "$WORK"/logs/"$row"*.log; do [[ -f "$f" ]] && cp "$f" "$dir/"; done
   return 0
 }

@@ -24,6 +24,8 @@ LABELS = {
     "envoy-2": "Envoy 1.40, 2 hops (sidecar pair)",
     "nginx-2": "nginx, 2 hops (chained)",
     "haproxy-2": "haproxy, 2 hops (chained)",
+    "jalur-2-mtls": "jalur proxy, 2 hops, mTLS between them (STRICT)",
+    "envoy-2-mtls": "Envoy 1.40 + jalur agent (SDS), 2 hops, mTLS (STRICT)",
 }
 
 # Goals of issue 3 and the public anchors it quotes.
@@ -183,7 +185,23 @@ def load_row(out, name, clk, proxy_cpu, load_cpu):
     row["max_win"] = window(d, "max", clk, proxy_cpu, load_cpu)
     row["fixed_win"] = window(d, "fixed", clk, proxy_cpu, load_cpu)
     row["died"] = [line.split()[0] for line in read(d / "alive").splitlines() if "DIED" in line]
+    row["handshakes"] = parse_s_time(read(d / "s_time.txt"), window(d, "hs", clk, proxy_cpu, load_cpu))
     return row
+
+
+def parse_s_time(text, win):
+    """openssl s_time: 'N connections in T real seconds' of the -new run -> rates."""
+    m = re.search(r"(\d+) connections in ([\d.]+) real seconds", text)
+    if not m:
+        return None
+    conns, secs = int(m.group(1)), float(m.group(2))
+    cpu = win["proxy_cpu_s"] if win else None
+    return {
+        "conns": conns,
+        "per_s": conns / secs if secs > 0 else None,
+        "server_cpu_s": cpu,
+        "per_cpu_s": conns / cpu if cpu else None,
+    }
 
 
 def ms(seconds):
@@ -370,6 +388,46 @@ def goals(rows):
     return "| goal (issue 3) | this run | verdict | by how much |\n|---|---|---|---|\n" + "\n".join(out)
 
 
+def goals_mtls(rows):
+    """Issue 10: the mTLS pair against Envoy's mTLS pair, and new handshakes per core."""
+    by = {r["name"]: r for r in rows if "failed" not in r}
+    jm, em = by.get("jalur-2-mtls"), by.get("envoy-2-mtls")
+    if not jm and not em:
+        return ""
+    out = []
+
+    def line(goal, value, ok, detail):
+        state = "n/a" if ok is None else ("**met**" if ok else "**not met**")
+        out.append(f"| {goal} | {value} | {state} | {detail} |")
+
+    def ratio_goal(goal, key, unit, digits):
+        if jm and em and jm.get(key) is not None and em.get(key):
+            j, e = jm[key], em[key]
+            ok = j <= GOAL_P99_VS_ENVOY * e
+            line(goal, f"{j:.{digits}f} {unit} vs {e:.{digits}f} {unit} ({j / e:.2f}× Envoy's)", ok,
+                 f"limit {GOAL_P99_VS_ENVOY * e:.{digits}f} {unit}")
+        else:
+            line(goal, "–", None, "a row is missing")
+
+    ratio_goal("mTLS pair added p99 ≤ 0.5 × Envoy's mTLS pair", "added_p99_ms", "ms", 3)
+    ratio_goal("mTLS pair CPU per request ≤ 0.5 × Envoy's mTLS pair", "cpu_s_per_1k", "CPU-s/1k req", 4)
+    if jm and jm.get("added_p99_ms") is not None:
+        ja = jm["added_p99_ms"]
+        ok = ja <= GOAL_P99_MS
+        line("mTLS pair added p99 ≤ 0.20 ms (two ztunnels with mTLS: 0.20 ms)", f"{ja:.3f} ms", ok,
+             f"{GOAL_P99_MS - ja:.3f} ms under" if ok else f"{ja - GOAL_P99_MS:.3f} ms over ({ja / GOAL_P99_MS:.1f}× the goal)")
+    for r in (jm, em):
+        if not r:
+            continue
+        h = r.get("handshakes")
+        if h and h.get("per_s"):
+            per_cpu = f"{h['per_cpu_s']:,.0f} per server CPU-second" if h.get("per_cpu_s") else "server CPU not measured"
+            line(f"new mTLS handshakes/s into the server sidecar ({r['label']})", f"{h['per_s']:,.0f}/s ({h['conns']} in the run)", None, per_cpu)
+        else:
+            line(f"new mTLS handshakes/s ({r['label']})", "–", None, "openssl s_time gave no result (see s_time.txt)")
+    return "| goal (issue 10, mTLS) | this run | verdict | by how much |\n|---|---|---|---|\n" + "\n".join(out)
+
+
 def notes(rows, machine):
     n = []
     n.append(
@@ -430,6 +488,9 @@ def main():
     rows = derive([load_row(out, n, clk, proxy_cpu, load_cpu) for n in names])
     t = table(rows)
     g = goals(rows)
+    gm = goals_mtls(rows)
+    if gm:
+        g += "\n\n" + gm
     nl = notes(rows, machine)
     (out / "rows.json").write_text(json.dumps(rows, indent=1, default=str))
 
