@@ -31,7 +31,30 @@ struct Active {
     bound: SocketAddr,
     kind: std::mem::Discriminant<ListenerKind>,
     ctx: Arc<ArcSwap<ListenerCtx>>,
+    transport: Arc<ArcSwap<Transport>>,
     task: JoinHandle<()>,
+}
+
+/// How a listener's new connections are taken: swapped under a bound socket when only the TLS
+/// changes (a PeerAuthentication going from PERMISSIVE to STRICT must not close the port).
+#[derive(Clone, Default)]
+struct Transport {
+    tls: Option<Terminator>,
+    plaintext_too: bool,
+}
+
+impl Transport {
+    fn new(rt: &Runtime, l: &Listener) -> Result<Transport, String> {
+        let tls = l
+            .tls
+            .as_ref()
+            .map(|t| Terminator::new(t, rt.credentials.as_ref()))
+            .transpose()?;
+        Ok(Transport {
+            tls,
+            plaintext_too: l.plaintext_too,
+        })
+    }
 }
 
 /// The bound listeners, by name.
@@ -64,12 +87,10 @@ impl Listeners {
     ) -> Vec<(String, String)> {
         let mut failures = Vec::new();
         self.active.retain(|name, a| {
-            let keep = snap.listeners.get(name).is_some_and(|l| {
-                l.addr == a.addr
-                    && l.tls == a.tls
-                    && l.plaintext_too == a.plaintext_too
-                    && std::mem::discriminant(&l.kind) == a.kind
-            });
+            let keep = snap
+                .listeners
+                .get(name)
+                .is_some_and(|l| l.addr == a.addr && std::mem::discriminant(&l.kind) == a.kind);
             if !keep {
                 tracing::info!(listener = %name, addr = %a.bound, "listener closed");
                 a.task.abort();
@@ -78,15 +99,25 @@ impl Listeners {
         });
         for (name, l) in &snap.listeners {
             let ctx = ListenerCtx::new(rt, l);
-            if let Some(a) = self.active.get(name) {
+            if let Some(a) = self.active.get_mut(name) {
                 a.ctx.store(Arc::new(ctx));
+                if l.tls != a.tls || l.plaintext_too != a.plaintext_too {
+                    match Transport::new(rt, l) {
+                        Ok(t) => {
+                            tracing::info!(listener = %name, tls = l.tls.is_some(), plaintext = l.plaintext_too, "listener TLS changed");
+                            a.transport.store(Arc::new(t));
+                            a.tls = l.tls.clone();
+                            a.plaintext_too = l.plaintext_too;
+                        }
+                        Err(e) => {
+                            tracing::error!(listener = %name, error = %e, "cannot set up TLS; keeping the previous");
+                            failures.push((name.clone(), e));
+                        }
+                    }
+                }
                 continue;
             }
-            let terminator = l
-                .tls
-                .as_ref()
-                .map(|t| Terminator::new(t, rt.credentials.as_ref()));
-            let acceptor = match terminator.transpose() {
+            let transport = match Transport::new(rt, l) {
                 Ok(a) => a,
                 Err(e) => {
                     tracing::error!(listener = %name, error = %e, "cannot set up TLS");
@@ -103,13 +134,14 @@ impl Listeners {
                     let bound = socket.local_addr().unwrap_or(l.addr);
                     tracing::info!(listener = %name, addr = %bound, "listening");
                     let ctx = Arc::new(ArcSwap::from_pointee(ctx));
+                    let transport = Arc::new(ArcSwap::from_pointee(transport));
                     let task = tokio::spawn(accept_loop(
                         rt.clone(),
                         l.clone(),
                         socket,
                         ctx.clone(),
                         drain.clone(),
-                        acceptor,
+                        transport.clone(),
                     ));
                     self.active.insert(
                         name.clone(),
@@ -120,6 +152,7 @@ impl Listeners {
                             bound,
                             kind: std::mem::discriminant(&l.kind),
                             ctx,
+                            transport,
                             task,
                         },
                     );
@@ -158,7 +191,7 @@ async fn accept_loop(
     socket: TcpListener,
     ctx: Arc<ArcSwap<ListenerCtx>>,
     drain: watch::Receiver<bool>,
-    tls: Option<Terminator>,
+    transport: Arc<ArcSwap<Transport>>,
 ) {
     loop {
         let (stream, peer) = match socket.accept().await {
@@ -171,19 +204,19 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let (rt, ctx, drain, tls, l) = (
+        let (rt, ctx, drain, transport, l) = (
             rt.clone(),
             ctx.clone(),
             drain.clone(),
-            tls.clone(),
+            transport.load_full(),
             l.clone(),
         );
         rt.connection_opened();
         // The handshake runs in the connection's own task: a slow client holds up nobody.
         tokio::spawn(async move {
-            let accepted = match &tls {
+            let accepted = match &transport.tls {
                 None => Ok(Accepted::Plain(stream)),
-                Some(t) => t.accept(stream, l.plaintext_too).await,
+                Some(t) => t.accept(stream, transport.plaintext_too).await,
             };
             match accepted {
                 Ok(conn) => serve(conn, &l, rt.clone(), ctx, peer, drain).await,
