@@ -370,3 +370,53 @@ fn grpc_status_label(status: Option<&str>) -> std::borrow::Cow<'static, str> {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(mutual: bool, peer: Option<&str>, local: Option<&str>) -> ConnSecurity {
+        ConnSecurity {
+            mutual,
+            peer: peer.map(Arc::from),
+            local: local.map(Arc::from),
+        }
+    }
+
+    #[test]
+    fn security_labels_as_istio_fills_them() {
+        let unknown: Arc<str> = Arc::from("unknown");
+        let (a, b) = ("spiffe://td/ns/a/sa/a", "spiffe://td/ns/b/sa/b");
+        let label = |inbound, s: Option<&ConnSecurity>| {
+            let l = SecurityLabels::new(inbound, s, &unknown);
+            (
+                l.connection_security_policy,
+                l.source_principal.to_string(),
+                l.destination_principal.to_string(),
+            )
+        };
+        // Destination: the caller's certificate is the source.
+        assert_eq!(
+            label(true, Some(&conn(true, Some(a), Some(b)))),
+            ("mutual_tls", a.into(), b.into())
+        );
+        assert_eq!(
+            label(true, None),
+            ("none", "unknown".into(), "unknown".into())
+        );
+        // A server-only TLS connection (a gateway's SIMPLE listener) is not mutual.
+        assert_eq!(
+            label(true, Some(&conn(false, None, None))),
+            ("none", "unknown".into(), "unknown".into())
+        );
+        // Source: the upstream's certificate is the destination; the policy is not its to know.
+        assert_eq!(
+            label(false, Some(&conn(true, Some(b), Some(a)))),
+            ("unknown", a.into(), b.into())
+        );
+        assert_eq!(
+            label(false, None),
+            ("unknown", "unknown".into(), "unknown".into())
+        );
+    }
+}

@@ -71,6 +71,7 @@ struct Server {
     proxy: Proxy,
     http: SocketAddr,
     tcp: SocketAddr,
+    tcp_backend: SocketAddr,
     _echo: EchoServer,
 }
 
@@ -95,6 +96,7 @@ async fn start_server(plane: &StaticPlane, mode: Mode, creds: CredentialsWatch) 
         proxy,
         http,
         tcp,
+        tcp_backend,
         _echo: echo,
     }
 }
@@ -379,6 +381,36 @@ async fn permissive_takes_mtls_and_plaintext_and_labels_each_disable_is_plaintex
         ],
     );
     assert!(!mtls.is_empty() && !plain.is_empty(), "{s}");
+
+    // PERMISSIVE → STRICT on the same listener: its port stays open, plaintext is closed from
+    // the next connection on, mTLS goes on.
+    plane.serve(
+        "payments.shop",
+        vec![
+            listener("inbound", "inbound|8080||", false, Mode::Strict),
+            listener("inbound-tcp", "inbound|9000||", true, Mode::Strict),
+        ],
+        vec![
+            cluster("inbound|8080||", &[server._echo.addr()], false, None, false),
+            cluster("inbound|9000||", &[server.tcp_backend], false, None, false),
+        ],
+    );
+    assert_eventually("plaintext refused once STRICT", DEADLINE, || async {
+        match http_get(server.http, "payments", "/", &[]).await {
+            Err(_) => Ok(()),
+            Ok(r) => Err(format!("still answered {r:?}")),
+        }
+    })
+    .await;
+    assert_eq!(
+        bound(&server.proxy, "inbound").await,
+        server.http,
+        "same socket"
+    );
+    let (status, _, _) = http_get(outbound, "payments", "/", &[])
+        .await
+        .expect("mTLS after the change");
+    assert_eq!(status, 200);
 
     // DISABLE: plaintext only, and nothing is labelled mTLS.
     let plane2 = StaticPlane::start().await;
