@@ -194,7 +194,7 @@ impl tower_service::Service<Uri> for Connector {
             };
             let (origin, addr) = (origin?, addr.ok_or("an upstream address is an IP:port")?);
             let (tls, security) = origin.connect(tcp.into_inner(), addr).await?;
-            Ok(Conn::Tls(TokioIo::new(tls), Arc::new(security)))
+            Ok(Conn::Tls(Box::new(TokioIo::new(tls)), Arc::new(security)))
         })
     }
 }
@@ -202,8 +202,9 @@ impl tower_service::Service<Uri> for Connector {
 /// An upstream connection as hyper's pool holds it.
 pub enum Conn {
     Plain(TokioIo<TcpStream>),
+    // Boxed: a TLS session is far larger than a socket.
     Tls(
-        TokioIo<tokio_rustls::client::TlsStream<TcpStream>>,
+        Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>,
         Arc<ConnSecurity>,
     ),
 }
@@ -234,7 +235,7 @@ macro_rules! delegate {
                 $e
             }
             Conn::Tls($io, _) => {
-                let $io = Pin::new($io);
+                let $io = Pin::new($io.as_mut());
                 $e
             }
         }

@@ -145,7 +145,8 @@ pub(crate) struct Update {
 enum Converted {
     Listener(Listener),
     Routes(RouteTable),
-    Cluster(Cluster, Option<EndpointSet>),
+    // Boxed: a cluster (with its TLS settings) is much larger than the other resources.
+    Cluster(Box<Cluster>, Option<EndpointSet>),
     Endpoints(EndpointSet),
 }
 
@@ -232,7 +233,7 @@ fn convert_one(
         )?),
         ResourceType::Cluster => {
             let (c, inline) = (convert.cluster)(&XdsCluster::decode(bytes).map_err(undecodable)?)?;
-            Converted::Cluster(c, inline)
+            Converted::Cluster(Box::new(c), inline)
         }
         ResourceType::ClusterLoadAssignment => Converted::Endpoints((convert.endpoints)(
             &ClusterLoadAssignment::decode(bytes).map_err(undecodable)?,
@@ -275,7 +276,7 @@ fn merge(next: &mut Snapshot, current: &Snapshot, update: &Update, converted: Ve
             let clusters: Vec<(Cluster, Option<EndpointSet>)> = converted
                 .into_iter()
                 .filter_map(|c| match c {
-                    Converted::Cluster(c, inline) => Some((c, inline)),
+                    Converted::Cluster(c, inline) => Some((*c, inline)),
                     _ => None,
                 })
                 .collect();

@@ -511,12 +511,7 @@ fn string_struct(s: Option<&Struct>) -> Res<BTreeMap<String, String>> {
             Some(Kind::StringValue(s)) => {
                 out.insert(k.clone(), s.clone());
             }
-            _ => {
-                return Err(Invalid::new(
-                    format!("{k}"),
-                    "only string values are supported",
-                ))
-            }
+            _ => return Err(Invalid::new(k.clone(), "only string values are supported")),
         }
     }
     Ok(out)
