@@ -535,3 +535,107 @@ fn two_control_planes_starting_on_one_state_dir_share_one_root() {
         }
     }
 }
+
+/// Istio's plug-in CA recipe done with openssl itself: an RSA root and intermediate, the
+/// intermediate's key in the traditional PKCS#1 form Istio's samples ship.
+#[test]
+fn an_openssl_made_rsa_intermediate_works_as_plugin_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(d)
+            .output()
+            .expect("openssl is installed (Debian's openssl package)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(
+        d.join("ext.cnf"),
+        "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,digitalSignature,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n",
+    )
+    .expect("write");
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "root-key.pem",
+        "-out",
+        "root-cert.pem",
+        "-days",
+        "3650",
+        "-subj",
+        "/O=Istio/CN=Root CA",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca-key8.pem",
+        "-out",
+        "ca.csr",
+        "-subj",
+        "/O=Istio/CN=Intermediate CA/L=cluster1",
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "ca.csr",
+        "-CA",
+        "root-cert.pem",
+        "-CAkey",
+        "root-key.pem",
+        "-CAcreateserial",
+        "-out",
+        "ca-cert.pem",
+        "-days",
+        "730",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    openssl(&[
+        "rsa",
+        "-in",
+        "ca-key8.pem",
+        "-traditional",
+        "-out",
+        "ca-key.pem",
+    ]);
+    let key_text = std::fs::read_to_string(d.join("ca-key.pem")).expect("key");
+    assert!(
+        key_text.starts_with("-----BEGIN RSA PRIVATE KEY-----"),
+        "{key_text}"
+    );
+    #[cfg(unix)]
+    chmod(&d.join("ca-key.pem"), 0o600);
+    let root = std::fs::read_to_string(d.join("root-cert.pem")).expect("root");
+    let inter = std::fs::read_to_string(d.join("ca-cert.pem")).expect("inter");
+    std::fs::write(d.join("cert-chain.pem"), inter.clone() + &root).expect("write");
+    let opts = CaOptions {
+        plugin: Some(PluginCa {
+            cert: d.join("ca-cert.pem"),
+            key: d.join("ca-key.pem"),
+            chain: d.join("cert-chain.pem"),
+        }),
+        ..CaOptions::default()
+    };
+    let ca = Authority::load_or_create(&d.join("state"), &opts).expect("plug-in CA");
+    let caller = id("shop", "storefront");
+    let (key, request) = csr(&caller);
+    let chain = ca.sign_csr(&request, &caller, None).expect("signed");
+    assert_eq!(chain.len(), 3);
+    WorkloadCert::new(&key, &chain.concat()).expect("chain certifies the key");
+    openssl_verify(d, &root, &chain[1..2], &chain[0]).expect("openssl accepts the chain");
+}
