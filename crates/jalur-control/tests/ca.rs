@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use jalur_control::ca::{CaOptions, MeshCa};
@@ -16,6 +16,54 @@ use jalur_identity::rotate::{CertRotator, RotatorOptions};
 use jalur_identity::verify::{server_config, Accept};
 use jalur_identity::SpiffeId;
 
+/// Everything this test binary logs, at debug, from every thread (tonic, h2, rustls included).
+fn captured_logs() -> &'static Mutex<Vec<u8>> {
+    static LOGS: OnceLock<&'static Mutex<Vec<u8>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs: &'static Mutex<Vec<u8>> = Box::leak(Box::new(Mutex::new(Vec::new())));
+        let writer = move || Capture(logs);
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("debug"))
+            .with_writer(writer)
+            .with_ansi(false)
+            .try_init();
+        logs
+    })
+}
+
+struct Capture(&'static Mutex<Vec<u8>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Fails if a log line holds a secret: a token's signature, or a private key's PEM body.
+fn assert_not_logged(tokens: &[&str], key_pems: &[String]) {
+    let logs = String::from_utf8_lossy(&captured_logs().lock().expect("logs")).into_owned();
+    assert!(
+        logs.contains("workload certificate issued"),
+        "the capture missed the CA's own lines: {logs}"
+    );
+    for t in tokens {
+        let signature = t.rsplit('.').next().expect("signature");
+        assert!(!logs.contains(signature), "a bootstrap token was logged");
+    }
+    for pem in key_pems {
+        for line in pem.lines().filter(|l| !l.starts_with("-----")) {
+            assert!(!logs.contains(line), "a private key was logged");
+        }
+    }
+}
+
 struct Served {
     ca: MeshCa,
     addr: SocketAddr,
@@ -23,6 +71,7 @@ struct Served {
 
 /// The CA on a loopback TLS port; certificates live at most `ttl`.
 async fn serve(state: &Path, ttl: Duration) -> Served {
+    captured_logs();
     let opts = CaOptions {
         workload_ttl: ttl,
         ..CaOptions::default()
@@ -105,7 +154,13 @@ async fn a_workload_gets_its_first_certificate_by_token_and_renews_it_with_that_
     .expect("renewed over mTLS within 15 s");
     assert_eq!(creds.borrow().cert.id, id("storefront"));
     assert!(s.ca.metrics.issued.get() >= 2);
+    let keys = vec![
+        first.cert.key_pem_secret(),
+        creds.borrow().cert.key_pem_secret(),
+        std::fs::read_to_string(dir.path().join("ca/root-key.pem")).expect("root key"),
+    ];
     rotator.stop();
+    assert_not_logged(&[&token.token], &keys);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
