@@ -57,12 +57,19 @@ fn control_cmd(s: &Setup) -> Command {
         .arg(s.dir.join("state"))
         .arg("--admin-token-file")
         .arg(&s.admin_file)
-        .args(["--xds-addr", "127.0.0.1:0", "--status-addr", "127.0.0.1:0"]);
+        .args(["--xds-addr", "127.0.0.1:0", "--status-addr", "127.0.0.1:0"])
+        .args(["--xds-tls-addr", "127.0.0.1:0"]);
     cmd
 }
 
 /// Starts `jalur control` logging at debug into `control.log`; returns its status address.
 fn start_control(s: &Setup) -> (ChildGuard, SocketAddr) {
+    let (child, status, _) = start_control_tls(s);
+    (child, status)
+}
+
+/// The same, with the TLS xDS + CA address (15012).
+fn start_control_tls(s: &Setup) -> (ChildGuard, SocketAddr, SocketAddr) {
     let mut cmd = control_cmd(s);
     cmd.env("RUST_LOG", "debug")
         .stdout(Stdio::piped())
@@ -70,7 +77,7 @@ fn start_control(s: &Setup) -> (ChildGuard, SocketAddr) {
     let mut child = ChildGuard::spawn("jalur control", &mut cmd).expect("spawn");
     let stdout = child.child_mut().stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
-    let (mut status, mut bundle) = (None, None);
+    let (mut status, mut bundle, mut tls) = (None, None, None);
     for line in lines.by_ref() {
         let line = line.expect("read stdout");
         let word = |prefix: &str| {
@@ -90,7 +97,10 @@ fn start_control(s: &Setup) -> (ChildGuard, SocketAddr) {
         if let Some(b) = word("CA:") {
             bundle = Some(PathBuf::from(b));
         }
-        if status.is_some() && bundle.is_some() {
+        if let Some(a) = word("xDS+CA:") {
+            tls = a.parse().ok();
+        }
+        if status.is_some() && bundle.is_some() && tls.is_some() {
             break;
         }
     }
@@ -98,7 +108,11 @@ fn start_control(s: &Setup) -> (ChildGuard, SocketAddr) {
     let bundle = bundle.expect("the banner names the trust bundle");
     assert_eq!(bundle, s.dir.join("state/ca/trust-bundle.pem"));
     assert!(bundle.exists());
-    (child, status.expect("status address printed"))
+    (
+        child,
+        status.expect("status address printed"),
+        tls.expect("TLS xDS address printed"),
+    )
 }
 
 /// Runs `jalur ARGS --control ADDR`; (exit code, stdout, stderr).
@@ -373,4 +387,102 @@ fn a_control_plane_killed_9_restarts_with_the_same_root_and_tokens() {
     };
     assert_eq!(state(&ids[0]), Value::Bool(true));
     assert_eq!(state(&ids[1]), Value::Bool(false));
+}
+
+/// The operator's recipe end to end: `jalur token create > token`, then a `jalur proxy` on
+/// https:// with that token gets its certificate from the CA (the one-shot token is then spent)
+/// and neither process logs the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_gets_its_certificate_with_a_token_from_the_cli() {
+    let s = setup();
+    let (_control, status, tls) = start_control_tls(&s);
+    let create = with_admin(
+        &s,
+        &[
+            "token",
+            "create",
+            "-n",
+            "shop",
+            "--service-account",
+            "storefront",
+        ],
+    );
+    let (code, token, err) = run(status, &create);
+    assert_eq!(code, Some(0), "{err}");
+    let token_file = s.dir.join("token");
+    std::fs::write(&token_file, &token).expect("write token");
+
+    let proxy_log = s.dir.join("proxy.log");
+    let mut cmd = jalur();
+    cmd.env("RUST_LOG", "debug")
+        .arg("proxy")
+        .args(["--xds-address", &format!("https://{tls}")])
+        .arg("--root-cert")
+        .arg(s.dir.join("state/ca/trust-bundle.pem"))
+        .arg("--token-file")
+        .arg(&token_file)
+        .args(["--service", "storefront", "--namespace", "shop"])
+        .args(["--listen-address", "127.0.0.1", "--outbound-port", "0"])
+        .args(["--inbound-port", "0", "--admin-addr", "127.0.0.1:0"])
+        .args([
+            "--health-addr",
+            "127.0.0.1:0",
+            "--stats-addr",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&proxy_log).expect("proxy log"));
+    let _proxy = ChildGuard::spawn("jalur proxy", &mut cmd).expect("spawn jalur proxy");
+
+    let bearer = format!("Bearer {ADMIN}");
+    jalur_testkit::assert_eventually(
+        "the proxy's token is spent",
+        Duration::from_secs(20),
+        || {
+            let bearer = bearer.clone();
+            async move {
+                let (code, _, body) = http_get(
+                    status,
+                    "control",
+                    "/api/tokens",
+                    &[("authorization", &bearer)],
+                )
+                .await?;
+                let list: Value =
+                    serde_json::from_str(&body).map_err(|e| format!("{code}: {e}"))?;
+                if list[0]["used"] == Value::Bool(true) {
+                    Ok(())
+                } else {
+                    Err(format!("not yet: {body}"))
+                }
+            }
+        },
+    )
+    .await;
+    jalur_testkit::assert_eventually(
+        "the proxy is connected over TLS",
+        Duration::from_secs(20),
+        || async move {
+            let (_, _, body) = http_get(status, "control", "/debug/syncz", &[]).await?;
+            if body.contains("storefront") {
+                Ok(())
+            } else {
+                Err(body)
+            }
+        },
+    )
+    .await;
+    let (_, _, metrics) = http_get(status, "control", "/metrics", &[])
+        .await
+        .expect("GET");
+    assert!(
+        metrics.contains("jalur_ca_certificates_issued_total 1"),
+        "{metrics}"
+    );
+    let proxy_text = std::fs::read_to_string(&proxy_log).expect("proxy log");
+    assert!(
+        !proxy_text.contains(signature(token.trim())),
+        "the proxy logged its token"
+    );
+    assert_no_secrets(&s, &[token.trim()], &[&metrics]);
 }
