@@ -521,3 +521,27 @@ fn tcp_app_port_gets_a_tcp_proxy_inbound_in_the_policy_tls_chains() {
         "{listener}"
     );
 }
+
+/// SANs follow the mesh's trust domain (the CA's `--trust-domain`), not a fixed `cluster.local`:
+/// certificates of another domain would never match.
+#[test]
+fn spiffe_ids_use_the_mesh_trust_domain() {
+    let dir = golden_dir();
+    let loaded =
+        jalur_model::load_paths(&[dir.join("base.yaml"), dir.join("mtls-auto/config.yaml")]);
+    let security = crate::mesh::Security::from(&crate::ca::CaOptions {
+        trust_domain: "pay.example".into(),
+        ..crate::ca::CaOptions::default()
+    });
+    let mesh = Mesh::build_with(Arc::new(loaded.config), &[], security);
+    let text = crate::render::snapshot(&translate(&mesh, &sidecar_node(true))).to_string();
+    assert!(
+        text.contains("spiffe://pay.example/ns/bookinfo/sa/ratings"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\"uri_prefix\":\"spiffe://pay.example/\""),
+        "{text}"
+    );
+    assert!(!text.contains("cluster.local/ns/"), "{text}");
+}
