@@ -2,10 +2,11 @@
 //! callers (no mesh identity) still reach. STRICT refuses every connection without a client
 //! certificate, so those callers would fail. Two shapes are visible in config:
 //!
-//! - a `Migration` with a Consul legacy side (its callers are legacy clients resolving the Consul
-//!   name) applied at `mesh` (the default: sidecars *and* the fronting proxies legacy callers go
-//!   through, which hold no mesh identity) whose mesh path resolves STRICT. Applied only at named
-//!   Gateways (jalur gateways holding credentials originate mTLS) it is fine.
+//! - a `Migration` whose mesh path is a Consul name (`NAME.service.consul`, e.g. the meshed
+//!   subset of a service split by origin): legacy code resolves that name in Consul itself and
+//!   connects to the instances directly, with no jalur proxy or gateway in between to originate
+//!   mTLS. (A mesh path on a mesh host is reached by legacy callers only through proxies —
+//!   fronting proxies, gateways — which hold identities under mTLS and are not reported.)
 //! - a ConsulRegistry export registering, under a Consul name legacy callers resolve, proxies a
 //!   STRICT policy selects (its `matchLabels` all among the export's `gatewaySelector`) on the
 //!   exported port: legacy callers then connect to them directly in plaintext.
@@ -55,36 +56,25 @@ fn migration(
     m: &Migration,
     out: &mut Vec<Diagnostic>,
 ) {
-    let legacy_is_consul = m.legacy.service.is_some()
-        || m.legacy
-            .host
-            .as_deref()
-            .is_some_and(|h| super::hybrid::consul_name(h).is_some());
-    let at_mesh = m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh");
     let Some(mesh_host) = m.mesh.host() else {
         return;
     };
-    if !legacy_is_consul || !at_mesh {
-        return;
-    }
     let ns = &r.meta.namespace;
     let fqdn = host::qualify(&mesh_host, ns);
-    // `name.NS.svc.cluster.local` lives in NS; any other host in the Migration's namespace.
-    let workload_ns = fqdn
-        .strip_suffix(&format!(".{}", host::CLUSTER_DOMAIN))
-        .and_then(|s| s.split_once('.'))
-        .map(|(_, n)| n.to_string())
-        .unwrap_or_else(|| ns.clone());
+    if super::hybrid::consul_name(&fqdn).is_none() {
+        return;
+    }
+    // Offline, the meshed instances of a Consul name are taken to live in the Migration's
+    // namespace (where its subsets and policies are written).
     let labels = subset_labels(config, &fqdn, m.mesh.subset.as_deref());
     let ports: Vec<u32> = m.port.into_iter().collect();
     let strict = policies
-        .resolve_all(&workload_ns, &labels, &ports)
+        .resolve_all(ns, &labels, &ports)
         .into_iter()
         .find(|res| res.mode == MtlsMode::Strict && res.decided_by.is_some());
     let Some(strict) = strict else { return };
-    let caller = m.legacy.host().unwrap_or_default();
     let msg = format!(
-        "the mesh path {fqdn} is STRICT by {} while legacy callers of {caller} (this Migration's legacy side, {}) reach it through proxies without a mesh identity (the Migration applies at `mesh`, fronting proxies included): their plaintext requests would be refused. Keep the mesh path PERMISSIVE until the legacy side is gone, or apply the Migration only at jalur gateways (spec.gateways), which originate mTLS",
+        "the mesh path {fqdn} is STRICT by {} while legacy callers resolving it in Consul (this Migration, {}) connect to its instances directly, with no identity: their plaintext connections would be refused. Keep it PERMISSIVE until the legacy callers are gone, or move them through a gateway (a ConsulRegistry export) and give the mesh path a mesh host",
         policy_name(&strict),
         location(r)
     );
