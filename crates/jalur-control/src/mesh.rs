@@ -29,6 +29,17 @@ impl Default for Security {
     }
 }
 
+/// The CA's identity settings are the mesh's: SANs and policies must use the same trust domain
+/// and root namespace as the certificates.
+impl From<&crate::ca::CaOptions> for Security {
+    fn from(ca: &crate::ca::CaOptions) -> Security {
+        Security {
+            trust_domain: ca.trust_domain.clone(),
+            root_namespace: ca.root_namespace.clone(),
+        }
+    }
+}
+
 /// Who an mTLS-capable endpoint is: the namespace and account of its SPIFFE id.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 pub struct Identity {

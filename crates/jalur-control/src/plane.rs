@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::consul::ConsulRegistries;
-use crate::mesh::Mesh;
+use crate::mesh::{Mesh, Security};
 use crate::migrate::metrics::{MetricsSource, PrometheusSource, ScrapeSource};
 use crate::migrate::Migrations;
 use crate::node::ClientInfo;
@@ -215,7 +215,11 @@ impl ControlPlane {
             &changes.config.borrow_and_update(),
             &changes.overlay.borrow_and_update(),
         );
-        let mesh = Arc::new(ArcSwap::from_pointee(Mesh::build(served, &[])));
+        let mesh = Arc::new(ArcSwap::from_pointee(Mesh::build_with(
+            served,
+            &[],
+            opts.ca.as_ref().map(Security::from).unwrap_or_default(),
+        )));
         let (gen_tx, gen_rx) = watch::channel(0u64);
         let generator = MeshGenerator {
             mesh: mesh.clone(),
@@ -515,7 +519,7 @@ async fn rebuild_loop(
             .collect();
         let config = config_rx.borrow_and_update().clone();
         let config = crate::migrate::apply(&config, &overlay_rx.borrow_and_update());
-        let mesh = Mesh::build(config, &workloads);
+        let mesh = Mesh::build_with(config, &workloads, state.mesh.load().security.clone());
         pm.services
             .set(i64::try_from(mesh.services.len()).unwrap_or(i64::MAX));
         pm.workloads

@@ -28,7 +28,20 @@ pub enum Protocol {
 
 impl Protocol {
     pub fn parse(protocol: Option<&str>, name: Option<&str>) -> Protocol {
-        let from = |s: &str| match s.to_ascii_lowercase().as_str() {
+        protocol
+            .and_then(Protocol::named)
+            .or_else(|| name.and_then(Protocol::from_port_name))
+            .unwrap_or(Protocol::Tcp)
+    }
+
+    /// The protocol a port name declares by its prefix (`http-web`, `tcp-postgres`), if it
+    /// declares one; `None` for names that say nothing (`web`, `8080`).
+    pub fn from_port_name(name: &str) -> Option<Protocol> {
+        Protocol::named(name.split('-').next().unwrap_or(name))
+    }
+
+    fn named(s: &str) -> Option<Protocol> {
+        match s.to_ascii_lowercase().as_str() {
             "http" => Some(Protocol::Http),
             "http2" => Some(Protocol::Http2),
             "grpc" | "grpc-web" => Some(Protocol::Grpc),
@@ -36,11 +49,7 @@ impl Protocol {
             "tls" => Some(Protocol::Tls),
             "tcp" | "mongo" | "redis" | "mysql" => Some(Protocol::Tcp),
             _ => None,
-        };
-        protocol
-            .and_then(from)
-            .or_else(|| name.and_then(|n| from(n.split('-').next().unwrap_or(n))))
-            .unwrap_or(Protocol::Tcp)
+        }
     }
 
     /// Carried by the HTTP connection manager (routes, retries, weights per request).

@@ -14,6 +14,7 @@ use serde_json::json;
 
 const HOST: &str = "reviews.bookinfo.svc.cluster.local";
 const SIDECAR_ID: &str = "sidecar~127.0.0.1~productpage-v1.bookinfo~bookinfo.svc.cluster.local";
+const TCP_SIDECAR_ID: &str = "sidecar~127.0.0.1~cache-1.bookinfo~bookinfo.svc.cluster.local";
 
 fn split_vs(v1: u32, v3: u32) -> String {
     format!(
@@ -493,9 +494,10 @@ fn acked_without_nack(syncz: &serde_json::Value, node_id: &str) -> Result<(), St
 /// over `sds-grpc`, SAN match on the SPIFFE id, Istio's ALPN and SNI; tlsMode-disabled: raw
 /// buffer) and a DR-forced `transport_socket`, EDS with `envoy.transport_socket_match` endpoint
 /// metadata, LDS with the tls_inspector and PERMISSIVE's TLS + plaintext inbound chains, then
-/// STRICT's single TLS chain after an edit. No SDS server runs here (the agent's track serves
+/// STRICT's single TLS chain after an edit; the same chains around a tcp_proxy inbound for a
+/// sidecar whose app port is TCP. No SDS server runs here (the agent's track serves
 /// it), so the secrets stay warming: this asserts acceptance and shape, not handshakes. It takes
-/// ~15 s: Envoy holds LDS until its warming clusters give up on SDS (`initial_fetch_timeout`).
+/// ~15 s: each Envoy holds LDS until its warming clusters give up on SDS (`initial_fetch_timeout`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_acks_mtls_socket_matches_sds_and_inbound_tls_chains() {
     let plane = Plane::start(&mtls_config("PERMISSIVE")).await;
@@ -531,16 +533,52 @@ async fn envoy_acks_mtls_socket_matches_sds_and_inbound_tls_chains() {
             }
         }
     })];
-    let envoy = Envoy::start_with(&binary, opts)
-        .await
-        .expect("envoy starts");
+    // A second sidecar whose app port is TCP: its inbound is a tcp_proxy in the same chains.
+    let mut tcp_opts = opts.clone();
+    tcp_opts.node_id = TCP_SIDECAR_ID.into();
+    tcp_opts.metadata["JALUR_SERVICE"] = json!("cache");
+    tcp_opts.metadata["JALUR_PORTS"] = json!("tcp-redis:6379");
+    tcp_opts.metadata["SERVICE_ACCOUNT"] = json!("cache");
+    tcp_opts.metadata["LABELS"]["app"] = json!("cache");
+    // Both start at once: each holds LDS ~15 s for SDS (see above), in parallel.
+    let (envoy, tcp_envoy) = tokio::join!(
+        Envoy::start_with(&binary, opts),
+        Envoy::start_with(&binary, tcp_opts)
+    );
+    let (envoy, tcp_envoy) = (
+        envoy.expect("envoy starts"),
+        tcp_envoy.expect("envoy starts"),
+    );
 
     assert_eventually(
         "Envoy ACKs CDS, EDS and LDS",
         Duration::from_secs(20),
-        || async { acked_without_nack(&plane.get_json("/debug/syncz").await, SIDECAR_ID) },
+        || async {
+            let syncz = plane.get_json("/debug/syncz").await;
+            acked_without_nack(&syncz, SIDECAR_ID)?;
+            acked_without_nack(&syncz, TCP_SIDECAR_ID)
+        },
     )
     .await;
+    let tcp_dump = assert_eventually(
+        "the TCP inbound in Envoy",
+        Duration::from_secs(10),
+        || async {
+            let dump = config_dump(&tcp_envoy).await;
+            match inbound_protocols(&dump) {
+                Some(p) => Ok((dump, p)),
+                None => Err("no inbound listener yet".to_string()),
+            }
+        },
+    )
+    .await;
+    assert_eq!(tcp_dump.1, ["tls", "raw_buffer"], "PERMISSIVE TCP inbound");
+    let tcp_text = tcp_dump.0.to_string();
+    assert!(
+        tcp_text.contains("envoy.filters.network.tcp_proxy")
+            && tcp_text.contains("\"cluster\":\"inbound|6379||\""),
+        "TCP inbound is a tcp_proxy to inbound|6379||: {tcp_text}"
+    );
     let dump = assert_eventually(
         "the inbound listener in Envoy",
         Duration::from_secs(10),
@@ -584,13 +622,17 @@ async fn envoy_acks_mtls_socket_matches_sds_and_inbound_tls_chains() {
     // PERMISSIVE -> STRICT: Envoy takes the single-chain listener too.
     plane.write("pa.yaml", &mtls_config("STRICT")[3].1);
     assert_eventually("STRICT reaches Envoy", Duration::from_secs(20), || async {
-        let dump = config_dump(&envoy).await;
-        acked_without_nack(&plane.get_json("/debug/syncz").await, SIDECAR_ID)?;
-        match inbound_protocols(&dump) {
-            Some(p) if p == ["tls"] => Ok(()),
-            other => Err(format!("inbound chains {other:?}")),
+        let syncz = plane.get_json("/debug/syncz").await;
+        acked_without_nack(&syncz, SIDECAR_ID)?;
+        acked_without_nack(&syncz, TCP_SIDECAR_ID)?;
+        for e in [&envoy, &tcp_envoy] {
+            match inbound_protocols(&config_dump(e).await) {
+                Some(p) if p == ["tls"] => {}
+                other => return Err(format!("inbound chains {other:?}")),
+            }
         }
+        Ok(())
     })
     .await;
-    drop(envoy);
+    drop((envoy, tcp_envoy));
 }

@@ -15,6 +15,7 @@ mod index;
 mod migration;
 mod peer_authentication;
 mod service_entry;
+mod strict_callers;
 mod virtual_service;
 
 #[cfg(test)]
@@ -56,6 +57,7 @@ pub fn analyze_with(config: &Config, extra: &KnownServices) -> Vec<Diagnostic> {
     let index = Index::build(config, &known);
     let mut out = Vec::new();
     conflicts::check(config, &mut out);
+    strict_callers::check(config, &mut out);
     for r in &config.resources {
         match &r.spec {
             Spec::VirtualService(vs) => virtual_service::check(&index, r, vs, &mut out),

@@ -96,6 +96,11 @@ pub mod codes {
     );
     pub const TLS_MODE_NOT_SUPPORTED: Code =
         code("JAL0142", "TlsModeNotSupported", Severity::Warning);
+    pub const STRICT_WITH_PLAINTEXT_CALLERS: Code = code(
+        "JAL0143",
+        "StrictPolicyWithPlaintextCallers",
+        Severity::Error,
+    );
 
     // Hybrid findings (`jalur analyze --consul ADDR`): config checked against a live Consul.
     pub const CONSUL_NAME_SHADOWED: Code = code("JAL0130", "ConsulNameShadowed", Severity::Warning);
@@ -156,6 +161,7 @@ pub mod codes {
         PORT_LEVEL_MTLS_WITHOUT_SELECTOR,
         CONFLICTING_PEER_AUTHENTICATION,
         TLS_MODE_NOT_SUPPORTED,
+        STRICT_WITH_PLAINTEXT_CALLERS,
     ];
 }
 

@@ -81,40 +81,52 @@ pub fn sidecar(ctx: &Ctx) -> Built {
     let mut clusters = Vec::new();
     if ctx.client.kind == crate::node::ClientKind::Sidecar {
         if let Some(first) = c.ports.first() {
-            // The app listens on its own port, which may differ from the service port.
-            let app = &Port {
-                number: c.app_port.unwrap_or(first.number),
-                ..first.clone()
-            };
-            let name = jalur_wire::ClusterName::inbound(app.number).to_string();
-            let inbound_routes = RouteConfiguration {
-                name: INBOUND.into(),
-                virtual_hosts: vec![VirtualHost {
-                    name: INBOUND.into(),
-                    domains: vec!["*".into()],
-                    routes: vec![super::route::to_cluster("inbound", &name)],
-                    ..VirtualHost::default()
-                }],
-                ..RouteConfiguration::default()
-            };
-            let mut inbound = http_listener(
-                ctx,
-                INBOUND,
-                c.bind_port(c.inbound_port),
-                rds(INBOUND),
-                TrafficDirection::Inbound,
-            );
-            super::tls::inbound_chains(
-                ctx,
-                super::tls::inbound_mode(ctx, app.number),
-                &mut inbound,
-            );
-            listeners.push(inbound);
-            route_configs.push(inbound_routes);
-            clusters.push(inbound_cluster(ctx, &name, app));
+            let (listener, routes, cluster) = inbound(ctx, first);
+            listeners.push(listener);
+            route_configs.extend(routes);
+            clusters.push(cluster);
         }
     }
     (listeners, route_configs, clusters)
+}
+
+/// The sidecar's inbound listener to its own app, in the TLS chains its PeerAuthentication asks
+/// for. An app whose first port is declared TCP (`tcp-…`, `redis`, `tls`, …) is reached through a
+/// tcp_proxy (an HTTP connection manager would refuse its bytes); any other port as HTTP.
+fn inbound(ctx: &Ctx, first: &Port) -> (Listener, Option<RouteConfiguration>, Cluster) {
+    let c = ctx.client;
+    // The app listens on its own port, which may differ from the service port.
+    let app = &Port {
+        number: c.app_port.unwrap_or(first.number),
+        ..first.clone()
+    };
+    let name = jalur_wire::ClusterName::inbound(app.number).to_string();
+    let bind = c.bind_port(c.inbound_port);
+    let tcp = Protocol::from_port_name(&first.name).is_some_and(|p| !p.is_http());
+    let (mut listener, routes) = if tcp {
+        let mut l = tcp_listener(ctx, INBOUND, bind, &[(name.clone(), 100)]);
+        l.traffic_direction = TrafficDirection::Inbound as i32;
+        (l, None)
+    } else {
+        let routes = RouteConfiguration {
+            name: INBOUND.into(),
+            virtual_hosts: vec![VirtualHost {
+                name: INBOUND.into(),
+                domains: vec!["*".into()],
+                routes: vec![super::route::to_cluster("inbound", &name)],
+                ..VirtualHost::default()
+            }],
+            ..RouteConfiguration::default()
+        };
+        let l = http_listener(ctx, INBOUND, bind, rds(INBOUND), TrafficDirection::Inbound);
+        (l, Some(routes))
+    };
+    super::tls::inbound_chains(
+        ctx,
+        super::tls::inbound_mode(ctx, app.number),
+        &mut listener,
+    );
+    (listener, routes, inbound_cluster(ctx, &name, app))
 }
 
 /// Gateways: a listener per Gateway server port; HTTP servers route the VirtualServices bound to

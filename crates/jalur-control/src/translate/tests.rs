@@ -460,3 +460,88 @@ fn gateway_speaks_mtls_to_meshed_instances_and_plaintext_to_consul_ones() {
     .expect("cluster");
     assert!(c.transport_socket_matches.is_empty() && c.transport_socket.is_none());
 }
+
+/// A sidecar whose app port is declared TCP gets a tcp_proxy inbound to `inbound|PORT||` (an HTTP
+/// connection manager would refuse a database's bytes), in the same TLS chains as HTTP: STRICT
+/// with credentials, plaintext without. A port name that declares nothing stays HTTP.
+#[test]
+fn tcp_app_port_gets_a_tcp_proxy_inbound_in_the_policy_tls_chains() {
+    let yaml = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: shop}\nspec:\n  mtls: {mode: STRICT}\n";
+    let (res, diags) = jalur_model::parse_str(Path::new("pa.yaml"), yaml);
+    assert!(diags.is_empty(), "{diags:?}");
+    let mesh = Mesh::build(Arc::new(jalur_model::Config::new(res)), &[]);
+    let redis = |ports: &str, labels: &[(&str, &str)]| {
+        ClientInfo::from_node(&Node {
+            id: "sidecar~10.0.7.1~cache-1.shop~shop.svc.cluster.local".into(),
+            metadata: Some(with_labels(
+                &[("JALUR_SERVICE", "cache"), ("JALUR_PORTS", ports)],
+                labels,
+            )),
+            ..Node::default()
+        })
+    };
+    let inbound = |client: &ClientInfo| {
+        let snap = crate::render::snapshot(&translate(&mesh, client));
+        (
+            snap["lds"]["inbound"].clone(),
+            snap["rds"].get("inbound").cloned(),
+        )
+    };
+
+    let (listener, routes) = inbound(&redis("tcp-redis:6379", &[("app", "cache"), MTLS]));
+    assert_eq!(routes, None, "a TCP inbound has no route table");
+    let chains = listener["filter_chains"].as_array().expect("chains");
+    assert_eq!(chains.len(), 1, "STRICT: the TLS chain only: {listener}");
+    assert_eq!(chains[0]["transport_protocol"], "tls");
+    assert_eq!(
+        chains[0]["filters"],
+        json!([{ "tcp_proxy": "inbound|6379||" }])
+    );
+    assert!(
+        chains[0]["transport_socket"]["downstream_tls"]["require_client_certificate"]
+            .as_bool()
+            .unwrap_or(false)
+    );
+    assert_eq!(
+        listener["listener_filters"],
+        json!(["envoy.filters.listener.tls_inspector"])
+    );
+
+    let (listener, _) = inbound(&redis("tcp-redis:6379", &[("app", "cache")]));
+    assert_eq!(
+        listener["filters"],
+        json!([{ "tcp_proxy": "inbound|6379||" }]),
+        "without credentials: plaintext tcp_proxy: {listener}"
+    );
+
+    let (listener, routes) = inbound(&redis("web:8080", &[("app", "cache")]));
+    assert!(routes.is_some(), "an undeclared port name stays HTTP");
+    assert!(
+        listener.to_string().contains("http_connection_manager"),
+        "{listener}"
+    );
+}
+
+/// SANs follow the mesh's trust domain (the CA's `--trust-domain`), not a fixed `cluster.local`:
+/// certificates of another domain would never match.
+#[test]
+fn spiffe_ids_use_the_mesh_trust_domain() {
+    let dir = golden_dir();
+    let loaded =
+        jalur_model::load_paths(&[dir.join("base.yaml"), dir.join("mtls-auto/config.yaml")]);
+    let security = crate::mesh::Security::from(&crate::ca::CaOptions {
+        trust_domain: "pay.example".into(),
+        ..crate::ca::CaOptions::default()
+    });
+    let mesh = Mesh::build_with(Arc::new(loaded.config), &[], security);
+    let text = crate::render::snapshot(&translate(&mesh, &sidecar_node(true))).to_string();
+    assert!(
+        text.contains("spiffe://pay.example/ns/bookinfo/sa/ratings"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\"uri_prefix\":\"spiffe://pay.example/\""),
+        "{text}"
+    );
+    assert!(!text.contains("cluster.local/ns/"), "{text}");
+}
