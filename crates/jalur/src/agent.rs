@@ -17,9 +17,10 @@ use jalur_wire::{NamedPort, NodeMeta};
 #[derive(clap::Args)]
 pub struct Args {
     /// The control plane's TLS port, where the CA and ADS are: https://HOST:15012.
-    #[arg(long, env = "JALUR_XDS_ADDRESS")]
+    #[arg(long, env = "JALUR_XDS")]
     xds_address: String,
-    /// The mesh's trust bundle (PEM, one or more roots); re-read when it changes.
+    /// The mesh's trust bundle (PEM, one or more roots; the control plane's
+    /// `<state dir>/ca/trust-bundle.pem`), re-read when it changes.
     #[arg(long, env = "JALUR_ROOT_CERT")]
     root_cert: PathBuf,
     /// A bootstrap token (`jalur token create`) for the first certificate.
