@@ -17,9 +17,10 @@ use jalur_wire::{NamedPort, NodeMeta};
 #[derive(clap::Args)]
 pub struct Args {
     /// The control plane's TLS port, where the CA and ADS are: https://HOST:15012.
-    #[arg(long, env = "JALUR_XDS_ADDRESS")]
+    #[arg(long, env = "JALUR_XDS")]
     xds_address: String,
-    /// The mesh's trust bundle (PEM, one or more roots); re-read when it changes.
+    /// The mesh's trust bundle (PEM, one or more roots; the control plane's
+    /// `<state dir>/ca/trust-bundle.pem`), re-read when it changes.
     #[arg(long, env = "JALUR_ROOT_CERT")]
     root_cert: PathBuf,
     /// A bootstrap token (`jalur token create`) for the first certificate.
@@ -75,6 +76,10 @@ struct NodeArgs {
     inbound_port: Option<u16>,
     #[arg(long, env = "JALUR_OUTBOUND_PORT")]
     outbound_port: Option<u16>,
+    /// Ask the control plane for OS-chosen listener ports (read them from Envoy's admin
+    /// `/listeners`): side-by-side runs and tests.
+    #[arg(long, env = "JALUR_EPHEMERAL_PORTS")]
+    ephemeral_ports: bool,
     /// Envoy's admin listener (keep it on loopback).
     #[arg(long, env = "JALUR_ENVOY_ADMIN", default_value = "127.0.0.1:15000")]
     envoy_admin: SocketAddr,
@@ -153,6 +158,7 @@ fn bootstrap(id: &SpiffeId, args: &Args, cp: ControlPlane) -> EnvoyBootstrap {
         listen_address: n.listen_address.clone(),
         inbound_port: n.inbound_port.map(u32::from),
         outbound_port: n.outbound_port.map(u32::from),
+        ephemeral_ports: n.ephemeral_ports,
         ..std::mem::take(&mut b.meta)
     };
     b.meta = meta;
