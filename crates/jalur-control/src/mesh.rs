@@ -2,7 +2,7 @@
 //! registries report) with its ports and endpoints, built from one config snapshot plus one set of
 //! workloads. Immutable; rebuilt whenever either side changes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use jalur_model::host;
@@ -104,6 +104,12 @@ pub struct Endpoint {
     /// Set when the endpoint holds mesh credentials (label `security.istio.io/tlsMode: istio`
     /// and an identity): callers then reach it over mTLS and check this identity.
     pub identity: Option<Identity>,
+    /// Service ports on which the endpoint's PeerAuthentication resolves to DISABLE: callers
+    /// reach those in plaintext even though the endpoint holds credentials (Istio's auto mTLS
+    /// follows the destination's policy). Judged by service port number, which is the
+    /// workload's port in `portLevelMtls` whenever the workload declares its ports as served.
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    pub plaintext_ports: BTreeSet<u32>,
 }
 
 impl Endpoint {
@@ -137,11 +143,30 @@ impl Mesh {
         for w in workloads {
             mesh.add_workload(w);
         }
+        mesh.mark_plaintext_ports();
         for eps in mesh.endpoints.values_mut() {
             eps.sort_by(|a, b| a.address.cmp(&b.address).then(a.ports.cmp(&b.ports)));
             eps.dedup();
         }
         mesh
+    }
+
+    /// Records, per capable endpoint, the ports its PeerAuthentication DISABLEs.
+    fn mark_plaintext_ports(&mut self) {
+        let policies =
+            jalur_model::security::PeerPolicies::new(&self.config, &self.security.root_namespace);
+        for e in self.endpoints.values_mut().flatten() {
+            let Some(id) = &e.identity else { continue };
+            e.plaintext_ports = e
+                .ports
+                .keys()
+                .copied()
+                .filter(|port| {
+                    policies.resolve(&id.namespace, &e.labels, Some(*port)).mode
+                        == jalur_model::security::MtlsMode::Disable
+                })
+                .collect();
+        }
     }
 
     pub fn service(&self, host: &str) -> Option<&Service> {
@@ -254,6 +279,7 @@ impl Mesh {
                 weight: w.weight.max(1),
                 locality: w.locality.clone(),
                 healthy: w.healthy,
+                plaintext_ports: BTreeSet::new(),
                 identity: w.mtls_capable().then(|| Identity {
                     namespace: w.namespace.clone(),
                     service_account: w.service_account.clone().unwrap_or_default(),
@@ -313,6 +339,7 @@ fn endpoint_of(
         weight: we.weight.unwrap_or(1).max(1),
         locality: we.locality.clone().unwrap_or_default(),
         healthy: true,
+        plaintext_ports: BTreeSet::new(),
         identity: is_mtls_labelled(&we.labels).then(|| Identity {
             namespace: namespace.to_string(),
             // As for a proxy without SERVICE_ACCOUNT: the account is the service's name.

@@ -517,7 +517,7 @@ pub fn load_assignment(
                 load_balancing_weight: Some(UInt32Value {
                     value: e.weight.max(1),
                 }),
-                metadata: tls::endpoint_metadata(e),
+                metadata: tls::endpoint_metadata(e, service_port),
             });
     }
     let endpoints = by_locality

@@ -544,6 +544,7 @@ fn inbound_cluster(ctx: &Ctx, name: &str, app: &Port) -> Cluster {
         locality: String::new(),
         healthy: true,
         identity: None,
+        plaintext_ports: Default::default(),
     };
     let mut c = build_cluster(
         ctx,

@@ -545,3 +545,88 @@ fn spiffe_ids_use_the_mesh_trust_domain() {
     );
     assert!(!text.contains("cluster.local/ns/"), "{text}");
 }
+
+/// Auto mTLS follows the destination's PeerAuthentication, as Istio's does: a capable endpoint
+/// whose policy DISABLEs mTLS (here on one workload, by port) carries no `tlsMode: istio`
+/// metadata on that port, so a caller with credentials speaks plaintext to it — its inbound
+/// serves plaintext only — while the other port and other workloads stay mTLS.
+#[test]
+fn a_destination_that_disables_mtls_is_called_in_plaintext_by_callers_with_credentials() {
+    use crate::workload::{Port, Protocol, Workload};
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use jalur_xds::TypeUrl;
+    use prost::Message;
+
+    let yaml = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: payments, namespace: shop}\nspec:\n  selector: {matchLabels: {app: payments, version: legacy-tls}}\n  mtls: {mode: STRICT}\n  portLevelMtls:\n    80: {mode: DISABLE}\n";
+    let (res, diags) = jalur_model::parse_str(Path::new("pa.yaml"), yaml);
+    assert!(diags.is_empty(), "{diags:?}");
+    let ports = vec![
+        Port {
+            number: 80,
+            name: "http".into(),
+            protocol: Protocol::Http,
+        },
+        Port {
+            number: 81,
+            name: "http-admin".into(),
+            protocol: Protocol::Http,
+        },
+    ];
+    let workload = |address: &str, version: &str| Workload {
+        host: "payments.shop.svc.cluster.local".into(),
+        namespace: "shop".into(),
+        name: format!("payments-{version}"),
+        address: address.into(),
+        ports: ports.clone(),
+        target_port: Some(15006),
+        labels: [
+            ("app", "payments"),
+            ("version", version),
+            ("security.istio.io/tlsMode", "istio"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+        weight: 1,
+        locality: String::new(),
+        healthy: true,
+        source: format!("proxy:sidecar~{address}~payments-{version}.shop~shop.svc.cluster.local"),
+        service_account: Some("payments".into()),
+    };
+    let mesh = Mesh::build(
+        Arc::new(jalur_model::Config::new(res)),
+        &[
+            workload("10.0.5.1", "v2"),
+            workload("10.0.5.2", "legacy-tls"),
+        ],
+    );
+    let snap = translate(&mesh, &sidecar_node(true));
+    let marked = |port: u32| -> Vec<(bool, bool)> {
+        let name = format!("outbound|{port}||payments.shop.svc.cluster.local");
+        let cla = ClusterLoadAssignment::decode(
+            snap.resources[&TypeUrl::ClusterLoadAssignment][&name]
+                .body
+                .value
+                .as_slice(),
+        )
+        .expect("cla");
+        cla.endpoints
+            .iter()
+            .flat_map(|l| &l.lb_endpoints)
+            .map(|e| {
+                let legacy = format!("{:?}", e.host_identifier).contains("10.0.5.2");
+                (legacy, e.metadata.is_some())
+            })
+            .collect()
+    };
+    assert_eq!(
+        marked(80),
+        [(false, true), (true, false)],
+        "port 80: v2 over mTLS, the DISABLEd workload in plaintext"
+    );
+    assert_eq!(
+        marked(81),
+        [(false, true), (true, true)],
+        "port 81 keeps the workload's STRICT"
+    );
+}

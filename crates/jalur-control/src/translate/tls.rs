@@ -210,9 +210,14 @@ fn tls_mode_struct() -> Struct {
     s
 }
 
-/// Endpoint metadata for a capable endpoint, so the `tlsMode-istio` socket match selects it.
-pub fn endpoint_metadata(e: &Endpoint) -> Option<Metadata> {
+/// Endpoint metadata for a capable endpoint, so the `tlsMode-istio` socket match selects it;
+/// none on a port its PeerAuthentication DISABLEs, so callers speak plaintext there as the
+/// endpoint's inbound expects (Istio's auto mTLS).
+pub fn endpoint_metadata(e: &Endpoint, service_port: u32) -> Option<Metadata> {
     e.identity.as_ref()?;
+    if e.plaintext_ports.contains(&service_port) {
+        return None;
+    }
     let mut m = Metadata::default();
     m.filter_metadata
         .insert(SOCKET_MATCH_FILTER.into(), tls_mode_struct());
