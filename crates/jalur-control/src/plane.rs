@@ -242,7 +242,7 @@ impl ControlPlane {
             Some(path) => Some(crate::status::admin::AdminToken::read(path)?),
             None => {
                 if ca.is_some() {
-                    tracing::warn!("no --admin-token-file: anyone who reaches the status API can mint bootstrap tokens and drive migrations");
+                    tracing::warn!("no --admin-token-file: bootstrap tokens, migration commands and config_dump answer callers on this host only");
                 }
                 None
             }

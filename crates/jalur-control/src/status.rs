@@ -56,7 +56,7 @@ pub struct State {
 
 pub async fn serve(listener: TcpListener, state: State, mut shutdown: watch::Receiver<bool>) {
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(s) => s,
                 Err(e) => {
@@ -70,7 +70,7 @@ pub async fn serve(listener: TcpListener, state: State, mut shutdown: watch::Rec
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, req).await) }
+                async move { Ok::<_, Infallible>(handle(&state, peer, req).await) }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
@@ -79,9 +79,9 @@ pub async fn serve(listener: TcpListener, state: State, mut shutdown: watch::Rec
     }
 }
 
-async fn handle(state: &State, req: Request<Incoming>) -> Reply {
+async fn handle(state: &State, peer: std::net::SocketAddr, req: Request<Incoming>) -> Reply {
     if admin::protected(req.method(), req.uri().path()) {
-        if let Some(refused) = admin::check(state, req.headers()) {
+        if let Some(refused) = admin::check(state, peer, req.headers()) {
             return refused;
         }
     }

@@ -3,9 +3,11 @@
 //! With `--admin-token-file`, the endpoints that change the mesh or reveal what a proxy is
 //! served (migration commands, `/api/tokens`, `/debug/config_dump`) need
 //! `authorization: Bearer <that token>`; the read-only status pages stay open for dashboards
-//! and `jalur proxy-status`. Without the file everything is open as before (a warning says so
-//! at start when the plane has a CA).
+//! and `jalur proxy-status`. Without the file those endpoints answer loopback callers only (a
+//! warning says so at start): a token mint open to the network would hand any identity to
+//! anyone who reaches 15014.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -50,6 +52,16 @@ impl AdminToken {
     }
 }
 
+/// Without an admin token, who may use the protected endpoints: callers on this host.
+pub fn local_only_allows(peer: SocketAddr) -> bool {
+    match peer.ip() {
+        std::net::IpAddr::V4(ip) => ip.is_loopback(),
+        std::net::IpAddr::V6(ip) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
 /// Does this request need the admin token?
 pub fn protected(method: &Method, path: &str) -> bool {
     path.starts_with("/api/tokens")
@@ -57,9 +69,21 @@ pub fn protected(method: &Method, path: &str) -> bool {
         || (path.starts_with("/api/migrations") && method != Method::GET)
 }
 
-/// `None` when the request may go on; the 401 otherwise.
-pub fn check(state: &State, headers: &HeaderMap) -> Option<Reply> {
-    let admin = state.admin.as_ref()?;
+/// `None` when the request may go on; the 401 (or, without an admin token, the 403 for a caller
+/// off this host) otherwise.
+pub fn check(state: &State, peer: SocketAddr, headers: &HeaderMap) -> Option<Reply> {
+    let Some(admin) = state.admin.as_ref() else {
+        return (!local_only_allows(peer)).then(|| {
+            json_reply(
+                StatusCode::FORBIDDEN,
+                &json!({ "error": format!(
+                    "{} is not on this host: without --admin-token-file the control plane \
+                     answers token, migration and config_dump requests from loopback only",
+                    peer.ip()
+                ) }),
+            )
+        });
+    };
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -158,4 +182,32 @@ fn record_json(r: &TokenRecord) -> serde_json::Value {
         "revoked": r.revoked,
         "expired": std::time::SystemTime::now() >= expires,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::local_only_allows;
+
+    #[test]
+    fn without_an_admin_token_only_loopback_callers_reach_protected_endpoints() {
+        for ok in [
+            "127.0.0.1:5000",
+            "127.8.9.1:1",
+            "[::1]:5000",
+            "[::ffff:127.0.0.1]:5000",
+        ] {
+            assert!(local_only_allows(ok.parse().expect("addr")), "{ok}");
+        }
+        for refused in [
+            "10.0.0.7:5000",
+            "192.168.1.2:1",
+            "[fd00::1]:5000",
+            "[::ffff:10.0.0.1]:9",
+        ] {
+            assert!(
+                !local_only_allows(refused.parse().expect("addr")),
+                "{refused}"
+            );
+        }
+    }
 }
