@@ -11,6 +11,8 @@ use jalur_control::migrate::{Command, MigrationStatus};
 use jalur_control::{ControlPlane, Options};
 use jalur_demo::envoy::{Envoy, EnvoyOpts};
 use jalur_demo::{ConsulDouble, LoadGen, LoadProtocol, LoadSpec, LoadTarget, SampleApp};
+use jalur_identity::rotate::{CertRotator, RotatorOptions};
+use jalur_identity::SpiffeId;
 use jalur_proxy::run::{Proxy, ProxyOptions};
 use serde_json::{json, Value};
 
@@ -97,6 +99,8 @@ pub struct Fleet {
     envoy: Option<Envoy>,
     front: Proxy,
     front_addr: SocketAddr,
+    /// Every jalur proxy's identity from the control plane's CA, renewed while the fleet runs.
+    identities: Vec<CertRotator>,
     targets: Vec<LoadTarget>,
 }
 
@@ -146,15 +150,25 @@ impl Fleet {
         let plane = ControlPlane::start(Options {
             config: vec![dir.clone()],
             xds_addr: args.xds_addr,
+            xds_tls_addr: args.xds_tls_addr,
+            // Stock Envoy reaches the control plane in plaintext until it runs beside `jalur
+            // agent`; every jalur proxy uses 15012.
+            insecure_xds: true,
             status_addr: args.status_addr,
+            state_dir: Some(dir.join(".jalur")),
+            ca: Some(jalur_control::ca::CaOptions::default()),
             ..Options::default()
         })
         .await?;
+        let tls = plane
+            .xds_tls_addr
+            .context("the control plane serves no TLS port")?;
         say!(
-            "control plane: xDS {}, status http://{}",
+            "control plane: xDS + CA over TLS {tls}, plaintext xDS {} (for the Envoy sidecar), status http://{}",
             plane.xds_addr,
             plane.status_addr
         );
+        let mut identities = Vec::new();
 
         let mut sidecars = Vec::new();
         let mut envoy = None;
@@ -170,6 +184,7 @@ impl Fleet {
                     continue;
                 }
                 let app = SampleApp::start(svc.name, &format!("mesh-{i}"))?;
+                let identity = mesh_identity(&plane, &dir, svc.name).await?;
                 let proxy = Proxy::start(ProxyOptions {
                     app_port: Some(app.addr().port()),
                     ports: vec![jalur_wire::NamedPort {
@@ -177,14 +192,17 @@ impl Fleet {
                         number: u32::from(SERVICE_PORT),
                     }],
                     labels: [("version".to_string(), format!("mesh-{i}"))].into(),
-                    ..proxy_opts(plane.xds_addr, svc.name)
+                    ..secure_opts(tls, svc.name, &identity)
                 })
                 .await?;
+                identities.push(identity);
                 apps.push(app);
                 sidecars.push(proxy);
             }
         }
-        let front = Proxy::start(proxy_opts(plane.xds_addr, "front")).await?;
+        let front_identity = mesh_identity(&plane, &dir, "front").await?;
+        let front = Proxy::start(secure_opts(tls, "front", &front_identity)).await?;
+        identities.push(front_identity);
         let front_addr = until(
             "the fronting proxy listens",
             Duration::from_secs(20),
@@ -214,6 +232,7 @@ impl Fleet {
             envoy,
             front,
             front_addr,
+            identities,
             targets: Vec::new(),
         };
         fleet.targets = fleet.load_targets().await?;
@@ -246,7 +265,24 @@ impl Fleet {
             "fronting proxy: jalur proxy at {}, registered in Consul as `front`: legacy callers find it there",
             self.front_addr
         ));
+        lines.push(self.security());
         lines
+    }
+
+    /// What the fleet's identities are: every jalur proxy's SPIFFE certificate from the CA.
+    pub fn security(&self) -> String {
+        let mut ids: Vec<String> = self
+            .identities
+            .iter()
+            .map(|r| r.credentials().borrow().cert.id.service_account.clone())
+            .collect();
+        ids.dedup();
+        format!(
+            "mTLS identities: {} jalur proxies hold SPIFFE certificates from the control plane's CA (spiffe://cluster.local/ns/{NS}/sa/{{{}}}), bootstrapped with one-shot tokens the demo minted; their xDS runs over TLS (15012){}",
+            self.identities.len(),
+            ids.join(","),
+            if self.envoy.is_some() { "; the Envoy sidecar still uses plaintext xDS" } else { "" }
+        )
     }
 
     pub fn status_addr(&self) -> SocketAddr {
@@ -372,6 +408,9 @@ impl Fleet {
             p.shutdown().await;
         }
         self.front.shutdown().await;
+        for identity in self.identities {
+            identity.stop();
+        }
         drop(self.envoy);
         for id in &self.registered {
             let path = format!("/v1/agent/service/deregister/{id}");
@@ -427,8 +466,42 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-fn proxy_opts(xds: SocketAddr, service: &str) -> ProxyOptions {
-    ProxyOptions::loopback(xds, service, NS)
+/// A jalur proxy of `service` on loopback, on the control plane's TLS port with `identity`.
+fn secure_opts(tls: SocketAddr, service: &str, identity: &CertRotator) -> ProxyOptions {
+    ProxyOptions {
+        xds: format!("https://{tls}"),
+        credentials: Some(identity.credentials()),
+        ..ProxyOptions::loopback(tls, service, NS)
+    }
+}
+
+/// `service`'s identity from the control plane's CA, the way an operator would give a
+/// workload one: a one-shot bootstrap token (minted here), the trust bundle file, a CSR.
+async fn mesh_identity(
+    plane: &ControlPlane,
+    dir: &std::path::Path,
+    service: &str,
+) -> anyhow::Result<CertRotator> {
+    let ca = plane
+        .state
+        .ca
+        .as_ref()
+        .context("the control plane has no CA")?;
+    let token = ca
+        .tokens
+        .create(NS, service, Duration::from_secs(600), false)
+        .map_err(|e| anyhow::anyhow!("minting a bootstrap token for {service}: {e}"))?;
+    let tls = plane.xds_tls_addr.context("no TLS port")?;
+    let id = SpiffeId::new(jalur_identity::DEFAULT_TRUST_DOMAIN, NS, service);
+    let mut opts = RotatorOptions::new(
+        format!("https://{tls}"),
+        id,
+        dir.join(".jalur/ca/trust-bundle.pem"),
+    );
+    opts.token = Some(token.token);
+    CertRotator::start(opts)
+        .await
+        .with_context(|| format!("the workload certificate of {service}"))
 }
 
 /// The demo's config: the Consul registry, the meshed services, one Migration per moving service.
