@@ -215,6 +215,27 @@ async fn a_proxy_bootstraps_with_a_token_and_syncs_over_tls() {
             .expect("request");
         assert_eq!((code, body.contains("payments-1")), (200, true), "{body}");
     }
+    // Sidecar to sidecar ran over mTLS with the identities from the CA (the server's
+    // destination-reporter metrics name the caller's SPIFFE id).
+    let (_, _, stats) = http_get(server.stats_addr, "s", "/stats/prometheus", &[])
+        .await
+        .expect("stats");
+    let inbound: Vec<&str> = stats
+        .lines()
+        .filter(|l| {
+            l.starts_with("istio_requests_total{") && l.contains("reporter=\"destination\"")
+        })
+        .collect();
+    assert!(
+        !inbound.is_empty()
+            && inbound
+                .iter()
+                .all(|l| l.contains("connection_security_policy=\"mutual_tls\"")
+                    && l.contains(
+                        "source_principal=\"spiffe://cluster.local/ns/shop/sa/storefront\""
+                    )),
+        "{inbound:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
