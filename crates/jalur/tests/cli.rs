@@ -640,9 +640,10 @@ fn demo_exit_migrates_two_services_and_rolls_one_back() {
         "reviews: Promoted",
         "ratings: Promoted",
         "payments: RolledBack",
-        // Every jalur proxy of the fleet (7 sidecars and the front, or 6 with one Envoy)
-        // got its identity from the CA and syncs over TLS.
-        "jalur proxies hold SPIFFE certificates from the control plane's CA",
+        // Every proxy of the fleet got its identity from the CA and syncs over TLS; STRICT
+        // refuses plaintext into the sidecars, so the 0 failures above ran over mTLS.
+        "mTLS: on, STRICT in namespace demo — 8 proxies",
+        "hold SPIFFE certificates from the control plane's CA",
         "spiffe://cluster.local/ns/demo/sa/{",
         "result: OK",
     ] {

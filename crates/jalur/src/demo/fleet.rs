@@ -9,7 +9,7 @@ use anyhow::Context;
 use http::Method;
 use jalur_control::migrate::{Command, MigrationStatus};
 use jalur_control::{ControlPlane, Options};
-use jalur_demo::envoy::{Envoy, EnvoyOpts};
+use jalur_demo::envoy::Envoy;
 use jalur_demo::{ConsulDouble, LoadGen, LoadProtocol, LoadSpec, LoadTarget, SampleApp};
 use jalur_identity::rotate::{CertRotator, RotatorOptions};
 use jalur_identity::SpiffeId;
@@ -95,8 +95,9 @@ pub struct Fleet {
     /// (service, instance) -> app
     apps: Vec<SampleApp>,
     sidecars: Vec<Proxy>,
-    /// A meshed `ratings` instance behind stock Envoy, when Envoy is installed.
-    envoy: Option<Envoy>,
+    /// A meshed `ratings` instance behind stock Envoy, when Envoy is installed, with the SDS
+    /// socket that hands it its certificate.
+    envoy: Option<(Envoy, jalur_agent::SdsSocket)>,
     front: Proxy,
     front_addr: SocketAddr,
     /// Every jalur proxy's identity from the control plane's CA, renewed while the fleet runs.
@@ -151,8 +152,8 @@ impl Fleet {
             config: vec![dir.clone()],
             xds_addr: args.xds_addr,
             xds_tls_addr: args.xds_tls_addr,
-            // Stock Envoy reaches the control plane in plaintext until it runs beside `jalur
-            // agent`; every jalur proxy uses 15012.
+            // Plaintext xDS stays open for poking at the demo with development clients; every
+            // proxy of the fleet (jalur and Envoy) uses 15012.
             insecure_xds: true,
             status_addr: args.status_addr,
             state_dir: Some(dir.join(".jalur")),
@@ -164,7 +165,7 @@ impl Fleet {
             .xds_tls_addr
             .context("the control plane serves no TLS port")?;
         say!(
-            "control plane: xDS + CA over TLS {tls}, plaintext xDS {} (for the Envoy sidecar), status http://{}",
+            "control plane: xDS + CA over TLS {tls} (every proxy), plaintext xDS {} (development), status http://{}",
             plane.xds_addr,
             plane.status_addr
         );
@@ -179,7 +180,10 @@ impl Fleet {
             for i in 1..=svc.mesh {
                 if let (Some(binary), "ratings", 2) = (&envoy_binary, svc.name, i) {
                     let app = SampleApp::start(svc.name, &format!("mesh-{i}-envoy"))?;
-                    envoy = Some(envoy_sidecar(binary, plane.xds_addr, svc.name, &app).await?);
+                    let identity = mesh_identity(&plane, &dir, svc.name).await?;
+                    envoy =
+                        Some(envoy_sidecar(binary, &plane, &dir, svc.name, &app, &identity).await?);
+                    identities.push(identity);
                     apps.push(app);
                     continue;
                 }
@@ -255,8 +259,8 @@ impl Fleet {
             ));
         }
         lines.push(match &self.envoy {
-            Some(e) => format!(
-                "one meshed ratings instance runs behind stock Envoy (admin http://{})",
+            Some((e, _)) => format!(
+                "one meshed ratings instance runs behind stock Envoy, its certificate served over SDS as jalur agent does (admin http://{})",
                 e.admin_addr()
             ),
             None => "stock Envoy not found (scripts/install-peers installs it): every sidecar is jalur proxy".into(),
@@ -269,7 +273,7 @@ impl Fleet {
         lines
     }
 
-    /// What the fleet's identities are: every jalur proxy's SPIFFE certificate from the CA.
+    /// What the fleet's identities are: every proxy's SPIFFE certificate from the CA.
     pub fn security(&self) -> String {
         let mut ids: Vec<String> = self
             .identities
@@ -278,10 +282,10 @@ impl Fleet {
             .collect();
         ids.dedup();
         format!(
-            "mTLS identities: {} jalur proxies hold SPIFFE certificates from the control plane's CA (spiffe://cluster.local/ns/{NS}/sa/{{{}}}), bootstrapped with one-shot tokens the demo minted; their xDS runs over TLS (15012){}",
+            "mTLS: on, STRICT in namespace {NS} — {} proxies{} hold SPIFFE certificates from the control plane's CA (spiffe://cluster.local/ns/{NS}/sa/{{{}}}), bootstrapped with one-shot tokens the demo minted; xDS over TLS (15012), mTLS between them",
             self.identities.len(),
+            if self.envoy.is_some() { " (one of them stock Envoy over SDS)" } else { "" },
             ids.join(","),
-            if self.envoy.is_some() { "; the Envoy sidecar still uses plaintext xDS" } else { "" }
         )
     }
 
@@ -427,34 +431,48 @@ impl Fleet {
 }
 
 /// A meshed instance of `service` behind a stock Envoy sidecar configured by the same control
-/// plane: inbound on a port it announces, to the app on its own port.
+/// plane, the way `jalur agent` runs one: its identity from the CA (`identity`), served to
+/// Envoy over SDS on a private Unix socket, ADS over mTLS on 15012; inbound on a port it
+/// announces, to the app on its own port.
 async fn envoy_sidecar(
     binary: &std::path::Path,
-    xds: SocketAddr,
+    plane: &ControlPlane,
+    dir: &std::path::Path,
     service: &str,
     app: &SampleApp,
-) -> anyhow::Result<Envoy> {
+    identity: &CertRotator,
+) -> anyhow::Result<(Envoy, jalur_agent::SdsSocket)> {
     let workload = format!("{service}-envoy-1");
-    let mut opts = EnvoyOpts::new(
-        xds,
-        &format!("sidecar~127.0.0.1~{workload}.{NS}~{NS}.svc.cluster.local"),
+    let creds = identity.credentials();
+    let id = creds.borrow().cert.id.clone();
+    let socket = dir.join(format!("{workload}-sds.sock"));
+    let sds = jalur_agent::SdsSocket::bind(&socket, creds).await?;
+    let tls = plane.xds_tls_addr.context("no TLS port")?;
+    let control = jalur_agent::bootstrap::ControlPlane::from_addr(
+        tls,
+        jalur_identity::channel::control_plane_id(&id.trust_domain, "jalur-system"),
     );
-    opts.cluster = format!("{service}.{NS}");
-    opts.metadata = json!({
-        "NAMESPACE": NS,
-        "INSTANCE_IPS": "127.0.0.1",
-        "WORKLOAD_NAME": workload,
-        "LABELS": { "app": service, "version": "envoy-1" },
-        "JALUR_SERVICE": service,
-        "JALUR_PORTS": format!("http2:{SERVICE_PORT}"),
-        "JALUR_APP_PORT": app.addr().port().to_string(),
-        "JALUR_LISTEN_ADDRESS": "127.0.0.1",
-        "JALUR_INBOUND_PORT": free_port()?.to_string(),
-        "JALUR_OUTBOUND_PORT": free_port()?.to_string(),
-    });
-    Envoy::start_with(binary, opts)
+    let node_id = format!("sidecar~127.0.0.1~{workload}.{NS}~{NS}.svc.cluster.local");
+    let mut bootstrap = jalur_agent::bootstrap::EnvoyBootstrap::new(&id, node_id, &socket, control);
+    let meta = &mut bootstrap.meta;
+    meta.instance_ips = vec!["127.0.0.1".into()];
+    meta.workload_name = Some(workload.clone());
+    meta.labels.insert("app".into(), service.into());
+    meta.labels.insert("version".into(), "envoy-1".into());
+    meta.service = Some(service.into());
+    meta.ports = vec![jalur_wire::NamedPort {
+        name: "http2".into(),
+        number: u32::from(SERVICE_PORT),
+    }];
+    meta.app_port = Some(u32::from(app.addr().port()));
+    meta.listen_address = Some("127.0.0.1".into());
+    meta.inbound_port = Some(u32::from(free_port()?));
+    meta.outbound_port = Some(u32::from(free_port()?));
+    bootstrap.admin = SocketAddr::from(([127, 0, 0, 1], 0));
+    let envoy = Envoy::start_with_bootstrap(binary, &bootstrap.to_json())
         .await
-        .map_err(anyhow::Error::msg)
+        .map_err(anyhow::Error::msg)?;
+    Ok((envoy, sds))
 }
 
 /// A port the kernel just handed out and took back. Envoy's listeners come from xDS, so the
@@ -517,6 +535,12 @@ fn config(consul_url: &str, hold: Duration) -> Vec<(String, String)> {
             format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {n}, namespace: {NS}}}\nspec:\n  hosts: [{n}.{NS}.svc.cluster.local]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports:\n  - {{number: {SERVICE_PORT}, name: http2, protocol: HTTP2}}\n", n = svc.name),
         ));
     }
+    // Every meshed instance is reached through a sidecar with an identity (callers: other
+    // sidecars and the fronting proxy): plaintext into the namespace's sidecars is refused.
+    files.push((
+        "peer-authentication.yaml".to_string(),
+        format!("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: {NS}}}\nspec:\n  mtls: {{mode: STRICT}}\n"),
+    ));
     for svc in SERVICES.iter().filter(|s| s.migrate) {
         files.push((
             format!("{}-migration.yaml", svc.name),
