@@ -87,7 +87,7 @@ pub(crate) fn admit(node: &Node, extensions: &http::Extensions) -> Result<(), St
         )));
     };
     let client = ClientInfo::from_node(node);
-    let account = service_account(node, &client);
+    let account = client.service_account.clone();
     let announced = SpiffeId::new(
         peer.trust_domain.clone(),
         client.namespace.clone(),
@@ -120,19 +120,6 @@ pub(crate) fn admit(node: &Node, extensions: &http::Extensions) -> Result<(), St
 /// The node's service without any domain (`payments.shop.svc.cluster.local` → `payments`).
 fn short_service(client: &ClientInfo) -> Option<&str> {
     client.service.as_deref().and_then(|s| s.split('.').next())
-}
-
-/// The account a node announces: SERVICE_ACCOUNT, else its service's short name, else its
-/// workload name (Istio's default of one account per service).
-fn service_account(node: &Node, client: &ClientInfo) -> String {
-    let (meta, _) = node
-        .metadata
-        .as_ref()
-        .map(jalur_wire::NodeMeta::from_struct)
-        .unwrap_or_default();
-    meta.service_account
-        .or_else(|| short_service(client).map(str::to_string))
-        .unwrap_or_else(|| client.workload_name.clone())
 }
 
 #[cfg(test)]

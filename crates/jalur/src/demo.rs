@@ -34,9 +34,12 @@ pub struct Args {
     /// How long each migration stage holds.
     #[arg(long, default_value = "4s", value_parser = crate::control::parse_duration)]
     hold: Duration,
-    /// Control plane xDS address.
+    /// Control plane plaintext xDS address (the Envoy sidecar's; jalur proxies use TLS).
     #[arg(long, default_value = "127.0.0.1:15010")]
     xds_addr: SocketAddr,
+    /// Control plane xDS + CA over TLS: every jalur proxy's identity and config.
+    #[arg(long, default_value = "127.0.0.1:15012")]
+    xds_tls_addr: SocketAddr,
     /// Control plane status API (and migration API) address.
     #[arg(long, default_value = "127.0.0.1:15014")]
     status_addr: SocketAddr,

@@ -623,6 +623,8 @@ fn demo_exit_migrates_two_services_and_rolls_one_back() {
             "3s",
             "--xds-addr",
             "127.0.0.1:0",
+            "--xds-tls-addr",
+            "127.0.0.1:0",
             "--status-addr",
             "127.0.0.1:0",
         ])
@@ -638,6 +640,11 @@ fn demo_exit_migrates_two_services_and_rolls_one_back() {
         "reviews: Promoted",
         "ratings: Promoted",
         "payments: RolledBack",
+        // Every proxy of the fleet got its identity from the CA and syncs over TLS; STRICT
+        // refuses plaintext into the sidecars, so the 0 failures above ran over mTLS.
+        "mTLS: on, STRICT in namespace demo — 8 proxies",
+        "hold SPIFFE certificates from the control plane's CA",
+        "spiffe://cluster.local/ns/demo/sa/{",
         "result: OK",
     ] {
         assert!(stdout.contains(expected), "no {expected:?} in:\n{stdout}");

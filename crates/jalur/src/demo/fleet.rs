@@ -9,8 +9,10 @@ use anyhow::Context;
 use http::Method;
 use jalur_control::migrate::{Command, MigrationStatus};
 use jalur_control::{ControlPlane, Options};
-use jalur_demo::envoy::{Envoy, EnvoyOpts};
+use jalur_demo::envoy::Envoy;
 use jalur_demo::{ConsulDouble, LoadGen, LoadProtocol, LoadSpec, LoadTarget, SampleApp};
+use jalur_identity::rotate::{CertRotator, RotatorOptions};
+use jalur_identity::SpiffeId;
 use jalur_proxy::run::{Proxy, ProxyOptions};
 use serde_json::{json, Value};
 
@@ -93,10 +95,13 @@ pub struct Fleet {
     /// (service, instance) -> app
     apps: Vec<SampleApp>,
     sidecars: Vec<Proxy>,
-    /// A meshed `ratings` instance behind stock Envoy, when Envoy is installed.
-    envoy: Option<Envoy>,
+    /// A meshed `ratings` instance behind stock Envoy, when Envoy is installed, with the SDS
+    /// socket that hands it its certificate.
+    envoy: Option<(Envoy, jalur_agent::SdsSocket)>,
     front: Proxy,
     front_addr: SocketAddr,
+    /// Every jalur proxy's identity from the control plane's CA, renewed while the fleet runs.
+    identities: Vec<CertRotator>,
     targets: Vec<LoadTarget>,
 }
 
@@ -146,15 +151,25 @@ impl Fleet {
         let plane = ControlPlane::start(Options {
             config: vec![dir.clone()],
             xds_addr: args.xds_addr,
+            xds_tls_addr: args.xds_tls_addr,
+            // Plaintext xDS stays open for poking at the demo with development clients; every
+            // proxy of the fleet (jalur and Envoy) uses 15012.
+            insecure_xds: true,
             status_addr: args.status_addr,
+            state_dir: Some(dir.join(".jalur")),
+            ca: Some(jalur_control::ca::CaOptions::default()),
             ..Options::default()
         })
         .await?;
+        let tls = plane
+            .xds_tls_addr
+            .context("the control plane serves no TLS port")?;
         say!(
-            "control plane: xDS {}, status http://{}",
+            "control plane: xDS + CA over TLS {tls} (every proxy), plaintext xDS {} (development), status http://{}",
             plane.xds_addr,
             plane.status_addr
         );
+        let mut identities = Vec::new();
 
         let mut sidecars = Vec::new();
         let mut envoy = None;
@@ -165,11 +180,15 @@ impl Fleet {
             for i in 1..=svc.mesh {
                 if let (Some(binary), "ratings", 2) = (&envoy_binary, svc.name, i) {
                     let app = SampleApp::start(svc.name, &format!("mesh-{i}-envoy"))?;
-                    envoy = Some(envoy_sidecar(binary, plane.xds_addr, svc.name, &app).await?);
+                    let identity = mesh_identity(&plane, &dir, svc.name).await?;
+                    envoy =
+                        Some(envoy_sidecar(binary, &plane, &dir, svc.name, &app, &identity).await?);
+                    identities.push(identity);
                     apps.push(app);
                     continue;
                 }
                 let app = SampleApp::start(svc.name, &format!("mesh-{i}"))?;
+                let identity = mesh_identity(&plane, &dir, svc.name).await?;
                 let proxy = Proxy::start(ProxyOptions {
                     app_port: Some(app.addr().port()),
                     ports: vec![jalur_wire::NamedPort {
@@ -177,14 +196,17 @@ impl Fleet {
                         number: u32::from(SERVICE_PORT),
                     }],
                     labels: [("version".to_string(), format!("mesh-{i}"))].into(),
-                    ..proxy_opts(plane.xds_addr, svc.name)
+                    ..secure_opts(tls, svc.name, &identity)
                 })
                 .await?;
+                identities.push(identity);
                 apps.push(app);
                 sidecars.push(proxy);
             }
         }
-        let front = Proxy::start(proxy_opts(plane.xds_addr, "front")).await?;
+        let front_identity = mesh_identity(&plane, &dir, "front").await?;
+        let front = Proxy::start(secure_opts(tls, "front", &front_identity)).await?;
+        identities.push(front_identity);
         let front_addr = until(
             "the fronting proxy listens",
             Duration::from_secs(20),
@@ -214,6 +236,7 @@ impl Fleet {
             envoy,
             front,
             front_addr,
+            identities,
             targets: Vec::new(),
         };
         fleet.targets = fleet.load_targets().await?;
@@ -236,8 +259,8 @@ impl Fleet {
             ));
         }
         lines.push(match &self.envoy {
-            Some(e) => format!(
-                "one meshed ratings instance runs behind stock Envoy (admin http://{})",
+            Some((e, _)) => format!(
+                "one meshed ratings instance runs behind stock Envoy, its certificate served over SDS as jalur agent does (admin http://{})",
                 e.admin_addr()
             ),
             None => "stock Envoy not found (scripts/install-peers installs it): every sidecar is jalur proxy".into(),
@@ -246,7 +269,24 @@ impl Fleet {
             "fronting proxy: jalur proxy at {}, registered in Consul as `front`: legacy callers find it there",
             self.front_addr
         ));
+        lines.push(self.security());
         lines
+    }
+
+    /// What the fleet's identities are: every proxy's SPIFFE certificate from the CA.
+    pub fn security(&self) -> String {
+        let mut ids: Vec<String> = self
+            .identities
+            .iter()
+            .map(|r| r.credentials().borrow().cert.id.service_account.clone())
+            .collect();
+        ids.dedup();
+        format!(
+            "mTLS: on, STRICT in namespace {NS} — {} proxies{} hold SPIFFE certificates from the control plane's CA (spiffe://cluster.local/ns/{NS}/sa/{{{}}}), bootstrapped with one-shot tokens the demo minted; xDS over TLS (15012), mTLS between them",
+            self.identities.len(),
+            if self.envoy.is_some() { " (one of them stock Envoy over SDS)" } else { "" },
+            ids.join(","),
+        )
     }
 
     pub fn status_addr(&self) -> SocketAddr {
@@ -372,6 +412,9 @@ impl Fleet {
             p.shutdown().await;
         }
         self.front.shutdown().await;
+        for identity in self.identities {
+            identity.stop();
+        }
         drop(self.envoy);
         for id in &self.registered {
             let path = format!("/v1/agent/service/deregister/{id}");
@@ -388,34 +431,48 @@ impl Fleet {
 }
 
 /// A meshed instance of `service` behind a stock Envoy sidecar configured by the same control
-/// plane: inbound on a port it announces, to the app on its own port.
+/// plane, the way `jalur agent` runs one: its identity from the CA (`identity`), served to
+/// Envoy over SDS on a private Unix socket, ADS over mTLS on 15012; inbound on a port it
+/// announces, to the app on its own port.
 async fn envoy_sidecar(
     binary: &std::path::Path,
-    xds: SocketAddr,
+    plane: &ControlPlane,
+    dir: &std::path::Path,
     service: &str,
     app: &SampleApp,
-) -> anyhow::Result<Envoy> {
+    identity: &CertRotator,
+) -> anyhow::Result<(Envoy, jalur_agent::SdsSocket)> {
     let workload = format!("{service}-envoy-1");
-    let mut opts = EnvoyOpts::new(
-        xds,
-        &format!("sidecar~127.0.0.1~{workload}.{NS}~{NS}.svc.cluster.local"),
+    let creds = identity.credentials();
+    let id = creds.borrow().cert.id.clone();
+    let socket = dir.join(format!("{workload}-sds.sock"));
+    let sds = jalur_agent::SdsSocket::bind(&socket, creds).await?;
+    let tls = plane.xds_tls_addr.context("no TLS port")?;
+    let control = jalur_agent::bootstrap::ControlPlane::from_addr(
+        tls,
+        jalur_identity::channel::control_plane_id(&id.trust_domain, "jalur-system"),
     );
-    opts.cluster = format!("{service}.{NS}");
-    opts.metadata = json!({
-        "NAMESPACE": NS,
-        "INSTANCE_IPS": "127.0.0.1",
-        "WORKLOAD_NAME": workload,
-        "LABELS": { "app": service, "version": "envoy-1" },
-        "JALUR_SERVICE": service,
-        "JALUR_PORTS": format!("http2:{SERVICE_PORT}"),
-        "JALUR_APP_PORT": app.addr().port().to_string(),
-        "JALUR_LISTEN_ADDRESS": "127.0.0.1",
-        "JALUR_INBOUND_PORT": free_port()?.to_string(),
-        "JALUR_OUTBOUND_PORT": free_port()?.to_string(),
-    });
-    Envoy::start_with(binary, opts)
+    let node_id = format!("sidecar~127.0.0.1~{workload}.{NS}~{NS}.svc.cluster.local");
+    let mut bootstrap = jalur_agent::bootstrap::EnvoyBootstrap::new(&id, node_id, &socket, control);
+    let meta = &mut bootstrap.meta;
+    meta.instance_ips = vec!["127.0.0.1".into()];
+    meta.workload_name = Some(workload.clone());
+    meta.labels.insert("app".into(), service.into());
+    meta.labels.insert("version".into(), "envoy-1".into());
+    meta.service = Some(service.into());
+    meta.ports = vec![jalur_wire::NamedPort {
+        name: "http2".into(),
+        number: u32::from(SERVICE_PORT),
+    }];
+    meta.app_port = Some(u32::from(app.addr().port()));
+    meta.listen_address = Some("127.0.0.1".into());
+    meta.inbound_port = Some(u32::from(free_port()?));
+    meta.outbound_port = Some(u32::from(free_port()?));
+    bootstrap.admin = SocketAddr::from(([127, 0, 0, 1], 0));
+    let envoy = Envoy::start_with_bootstrap(binary, &bootstrap.to_json())
         .await
-        .map_err(anyhow::Error::msg)
+        .map_err(anyhow::Error::msg)?;
+    Ok((envoy, sds))
 }
 
 /// A port the kernel just handed out and took back. Envoy's listeners come from xDS, so the
@@ -427,8 +484,42 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-fn proxy_opts(xds: SocketAddr, service: &str) -> ProxyOptions {
-    ProxyOptions::loopback(xds, service, NS)
+/// A jalur proxy of `service` on loopback, on the control plane's TLS port with `identity`.
+fn secure_opts(tls: SocketAddr, service: &str, identity: &CertRotator) -> ProxyOptions {
+    ProxyOptions {
+        xds: format!("https://{tls}"),
+        credentials: Some(identity.credentials()),
+        ..ProxyOptions::loopback(tls, service, NS)
+    }
+}
+
+/// `service`'s identity from the control plane's CA, the way an operator would give a
+/// workload one: a one-shot bootstrap token (minted here), the trust bundle file, a CSR.
+async fn mesh_identity(
+    plane: &ControlPlane,
+    dir: &std::path::Path,
+    service: &str,
+) -> anyhow::Result<CertRotator> {
+    let ca = plane
+        .state
+        .ca
+        .as_ref()
+        .context("the control plane has no CA")?;
+    let token = ca
+        .tokens
+        .create(NS, service, Duration::from_secs(600), false)
+        .map_err(|e| anyhow::anyhow!("minting a bootstrap token for {service}: {e}"))?;
+    let tls = plane.xds_tls_addr.context("no TLS port")?;
+    let id = SpiffeId::new(jalur_identity::DEFAULT_TRUST_DOMAIN, NS, service);
+    let mut opts = RotatorOptions::new(
+        format!("https://{tls}"),
+        id,
+        dir.join(".jalur/ca/trust-bundle.pem"),
+    );
+    opts.token = Some(token.token);
+    CertRotator::start(opts)
+        .await
+        .with_context(|| format!("the workload certificate of {service}"))
 }
 
 /// The demo's config: the Consul registry, the meshed services, one Migration per moving service.
@@ -444,6 +535,12 @@ fn config(consul_url: &str, hold: Duration) -> Vec<(String, String)> {
             format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {n}, namespace: {NS}}}\nspec:\n  hosts: [{n}.{NS}.svc.cluster.local]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports:\n  - {{number: {SERVICE_PORT}, name: http2, protocol: HTTP2}}\n", n = svc.name),
         ));
     }
+    // Every meshed instance is reached through a sidecar with an identity (callers: other
+    // sidecars and the fronting proxy): plaintext into the namespace's sidecars is refused.
+    files.push((
+        "peer-authentication.yaml".to_string(),
+        format!("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: {NS}}}\nspec:\n  mtls: {{mode: STRICT}}\n"),
+    ));
     for svc in SERVICES.iter().filter(|s| s.migrate) {
         files.push((
             format!("{}-migration.yaml", svc.name),

@@ -124,6 +124,7 @@ impl Report {
             }
         }
         lines.push(String::new());
+        lines.push(fleet.security());
         lines.push(if success {
             "result: OK — reviews and ratings moved with 0 failed requests; payments rolled back by itself".into()
         } else {

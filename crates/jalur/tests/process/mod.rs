@@ -75,6 +75,8 @@ fn tail(path: &Path, lines: usize) -> String {
 pub struct ControlProcess {
     child: ChildGuard,
     pub xds: SocketAddr,
+    /// 15012: ADS and the CA over TLS.
+    pub xds_tls: SocketAddr,
     pub status: SocketAddr,
     config: PathBuf,
     log: PathBuf,
@@ -86,10 +88,12 @@ impl ControlProcess {
     /// Starts it with the xDS port the OS picks; `extra` flags are kept for restarts.
     pub fn start(config: &Path, extra: &[&str]) -> ControlProcess {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (child, xds, status, log) = Self::spawn(config, "127.0.0.1:0", &extra, 1);
+        let (child, [xds, status, xds_tls], log) =
+            Self::spawn(config, ["127.0.0.1:0", "127.0.0.1:0"], &extra, 1);
         ControlProcess {
             child,
             xds,
+            xds_tls,
             status,
             config: config.to_path_buf(),
             log,
@@ -100,10 +104,10 @@ impl ControlProcess {
 
     fn spawn(
         config: &Path,
-        xds: &str,
+        [xds, xds_tls]: [&str; 2],
         extra: &[String],
         start: u32,
-    ) -> (ChildGuard, SocketAddr, SocketAddr, PathBuf) {
+    ) -> (ChildGuard, [SocketAddr; 3], PathBuf) {
         let log = config
             .parent()
             .unwrap_or(config)
@@ -114,13 +118,13 @@ impl ControlProcess {
             .arg(config)
             .args(["--xds-addr", xds, "--status-addr", "127.0.0.1:0"])
             // Plaintext xDS for these drills; 15012 has its own tests (secure_xds.rs).
-            .args(["--insecure-xds", "--xds-tls-addr", "127.0.0.1:0"])
+            .args(["--insecure-xds", "--xds-tls-addr", xds_tls])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("control log"));
         let mut child = ChildGuard::spawn("jalur control", &mut cmd).expect("spawn jalur control");
-        let addrs = read_addresses(&mut child, &["xDS:", "status:"]);
-        (child, addrs[0], addrs[1], log)
+        let addrs = read_addresses(&mut child, &["xDS:", "status:", "xDS+CA:"]);
+        (child, [addrs[0], addrs[1], addrs[2]], log)
     }
 
     /// SIGKILL: no deregistration, no goodbye; streams break.
@@ -133,13 +137,11 @@ impl ControlProcess {
     /// Starts it again on the same xDS address and config directory.
     pub fn restart(&mut self) {
         self.starts += 1;
-        let (child, xds, status, log) = Self::spawn(
-            &self.config,
-            &self.xds.to_string(),
-            &self.extra,
-            self.starts,
-        );
+        let (xds, tls) = (self.xds.to_string(), self.xds_tls.to_string());
+        let (child, [xds, status, xds_tls], log) =
+            Self::spawn(&self.config, [&xds, &tls], &self.extra, self.starts);
         assert_eq!(xds, self.xds, "restarted on its old xDS address");
+        assert_eq!(xds_tls, self.xds_tls, "restarted on its old TLS address");
         (self.child, self.status, self.log) = (child, status, log);
     }
 
@@ -193,6 +195,8 @@ pub struct ProxySpec {
     pub outbound_port: u16,
     pub inbound_port: u16,
     pub extra: Vec<String>,
+    /// `--xds-address` instead of the plaintext `xds` (e.g. `https://…:15012`).
+    pub xds_address: Option<String>,
 }
 
 impl ProxySpec {
@@ -207,6 +211,7 @@ impl ProxySpec {
             outbound_port: 0,
             inbound_port: 0,
             extra: Vec::new(),
+            xds_address: None,
         }
     }
 
@@ -236,7 +241,11 @@ impl ProxyProcess {
     /// Starts it; its log goes to `log_dir/<service>-<pid>.log`.
     pub fn start(spec: &ProxySpec, log_dir: &Path) -> ProxyProcess {
         let mut cmd = jalur();
-        cmd.args(["proxy", "--xds", &spec.xds.to_string()])
+        let xds = spec
+            .xds_address
+            .clone()
+            .unwrap_or_else(|| spec.xds.to_string());
+        cmd.args(["proxy", "--xds-address", &xds])
             .args(["--service", &spec.service, "--namespace", NS])
             .args(["--labels", &format!("version={}", spec.version)])
             .args(["--listen-address", "127.0.0.1"])
@@ -334,6 +343,11 @@ impl ProxyProcess {
 
     pub fn log_tail(&self) -> String {
         tail(&self.log, 40)
+    }
+
+    /// The whole log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
