@@ -151,13 +151,14 @@ impl EnvoySidecar {
         ([127, 0, 0, 1], port).into()
     }
 
-    /// The sum of Envoy's counters whose name ends with `suffix` (admin `/stats`, text).
-    pub async fn counter(&self, suffix: &str) -> u64 {
+    /// The sum of Envoy's counters named `PREFIX…SUFFIX` (admin `/stats`, text), e.g.
+    /// `listener.` … `.ssl.handshake`.
+    pub async fn counter(&self, prefix: &str, suffix: &str) -> u64 {
         let stats = self.envoy.admin_get("/stats").await.expect("Envoy /stats");
         stats
             .lines()
             .filter_map(|l| l.split_once(": "))
-            .filter(|(name, _)| name.ends_with(suffix))
+            .filter(|(name, _)| name.starts_with(prefix) && name.ends_with(suffix))
             .filter_map(|(_, v)| v.trim().parse::<u64>().ok())
             .sum()
     }
