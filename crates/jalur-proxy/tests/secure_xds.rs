@@ -8,7 +8,7 @@
 mod common;
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use common::ca::TestCa;
 use common::jalur_sidecar;
@@ -70,7 +70,10 @@ impl SecurePlane {
             .expect("workload certificate")
     }
 
-    /// Stops and starts the control plane on the same ports and state (same root).
+    /// Stops and starts the control plane on the same ports and state (same root). The new
+    /// one waits for the proxies the old one served to reconnect before it answers, as in
+    /// production (the test template's zero grace would let it push a mesh without payments
+    /// to a caller that reconnects first: 404 after the restart in 3 of 10 runs on main).
     async fn restart(&mut self) {
         let plane = &mut self.mesh.plane;
         plane.stop().await;
@@ -78,6 +81,7 @@ impl SecurePlane {
             config: vec![plane.dir.clone()],
             xds_addr: plane.xds,
             xds_tls_addr: self.mesh.xds_tls,
+            registry_grace: Duration::from_secs(10),
             ..plane.template.clone()
         };
         plane.plane = Some(ControlPlane::start(opts).await.expect("restart"));
@@ -458,9 +462,11 @@ async fn a_control_plane_restart_keeps_proxies_serving_and_renewals_resume() {
             .expect("request while down");
         assert_eq!(code, 200);
     }
-    plane.restart().await;
-    let restarted_at = SystemTime::now();
+    // The leaf held now came from the old plane (stopped); a different one can only come from
+    // the restarted CA.
     let mut creds = payments.credentials();
+    let before = creds.borrow_and_update().cert.chain[0].clone();
+    plane.restart().await;
     // Renewals resume against the restarted CA (same root: the chain verifies, and the
     // proxies reconnect over TLS with the certificate they hold).
     let renewed = assert_eventually(
@@ -468,12 +474,11 @@ async fn a_control_plane_restart_keeps_proxies_serving_and_renewals_resume() {
         Duration::from_secs(20),
         || {
             let current = creds.borrow_and_update().clone();
+            let fresh = current.cert.chain[0] != before;
             async move {
-                if current.cert.not_before + Duration::from_secs(60) >= restarted_at {
-                    Ok(current)
-                } else {
-                    Err(format!("certificate from {:?}", current.cert.not_before))
-                }
+                fresh
+                    .then_some(current)
+                    .ok_or_else(|| "still the certificate from before the restart".to_string())
             }
         },
     )
