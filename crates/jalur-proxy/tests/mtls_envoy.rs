@@ -155,6 +155,15 @@ async fn jalur_calls_agent_fronted_envoys_over_mtls_for_http1_h2_grpc_and_tcp() 
         let without_cert = server.counter("listener.", ".ssl.no_certificate").await;
         assert_eq!(without_cert, 0, "{sni}");
     }
+    // The hops spoke what the ports say: HTTP/1.1 into payments' Envoy, h2 into ledger's
+    // (whose caller spoke h2c to jalur). The inbound HCM's stat prefix is the listener's name.
+    let h1 = servers
+        .payments
+        .counter("http.inbound.", ".downstream_cx_http1_total");
+    let h2 = servers
+        .ledger
+        .counter("http.inbound.", ".downstream_cx_http2_total");
+    assert!(h1.await >= 1 && h2.await >= 1, "the hops' protocols");
     let plain = http_get(servers.payments.inbound, "payments", "/", &[]).await;
     assert!(plain.is_err(), "Envoy answered plaintext: {plain:?}");
     assert!(
