@@ -109,7 +109,7 @@ async fn jalur_calls_agent_fronted_envoys_over_mtls_for_http1_h2_grpc_and_tcp() 
     let storefront = plane.issue("storefront");
     let (client, outbound) = plane.caller("storefront", Some(storefront.clone())).await;
 
-    let tail = |e: &EnvoySidecar| e.envoy.log_tail();
+    let tail = |e: &EnvoySidecar| format!("{}\n{}", e.envoy.log_tail(), plane.diagnose());
     let host = "payments.shop.svc.cluster.local";
     let body = eventually_ok(outbound, host, false, || tail(&servers.payments)).await;
     assert!(body.starts_with("payments p-1"), "{body}");
@@ -191,7 +191,7 @@ async fn an_agent_fronted_envoy_calls_jalur_over_mtls_for_http1_h2_grpc_and_tcp(
         None => None,
     };
     let client = plane.envoy(&binary, "storefront", None).await;
-    let tail = || client.envoy.log_tail();
+    let tail = || format!("{}\n{}", client.envoy.log_tail(), plane.diagnose());
 
     let host = "payments.shop.svc.cluster.local";
     let body = eventually_ok(client.outbound, host, false, tail).await;

@@ -81,6 +81,31 @@ impl MeshPlane {
         MeshPlane { plane, ca, xds_tls }
     }
 
+    /// What the plane serves, for failure messages: its generation, the mesh's services and
+    /// each connected client's sync state.
+    pub fn diagnose(&self) -> String {
+        let state = &self.plane.control().state;
+        let generation = state.generation.load(std::sync::atomic::Ordering::SeqCst);
+        let mesh = state.mesh.load();
+        let services: Vec<&String> = mesh.services.keys().collect();
+        let clients: Vec<String> = state
+            .ads
+            .sync()
+            .clients()
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} ({}): generation {}, in sync {}, ready {}",
+                    c.node_id, c.kind, c.generation, c.in_sync, c.ready
+                )
+            })
+            .collect();
+        format!(
+            "--- plane: generation {generation}, services {services:?}\n{}",
+            clients.join("\n")
+        )
+    }
+
     /// Credentials for `shop/SA` signed by this plane's CA.
     pub fn issue(&self, sa: &str) -> CredentialsWatch {
         issue(&self.ca, &id(sa))
