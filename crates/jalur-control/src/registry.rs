@@ -60,8 +60,10 @@ impl ProxyRegistry {
         self.gateways_tx.subscribe()
     }
 
+    /// Built and sent under one lock, as [`ProxyRegistry::publish`].
     fn publish_gateways(&self) {
-        let mut v: Vec<ClientInfo> = self.lock().gateways.values().cloned().collect();
+        let state = self.lock();
+        let mut v: Vec<ClientInfo> = state.gateways.values().cloned().collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         self.gateways_tx.send_replace(Arc::new(v));
     }
@@ -172,8 +174,12 @@ impl ProxyRegistry {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Sends the current set. Built and sent under one lock: two proxies becoming ready on two
+    /// threads at once would otherwise race, and the set built first could be sent last,
+    /// leaving the other's workload out of the mesh until some later change.
     fn publish(&self) {
-        let mut set: Vec<Workload> = self.lock().by_conn.values().cloned().collect();
+        let state = self.lock();
+        let mut set: Vec<Workload> = state.by_conn.values().cloned().collect();
         set.sort_by(|a, b| {
             (&a.host, &a.address, a.target_port, &a.source).cmp(&(
                 &b.host,
@@ -273,5 +279,35 @@ mod tests {
         r.left(4);
         r.ready(4);
         assert_eq!(addresses(&r), ["10.0.0.2"]);
+    }
+
+    #[test]
+    fn proxies_becoming_ready_at_once_on_many_threads_are_all_published() {
+        // Proxies on several xDS streams (threads) become ready at the same moment; the set
+        // published last must hold all of them, whatever the interleaving: a set built before
+        // another proxy's insert must never be sent after that proxy's own, fuller, set.
+        const THREADS: u64 = 4;
+        let mut lost = 0;
+        for _ in 0..300 {
+            let r = ProxyRegistry::new(Duration::ZERO);
+            // Some workloads already there, so building a set takes a moment.
+            for conn in 100..140 {
+                r.connected(conn, &sidecar(&format!("10.1.0.{conn}")));
+                r.ready(conn);
+            }
+            let start = std::sync::Barrier::new(THREADS as usize);
+            std::thread::scope(|scope| {
+                for conn in 0..THREADS {
+                    let (r, start) = (r.clone(), &start);
+                    scope.spawn(move || {
+                        r.connected(conn, &sidecar(&format!("10.0.0.{conn}")));
+                        start.wait();
+                        r.ready(conn);
+                    });
+                }
+            });
+            lost += usize::from(addresses(&r).len() != 40 + THREADS as usize);
+        }
+        assert_eq!(lost, 0, "rounds that lost a workload");
     }
 }

@@ -486,26 +486,10 @@ async fn mirror_sends_a_shadow_copy_and_the_caller_sees_only_the_primary() {
     proxy.shutdown().await;
 }
 
-/// A TCP echo server (what a database looks like to a proxy that does not parse it).
-async fn tcp_echo() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_service_through_a_local_port_is_proxied_and_counted() {
-    let db = tcp_echo().await;
+    // A TCP echo: what a database looks like to a proxy that does not parse it.
+    let db = common::probe::tcp_echo().await;
     // The sidecar's local port for the TCP service comes from the annotation; 0 = OS-chosen,
     // read back from the proxy's listeners.
     let se = format!(

@@ -1,207 +1,241 @@
 //! jalur proxy ↔ stock Envoy over mesh mTLS the way a mesh runs it: one in-process control plane
-//! with its CA (every identity below is signed by it), a STRICT PeerAuthentication, the Envoy
+//! with its CA (every identity below is signed by it), a STRICT PeerAuthentication, Envoys
 //! beside `jalur agent` (SDS `default`/`ROOTCA` on its Unix socket, ADS over mTLS on 15012),
-//! the jalur sidecars with credentials from the same CA. jalur → Envoy and Envoy → jalur, each
-//! side checking the other's SPIFFE id.
+//! jalur sidecars with credentials from the same CA. In each direction one caller and one
+//! server per protocol (a sidecar's inbound serves its first port only): HTTP/1.1, h2c→h2
+//! (the app speaks h2c, the hop between the sidecars h2 over mTLS), gRPC (grpcio: unary and a
+//! server stream) and TCP (a ServiceEntry port reached through the caller's local port), each
+//! with the peer's SPIFFE id checked: in jalur's metrics, in the chain Envoy's inbound shows a
+//! rustls client, in Envoy's TLS counters.
 
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
 
-use common::{jalur_sidecar, sidecar_opts, Plane};
-use jalur_agent::bootstrap::ControlPlane as AgentTarget;
-use jalur_control::ca::{Authority, CaOptions};
+use common::bound_listener;
+use common::mesh::{
+    peer_authentication, tcp_service, EnvoySidecar, MeshPlane, DB, DB_LISTENER, PAYMENTS,
+    STOREFRONT,
+};
+use common::probe::{
+    eventually_counted, eventually_ok, grpc_cell, has, max_value, presented_id, prometheus,
+    refuses_plaintext_tcp, tcp_cell, tcp_echo,
+};
 use jalur_demo::app::SampleApp;
-use jalur_identity::{Credentials, CredentialsWatch, SpiffeId, WorkloadCert, WorkloadKey};
-use jalur_proxy::run::{Proxy, ProxyOptions};
-use jalur_testkit::agent::{AgentEnvoy, AgentEnvoyOpts};
-use jalur_testkit::{assert_eventually, http_get};
-use jalur_wire::{NamedPort, NodeMeta};
+use jalur_testkit::{http_get, GrpcBackend};
 
-const DEADLINE: Duration = Duration::from_secs(30);
-const STOREFRONT: &str = "spiffe://cluster.local/ns/shop/sa/storefront";
-const PAYMENTS: &str = "spiffe://cluster.local/ns/shop/sa/payments";
-const STRICT: &str = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: default\n  namespace: shop\nspec:\n  mtls:\n    mode: STRICT\n";
+const LEDGER: &str = "spiffe://cluster.local/ns/shop/sa/ledger";
+const ECHO: &str = "spiffe://cluster.local/ns/shop/sa/echo";
+/// Bytes through the TCP cell: more than a TLS record and the socket buffers on the way.
+const TCP_BYTES: usize = 256 * 1024;
 
-/// Credentials for `sa` in `shop`, the key generated here and the CSR signed by the plane's CA.
-fn issue(ca: &Authority, sa: &str) -> CredentialsWatch {
-    let id = SpiffeId::new("cluster.local", "shop", sa);
-    let key = WorkloadKey::generate().expect("key");
-    let chain = ca
-        .sign_csr(
-            &key.csr_pem(&id).expect("csr"),
-            &id,
-            Some(Duration::from_secs(3600)),
-        )
-        .expect("signed");
-    let cert = WorkloadCert::new(&key, &chain.concat()).expect("cert");
-    let creds = Credentials::new(cert, ca.trust_bundle()).expect("creds");
-    tokio::sync::watch::channel(Arc::new(creds)).1
+/// The apps behind the servers: HTTP/1.1 and h2c (the sample app speaks both), a TCP echo,
+/// and when python with grpcio is there (always under CI) a gRPC backend with server
+/// streaming and the interpreter for the grpcio client.
+struct Apps {
+    payments: SampleApp,
+    ledger: SampleApp,
+    db: SocketAddr,
+    grpc: Option<(PathBuf, GrpcBackend)>,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+impl Apps {
+    async fn start() -> Apps {
+        let grpc = match jalur_testkit::require_peer("python with grpcio", jalur_testkit::python())
+        {
+            Some(py) => {
+                let backend = GrpcBackend::start(&py, "echo-1").await;
+                Some((py, backend.expect("grpc backend")))
+            }
+            None => None,
+        };
+        Apps {
+            payments: SampleApp::start("payments", "p-1").expect("app"),
+            ledger: SampleApp::start("ledger", "l-1").expect("app"),
+            db: tcp_echo().await,
+            grpc,
+        }
+    }
+
+    /// The port of the gRPC backend, if there is one.
+    fn grpc_port(&self) -> Option<u16> {
+        self.grpc.as_ref().map(|(_, b)| b.addr().port())
+    }
 }
 
-async fn plane() -> (Plane, Arc<Authority>, SocketAddr) {
-    let mut options = Plane::options();
-    options.ca = Some(CaOptions::default());
-    options.xds_tls_addr = ([127, 0, 0, 1], 0).into();
-    let plane = Plane::start_with(&[("pa.yaml", STRICT.to_string())], options).await;
-    let ca = plane
-        .control()
-        .state
-        .ca
-        .as_ref()
-        .expect("the plane runs a CA")
-        .authority
-        .clone();
-    let tls = plane.control().xds_tls_addr.expect("15012 served");
-    (plane, ca, tls)
+/// The Envoy server sidecars of the jalur → Envoy direction.
+struct EnvoyServers {
+    payments: EnvoySidecar,
+    ledger: EnvoySidecar,
+    db: EnvoySidecar,
+    echo: Option<EnvoySidecar>,
 }
 
-/// Envoy next to `jalur agent` as the sidecar of `service`, its inbound and outbound on fixed
-/// loopback ports (the endpoint it registers is its inbound port, as a real sidecar's).
-async fn envoy(
-    binary: &std::path::Path,
-    ca: &Authority,
-    xds_tls: SocketAddr,
-    service: &str,
-    app_port: Option<u16>,
-) -> (AgentEnvoy, SocketAddr, SocketAddr) {
-    let (inbound, outbound) = (free_port(), free_port());
-    let node = format!("sidecar~127.0.0.1~{service}.shop~shop.svc.cluster.local");
-    let mut opts = AgentEnvoyOpts::new(AgentTarget::from_addr(xds_tls, ca.control_id()), &node);
-    opts.meta = NodeMeta {
-        service: Some(service.into()),
-        listen_address: Some("127.0.0.1".into()),
-        inbound_port: Some(u32::from(inbound)),
-        outbound_port: Some(u32::from(outbound)),
-        app_port: app_port.map(u32::from),
-        ports: app_port
-            .map(|p| NamedPort {
-                name: "http".into(),
-                number: u32::from(p),
-            })
-            .into_iter()
-            .collect(),
-        ..NodeMeta::default()
+async fn envoy_servers(plane: &MeshPlane, binary: &Path, apps: &Apps) -> EnvoyServers {
+    let echo = async {
+        match apps.grpc_port() {
+            Some(port) => Some(plane.envoy(binary, "echo", Some(("grpc", port))).await),
+            None => None,
+        }
     };
-    let envoy = AgentEnvoy::start(binary, issue(ca, service), opts)
-        .await
-        .expect("Envoy starts beside the agent");
-    (
-        envoy,
-        ([127, 0, 0, 1], inbound).into(),
-        ([127, 0, 0, 1], outbound).into(),
-    )
-}
-
-async fn stats(proxy: &Proxy) -> String {
-    http_get(proxy.stats_addr, "stats", "/stats/prometheus", &[])
-        .await
-        .expect("stats")
-        .2
-}
-
-fn has(stats: &str, labels: &[(&str, &str)]) -> bool {
-    stats.lines().any(|l| {
-        l.starts_with("istio_requests_total")
-            && labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-    })
-}
-
-async fn ok(outbound: SocketAddr, host: &str, tail: impl Fn() -> String) -> String {
-    assert_eventually(
-        &format!("200 from {host} via {outbound}"),
-        DEADLINE,
-        || async {
-            let r = http_get(outbound, host, "/", &[]).await?;
-            (r.0 == 200)
-                .then(|| r.2.clone())
-                .ok_or(format!("{r:?}\n{}", tail()))
-        },
-    )
-    .await
+    // Started together: each Envoy takes a second or two to come up.
+    let (payments, ledger, db, echo) = tokio::join!(
+        plane.envoy(
+            binary,
+            "payments",
+            Some(("http", apps.payments.addr().port()))
+        ),
+        plane.envoy(binary, "ledger", Some(("grpc", apps.ledger.addr().port()))),
+        plane.envoy(binary, "db", Some(("tcp-db", apps.db.port()))),
+        echo,
+    );
+    EnvoyServers {
+        payments,
+        ledger,
+        db,
+        echo,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jalur_calls_an_agent_fronted_envoy_over_mtls() {
+async fn jalur_calls_agent_fronted_envoys_over_mtls_for_http1_h2_grpc_and_tcp() {
     let Some(binary) = jalur_testkit::require_peer("envoy", jalur_testkit::envoy_binary()) else {
         return;
     };
-    let (plane, ca, xds_tls) = plane().await;
-    let app = SampleApp::start("payments", "p-1").expect("app");
-    let (server, inbound, _) =
-        envoy(&binary, &ca, xds_tls, "payments", Some(app.addr().port())).await;
-    let (client, outbound) = jalur_sidecar(ProxyOptions {
-        credentials: Some(issue(&ca, "storefront")),
-        ..sidecar_opts(plane.xds, "storefront", "shop")
-    })
-    .await;
-    let body = ok(outbound, "payments.shop.svc.cluster.local", || {
-        server.log_tail()
-    })
-    .await;
+    let plane = MeshPlane::start(&[peer_authentication("STRICT"), tcp_service()]).await;
+    let apps = Apps::start().await;
+    let servers = envoy_servers(&plane, &binary, &apps).await;
+    let storefront = plane.issue("storefront");
+    let (client, outbound) = plane.caller("storefront", Some(storefront.clone())).await;
+
+    let tail = |e: &EnvoySidecar| format!("{}\n{}", e.envoy.log_tail(), plane.diagnose());
+    let host = "payments.shop.svc.cluster.local";
+    let body = eventually_ok(outbound, host, false, || tail(&servers.payments)).await;
     assert!(body.starts_with("payments p-1"), "{body}");
-    let s = stats(&client).await;
+    let host = "ledger.shop.svc.cluster.local";
+    let body = eventually_ok(outbound, host, true, || tail(&servers.ledger)).await;
+    assert_eq!(body.trim(), "ledger l-1");
+    let local = bound_listener(&client, DB_LISTENER).await;
+    tcp_cell(local, TCP_BYTES, || tail(&servers.db)).await;
+    if let Some((py, _)) = &apps.grpc {
+        grpc_cell(py, outbound, "echo.shop.svc.cluster.local").await;
+    }
+
+    // jalur saw each Envoy's certificate (the source reporter names the server's principal)...
+    let s = prometheus(&client).await;
+    let mut expected = vec![(PAYMENTS, "http"), (LEDGER, "http2")];
+    if servers.echo.is_some() {
+        expected.push((ECHO, "grpc"));
+    }
+    for (principal, protocol) in expected {
+        let labels = [
+            ("reporter", "source"),
+            ("source_principal", STOREFRONT),
+            ("destination_principal", principal),
+            ("request_protocol", protocol),
+        ];
+        assert!(has(&s, &labels), "jalur saw {principal} ({protocol}): {s}");
+    }
+    // ...and each Envoy's inbound shows a mesh client its own SPIFFE chain (the TCP one
+    // included, whose outbound metrics do not carry principals), and took only mTLS.
+    let shown = [
+        (&servers.payments, "outbound_.80_._.payments", PAYMENTS),
+        (&servers.ledger, "outbound_.80_._.ledger", LEDGER),
+        (&servers.db, "outbound_.9000_._.db", DB),
+    ];
+    for (server, sni, principal) in shown {
+        let sni = format!("{sni}.shop.svc.cluster.local");
+        let id = presented_id(server.inbound, &storefront, &sni).await;
+        assert_eq!(id.as_deref(), Ok(principal), "{sni}");
+        // jalur's connection(s) and the probe's, each with a client certificate.
+        server
+            .counter_reaches("listener.", ".ssl.handshake", 2)
+            .await;
+        let without_cert = server.counter("listener.", ".ssl.no_certificate").await;
+        assert_eq!(without_cert, 0, "{sni}");
+    }
+    // The hops spoke what the ports say: HTTP/1.1 into payments' Envoy, h2 into ledger's
+    // (whose caller spoke h2c to jalur). The inbound HCM's stat prefix is the listener's name.
+    let h1 = servers
+        .payments
+        .counter("http.inbound.", ".downstream_cx_http1_total");
+    let h2 = servers
+        .ledger
+        .counter("http.inbound.", ".downstream_cx_http2_total");
+    assert!(h1.await >= 1 && h2.await >= 1, "the hops' protocols");
+    let plain = http_get(servers.payments.inbound, "payments", "/", &[]).await;
+    assert!(plain.is_err(), "Envoy answered plaintext: {plain:?}");
     assert!(
-        has(
-            &s,
-            &[
-                ("reporter", "source"),
-                ("source_principal", STOREFRONT),
-                ("destination_principal", PAYMENTS)
-            ]
-        ),
-        "jalur saw Envoy's certificate: {s}"
-    );
-    // Envoy's inbound takes only mTLS.
-    assert!(
-        http_get(inbound, "payments", "/", &[]).await.is_err(),
-        "Envoy answered plaintext"
+        refuses_plaintext_tcp(servers.db.inbound).await,
+        "Envoy echoed plaintext TCP under STRICT"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_agent_fronted_envoy_calls_jalur_over_mtls() {
+async fn an_agent_fronted_envoy_calls_jalur_over_mtls_for_http1_h2_grpc_and_tcp() {
     let Some(binary) = jalur_testkit::require_peer("envoy", jalur_testkit::envoy_binary()) else {
         return;
     };
-    let (plane, ca, xds_tls) = plane().await;
-    let app = SampleApp::start("payments", "p-1").expect("app");
-    let server = Proxy::start(ProxyOptions {
-        app_port: Some(app.addr().port()),
-        ports: vec![format!("http:{}", app.addr().port()).parse().expect("port")],
-        credentials: Some(issue(&ca, "payments")),
-        ..sidecar_opts(plane.xds, "payments", "shop")
-    })
-    .await
-    .expect("jalur server");
-    let (client, _, outbound) = envoy(&binary, &ca, xds_tls, "storefront", None).await;
-    let body = ok(outbound, "payments.shop.svc.cluster.local", || {
-        client.log_tail()
-    })
-    .await;
+    let plane = MeshPlane::start(&[peer_authentication("STRICT"), tcp_service()]).await;
+    let apps = Apps::start().await;
+    let payments = plane
+        .server("payments", "http", apps.payments.addr().port())
+        .await;
+    let ledger = plane
+        .server("ledger", "grpc", apps.ledger.addr().port())
+        .await;
+    let db = plane.server("db", "tcp-db", apps.db.port()).await;
+    let echo = match apps.grpc_port() {
+        Some(port) => Some(plane.server("echo", "grpc", port).await),
+        None => None,
+    };
+    let client = plane.envoy(&binary, "storefront", None).await;
+    let tail = || format!("{}\n{}", client.envoy.log_tail(), plane.diagnose());
+
+    let host = "payments.shop.svc.cluster.local";
+    let body = eventually_ok(client.outbound, host, false, tail).await;
     assert!(body.starts_with("payments p-1"), "{body}");
-    let s = stats(&server).await;
+    let host = "ledger.shop.svc.cluster.local";
+    let body = eventually_ok(client.outbound, host, true, tail).await;
+    assert_eq!(body.trim(), "ledger l-1");
+    tcp_cell(client.listener(DB_LISTENER).await, TCP_BYTES, tail).await;
+    if let Some((py, _)) = &apps.grpc {
+        grpc_cell(py, client.outbound, "echo.shop.svc.cluster.local").await;
+    }
+
+    // Each jalur server saw Envoy's certificate, and its own identity as the destination.
+    let inbound = |principal| {
+        [
+            ("reporter", "destination"),
+            ("connection_security_policy", "mutual_tls"),
+            ("source_principal", STOREFRONT),
+            ("destination_principal", principal),
+        ]
+    };
+    let mut http = vec![(&payments, PAYMENTS, "http"), (&ledger, LEDGER, "http2")];
+    if let Some(echo) = &echo {
+        http.push((echo, ECHO, "grpc"));
+    }
+    for (proxy, principal, protocol) in http {
+        let s = prometheus(proxy).await;
+        let labels = [&inbound(principal)[..], &[("request_protocol", protocol)]].concat();
+        assert!(
+            has(&s, &labels),
+            "{principal} ({protocol}) saw storefront: {s}"
+        );
+    }
+    let s = eventually_counted(&db, "istio_tcp_connections_closed_total", &inbound(DB)).await;
+    let received = max_value(&s, "istio_tcp_received_bytes_total", &inbound(DB));
     assert!(
-        has(
-            &s,
-            &[
-                ("reporter", "destination"),
-                ("connection_security_policy", "mutual_tls"),
-                ("source_principal", STOREFRONT),
-                ("destination_principal", PAYMENTS),
-            ]
-        ),
-        "jalur saw Envoy's certificate: {s}"
+        received >= Some(TCP_BYTES as u64),
+        "db counted the bytes from storefront: {s}"
     );
+    // Envoy's side: its upstream handshakes verified each server's SAN (the clusters match the
+    // exact SPIFFE ids of the service accounts), none failed it.
+    let handshakes = client.counter("cluster.outbound|", ".ssl.handshake").await;
+    let bad_san = client
+        .counter("cluster.outbound|", ".ssl.fail_verify_san")
+        .await;
+    assert!(handshakes >= 3 && bad_san == 0, "{handshakes}, {bad_san}");
 }

@@ -5,8 +5,7 @@
 //! plaintext; a wrong peer identity or another CA is refused; a rotated certificate is
 //! presented on the next handshake with nothing rebuilt.
 
-#[path = "common/ca.rs"]
-mod ca;
+mod common;
 #[path = "common/istio_tls.rs"]
 mod istio_tls;
 
@@ -14,56 +13,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ca::{spiffe, Identity, TestCa};
+use common::bound_listener;
+use common::ca::{spiffe, Identity, TestCa};
+use common::mesh::{ephemeral_sidecar, PAYMENTS, STOREFRONT};
+use common::probe::{grpc_cell, lines, mesh_tls, prometheus, server_leaf, tcp_echo, tcp_roundtrip};
 use istio_tls::{cluster, listener, upstream_tls, Mode, StaticPlane};
-use jalur_identity::verify::{client_config, peer_id, Accept};
+use jalur_identity::verify::{peer_id, Accept};
 use jalur_identity::{Credentials, CredentialsWatch};
-use jalur_proxy::run::{Proxy, ProxyOptions};
+use jalur_proxy::run::Proxy;
 use jalur_testkit::{assert_eventually, http2_get, http_get, EchoServer};
-use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const DEADLINE: Duration = Duration::from_secs(20);
-const STOREFRONT: &str = "spiffe://cluster.local/ns/shop/sa/storefront";
-const PAYMENTS: &str = "spiffe://cluster.local/ns/shop/sa/payments";
 const SNI: &str = "outbound_.8080_._.payments.shop.svc.cluster.local";
-
-async fn start_proxy(xds: SocketAddr, service: &str, creds: Option<CredentialsWatch>) -> Proxy {
-    let mut opts = ProxyOptions::loopback(xds, service, "shop");
-    opts.ephemeral_ports = true;
-    opts.credentials = creds;
-    Proxy::start(opts).await.expect("jalur proxy starts")
-}
-
-async fn bound(proxy: &Proxy, name: &str) -> SocketAddr {
-    assert_eventually(&format!("listener {name} bound"), DEADLINE, || async {
-        proxy
-            .listeners()
-            .into_iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, a)| a)
-            .ok_or_else(|| "not yet".to_string())
-    })
-    .await
-}
-
-/// A TCP echo backend: writes back whatever it reads.
-async fn tcp_echo() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
-}
 
 /// The server side: `payments` with inbound HTTP and TCP listeners under `mode`, in front of
 /// an HTTP echo and a TCP echo.
@@ -89,9 +51,9 @@ async fn start_server(plane: &StaticPlane, mode: Mode, creds: CredentialsWatch) 
             cluster("inbound|9000||", &[tcp_backend], false, None, false),
         ],
     );
-    let proxy = start_proxy(plane.addr, "payments", Some(creds)).await;
-    let http = bound(&proxy, "inbound").await;
-    let tcp = bound(&proxy, "inbound-tcp").await;
+    let proxy = ephemeral_sidecar(plane.addr, "payments", Some(creds)).await;
+    let http = bound_listener(&proxy, "inbound").await;
+    let tcp = bound_listener(&proxy, "inbound-tcp").await;
     Server {
         proxy,
         http,
@@ -151,38 +113,7 @@ async fn client(
             ),
         ],
     );
-    start_proxy(plane.addr, "storefront", Some(creds)).await
-}
-
-async fn stats(proxy: &Proxy) -> String {
-    http_get(proxy.stats_addr, "stats", "/stats/prometheus", &[])
-        .await
-        .expect("stats")
-        .2
-}
-
-/// The `istio_requests_total` (or `istio_tcp_*`) lines carrying every `labels` pair.
-fn lines<'a>(stats: &'a str, metric: &str, labels: &[(&str, &str)]) -> Vec<&'a str> {
-    stats
-        .lines()
-        .filter(|l| l.starts_with(metric))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .collect()
-}
-
-async fn tcp_roundtrip(addr: SocketAddr, msg: &[u8]) -> Result<Vec<u8>, String> {
-    let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    s.write_all(msg).await.map_err(|e| e.to_string())?;
-    let mut buf = vec![0u8; msg.len()];
-    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf))
-        .await
-        .map_err(|_| "no echo".to_string())?
-        .map_err(|e| e.to_string())?;
-    Ok(buf)
+    ephemeral_sidecar(plane.addr, "storefront", Some(creds)).await
 }
 
 #[tokio::test]
@@ -193,9 +124,9 @@ async fn sidecars_speak_mtls_for_http1_h2_and_tcp_and_label_both_principals() {
     let storefront = ca.identity(&spiffe("shop", "storefront"), &[]);
     let server = start_server(&plane, Mode::Strict, payments.watch.clone()).await;
     let client = client(&plane, &server, storefront.watch.clone(), &[PAYMENTS]).await;
-    let outbound = bound(&client, "outbound").await;
-    let outbound_h2 = bound(&client, "outbound-h2").await;
-    let outbound_tcp = bound(&client, "outbound-tcp").await;
+    let outbound = bound_listener(&client, "outbound").await;
+    let outbound_h2 = bound_listener(&client, "outbound-h2").await;
+    let outbound_tcp = bound_listener(&client, "outbound-tcp").await;
 
     let (status, _, body) = assert_eventually("HTTP/1.1 over mTLS", DEADLINE, || async {
         http_get(outbound, "payments", "/", &[]).await
@@ -212,7 +143,7 @@ async fn sidecars_speak_mtls_for_http1_h2_and_tcp_and_label_both_principals() {
     assert_eq!(echoed, b"ping over mtls");
 
     // The destination saw the caller's certificate; the source saw the server's.
-    let server_stats = stats(&server.proxy).await;
+    let server_stats = prometheus(&server.proxy).await;
     let inbound = lines(
         &server_stats,
         "istio_requests_total",
@@ -232,7 +163,7 @@ async fn sidecars_speak_mtls_for_http1_h2_and_tcp_and_label_both_principals() {
                 .any(|l| l.contains("request_protocol=\"http2\"")),
         "destination metrics: {server_stats}"
     );
-    let client_stats = stats(&client).await;
+    let client_stats = prometheus(&client).await;
     let outbound_lines = lines(
         &client_stats,
         "istio_requests_total",
@@ -245,7 +176,7 @@ async fn sidecars_speak_mtls_for_http1_h2_and_tcp_and_label_both_principals() {
     );
     assert_eq!(outbound_lines.len(), 2, "source metrics: {client_stats}");
     assert_eventually("TCP metrics with principals", DEADLINE, || async {
-        let s = stats(&server.proxy).await;
+        let s = prometheus(&server.proxy).await;
         let tcp = lines(
             &s,
             "istio_tcp_connections_opened_total",
@@ -267,14 +198,7 @@ async fn handshake(
     creds: &CredentialsWatch,
     accept: Accept,
 ) -> Result<String, String> {
-    let config = client_config(creds.clone(), accept, &[b"http/1.1"]).map_err(|e| e.to_string())?;
-    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let name = ServerName::try_from(SNI).map_err(|e| e.to_string())?;
-    let mut tls = connector
-        .connect(name, tcp)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut tls = mesh_tls(addr, creds, accept, SNI, &[b"http/1.1"]).await?;
     // TLS 1.3: the server judges the client certificate after its own flight; a refusal shows
     // on the first read.
     tls.write_all(b"GET / HTTP/1.1\r\nhost: payments\r\nconnection: close\r\n\r\n")
@@ -287,13 +211,7 @@ async fn handshake(
     if !answer.starts_with(b"HTTP/1.1 200") {
         return Err(format!("answered {:?}", String::from_utf8_lossy(&answer)));
     }
-    let cert = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .cloned();
-    let id = peer_id(&cert.ok_or("no peer certificate")?).map_err(|e| e.to_string())?;
+    let id = peer_id(&server_leaf(&tls)?).map_err(|e| e.to_string())?;
     Ok(id.to_string())
 }
 
@@ -326,7 +244,7 @@ async fn strict_shows_its_spiffe_chain_and_refuses_plaintext_strangers_and_wrong
 
     // A caller expecting another service account refuses the server: 503, flag UF.
     let client = client(&plane, &server, storefront.watch.clone(), &[STOREFRONT]).await;
-    let outbound = bound(&client, "outbound").await;
+    let outbound = bound_listener(&client, "outbound").await;
     let (status, headers, _) =
         assert_eventually("the wrong-id request is answered", DEADLINE, || async {
             http_get(outbound, "payments", "/", &[]).await
@@ -347,7 +265,7 @@ async fn permissive_takes_mtls_and_plaintext_and_labels_each_disable_is_plaintex
     let storefront = ca.identity(&spiffe("shop", "storefront"), &[]);
     let server = start_server(&plane, Mode::Permissive, payments.watch.clone()).await;
     let client = client(&plane, &server, storefront.watch.clone(), &[PAYMENTS]).await;
-    let outbound = bound(&client, "outbound").await;
+    let outbound = bound_listener(&client, "outbound").await;
 
     let (status, _, _) = assert_eventually("mTLS under PERMISSIVE", DEADLINE, || async {
         http_get(outbound, "payments", "/", &[]).await
@@ -362,7 +280,7 @@ async fn permissive_takes_mtls_and_plaintext_and_labels_each_disable_is_plaintex
         .await
         .expect("plaintext TCP");
     assert_eq!(echoed, b"plain tcp");
-    let s = stats(&server.proxy).await;
+    let s = prometheus(&server.proxy).await;
     let mtls = lines(
         &s,
         "istio_requests_total",
@@ -403,7 +321,7 @@ async fn permissive_takes_mtls_and_plaintext_and_labels_each_disable_is_plaintex
     })
     .await;
     assert_eq!(
-        bound(&server.proxy, "inbound").await,
+        bound_listener(&server.proxy, "inbound").await,
         server.http,
         "same socket"
     );
@@ -420,7 +338,7 @@ async fn permissive_takes_mtls_and_plaintext_and_labels_each_disable_is_plaintex
     })
     .await;
     assert_eq!(status, 200);
-    let s = stats(&disabled.proxy).await;
+    let s = prometheus(&disabled.proxy).await;
     assert!(
         lines(
             &s,
@@ -481,17 +399,11 @@ async fn presented_leaf(
     addr: SocketAddr,
     creds: &CredentialsWatch,
 ) -> rustls::pki_types::CertificateDer<'static> {
-    let config = client_config(
-        creds.clone(),
-        Accept::AnyOf(vec![PAYMENTS.parse().expect("id")]),
-        &[],
-    )
-    .expect("config");
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let name = ServerName::try_from(SNI).expect("name");
-    let tls = connector.connect(name, tcp).await.expect("handshake");
-    tls.get_ref().1.peer_certificates().expect("certs")[0].clone()
+    let accept = Accept::AnyOf(vec![PAYMENTS.parse().expect("id")]);
+    let tls = mesh_tls(addr, creds, accept, SNI, &[])
+        .await
+        .expect("handshake");
+    server_leaf(&tls).expect("a leaf")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -518,8 +430,8 @@ async fn grpc_unary_and_streaming_over_mtls_between_sidecars() {
             true,
         )],
     );
-    let server = start_proxy(plane.addr, "payments", Some(payments.watch.clone())).await;
-    let inbound = bound(&server, "inbound").await;
+    let server = ephemeral_sidecar(plane.addr, "payments", Some(payments.watch.clone())).await;
+    let inbound = bound_listener(&server, "inbound").await;
     plane.serve(
         "storefront.shop",
         vec![listener("outbound", "grpc", false, Mode::Disable)],
@@ -531,28 +443,10 @@ async fn grpc_unary_and_streaming_over_mtls_between_sidecars() {
             true,
         )],
     );
-    let client = start_proxy(plane.addr, "storefront", Some(storefront.watch.clone())).await;
-    let outbound = bound(&client, "outbound").await;
-    let out = tokio::process::Command::new(&py)
-        .arg(jalur_testkit::peer_script("grpc_call.py"))
-        .args(["--target", &outbound.to_string(), "--authority", "payments"])
-        .args(["--count", "20", "--stream", "50", "--timeout-secs", "5"])
-        .output()
-        .await
-        .expect("grpc_call.py runs");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "grpc_call.py printed no report ({e}): {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    assert_eq!(report["unary_ok"], 20, "{report}");
-    assert_eq!(
-        report["stream"].as_array().map(Vec::len),
-        Some(50),
-        "{report}"
-    );
-    let s = stats(&server).await;
+    let client = ephemeral_sidecar(plane.addr, "storefront", Some(storefront.watch.clone())).await;
+    let outbound = bound_listener(&client, "outbound").await;
+    grpc_cell(&py, outbound, "payments").await;
+    let s = prometheus(&server).await;
     let calls = lines(
         &s,
         "istio_requests_total",

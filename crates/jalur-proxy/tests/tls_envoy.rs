@@ -4,45 +4,26 @@
 //! is under test is that the two TLS stacks agree — SNI, Istio's ALPN, SAN matching on SPIFFE
 //! ids, client certificates both ways, HTTP/1.1 and h2 over TLS.
 
-#[path = "common/ca.rs"]
-mod ca;
+mod common;
 #[path = "common/istio_tls.rs"]
 mod istio_tls;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ca::{spiffe, TestCa};
+use common::bound_listener;
+use common::ca::{spiffe, TestCa};
+use common::mesh::{envoy_counter, envoy_listener, ephemeral_sidecar, PAYMENTS, STOREFRONT};
+use common::probe::{has, prometheus};
 use istio_tls::StaticPlane;
 use istio_tls::{cluster, listener, listener_from, upstream_tls, upstream_tls_from, Mode, Sds};
-use jalur_identity::CredentialsWatch;
-use jalur_proxy::run::{Proxy, ProxyOptions};
 use jalur_testkit::{assert_eventually, http2_get, http_get, EchoServer, Envoy, EnvoyOpts};
 
 const DEADLINE: Duration = Duration::from_secs(30);
-const STOREFRONT: &str = "spiffe://cluster.local/ns/shop/sa/storefront";
-const PAYMENTS: &str = "spiffe://cluster.local/ns/shop/sa/payments";
 const SNI: &str = "outbound_.8080_._.payments.shop.svc.cluster.local";
 
-async fn jalur(xds: SocketAddr, service: &str, creds: CredentialsWatch) -> Proxy {
-    let mut opts = ProxyOptions::loopback(xds, service, "shop");
-    opts.ephemeral_ports = true;
-    opts.credentials = Some(creds);
-    Proxy::start(opts).await.expect("jalur proxy starts")
-}
-
-async fn bound(proxy: &Proxy, name: &str) -> SocketAddr {
-    assert_eventually(&format!("listener {name} bound"), DEADLINE, || async {
-        proxy
-            .listeners()
-            .into_iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, a)| a)
-            .ok_or_else(|| "not yet".to_string())
-    })
-    .await
-}
-
+/// A stock Envoy for `shop/service` taking its secrets over ADS (no agent), as `tls.rs`'s
+/// static plane serves them.
 async fn envoy(xds: SocketAddr, service: &str) -> Option<Envoy> {
     let binary = jalur_testkit::require_peer("envoy", jalur_testkit::envoy_binary())?;
     let id = format!("sidecar~127.0.0.1~{service}.shop~shop.svc.cluster.local");
@@ -53,30 +34,6 @@ async fn envoy(xds: SocketAddr, service: &str) -> Option<Envoy> {
             .await
             .expect("envoy starts"),
     )
-}
-
-async fn envoy_listener(envoy: &Envoy, name: &str) -> SocketAddr {
-    let port = envoy
-        .listener_port(name)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", envoy.log_tail()));
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-async fn stats(proxy: &Proxy) -> String {
-    http_get(proxy.stats_addr, "stats", "/stats/prometheus", &[])
-        .await
-        .expect("stats")
-        .2
-}
-
-fn has(stats: &str, labels: &[(&str, &str)]) -> bool {
-    stats.lines().any(|l| {
-        l.starts_with("istio_requests_total")
-            && labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-    })
 }
 
 #[tokio::test]
@@ -131,10 +88,10 @@ async fn jalur_calls_envoy_over_mtls_and_envoy_refuses_plaintext() {
             ),
         ],
     );
-    let client = jalur(plane.addr, "storefront", storefront.watch.clone()).await;
+    let client = ephemeral_sidecar(plane.addr, "storefront", Some(storefront.watch.clone())).await;
     let (h1, h2) = (
-        bound(&client, "outbound").await,
-        bound(&client, "outbound-h2").await,
+        bound_listener(&client, "outbound").await,
+        bound_listener(&client, "outbound-h2").await,
     );
 
     let (status, _, body) =
@@ -152,7 +109,7 @@ async fn jalur_calls_envoy_over_mtls_and_envoy_refuses_plaintext() {
         .expect("h2 over mTLS");
     assert_eq!((status, body.trim()), (200, "payments"));
     // jalur saw Envoy's certificate.
-    let s = stats(&client).await;
+    let s = prometheus(&client).await;
     assert!(
         has(
             &s,
@@ -171,18 +128,10 @@ async fn jalur_calls_envoy_over_mtls_and_envoy_refuses_plaintext() {
         "Envoy answered plaintext under STRICT: {plain:?}"
     );
     // And Envoy's listener counted TLS handshakes, none of them without a client certificate.
-    let ssl = server
-        .admin_get("/stats?filter=^listener\\..*\\.ssl\\.(handshake|no_certificate)$")
-        .await
-        .expect("stats");
-    let count = |stat: &str| {
-        ssl.lines()
-            .filter(|l| l.contains(&format!(".ssl.{stat}: ")))
-            .filter_map(|l| l.rsplit(": ").next()?.trim().parse::<u64>().ok())
-            .sum::<u64>()
-    };
-    assert!(count("handshake") >= 2, "{ssl}");
-    assert_eq!(count("no_certificate"), 0, "{ssl}");
+    let handshakes = envoy_counter(&server, "listener.", ".ssl.handshake").await;
+    let without_cert = envoy_counter(&server, "listener.", ".ssl.no_certificate").await;
+    assert!(handshakes >= 2, "{handshakes} handshakes");
+    assert_eq!(without_cert, 0);
 }
 
 #[tokio::test]
@@ -203,8 +152,8 @@ async fn envoy_calls_jalur_over_mtls_with_its_identity_checked() {
             false,
         )],
     );
-    let server = jalur(plane.addr, "payments", payments.watch.clone()).await;
-    let inbound = bound(&server, "inbound").await;
+    let server = ephemeral_sidecar(plane.addr, "payments", Some(payments.watch.clone())).await;
+    let inbound = bound_listener(&server, "inbound").await;
     let tls = |h2| Some(upstream_tls_from(SNI, &[PAYMENTS], h2, Sds::Ads));
     plane.serve_with_secrets(
         "storefront.shop",
@@ -237,7 +186,7 @@ async fn envoy_calls_jalur_over_mtls_with_its_identity_checked() {
         .await
         .expect("h2 cluster");
     assert_eq!(status, 200);
-    let s = stats(&server).await;
+    let s = prometheus(&server).await;
     for protocol in ["http", "http2"] {
         assert!(
             has(

@@ -37,6 +37,15 @@ impl TestCa {
         }
     }
 
+    /// A CA from an existing root's certificate and key (PEM), e.g. a control plane's own.
+    pub fn from_pem(root_pem: &str, key_pem: &str) -> TestCa {
+        let key = KeyPair::from_pem(key_pem).expect("root key");
+        TestCa {
+            issuer: Issuer::from_ca_cert_pem(root_pem, key).expect("root certificate"),
+            root_pem: root_pem.to_string(),
+        }
+    }
+
     pub fn bundle(&self) -> TrustBundle {
         TrustBundle::from_pem(&self.root_pem).expect("bundle")
     }
@@ -60,6 +69,14 @@ impl TestCa {
         let creds = Credentials::new(cert, self.bundle_with(extra)).expect("credentials");
         let (tx, watch) = watch::channel(Arc::new(creds));
         Identity { tx, watch }
+    }
+
+    /// Credentials for `id` from this CA (an hour long), trusting `bundle` (which need not
+    /// hold this CA's root: a stranger to the mesh).
+    pub fn credentials(&self, id: &SpiffeId, bundle: TrustBundle) -> CredentialsWatch {
+        let cert = self.sign(id, Duration::from_secs(3600));
+        let creds = Credentials::new(cert, bundle).expect("credentials");
+        watch::channel(Arc::new(creds)).1
     }
 
     /// This CA's root plus `extra` roots (a trust bundle mid root rotation).

@@ -3,6 +3,10 @@
 
 #![allow(dead_code)]
 
+pub mod ca;
+pub mod mesh;
+pub mod probe;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -189,4 +193,34 @@ pub async fn envoy_gateway(
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", envoy.log_tail()));
     Some((envoy, SocketAddr::from(([127, 0, 0, 1], port))))
+}
+
+/// A loopback port nothing listens on now, for a peer that must be told its port before it
+/// binds (Envoy's bootstrap, whose inbound port is also the endpoint it registers). Picked
+/// below the kernel's ephemeral range, so no `bind(0)` and no outgoing connection — of this
+/// test or any other process — can take it between the pick and the peer's bind (seen: 2 in
+/// 40 runs of `mtls_envoy` lost their Envoy's outbound port that way); at random within the
+/// rest, so tests picking in parallel rarely collide.
+pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    const FLOOR: u32 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral_low.saturating_sub(FLOOR);
+    for _ in 0..span.min(200) {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(span);
+        let port = FLOOR + (h.finish() % u64::from(span)) as u32;
+        let port = u16::try_from(port).expect("below the ephemeral range");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    // No room below the ephemeral range (an unusual kernel setting): any free port.
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
