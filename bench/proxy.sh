@@ -19,6 +19,8 @@
 #   BENCH_PERF=1          profile: `perf record` each proxy of the row during the max-rps run
 #                         into bench/out/ROW/perf.PID.data (BENCH_PERF_CALLGRAPH: dwarf, the
 #                         default, or fp); the sampling costs that run a few % of its throughput
+#   BENCH_MESH_H2=1       the sidecar pairs talk HTTP/2 to each other (a DestinationRule with
+#                         h2UpgradePolicy: UPGRADE on the echo-* hosts), as Istio meshes often do
 #   BENCH_STRACE=1        count each proxy's syscalls (`strace -c -f`) during the fixed-rate run
 #                         into bench/out/ROW/strace.PID.txt (strace slows that run: its CPU
 #                         columns are then not comparable)
@@ -294,6 +296,21 @@ spec:
   mtls: {mode: STRICT}
 EOF
 done
+if [[ -n "${BENCH_MESH_H2:-}" ]]; then
+  for h in echo-jalur echo-envoy echo-jalur-mtls echo-envoy-mtls; do
+    cat >>"$WORK/config/vs.yaml" <<EOF
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: $h-h2, namespace: default}
+spec:
+  host: $h.default.svc.cluster.local
+  trafficPolicy:
+    connectionPool:
+      http: {h2UpgradePolicy: UPGRADE}
+EOF
+  done
+fi
 # Plaintext xDS (15010) for the plain rows, TLS xDS + the CA (15012) for the mTLS rows.
 spawn "$LOAD_CPU" "$WORK/logs/control.log" env RUST_LOG=warn "$JALUR" control --config "$WORK/config" \
   --xds-addr "127.0.0.1:$XDS_PORT" --insecure-xds --xds-tls-addr "127.0.0.1:$TLS_PORT" \
@@ -695,7 +712,7 @@ mkdir -p "$OUT"
   echo "nice: $NICE"
   echo "proxy_cpu: $PROXY_CPU"
   echo "load_cpu: $LOAD_CPU"
-  echo "note: ${BENCH_NOTE:-}"
+  echo "note: ${BENCH_NOTE:-}${BENCH_MESH_H2:+ (HTTP/2 between the sidecars of each pair)}"
 } >"$OUT/machine"
 grep '^cpu ' /proc/stat >"$OUT/stat_before"
 START=$SECONDS
