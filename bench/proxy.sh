@@ -16,6 +16,14 @@
 #   BENCH_NOTE="..."      a line added to the notes of RESULTS.md
 #   BENCH_NICE=-10        run every benchmarked process (proxies, backend, load) at this nice
 #                         level, to shield it from other work on a shared machine (default: 0)
+#   BENCH_PERF=1          profile: `perf record` each proxy of the row during the max-rps run
+#                         into bench/out/ROW/perf.PID.data (BENCH_PERF_CALLGRAPH: dwarf, the
+#                         default, or fp); the sampling costs that run a few % of its throughput
+#   BENCH_MESH_H2=1       the sidecar pairs talk HTTP/2 to each other (a DestinationRule with
+#                         h2UpgradePolicy: UPGRADE on the echo-* hosts), as Istio meshes often do
+#   BENCH_STRACE=1        count each proxy's syscalls (`strace -c -f`) during the fixed-rate run
+#                         into bench/out/ROW/strace.PID.txt (strace slows that run: its CPU
+#                         columns are then not comparable)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -288,6 +296,21 @@ spec:
   mtls: {mode: STRICT}
 EOF
 done
+if [[ -n "${BENCH_MESH_H2:-}" ]]; then
+  for h in echo-jalur echo-envoy echo-jalur-mtls echo-envoy-mtls; do
+    cat >>"$WORK/config/vs.yaml" <<EOF
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: $h-h2, namespace: default}
+spec:
+  host: $h.default.svc.cluster.local
+  trafficPolicy:
+    connectionPool:
+      http: {h2UpgradePolicy: UPGRADE}
+EOF
+  done
+fi
 # Plaintext xDS (15010) for the plain rows, TLS xDS + the CA (15012) for the mTLS rows.
 spawn "$LOAD_CPU" "$WORK/logs/control.log" env RUST_LOG=warn "$JALUR" control --config "$WORK/config" \
   --xds-addr "127.0.0.1:$XDS_PORT" --insecure-xds --xds-tls-addr "127.0.0.1:$TLS_PORT" \
@@ -609,9 +632,24 @@ run_row() {
   sample_rss "$dir/rss_max" "${pids[@]+"${pids[@]}"}" &
   sampler=$!
   ALL_PIDS+=("$sampler")
+  local perfs=()
+  if [[ -n "${BENCH_PERF:-}" ]]; then
+    for pid in "${ROW_PIDS[@]+"${ROW_PIDS[@]}"}"; do
+      # perf runs on the load CPU so its own work is not charged to the proxy core.
+      taskset -c "$LOAD_CPU" perf record -q -F 999 --call-graph "${BENCH_PERF_CALLGRAPH:-dwarf}" \
+        -p "$pid" -o "$dir/perf.$pid.data" >"$dir/perf.$pid.log" 2>&1 &
+      perfs+=($!)
+      ALL_PIDS+=($!)
+    done
+    sleep 0.5 # perf attaches before the measured run starts
+  fi
   snapshot "$dir/snap_max_before" "${pids[@]+"${pids[@]}"}"
   pin "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${MAX_DURATION}s" --latency -H "Host: $ENTRY_HOST" "$url" >"$dir/wrk.txt" 2>&1 || true
   snapshot "$dir/snap_max_after" "${pids[@]+"${pids[@]}"}"
+  for pid in "${perfs[@]+"${perfs[@]}"}"; do
+    kill -INT "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
   kill "$sampler" 2>/dev/null || true
   wait "$sampler" 2>/dev/null || true
 
@@ -619,10 +657,23 @@ run_row() {
   sample_rss "$dir/rss_fixed" "${pids[@]+"${pids[@]}"}" &
   sampler=$!
   ALL_PIDS+=("$sampler")
+  local straces=()
+  if [[ -n "${BENCH_STRACE:-}" ]]; then
+    for pid in "${ROW_PIDS[@]+"${ROW_PIDS[@]}"}"; do
+      taskset -c "$LOAD_CPU" strace -c -f -q -p "$pid" -o "$dir/strace.$pid.txt" 2>/dev/null &
+      straces+=($!)
+      ALL_PIDS+=($!)
+    done
+    sleep 0.5 # strace attaches before the measured run starts
+  fi
   snapshot "$dir/snap_fixed_before" "${pids[@]+"${pids[@]}"}"
   pin "$LOAD_CPU" oha --no-tui --output-format json -z "${FIXED_DURATION}s" -q "$RATE" \
     --latency-correction -w -c "$CONNS" --host "$ENTRY_HOST" "$url" >"$dir/oha.json" 2>"$dir/oha.err" || true
   snapshot "$dir/snap_fixed_after" "${pids[@]+"${pids[@]}"}"
+  for pid in "${straces[@]+"${straces[@]}"}"; do
+    kill -INT "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
   kill "$sampler" 2>/dev/null || true
   wait "$sampler" 2>/dev/null || true
 
@@ -661,7 +712,7 @@ mkdir -p "$OUT"
   echo "nice: $NICE"
   echo "proxy_cpu: $PROXY_CPU"
   echo "load_cpu: $LOAD_CPU"
-  echo "note: ${BENCH_NOTE:-}"
+  echo "note: ${BENCH_NOTE:-}${BENCH_MESH_H2:+ (HTTP/2 between the sidecars of each pair)}"
 } >"$OUT/machine"
 grep '^cpu ' /proc/stat >"$OUT/stat_before"
 START=$SECONDS
