@@ -23,199 +23,35 @@
 //! least 60 s.
 
 mod common;
+#[path = "common/rotation.rs"]
+mod rotation;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::Plane;
 use jalur_agent::bootstrap::ControlPlane as AgentTarget;
-use jalur_control::ca::{CaOptions, MeshCa, PluginCa};
-use jalur_control::{ControlPlane, Options};
-use jalur_identity::rotate::{CertRotator, RotatorOptions};
-use jalur_identity::verify::{client_config, Accept};
+use jalur_control::ca::PluginCa;
+use jalur_identity::rotate::CertRotator;
 use jalur_identity::{Credentials, CredentialsWatch, SpiffeId};
 use jalur_proxy::run::{Proxy, ProxyOptions};
 use jalur_testkit::agent::{AgentEnvoy, AgentEnvoyOpts};
 use jalur_testkit::ca::serial_hex;
 use jalur_testkit::{assert_eventually, http_get, EchoServer};
 use jalur_wire::{NamedPort, NodeMeta};
-use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::net::TcpStream;
+use rotation::{
+    der_of, free_port, host, id, new_root, old_root_credentials, presented_leaf, tls_get, Mesh, NS,
+};
+use rustls::pki_types::CertificateDer;
 
-const NS: &str = "shop";
-const TTL: Duration = Duration::from_secs(20);
 const LOAD_FOR: Duration = Duration::from_secs(60);
 /// The whole rotation must be over by then (it takes about 45 s); past it the test stops and
 /// says which step it was waiting for.
 const GIVE_UP: Duration = Duration::from_secs(150);
 const DEADLINE: Duration = Duration::from_secs(30);
-/// How often the rotators read their bundle file (`jalur agent`'s default is 1 s).
-const BUNDLE_POLL: Duration = Duration::from_millis(250);
-
-fn id(sa: &str) -> SpiffeId {
-    SpiffeId::new("cluster.local", NS, sa)
-}
-
-fn host(service: &str) -> String {
-    format!("{service}.{NS}.svc.cluster.local")
-}
-
-/// STRICT for the namespace; for each server a subset `sparse` whose upstream connections
-/// idle out after 500 ms, taken by requests with `x-flow: sparse`.
-fn mesh_config() -> Vec<(&'static str, String)> {
-    let strict = format!("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: default\n  namespace: {NS}\nspec:\n  mtls:\n    mode: STRICT\n");
-    let routes = |service: &str| {
-        let h = host(service);
-        format!(
-            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: {service}\n  namespace: {NS}\nspec:\n  host: {h}\n  subsets:\n  - name: sparse\n    labels:\n      version: v1\n    trafficPolicy:\n      connectionPool:\n        http:\n          idleTimeout: 500ms\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: {service}\n  namespace: {NS}\nspec:\n  hosts:\n  - {h}\n  http:\n  - match:\n    - headers:\n        x-flow:\n          exact: sparse\n    route:\n    - destination:\n        host: {h}\n        subset: sparse\n  - route:\n    - destination:\n        host: {h}\n"
-        )
-    };
-    vec![
-        ("pa.yaml", strict),
-        ("payments.yaml", routes("payments")),
-        ("ledger.yaml", routes("ledger")),
-    ]
-}
-
-/// The control plane with its CA, and the operator's side: each workload's bundle file and the
-/// plug-in CA the root moves to.
-struct Mesh {
-    plane: Plane,
-    tls: SocketAddr,
-    files: tempfile::TempDir,
-}
-
-impl Mesh {
-    async fn start() -> Mesh {
-        let opts = Options {
-            ca: Some(CaOptions {
-                workload_ttl: TTL,
-                ..CaOptions::default()
-            }),
-            xds_tls_addr: ([127, 0, 0, 1], 0).into(),
-            // After the restart, answer nobody until every proxy is back (a caller served
-            // before its server re-registered would be told there are no endpoints).
-            registry_grace: Duration::from_secs(10),
-            ..Plane::options()
-        };
-        let plane = Plane::start_with(&mesh_config(), opts).await;
-        let tls = plane.control().xds_tls_addr.expect("15012 served");
-        let files = tempfile::TempDir::with_prefix("jalur-rotation-").expect("temp dir");
-        std::fs::create_dir(files.path().join("bundles")).expect("bundles dir");
-        Mesh { plane, tls, files }
-    }
-
-    fn ca(&self) -> &MeshCa {
-        self.plane
-            .control()
-            .state
-            .ca
-            .as_deref()
-            .expect("the plane runs a CA")
-    }
-
-    fn address(&self) -> String {
-        format!("https://{}", self.tls)
-    }
-
-    /// What a workload's rotator needs: a one-shot token, its own copy of the trust bundle.
-    fn rotator(&self, sa: &str) -> RotatorOptions {
-        let bundle = self.files.path().join("bundles").join(format!("{sa}.pem"));
-        std::fs::write(&bundle, self.ca().authority.bundle_pem()).expect("bundle file");
-        let mut opts = RotatorOptions::new(self.address(), id(sa), bundle);
-        let token = self
-            .ca()
-            .tokens
-            .create(NS, sa, Duration::from_secs(600), false);
-        opts.token = Some(token.expect("token").token);
-        opts.cert_ttl = TTL;
-        opts.bundle_poll = BUNDLE_POLL;
-        // A renewal due while the control plane restarts is retried within a second.
-        opts.retry_base = Duration::from_millis(200);
-        opts.retry_max = Duration::from_secs(1);
-        opts
-    }
-
-    /// Writes `pem` to every workload's bundle file (atomically, as a config tool would).
-    fn distribute(&self, pem: &str) {
-        let dir = self.files.path().join("bundles");
-        for entry in std::fs::read_dir(&dir).expect("bundles") {
-            let path = entry.expect("entry").path();
-            if path.extension().is_some_and(|e| e == "pem") {
-                let tmp = path.with_extension("tmp");
-                std::fs::write(&tmp, pem).expect("write bundle");
-                std::fs::rename(&tmp, &path).expect("rename bundle");
-            }
-        }
-    }
-
-    /// Stops the control plane and starts it on the same ports and state, signing with
-    /// `plugin` and trusting `extra_roots` besides its root.
-    async fn restart_on(&mut self, plugin: PluginCa, extra_roots: PathBuf) {
-        self.plane.stop().await;
-        let template = &self.plane.template;
-        let opts = Options {
-            config: vec![self.plane.dir.clone()],
-            xds_addr: self.plane.xds,
-            xds_tls_addr: self.tls,
-            ca: template.ca.clone().map(|ca| CaOptions {
-                plugin: Some(plugin),
-                extra_roots: Some(extra_roots),
-                ..ca
-            }),
-            ..template.clone()
-        };
-        let restarted = ControlPlane::start(opts)
-            .await
-            .expect("restart on the new root");
-        self.plane.plane = Some(restarted);
-    }
-}
-
-/// The new root and an intermediate under it, as Istio's `cacerts` (key 0600) in `dir`.
-fn new_root(dir: &Path) -> (PluginCa, String) {
-    use rcgen::KeyUsagePurpose::{CrlSign, KeyCertSign};
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let ca_params = |name: &str, constraint| {
-        let mut p = CertificateParams::default();
-        p.distinguished_name.push(DnType::CommonName, name);
-        p.is_ca = IsCa::Ca(constraint);
-        p.key_usages = vec![KeyCertSign, CrlSign];
-        p.use_authority_key_identifier_extension = true;
-        p
-    };
-    let root_key = KeyPair::generate().expect("root key");
-    let root_params = ca_params("new mesh root", BasicConstraints::Unconstrained);
-    let root = root_params.self_signed(&root_key).expect("root");
-    let inter_key = KeyPair::generate().expect("intermediate key");
-    let inter = ca_params("new mesh intermediate", BasicConstraints::Constrained(0))
-        .signed_by(&inter_key, &Issuer::new(root_params, root_key))
-        .expect("intermediate");
-    let write = |name: &str, text: &str, mode: u32| {
-        use std::os::unix::fs::PermissionsExt;
-        let path = dir.join(name);
-        std::fs::write(&path, text).expect("write CA file");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
-        path
-    };
-    let plugin = PluginCa {
-        key: write("ca-key.pem", &inter_key.serialize_pem(), 0o600),
-        cert: write("ca-cert.pem", &inter.pem(), 0o644),
-        chain: write("cert-chain.pem", &(inter.pem() + &root.pem()), 0o644),
-    };
-    (plugin, root.pem())
-}
-
-fn der_of(pem: &str) -> CertificateDer<'static> {
-    jalur_identity::TrustBundle::from_pem(pem)
-        .expect("PEM")
-        .roots[0]
-        .clone()
-}
 
 /// Where a workload's presented leaf is seen, and where its trusted roots are.
 enum View {
@@ -274,7 +110,7 @@ impl Workload {
         self.record_issued();
         let (leaves, roots) = match self.view {
             View::Inbound(addr) => (
-                BTreeSet::from([handshake(addr, probe, &self.id).await?]),
+                BTreeSet::from([presented_leaf(addr, probe, &self.id).await?]),
                 watch_roots(&self.creds),
             ),
             View::Watch => (
@@ -292,7 +128,7 @@ impl Workload {
                     .map(|c| c.serial.clone())
                     .collect();
                 if let Some(addr) = inbound {
-                    leaves = BTreeSet::from([handshake(addr, probe, &self.id).await?]);
+                    leaves = BTreeSet::from([presented_leaf(addr, probe, &self.id).await?]);
                 }
                 (leaves, certs.cas.iter().map(|c| c.serial.clone()).collect())
             }
@@ -349,83 +185,6 @@ async fn envoy_certs_at(admin: SocketAddr) -> Result<jalur_testkit::agent::Shown
     jalur_testkit::agent::parse_certs(&body)
 }
 
-/// The serial of the leaf the server at `addr` presents to a new mesh client with `creds`
-/// (checked against that client's trust bundle and `server`'s SPIFFE id).
-async fn handshake(
-    addr: SocketAddr,
-    creds: &CredentialsWatch,
-    server: &SpiffeId,
-) -> Result<String, String> {
-    let accept = Accept::AnyOf(vec![server.clone()]);
-    let config = client_config(creds.clone(), accept, &[]).map_err(|e| e.to_string())?;
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let name = ServerName::try_from(host(&server.service_account)).map_err(|e| e.to_string())?;
-    let connect = async {
-        let tcp = TcpStream::connect(addr).await?;
-        connector.connect(name, tcp).await
-    };
-    let tls = tokio::time::timeout(Duration::from_secs(5), connect)
-        .await
-        .map_err(|_| format!("handshake with {server} at {addr}: no answer in 5 s"))?
-        .map_err(|e| format!("handshake with {server} at {addr}: {e}"))?;
-    let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
-    Ok(serial_hex(leaf.ok_or("no certificate")?.as_ref()))
-}
-
-/// A GET over mTLS to the inbound port at `addr` with `creds`: the status line, or why there
-/// was none (a server refusing the client's certificate fails the handshake or the first read).
-async fn tls_get(
-    addr: SocketAddr,
-    creds: &CredentialsWatch,
-    server: &SpiffeId,
-) -> Result<String, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let accept = Accept::AnyOf(vec![server.clone()]);
-    let config = client_config(creds.clone(), accept, &[]).map_err(|e| e.to_string())?;
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let name = ServerName::try_from(host(&server.service_account)).map_err(|e| e.to_string())?;
-    let exchange = async {
-        let tcp = TcpStream::connect(addr).await?;
-        let mut tls = connector.connect(name, tcp).await?;
-        let request = format!(
-            "GET / HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            server.service_account
-        );
-        tls.write_all(request.as_bytes()).await?;
-        let mut reply = Vec::new();
-        tls.read_to_end(&mut reply).await?;
-        Ok::<_, std::io::Error>(reply)
-    };
-    let reply = tokio::time::timeout(Duration::from_secs(5), exchange)
-        .await
-        .map_err(|_| "no answer in 5 s".to_string())?
-        .map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&reply);
-    match text.lines().next() {
-        Some(line) if !line.is_empty() => Ok(line.to_string()),
-        _ => Err("closed without an answer".into()),
-    }
-}
-
-/// Credentials for `sa` from the old root (its key is still in the state directory), trusting
-/// `bundle_pem`: what a workload that missed the rotation would hold.
-fn old_root_credentials(state: &Path, sa: &str, bundle_pem: &str) -> CredentialsWatch {
-    let read = |f: &str| std::fs::read_to_string(state.join(f)).expect("old root file");
-    let key = rcgen::KeyPair::from_pem(&read("root-key.pem")).expect("old root key");
-    let issuer = rcgen::Issuer::from_ca_cert_pem(&read("root-cert.pem"), key).expect("old root");
-    let workload_key = jalur_identity::WorkloadKey::generate().expect("key");
-    let csr = workload_key.csr_pem(&id(sa)).expect("csr");
-    let leaf = rcgen::CertificateSigningRequestParams::from_pem(&csr)
-        .expect("csr")
-        .signed_by(&issuer)
-        .expect("sign");
-    let chain = format!("{}{}", leaf.pem(), read("root-cert.pem"));
-    let cert = jalur_identity::WorkloadCert::new(&workload_key, &chain).expect("cert");
-    let bundle = jalur_identity::TrustBundle::from_pem(bundle_pem).expect("bundle");
-    let creds = Credentials::new(cert, bundle).expect("credentials");
-    tokio::sync::watch::channel(Arc::new(creds)).1
-}
-
 /// Requests of one flow: how many answered 200, and the first few that did not.
 #[derive(Default)]
 struct Tally {
@@ -434,44 +193,75 @@ struct Tally {
     errors: Mutex<Vec<String>>,
 }
 
-/// Requests to `addr` for `service` every `every` until `stop` (a fresh downstream connection
-/// each; the sparse flow marks its requests for the idling subset).
-fn flow(
-    addr: SocketAddr,
-    service: &str,
-    sparse: bool,
+/// The four flows: steady and sparse through each pair.
+struct Load {
     stop: Arc<AtomicBool>,
-) -> (Arc<Tally>, tokio::task::JoinHandle<()>) {
-    let tally = Arc::new(Tally::default());
-    let (t, h) = (tally.clone(), host(service));
-    let task = tokio::spawn(async move {
-        let (every, headers) = if sparse {
-            (Duration::from_millis(700), vec![("x-flow", "sparse")])
-        } else {
-            (Duration::from_millis(10), vec![])
-        };
-        while !stop.load(Ordering::Relaxed) {
-            match http_get(addr, &h, "/", &headers).await {
-                Ok((200, _, _)) => t.ok.fetch_add(1, Ordering::Relaxed),
-                other => {
-                    let mut errors = t.errors.lock().expect("errors");
-                    if errors.len() < 10 {
-                        errors.push(format!("{other:?}"));
-                    }
-                    t.failed.fetch_add(1, Ordering::Relaxed)
-                }
-            };
-            tokio::time::sleep(every).await;
-        }
-    });
-    (tally, task)
+    flows: Vec<(&'static str, Arc<Tally>, tokio::task::JoinHandle<()>)>,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+impl Load {
+    fn start(jalur_out: SocketAddr, envoy_out: SocketAddr) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flows = [
+            ("jalur steady", jalur_out, "payments", false),
+            ("jalur sparse", jalur_out, "payments", true),
+            ("Envoy steady", envoy_out, "ledger", false),
+            ("Envoy sparse", envoy_out, "ledger", true),
+        ]
+        .into_iter()
+        .map(|(name, addr, service, sparse)| {
+            let tally = Arc::new(Tally::default());
+            let task = tokio::spawn(flow(
+                addr,
+                host(service),
+                sparse,
+                tally.clone(),
+                stop.clone(),
+            ));
+            (name, tally, task)
+        })
+        .collect();
+        Load { stop, flows }
+    }
+
+    /// Stops every flow: (name, ok, failed, the first errors) each.
+    async fn finish(self) -> Vec<(&'static str, u64, u64, Vec<String>)> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut done = Vec::new();
+        for (name, tally, task) in self.flows {
+            task.await.expect("flow");
+            let errors = tally.errors.lock().expect("errors").clone();
+            let (ok, failed) = (
+                tally.ok.load(Ordering::Relaxed),
+                tally.failed.load(Ordering::Relaxed),
+            );
+            done.push((name, ok, failed, errors));
+        }
+        done
+    }
+}
+
+/// Requests to `addr` for `host` until `stop`, a fresh downstream connection each: every 10 ms,
+/// or every 700 ms marked for the subset whose upstream connections idle out first.
+async fn flow(addr: SocketAddr, host: String, sparse: bool, t: Arc<Tally>, stop: Arc<AtomicBool>) {
+    let (every, headers) = if sparse {
+        (Duration::from_millis(700), vec![("x-flow", "sparse")])
+    } else {
+        (Duration::from_millis(10), vec![])
+    };
+    while !stop.load(Ordering::Relaxed) {
+        match http_get(addr, &host, "/", &headers).await {
+            Ok((200, _, _)) => t.ok.fetch_add(1, Ordering::Relaxed),
+            other => {
+                let mut errors = t.errors.lock().expect("errors");
+                if errors.len() < 10 {
+                    errors.push(format!("{other:?}"));
+                }
+                t.failed.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+        tokio::time::sleep(every).await;
+    }
 }
 
 /// A jalur sidecar reaching the control plane over TLS with its rotator's credentials; a
@@ -558,19 +348,144 @@ enum Step {
     Done,
 }
 
+/// The operator moving the mesh to a new root.
+struct Operator {
+    step: Step,
+    started: Instant,
+    /// The new root's plug-in CA files, and the old root for `--extra-roots`.
+    dir: tempfile::TempDir,
+    plugin: PluginCa,
+    old_pem: String,
+    new_pem: String,
+    new_root: CertificateDer<'static>,
+    old_serial: String,
+    new_serial: String,
+    /// How many leaves each workload had presented once the old root was gone.
+    settled_from: Vec<usize>,
+    log: Vec<String>,
+}
+
+impl Operator {
+    fn new(mesh: &Mesh) -> Operator {
+        let dir = tempfile::TempDir::with_prefix("jalur-new-root-").expect("temp dir");
+        let (plugin, new_pem) = new_root(dir.path());
+        let old_pem = mesh.ca().authority.bundle_pem().to_string();
+        let new_root = der_of(&new_pem);
+        Operator {
+            step: Step::Renewals,
+            started: Instant::now(),
+            old_serial: serial_hex(der_of(&old_pem).as_ref()),
+            new_serial: serial_hex(new_root.as_ref()),
+            dir,
+            plugin,
+            old_pem,
+            new_pem,
+            new_root,
+            settled_from: Vec::new(),
+            log: Vec::new(),
+        }
+    }
+
+    /// Takes the next step if the current one is done.
+    async fn advance(&mut self, mesh: &mut Mesh, workloads: &[Workload]) {
+        let all = |f: &dyn Fn(&Workload) -> bool| workloads.iter().all(f);
+        let (old, new) = (self.old_serial.as_str(), self.new_serial.as_str());
+        let next = match self.step {
+            Step::Renewals if all(&|w| w.presented.len() >= 3) => {
+                // The new root first: Envoy's `/certs` lists a context's roots in file order.
+                mesh.distribute(&format!("{}{}", self.new_pem, self.old_pem));
+                Step::NewRootOut
+            }
+            Step::NewRootOut if all(&|w| w.trusts_exactly(&[old, new])) => {
+                let old_roots = self.dir.path().join("old-root.pem");
+                std::fs::write(&old_roots, &self.old_pem).expect("extra roots");
+                mesh.restart_on(self.plugin.clone(), old_roots).await;
+                Step::Reissue
+            }
+            Step::Reissue if all(&|w| w.presents_under(&self.new_root)) => {
+                mesh.distribute(&self.new_pem);
+                Step::OldRootOut
+            }
+            Step::OldRootOut if all(&|w| w.trusts_exactly(&[new])) => {
+                self.settled_from = workloads.iter().map(|w| w.presented.len()).collect();
+                Step::Settle
+            }
+            Step::Settle
+                if workloads
+                    .iter()
+                    .zip(&self.settled_from)
+                    .all(|(w, n)| w.presented.len() > *n) =>
+            {
+                Step::Done
+            }
+            _ => return,
+        };
+        let at = self.started.elapsed().as_secs_f64();
+        self.log.push(format!("{at:.1}s {:?} done", self.step));
+        self.step = next;
+    }
+
+    /// Where it stands, for a failure message.
+    fn stuck(&self, workloads: &[Workload]) -> String {
+        let state: Vec<String> = workloads
+            .iter()
+            .map(|w| {
+                format!(
+                    "{}: presented {:?}, now {:?}, trusts {:?}",
+                    w.name, w.presented, w.leaves, w.roots
+                )
+            })
+            .collect();
+        format!(
+            "stuck at {:?} after {GIVE_UP:?} ({:?}); old root {}, new {}\n{state:#?}",
+            self.step, self.log, self.old_serial, self.new_serial
+        )
+    }
+}
+
+/// The old root is gone from every verifier: a workload still holding an old-root
+/// certificate is refused by `servers` (inbound address, id), while `current` is served.
+async fn old_root_is_refused(
+    mesh: &Mesh,
+    current: &CredentialsWatch,
+    new_pem: &str,
+    servers: &[(SocketAddr, SpiffeId)],
+) {
+    let state = mesh.plane.dir.join(".jalur/ca");
+    let stale = old_root_credentials(&state, "storefront", new_pem);
+    for (addr, server) in servers {
+        let served = tls_get(*addr, current, server).await;
+        assert!(
+            served.as_deref().is_ok_and(|l| l.contains(" 200")),
+            "{server} serves the current certificate: {served:?}"
+        );
+        let refused = tls_get(*addr, &stale, server).await;
+        assert!(
+            refused.is_err(),
+            "{server} served an old-root certificate: {refused:?}"
+        );
+    }
+}
+
+/// A counter from Envoy's `/stats?filter=` (0 when absent).
+fn counter(stats: &str) -> u64 {
+    stats
+        .split(':')
+        .nth(1)
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_and_the_root_rotate_under_load_with_no_failed_request() {
     let Some(binary) = jalur_testkit::require_peer("envoy", jalur_testkit::envoy_binary()) else {
         return;
     };
     let mut mesh = Mesh::start().await;
-    let old_root = mesh.ca().authority.trust_bundle().roots[0].clone();
-    let old_pem = mesh.ca().authority.bundle_pem().to_string();
     let (payments_app, ledger_app) = (
         EchoServer::start("payments").await,
         EchoServer::start("ledger").await,
     );
-
     let (payments, payments_rotator) =
         jalur(&mesh, "payments", Some(payments_app.addr().port())).await;
     let (storefront, storefront_rotator) = jalur(&mesh, "storefront", None).await;
@@ -578,29 +493,14 @@ async fn certificates_and_the_root_rotate_under_load_with_no_failed_request() {
         envoy(&binary, &mesh, "ledger", Some(ledger_app.addr().port())).await;
     let (cart, _, cart_out) = envoy(&binary, &mesh, "cart", None).await;
     let storefront_out = common::bound_listener(&storefront, "outbound").await;
+    let payments_in = payments.inbound_addr.expect("inbound");
     serves(storefront_out, "payments", String::new).await;
     serves(cart_out, "ledger", || {
         format!("{}\n{}", cart.log_tail(), ledger.log_tail())
     })
     .await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let flows = [
-        (
-            "jalur steady",
-            flow(storefront_out, "payments", false, stop.clone()),
-        ),
-        (
-            "jalur sparse",
-            flow(storefront_out, "payments", true, stop.clone()),
-        ),
-        (
-            "Envoy steady",
-            flow(cart_out, "ledger", false, stop.clone()),
-        ),
-        ("Envoy sparse", flow(cart_out, "ledger", true, stop.clone())),
-    ];
-
+    let load = Load::start(storefront_out, cart_out);
     let probe = storefront_rotator.credentials();
     let envoy_view = |e: &AgentEnvoy, inbound| View::Envoy {
         admin: e.admin_addr(),
@@ -610,7 +510,7 @@ async fn certificates_and_the_root_rotate_under_load_with_no_failed_request() {
         Workload::new(
             "jalur payments",
             payments_rotator.credentials(),
-            View::Inbound(payments.inbound_addr.expect("inbound")),
+            View::Inbound(payments_in),
         ),
         Workload::new("jalur storefront", probe.clone(), View::Watch),
         Workload::new(
@@ -620,146 +520,64 @@ async fn certificates_and_the_root_rotate_under_load_with_no_failed_request() {
         ),
         Workload::new("Envoy cart", cart.credentials(), envoy_view(&cart, None)),
     ];
-    let new_dir = tempfile::TempDir::with_prefix("jalur-new-root-").expect("temp dir");
-    let (plugin, new_pem) = new_root(new_dir.path());
-    let new_root = der_of(&new_pem);
-    let (old_serial, new_serial) = (serial_hex(old_root.as_ref()), serial_hex(new_root.as_ref()));
-    let both = [old_serial.as_str(), new_serial.as_str()];
-
-    let started = Instant::now();
-    let mut step = Step::Renewals;
-    let mut renewals_before_settle = [0; 4];
-    let mut probe_errors = Vec::new();
-    let mut log = Vec::new();
-    let mut ledger_probes = 0;
-    while step != Step::Done || started.elapsed() < LOAD_FOR {
+    let mut operator = Operator::new(&mesh);
+    let (mut probe_errors, mut ledger_probes) = (Vec::new(), 0);
+    while operator.step != Step::Done || operator.started.elapsed() < LOAD_FOR {
         for w in workloads.iter_mut() {
             match w.observe(&probe).await {
                 Ok(true) if w.name == "Envoy ledger" => ledger_probes += 1,
                 Ok(_) => {}
-                Err(e) => probe_errors.push(format!("{:.1}s {e}", started.elapsed().as_secs_f64())),
+                Err(e) => probe_errors.push(format!(
+                    "{:.1}s {e}",
+                    operator.started.elapsed().as_secs_f64()
+                )),
             }
         }
-        let all = |f: &dyn Fn(&Workload) -> bool| workloads.iter().all(f);
-        let next = match step {
-            Step::Renewals if all(&|w| w.presented.len() >= 3) => {
-                // New root first: it is the one Envoy's `/certs` lists.
-                mesh.distribute(&format!("{new_pem}{old_pem}"));
-                Some(Step::NewRootOut)
-            }
-            Step::NewRootOut if all(&|w| w.trusts_exactly(&both)) => {
-                let old_roots = new_dir.path().join("old-root.pem");
-                std::fs::write(&old_roots, &old_pem).expect("extra roots");
-                mesh.restart_on(plugin.clone(), old_roots).await;
-                Some(Step::Reissue)
-            }
-            Step::Reissue if all(&|w| w.presents_under(&new_root)) => {
-                mesh.distribute(&new_pem);
-                Some(Step::OldRootOut)
-            }
-            Step::OldRootOut if all(&|w| w.trusts_exactly(&[&new_serial])) => {
-                for (n, w) in renewals_before_settle.iter_mut().zip(&workloads) {
-                    *n = w.presented.len();
-                }
-                Some(Step::Settle)
-            }
-            Step::Settle
-                if workloads
-                    .iter()
-                    .zip(renewals_before_settle)
-                    .all(|(w, n)| w.presented.len() > n) =>
-            {
-                Some(Step::Done)
-            }
-            _ => None,
-        };
-        if let Some(next) = next {
-            log.push(format!(
-                "{:.1}s {step:?} done",
-                started.elapsed().as_secs_f64()
-            ));
-            step = next;
-        }
-        if started.elapsed() > GIVE_UP {
-            let state: Vec<String> = workloads
-                .iter()
-                .map(|w| {
-                    format!(
-                        "{}: presented {:?}, now {:?}, trusts {:?}",
-                        w.name, w.presented, w.leaves, w.roots
-                    )
-                })
-                .collect();
-            panic!("stuck at {step:?} after {GIVE_UP:?} ({log:?}); old root {old_serial}, new {new_serial}\n{state:#?}");
-        }
+        operator.advance(&mut mesh, &workloads).await;
+        assert!(
+            operator.started.elapsed() < GIVE_UP,
+            "{}",
+            operator.stuck(&workloads)
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    let mut failed = Vec::new();
-    let mut counts = Vec::new();
-    let mut sparse_envoy = 0;
-    for (name, (tally, task)) in flows {
-        task.await.expect("flow");
-        let (ok, bad) = (
-            tally.ok.load(Ordering::Relaxed),
-            tally.failed.load(Ordering::Relaxed),
-        );
-        counts.push(format!("{name}: {ok} ok, {bad} failed"));
-        if name == "Envoy sparse" {
-            sparse_envoy = ok;
-        }
-        if bad > 0 || ok < 40 {
-            failed.push(format!(
-                "{name}: {ok} ok, {bad} failed: {:?}",
-                tally.errors.lock().expect("errors")
-            ));
-        }
-    }
+    let flows = load.finish().await;
     let handshakes = ledger
         .admin_get("/stats?filter=^listener\\..*\\.ssl\\.handshake$")
         .await
         .unwrap_or_default();
+    let renewals: Vec<_> = workloads
+        .iter()
+        .map(|w| (w.name, w.presented.len() - 1))
+        .collect();
     eprintln!(
-        "rotation under load in {:.1}s: {counts:?}; steps {log:?}; renewals seen: {:?}; Envoy ledger inbound {}",
-        started.elapsed().as_secs_f64(),
-        workloads.iter().map(|w| (w.name, w.presented.len() - 1)).collect::<Vec<_>>(),
-        handshakes.trim()
+        "rotation under load in {:.1}s: {:?}; steps {:?}; renewals seen {renewals:?}; Envoy ledger: {} handshakes, {ledger_probes} of them probes",
+        operator.started.elapsed().as_secs_f64(),
+        flows.iter().map(|(n, ok, failed, _)| format!("{n}: {ok} ok, {failed} failed")).collect::<Vec<_>>(),
+        operator.log,
+        counter(&handshakes),
     );
-    assert!(failed.is_empty(), "failed or too few requests: {failed:#?}");
-    // The sparse flow did handshake afresh: Envoy's inbound completed a handshake for each of
-    // its requests (some margin for an idle timer firing late on a loaded machine) besides
-    // the probes.
-    let ledger_handshakes: u64 = handshakes
-        .split(':')
-        .nth(1)
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    assert!(
-        ledger_handshakes >= ledger_probes + sparse_envoy / 2,
-        "{ledger_handshakes} handshakes at Envoy's inbound for {ledger_probes} probes and {sparse_envoy} sparse requests"
-    );
-    // The old root is gone from every verifier: a workload still holding an old-root
-    // certificate is refused by both servers, while the current one is served.
-    let state = mesh.plane.dir.join(".jalur/ca");
-    let stale = old_root_credentials(&state, "storefront", &new_pem);
-    for (addr, server) in [
-        (payments.inbound_addr.expect("inbound"), id("payments")),
-        (ledger_in, id("ledger")),
-    ] {
-        let current = tls_get(addr, &probe, &server).await;
+    for (name, ok, failed, errors) in &flows {
         assert!(
-            current.as_deref().is_ok_and(|l| l.contains(" 200")),
-            "{server} serves the current certificate: {current:?}"
-        );
-        let refused = tls_get(addr, &stale, &server).await;
-        assert!(
-            refused.is_err(),
-            "{server} served an old-root certificate: {refused:?}"
+            *failed == 0 && *ok >= 40,
+            "{name}: {ok} ok, {failed} failed: {errors:#?}"
         );
     }
+    // The sparse flow handshakes afresh: Envoy's inbound completed one per sparse request
+    // besides the probes (half of them, for an idle timer firing late on a loaded machine).
+    let sparse = flows
+        .iter()
+        .find(|f| f.0 == "Envoy sparse")
+        .map_or(0, |f| f.1);
+    assert!(
+        counter(&handshakes) >= ledger_probes + sparse / 2,
+        "{handshakes}: {ledger_probes} probes and {sparse} sparse requests"
+    );
     assert!(
         probe_errors.is_empty(),
         "a mesh client's handshake failed: {probe_errors:#?}"
     );
+    let servers = [(payments_in, id("payments")), (ledger_in, id("ledger"))];
+    old_root_is_refused(&mesh, &probe, &operator.new_pem, &servers).await;
     drop((storefront, payments, cart, ledger));
 }
