@@ -197,6 +197,20 @@ pub async fn envoy_certs(envoy: &Envoy) -> Result<ShownCerts, String> {
     parse_certs(&envoy.admin_get("/certs").await?)
 }
 
+/// Polls Envoy's `/certs` until `check` accepts what it shows, for at most `within`; what
+/// `check` returns. Panics naming `what` and the last refusal (or the unreadable `/certs`).
+pub async fn wait_for_certs<T>(
+    envoy: &Envoy,
+    what: &str,
+    within: Duration,
+    check: impl Fn(&ShownCerts) -> Result<T, String>,
+) -> T {
+    jalur_demo::eventually::assert_eventually(what, within, || async {
+        check(&envoy_certs(envoy).await?)
+    })
+    .await
+}
+
 /// Parses the admin `/certs` JSON: `certificates[].cert_chain[]` and `.ca_cert[]`, each with
 /// `serial_number`, `subject_alt_names[].uri` and `expiration_time` (RFC 3339).
 pub fn parse_certs(json: &str) -> Result<ShownCerts, String> {
