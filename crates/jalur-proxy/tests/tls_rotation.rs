@@ -37,6 +37,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::free_port;
+use common::mesh::{id, NS};
 use jalur_agent::bootstrap::ControlPlane as AgentTarget;
 use jalur_control::ca::PluginCa;
 use jalur_identity::rotate::CertRotator;
@@ -46,9 +48,7 @@ use jalur_testkit::agent::{AgentEnvoy, AgentEnvoyOpts};
 use jalur_testkit::ca::serial_hex;
 use jalur_testkit::{assert_eventually, http_get, EchoServer};
 use jalur_wire::{NamedPort, NodeMeta};
-use rotation::{
-    der_of, free_port, host, id, new_root, old_root_credentials, presented_leaf, tls_get, Mesh, NS,
-};
+use rotation::{der_of, host, new_root, old_root_credentials, presented_leaf, tls_get, Mesh};
 use rustls::pki_types::CertificateDer;
 
 const LOAD_FOR: Duration = Duration::from_secs(60);

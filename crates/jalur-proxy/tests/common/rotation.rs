@@ -10,24 +10,21 @@ use std::time::Duration;
 use jalur_control::ca::{CaOptions, MeshCa, PluginCa};
 use jalur_control::{ControlPlane, Options};
 use jalur_identity::rotate::RotatorOptions;
-use jalur_identity::verify::{client_config, Accept};
+use jalur_identity::verify::Accept;
 use jalur_identity::{Credentials, CredentialsWatch, SpiffeId};
 use jalur_testkit::ca::serial_hex;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
+use crate::common::mesh::{id, NS};
+use crate::common::probe::{mesh_tls, server_leaf};
 use crate::common::Plane;
 
-pub const NS: &str = "shop";
 pub const TTL: Duration = Duration::from_secs(20);
 /// How often the rotators read their bundle file (`jalur agent`'s default is 1 s).
 const BUNDLE_POLL: Duration = Duration::from_millis(250);
-
-pub fn id(sa: &str) -> SpiffeId {
-    SpiffeId::new("cluster.local", NS, sa)
-}
 
 pub fn host(service: &str) -> String {
     format!("{service}.{NS}.svc.cluster.local")
@@ -187,24 +184,21 @@ pub fn der_of(pem: &str) -> CertificateDer<'static> {
 }
 
 /// An mTLS connection to the inbound port at `addr` as a mesh client with `creds`, the server
-/// checked against that client's trust bundle and `server`'s SPIFFE id.
+/// checked against that client's trust bundle and `server`'s SPIFFE id; 5 s at most.
 async fn connect(
     addr: SocketAddr,
     creds: &CredentialsWatch,
     server: &SpiffeId,
 ) -> Result<TlsStream<TcpStream>, String> {
     let accept = Accept::AnyOf(vec![server.clone()]);
-    let config = client_config(creds.clone(), accept, &[]).map_err(|e| e.to_string())?;
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let name = ServerName::try_from(host(&server.service_account)).map_err(|e| e.to_string())?;
-    let connect = async {
-        let tcp = TcpStream::connect(addr).await?;
-        connector.connect(name, tcp).await
-    };
-    tokio::time::timeout(Duration::from_secs(5), connect)
-        .await
-        .map_err(|_| format!("handshake with {server} at {addr}: no answer in 5 s"))?
-        .map_err(|e| format!("handshake with {server} at {addr}: {e}"))
+    let sni = host(&server.service_account);
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        mesh_tls(addr, creds, accept, &sni, &[]),
+    )
+    .await
+    .map_err(|_| format!("handshake with {server} at {addr}: no answer in 5 s"))?
+    .map_err(|e| format!("handshake with {server} at {addr}: {e}"))
 }
 
 /// The serial of the leaf the server at `addr` presents to a new mesh client with `creds`.
@@ -214,8 +208,7 @@ pub async fn presented_leaf(
     server: &SpiffeId,
 ) -> Result<String, String> {
     let tls = connect(addr, creds, server).await?;
-    let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
-    Ok(serial_hex(leaf.ok_or("no certificate")?.as_ref()))
+    Ok(serial_hex(server_leaf(&tls)?.as_ref()))
 }
 
 /// A GET over mTLS to the inbound port at `addr` with `creds`: the status line, or why there
@@ -264,11 +257,4 @@ pub fn old_root_credentials(state: &Path, sa: &str, bundle_pem: &str) -> Credent
     let bundle = jalur_identity::TrustBundle::from_pem(bundle_pem).expect("bundle");
     let creds = Credentials::new(cert, bundle).expect("credentials");
     tokio::sync::watch::channel(Arc::new(creds)).1
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
