@@ -111,6 +111,66 @@ impl UnknownNames {
     }
 }
 
+/// What one SDS stream keeps between messages (state of the world in `sotw.rs`, delta in
+/// `delta.rs`): it answers Envoy's requests and decides what a change of credentials pushes.
+pub(crate) trait StreamState: Send + 'static {
+    type Request: Send + 'static;
+    type Response: Send + 'static;
+    /// A request from Envoy: a subscription, an ACK or a NACK.
+    fn on_request(&mut self, req: &Self::Request, creds: &Credentials) -> Option<Self::Response>;
+    /// New credentials: a push when a secret the stream holds changed.
+    fn on_change(&mut self, creds: &Credentials) -> Option<Self::Response>;
+}
+
+/// Serves one stream with `state` until Envoy closes it, the server stops, or the response
+/// channel closes.
+pub(crate) async fn serve<S: StreamState>(
+    stream: u64,
+    mut state: S,
+    mut requests: Streaming<S::Request>,
+    mut creds: CredentialsWatch,
+    mut stop: watch::Receiver<bool>,
+    tx: Out<S::Response>,
+) {
+    let mut creds_open = true;
+    loop {
+        let push = tokio::select! {
+            req = requests.message() => match req {
+                Ok(Some(req)) => {
+                    let current = creds.borrow_and_update().clone();
+                    state.on_request(&req, &current)
+                }
+                Ok(None) => break,
+                Err(status) => {
+                    debug!(stream, "SDS stream ended: {}", status.message());
+                    break;
+                }
+            },
+            changed = creds.changed(), if creds_open => {
+                if changed.is_err() {
+                    // Nobody will renew any more: keep answering with what there is.
+                    creds_open = false;
+                    None
+                } else {
+                    let current = creds.borrow_and_update().clone();
+                    state.on_change(&current)
+                }
+            }
+            _ = stop.changed() => {
+                let _ = tx.send(Err(Status::unavailable("jalur agent is shutting down"))).await;
+                break;
+            }
+            () = tx.closed() => break,
+        };
+        if let Some(response) = push {
+            if tx.send(Ok(response)).await.is_err() {
+                break;
+            }
+        }
+    }
+    debug!(stream, "SDS stream closed");
+}
+
 /// The tonic service over one credentials watch.
 #[derive(Clone)]
 pub struct SdsService {
@@ -155,8 +215,9 @@ impl SecretDiscoveryService for SdsService {
         let (tx, rx) = mpsc::channel(4);
         let stream = self.next_stream();
         debug!(stream, "SDS stream opened (state of the world)");
-        tokio::spawn(sotw::run(
+        tokio::spawn(serve(
             stream,
+            sotw::Sotw::new(stream),
             request.into_inner(),
             self.creds.clone(),
             self.stop.subscribe(),
@@ -172,8 +233,9 @@ impl SecretDiscoveryService for SdsService {
         let (tx, rx) = mpsc::channel(4);
         let stream = self.next_stream();
         debug!(stream, "SDS stream opened (delta)");
-        tokio::spawn(delta::run(
+        tokio::spawn(serve(
             stream,
+            delta::Delta::new(stream),
             request.into_inner(),
             self.creds.clone(),
             self.stop.subscribe(),

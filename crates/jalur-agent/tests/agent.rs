@@ -16,7 +16,7 @@ use jalur_identity::istio_ca::IstioCertificateServiceServer;
 use jalur_identity::rotate::RotatorOptions;
 use jalur_identity::verify::{server_config, Accept};
 use jalur_identity::{channel, SpiffeId};
-use jalur_testkit::agent::envoy_certs;
+use jalur_testkit::agent::wait_for_certs;
 use jalur_testkit::ca::{leaf_serial, serial_hex, TestCa};
 use jalur_testkit::{assert_eventually, envoy_binary, require_peer, Envoy};
 
@@ -157,21 +157,17 @@ async fn envoy_runs_on_the_certificate_the_agent_got_from_the_mesh_ca() {
         .expect("Envoy starts");
     let serial = leaf_serial(&creds.borrow().cert);
     let root_serial = serial_hex(port.ca.authority.trust_bundle().roots[0].as_ref());
-    assert_eventually(
+    wait_for_certs(
+        &envoy,
         "/certs shows the CA's certificate",
         Duration::from_secs(10),
-        || async {
-            let certs = envoy_certs(&envoy).await?;
+        |certs| {
             let ok = certs
                 .chains
                 .iter()
                 .any(|c| c.serial == serial && c.uris == [workload().to_string()])
                 && certs.cas.iter().any(|c| c.serial == root_serial);
-            if ok {
-                Ok(())
-            } else {
-                Err(format!("{certs:?}"))
-            }
+            ok.then_some(()).ok_or_else(|| format!("{certs:?}"))
         },
     )
     .await;
@@ -197,17 +193,14 @@ async fn envoy_runs_on_the_certificate_the_agent_got_from_the_mesh_ca() {
     std::fs::write(&tmp, both).expect("write");
     std::fs::rename(&tmp, &bundle_path).expect("rename");
     let next_serial = serial_hex(next.bundle().roots[0].as_ref());
-    assert_eventually(
+    wait_for_certs(
+        &envoy,
         "Envoy trusts the new root too",
         Duration::from_secs(10),
-        || async {
-            let certs = envoy_certs(&envoy).await?;
+        |certs| {
             let serials: Vec<_> = certs.cas.iter().map(|c| c.serial.clone()).collect();
-            if serials.contains(&next_serial) && serials.contains(&root_serial) {
-                Ok(())
-            } else {
-                Err(format!("CAs {serials:?}"))
-            }
+            let both = serials.contains(&next_serial) && serials.contains(&root_serial);
+            both.then_some(()).ok_or_else(|| format!("CAs {serials:?}"))
         },
     )
     .await;

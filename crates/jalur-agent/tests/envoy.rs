@@ -17,7 +17,7 @@ use jalur_agent::bootstrap::{control_plane_id, ControlPlane};
 use jalur_control::{ControlPlane as Plane, Options};
 use jalur_identity::verify::{peer_id, server_config, Accept};
 use jalur_identity::{CredentialsWatch, SpiffeId};
-use jalur_testkit::agent::{envoy_certs, AgentEnvoy, AgentEnvoyOpts, ShownCerts};
+use jalur_testkit::agent::{wait_for_certs, AgentEnvoy, AgentEnvoyOpts, ShownCerts};
 use jalur_testkit::ca::{leaf_serial, serial_hex, TestCa};
 use jalur_testkit::yaml::{service_entry, workload_entry};
 use jalur_testkit::{assert_eventually, envoy_binary, http_get, require_peer, EchoServer};
@@ -208,15 +208,15 @@ async fn rotate(
     renew.send_replace(ca.credentials(&workload(), HOUR));
     let serial = leaf_serial(&renew.borrow().cert);
     let expires = renew.borrow().cert.not_after;
-    assert_eventually(
+    wait_for_certs(
+        envoy,
         "/certs shows the rotated certificate",
         Duration::from_secs(10),
-        || async {
-            let certs = envoy_certs(envoy).await?;
+        |certs| {
             if certs.chains.iter().any(|c| c.serial != serial) {
                 return Err(format!("an old chain is still loaded: {certs:?}"));
             }
-            assert_shows(&certs, &serial, expires, root_serial)
+            assert_shows(certs, &serial, expires, root_serial)
         },
     )
     .await;
@@ -289,10 +289,11 @@ async fn identity_and_rotation(delta: bool) {
     let root_serial = serial_hex(ca.bundle().roots[0].as_ref());
     let first = leaf_serial(&renew.borrow().cert);
     let expires = renew.borrow().cert.not_after;
-    assert_eventually(
+    wait_for_certs(
+        &envoy,
         "/certs shows the agent's certificate",
         Duration::from_secs(10),
-        || async { assert_shows(&envoy_certs(&envoy).await?, &first, expires, &root_serial) },
+        |certs| assert_shows(certs, &first, expires, &root_serial),
     )
     .await;
     assert_eq!(

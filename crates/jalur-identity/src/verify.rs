@@ -2,11 +2,12 @@
 //! which rustls's server-name check cannot match, so the chain is verified by rustls's webpki
 //! verifiers against the current trust bundle and then the SPIFFE id is checked here.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
@@ -86,6 +87,44 @@ impl Accept {
     }
 }
 
+/// The crypto provider of every verifier here: aws-lc-rs, named explicitly so nothing depends
+/// on a process-wide default.
+static PROVIDER: LazyLock<Arc<CryptoProvider>> =
+    LazyLock::new(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+
+/// The handshake-signature methods of [`ServerCertVerifier`] and [`ClientCertVerifier`], the
+/// same for both verifiers: the checks the wrapped webpki verifiers make (with the same
+/// provider's algorithms), which need no trust bundle, so no watch is read for them.
+macro_rules! handshake_signatures {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            let algorithms = &PROVIDER.signature_verification_algorithms;
+            rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            let algorithms = &PROVIDER.signature_verification_algorithms;
+            rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            PROVIDER
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    };
+}
+
 /// The webpki verifiers for one trust bundle, built once per bundle (they index the roots).
 #[derive(Debug)]
 pub(crate) struct BundleVerifiers {
@@ -97,7 +136,7 @@ pub(crate) struct BundleVerifiers {
 impl BundleVerifiers {
     pub(crate) fn new(bundle: &TrustBundle) -> Result<Self, IdentityError> {
         let roots = Arc::new(bundle.root_store());
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let provider = PROVIDER.clone();
         let err = |e: String| IdentityError::Certificate {
             what: "trust bundle".into(),
             reason: e,
@@ -194,27 +233,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner().verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner().verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner().supported_verify_schemes()
-    }
+    handshake_signatures!();
 }
 
 /// Verifies a client (a downstream sidecar, a proxy on 15012) against the current bundle, then
@@ -275,27 +294,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         Ok(ClientCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner().verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner().verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner().supported_verify_schemes()
-    }
+    handshake_signatures!();
 }
 
 /// Presents the current workload certificate, whatever rotation has happened since the config
@@ -332,14 +331,12 @@ pub fn client_config(
     accept: Accept,
     alpn: &[&[u8]],
 ) -> Result<rustls::ClientConfig, IdentityError> {
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| IdentityError::Key(e.to_string()))?
-    .dangerous()
-    .with_custom_certificate_verifier(SpiffeServerVerifier::new(creds.clone(), accept))
-    .with_client_cert_resolver(Arc::new(CurrentCert(creds)));
+    let mut config = rustls::ClientConfig::builder_with_provider(PROVIDER.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| IdentityError::Key(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(SpiffeServerVerifier::new(creds.clone(), accept))
+        .with_client_cert_resolver(Arc::new(CurrentCert(creds)));
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }
@@ -352,13 +349,11 @@ pub fn server_config(
     optional: bool,
     alpn: &[&[u8]],
 ) -> Result<rustls::ServerConfig, IdentityError> {
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| IdentityError::Key(e.to_string()))?
-    .with_client_cert_verifier(SpiffeClientVerifier::new(creds.clone(), accept, optional))
-    .with_cert_resolver(Arc::new(CurrentCert(creds)));
+    let mut config = rustls::ServerConfig::builder_with_provider(PROVIDER.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| IdentityError::Key(e.to_string()))?
+        .with_client_cert_verifier(SpiffeClientVerifier::new(creds.clone(), accept, optional))
+        .with_cert_resolver(Arc::new(CurrentCert(creds)));
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }

@@ -5,9 +5,9 @@
 //! credentials, and the trust bundle re-read from its file.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use jalur_identity::channel::{self, control_plane_id};
 use jalur_identity::istio_ca::{
@@ -73,7 +73,8 @@ struct Ca {
     ttl: Duration,
     seen: Mutex<Vec<&'static str>>,
     refuse_renewals: AtomicBool,
-    refused: AtomicUsize,
+    /// When each refused renewal arrived (a test waits on it instead of sleeping).
+    refused: tokio::sync::watch::Sender<Vec<Instant>>,
 }
 
 #[tonic::async_trait]
@@ -94,7 +95,7 @@ impl CertificateAuthority for Ca {
         let how = match (peer, bearer) {
             (Some(peer), _) if peer == self.id => {
                 if self.refuse_renewals.load(Ordering::SeqCst) {
-                    self.refused.fetch_add(1, Ordering::SeqCst);
+                    self.refused.send_modify(|at| at.push(Instant::now()));
                     return Err(Status::unavailable("CA is refusing renewals (test)"));
                 }
                 "cert"
@@ -135,7 +136,7 @@ async fn serve(id: SpiffeId, ttl: Duration) -> Fixture {
         ttl,
         seen: Mutex::new(Vec::new()),
         refuse_renewals: AtomicBool::new(false),
-        refused: AtomicUsize::new(0),
+        refused: tokio::sync::watch::channel(Vec::new()).0,
     });
     let config = server_config(
         server_creds,
@@ -276,8 +277,20 @@ async fn failed_renewals_keep_the_valid_certificate_and_are_retried() {
     let mut creds = rotator.credentials();
     let first = creds.borrow().clone();
     f.ca.refuse_renewals.store(true, Ordering::SeqCst);
-    // Past the renewal time (~2 s): refused, retried every 200–400 ms, nothing withdrawn.
-    tokio::time::sleep(Duration::from_millis(3000)).await;
+    // At the renewal time (~2 s) the CA refuses; the rotator retries every 200–400 ms. Wait
+    // for the refusal and its first retry.
+    let mut refusals = f.ca.refused.subscribe();
+    let refused =
+        tokio::time::timeout(Duration::from_secs(10), refusals.wait_for(|r| r.len() >= 2))
+            .await
+            .expect("the renewal was not retried within 10 s")
+            .expect("CA alive")
+            .clone();
+    let gap = refused[1] - refused[0];
+    assert!(
+        gap <= Duration::from_secs(2),
+        "retried {gap:?} after the refusal, with 200–400 ms retries"
+    );
     assert_eq!(
         creds.borrow().cert.not_after,
         first.cert.not_after,
@@ -286,11 +299,6 @@ async fn failed_renewals_keep_the_valid_certificate_and_are_retried() {
     assert!(
         !creds.has_changed().expect("alive"),
         "something was published while the CA refused"
-    );
-    let refused = f.ca.refused.load(Ordering::SeqCst);
-    assert!(
-        refused >= 2,
-        "the refused renewal was tried {refused} times in 1 s of 200–400 ms retries"
     );
     f.ca.refuse_renewals.store(false, Ordering::SeqCst);
     let renewed = next_cert(&mut creds, first.cert.not_after, Duration::from_secs(5)).await;

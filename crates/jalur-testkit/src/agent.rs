@@ -25,8 +25,9 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use jalur_agent::bootstrap::{ControlPlane, EnvoyBootstrap, TLS_MODE_ISTIO, TLS_MODE_LABEL};
-use jalur_agent::{CredentialsWatch, SdsSocket};
+use jalur_agent::{Agent, AgentOptions, CredentialsWatch, SdsSocket};
 use jalur_demo::envoy::Envoy;
+use jalur_identity::rotate::RotatorOptions;
 use jalur_wire::NodeMeta;
 
 /// What the test decides about the Envoy and its agent.
@@ -61,9 +62,29 @@ impl AgentEnvoyOpts {
 pub struct AgentEnvoy {
     // Envoy first: it goes before the socket it reads from.
     pub envoy: Envoy,
-    pub sds: SdsSocket,
+    secrets: Secrets,
     pub bootstrap: EnvoyBootstrap,
     _dir: tempfile::TempDir,
+}
+
+/// Who serves Envoy's secrets: an SDS socket over credentials the test hands in, or the whole
+/// `jalur agent` (its `CertRotator` renewing from the control plane's CA).
+enum Secrets {
+    /// The socket is held only to keep serving.
+    Sds {
+        _socket: SdsSocket,
+        creds: CredentialsWatch,
+    },
+    Agent(Agent),
+}
+
+impl Secrets {
+    fn credentials(&self) -> CredentialsWatch {
+        match self {
+            Secrets::Sds { creds, .. } => creds.clone(),
+            Secrets::Agent(agent) => agent.credentials(),
+        }
+    }
 }
 
 impl AgentEnvoy {
@@ -74,13 +95,50 @@ impl AgentEnvoy {
         creds: CredentialsWatch,
         opts: AgentEnvoyOpts,
     ) -> Result<AgentEnvoy, String> {
-        let dir = tempfile::TempDir::with_prefix("jalur-agent-")
-            .map_err(|e| format!("cannot make a temp dir for the agent: {e}"))?;
-        let socket = dir.path().join("sds.sock");
-        let id = creds.borrow().cert.id.clone();
-        let sds = SdsSocket::bind(&socket, creds)
+        let dir = agent_dir()?;
+        let sds = SdsSocket::bind(&dir.path().join("sds.sock"), creds.clone())
             .await
             .map_err(|e| e.to_string())?;
+        let secrets = Secrets::Sds {
+            _socket: sds,
+            creds,
+        };
+        AgentEnvoy::launch(binary, secrets, dir, opts).await
+    }
+
+    /// Runs `jalur agent` as the binary does ([`Agent::start`]: the first certificate from the
+    /// CA at `rotator.ca_address`, SDS, renewals at half life, the trust bundle re-read from
+    /// `rotator.root_cert`), then Envoy from the bootstrap for it.
+    pub async fn start_agent(
+        binary: &Path,
+        rotator: RotatorOptions,
+        opts: AgentEnvoyOpts,
+    ) -> Result<AgentEnvoy, String> {
+        let dir = agent_dir()?;
+        let agent = Agent::start(AgentOptions {
+            rotator,
+            sds_socket: dir.path().join("sds.sock"),
+            // Written below, by `Envoy::start_with_bootstrap`, once it is complete.
+            envoy_bootstrap: None,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        AgentEnvoy::launch(binary, Secrets::Agent(agent), dir, opts).await
+    }
+
+    /// The credentials served to Envoy (renewed in place when an agent runs).
+    pub fn credentials(&self) -> CredentialsWatch {
+        self.secrets.credentials()
+    }
+
+    async fn launch(
+        binary: &Path,
+        secrets: Secrets,
+        dir: tempfile::TempDir,
+        opts: AgentEnvoyOpts,
+    ) -> Result<AgentEnvoy, String> {
+        let socket = dir.path().join("sds.sock");
+        let id = secrets.credentials().borrow().cert.id.clone();
         let mut bootstrap = EnvoyBootstrap::new(&id, opts.node_id, &socket, opts.control_plane);
         bootstrap.meta = NodeMeta {
             namespace: Some(id.namespace.clone()),
@@ -99,11 +157,16 @@ impl AgentEnvoy {
         let envoy = Envoy::start_with_bootstrap(binary, &bootstrap.to_json()).await?;
         Ok(AgentEnvoy {
             envoy,
-            sds,
+            secrets,
             bootstrap,
             _dir: dir,
         })
     }
+}
+
+fn agent_dir() -> Result<tempfile::TempDir, String> {
+    tempfile::TempDir::with_prefix("jalur-agent-")
+        .map_err(|e| format!("cannot make a temp dir for the agent: {e}"))
 }
 
 impl Deref for AgentEnvoy {
@@ -132,6 +195,20 @@ pub struct ShownCerts {
 /// Envoy's `/certs` (JSON), read.
 pub async fn envoy_certs(envoy: &Envoy) -> Result<ShownCerts, String> {
     parse_certs(&envoy.admin_get("/certs").await?)
+}
+
+/// Polls Envoy's `/certs` until `check` accepts what it shows, for at most `within`; what
+/// `check` returns. Panics naming `what` and the last refusal (or the unreadable `/certs`).
+pub async fn wait_for_certs<T>(
+    envoy: &Envoy,
+    what: &str,
+    within: Duration,
+    check: impl Fn(&ShownCerts) -> Result<T, String>,
+) -> T {
+    jalur_demo::eventually::assert_eventually(what, within, || async {
+        check(&envoy_certs(envoy).await?)
+    })
+    .await
 }
 
 /// Parses the admin `/certs` JSON: `certificates[].cert_chain[]` and `.ca_cert[]`, each with

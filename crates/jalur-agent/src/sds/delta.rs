@@ -5,11 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
-use tonic::{Status, Streaming};
 use tracing::{debug, warn};
 
-use super::{build, Out, UnknownNames, SECRET_TYPE_URL};
-use crate::{Credentials, CredentialsWatch};
+use super::{build, StreamState, UnknownNames, SECRET_TYPE_URL};
+use crate::Credentials;
 
 #[derive(Default)]
 pub(crate) struct Delta {
@@ -31,8 +30,13 @@ impl Delta {
             ..Default::default()
         }
     }
+}
 
-    pub fn on_request(
+impl StreamState for Delta {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+
+    fn on_request(
         &mut self,
         req: &DeltaDiscoveryRequest,
         creds: &Credentials,
@@ -76,10 +80,12 @@ impl Delta {
     }
 
     /// New credentials: the secrets that changed, if any.
-    pub fn on_change(&mut self, creds: &Credentials) -> Option<DeltaDiscoveryResponse> {
+    fn on_change(&mut self, creds: &Credentials) -> Option<DeltaDiscoveryResponse> {
         self.respond(creds)
     }
+}
 
+impl Delta {
     fn respond(&mut self, creds: &Credentials) -> Option<DeltaDiscoveryResponse> {
         let mut resources = Vec::new();
         for name in &self.names {
@@ -110,51 +116,4 @@ impl Delta {
             ..Default::default()
         })
     }
-}
-
-/// Serves one stream until Envoy closes it, the server stops, or the response channel closes.
-pub(crate) async fn run(
-    stream: u64,
-    mut requests: Streaming<DeltaDiscoveryRequest>,
-    mut creds: CredentialsWatch,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-    tx: Out<DeltaDiscoveryResponse>,
-) {
-    let mut state = Delta::new(stream);
-    let mut creds_open = true;
-    loop {
-        let push = tokio::select! {
-            req = requests.message() => match req {
-                Ok(Some(req)) => {
-                    let current = creds.borrow_and_update().clone();
-                    state.on_request(&req, &current)
-                }
-                Ok(None) => break,
-                Err(status) => {
-                    debug!(stream, "SDS stream ended: {}", status.message());
-                    break;
-                }
-            },
-            changed = creds.changed(), if creds_open => {
-                if changed.is_err() {
-                    creds_open = false;
-                    None
-                } else {
-                    let current = creds.borrow_and_update().clone();
-                    state.on_change(&current)
-                }
-            }
-            _ = stop.changed() => {
-                let _ = tx.send(Err(Status::unavailable("jalur agent is shutting down"))).await;
-                break;
-            }
-            () = tx.closed() => break,
-        };
-        if let Some(response) = push {
-            if tx.send(Ok(response)).await.is_err() {
-                break;
-            }
-        }
-    }
-    debug!(stream, "SDS stream closed");
 }

@@ -3,11 +3,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use tonic::{Status, Streaming};
 use tracing::{debug, warn};
 
-use super::{build, content_version, Built, Out, UnknownNames, SECRET_TYPE_URL};
-use crate::{Credentials, CredentialsWatch};
+use super::{build, content_version, Built, StreamState, UnknownNames, SECRET_TYPE_URL};
+use crate::Credentials;
 
 /// What one stream asked for and was last sent.
 #[derive(Default)]
@@ -29,9 +28,13 @@ impl Sotw {
             ..Default::default()
         }
     }
+}
 
-    /// A request from Envoy: a subscription, an ACK or a NACK.
-    pub fn on_request(
+impl StreamState for Sotw {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+
+    fn on_request(
         &mut self,
         req: &DiscoveryRequest,
         creds: &Credentials,
@@ -67,14 +70,15 @@ impl Sotw {
         Some(self.respond(creds))
     }
 
-    /// New credentials: a push when a secret this stream holds changed.
-    pub fn on_change(&mut self, creds: &Credentials) -> Option<DiscoveryResponse> {
+    fn on_change(&mut self, creds: &Credentials) -> Option<DiscoveryResponse> {
         if !self.requested || self.select(creds).1 == self.sent {
             return None;
         }
         Some(self.respond(creds))
     }
+}
 
+impl Sotw {
     fn select(&self, creds: &Credentials) -> (Vec<(String, Built)>, BTreeMap<String, String>) {
         let built: Vec<(String, Built)> = self
             .names
@@ -113,52 +117,4 @@ pub(crate) fn response(built: &[(String, Built)], nonce: String) -> DiscoveryRes
         nonce,
         ..Default::default()
     }
-}
-
-/// Serves one stream until Envoy closes it, the server stops, or the response channel closes.
-pub(crate) async fn run(
-    stream: u64,
-    mut requests: Streaming<DiscoveryRequest>,
-    mut creds: CredentialsWatch,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-    tx: Out<DiscoveryResponse>,
-) {
-    let mut state = Sotw::new(stream);
-    let mut creds_open = true;
-    loop {
-        let push = tokio::select! {
-            req = requests.message() => match req {
-                Ok(Some(req)) => {
-                    let current = creds.borrow_and_update().clone();
-                    state.on_request(&req, &current)
-                }
-                Ok(None) => break,
-                Err(status) => {
-                    debug!(stream, "SDS stream ended: {}", status.message());
-                    break;
-                }
-            },
-            changed = creds.changed(), if creds_open => {
-                if changed.is_err() {
-                    // Nobody will renew any more: keep answering with what there is.
-                    creds_open = false;
-                    None
-                } else {
-                    let current = creds.borrow_and_update().clone();
-                    state.on_change(&current)
-                }
-            }
-            _ = stop.changed() => {
-                let _ = tx.send(Err(Status::unavailable("jalur agent is shutting down"))).await;
-                break;
-            }
-            () = tx.closed() => break,
-        };
-        if let Some(response) = push {
-            if tx.send(Ok(response)).await.is_err() {
-                break;
-            }
-        }
-    }
-    debug!(stream, "SDS stream closed");
 }
