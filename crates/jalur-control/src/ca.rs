@@ -92,6 +92,14 @@ pub enum CaError {
         path.display(), path.display()
     )]
     KeyPermissions { path: PathBuf, mode: u32 },
+    #[error("{} (the plug-in CA key, --ca-key) {problem} (mode {mode:o}); run `chmod 600 {}` \
+             (in Kubernetes: the secret volume's defaultMode 0400, or 0440 with an fsGroup)",
+            path.display(), path.display())]
+    PluginKeyPermissions {
+        path: PathBuf,
+        mode: u32,
+        problem: String,
+    },
     #[error("{}: {reason}", path.display())]
     Invalid { path: PathBuf, reason: String },
     #[error(
@@ -512,7 +520,7 @@ fn self_signed_root(trust_domain: &str) -> Result<(String, String), CaError> {
 }
 
 fn load_plugin(plugin: &PluginCa) -> Result<Signer, CaError> {
-    let key_pem = files::read_private(&plugin.key)?;
+    let key_pem = files::read_plugin_key(&plugin.key)?;
     let cert_pem = files::read_string(&plugin.cert)?;
     let chain_text = files::read_string(&plugin.chain)?;
     let invalid = |path: &Path, reason: String| CaError::Invalid {
