@@ -23,15 +23,17 @@ pub fn read_string(path: &Path) -> Result<String, CaError> {
     std::fs::read_to_string(path).map_err(io(path))
 }
 
-/// Reads a secret after checking nobody but the owner can read it.
-pub fn read_private(path: &Path) -> Result<String, CaError> {
-    check_private(path)?;
+/// Reads a secret after checking nobody but the owner can read it; `what` names the file in
+/// the refusal ("the admin token file, --admin-token-file"), so an operator knows which of
+/// the plane's secrets it is.
+pub fn read_private(path: &Path, what: &'static str) -> Result<String, CaError> {
+    check_private(path, what)?;
     read_string(path)
 }
 
 /// The same for binary secrets.
-pub fn read_private_bytes(path: &Path) -> Result<Vec<u8>, CaError> {
-    check_private(path)?;
+pub fn read_private_bytes(path: &Path, what: &'static str) -> Result<Vec<u8>, CaError> {
+    check_private(path, what)?;
     std::fs::read(path).map_err(io(path))
 }
 
@@ -114,7 +116,7 @@ fn closed_directory(path: &Path) -> Option<std::path::PathBuf> {
 }
 
 #[cfg(unix)]
-pub fn check_private(path: &Path) -> Result<(), CaError> {
+pub fn check_private(path: &Path, what: &'static str) -> Result<(), CaError> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path)
         .map_err(io(path))?
@@ -123,6 +125,7 @@ pub fn check_private(path: &Path) -> Result<(), CaError> {
         & 0o777;
     if mode & 0o077 != 0 {
         return Err(CaError::KeyPermissions {
+            what,
             path: path.to_path_buf(),
             mode,
         });
@@ -131,7 +134,7 @@ pub fn check_private(path: &Path) -> Result<(), CaError> {
 }
 
 #[cfg(not(unix))]
-pub fn check_private(_path: &Path) -> Result<(), CaError> {
+pub fn check_private(_path: &Path, _what: &'static str) -> Result<(), CaError> {
     Ok(())
 }
 
@@ -297,10 +300,13 @@ mod tests {
         for mode in [0o640, 0o604, 0o644] {
             let key = key_in(tmp.path(), 0o700, mode);
             assert!(
-                matches!(check_private(&key), Err(CaError::KeyPermissions { .. })),
+                matches!(
+                    check_private(&key, "a test key"),
+                    Err(CaError::KeyPermissions { .. })
+                ),
                 "{mode:o} accepted"
             );
         }
-        assert!(check_private(&key_in(tmp.path(), 0o700, 0o600)).is_ok());
+        assert!(check_private(&key_in(tmp.path(), 0o700, 0o600), "a test key").is_ok());
     }
 }

@@ -110,7 +110,7 @@ impl Tokens {
             files::create_exclusive(&key_path, &bytes, 0o600)?;
         }
         let key = {
-            let bytes = files::read_private_bytes(&key_path)?;
+            let bytes = files::read_private_bytes(&key_path, "the bootstrap-token signing key")?;
             if bytes.len() != KEY_LEN {
                 return Err(CaError::Invalid {
                     path: key_path,

@@ -20,6 +20,9 @@ use crate::ca::files;
 use crate::ca::token::{TokenError, TokenRecord};
 use crate::ca::CaError;
 
+/// How errors name the file.
+const ADMIN_TOKEN_FILE: &str = "the admin token file, --admin-token-file";
+
 /// The operator's admin token. Compared in constant time; never printed.
 #[derive(Clone)]
 pub struct AdminToken(String);
@@ -33,7 +36,7 @@ impl std::fmt::Debug for AdminToken {
 impl AdminToken {
     /// Reads the token from `path` (0600 or stricter, as for any secret the plane reads).
     pub fn read(path: &Path) -> Result<AdminToken, CaError> {
-        let text = files::read_private(path)?;
+        let text = files::read_private(path, ADMIN_TOKEN_FILE)?;
         let token = text.trim();
         if token.len() < 16 {
             return Err(CaError::Invalid {
@@ -186,7 +189,31 @@ fn record_json(r: &TokenRecord) -> serde_json::Value {
 
 #[cfg(test)]
 mod tests {
-    use super::local_only_allows;
+    use super::{local_only_allows, AdminToken};
+
+    /// The refusal names what the file is: an operator with several secrets must know which.
+    #[cfg(unix)]
+    #[test]
+    fn an_admin_token_file_readable_by_others_is_refused_as_such() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("admin-token");
+        std::fs::write(&path, "0123456789abcdef0123456789abcdef\n").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let err = AdminToken::read(&path).expect_err("0644 accepted");
+        let text = err.to_string();
+        assert!(
+            text.contains("admin token file")
+                && text.contains("--admin-token-file")
+                && text.contains(&path.display().to_string())
+                && text.contains("mode 644")
+                && text.contains("chmod 600"),
+            "{text}"
+        );
+        assert!(!text.contains("CA key"), "{text}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert!(AdminToken::read(&path).is_ok());
+    }
 
     #[test]
     fn without_an_admin_token_only_loopback_callers_reach_protected_endpoints() {
