@@ -7,50 +7,28 @@
 //! mTLS); they get a TLS socket with a DestinationRule `tls.mode: ISTIO_MUTUAL`, and a stock
 //! Envoy or an operator's own xDS can put both on any cluster. The proxy must honour both.
 
-#[path = "common/ca.rs"]
-mod ca;
+mod common;
 #[path = "common/istio_tls.rs"]
 mod istio_tls;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use ca::{spiffe, TestCa};
+use common::bound_listener as bound;
+use common::ca::{spiffe, TestCa};
+use common::mesh::{ephemeral_sidecar, PAYMENTS, STOREFRONT};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::{health_check, HealthCheck};
 use envoy_types::pb::google::protobuf::UInt32Value;
 use istio_tls::{cluster, listener, upstream_tls, Mode, StaticPlane};
-use jalur_identity::CredentialsWatch;
-use jalur_proxy::run::{Proxy, ProxyOptions};
+use jalur_proxy::run::Proxy;
 use jalur_testkit::{assert_eventually, http_get, EchoServer};
 
 const DEADLINE: Duration = Duration::from_secs(20);
-const STOREFRONT: &str = "spiffe://cluster.local/ns/shop/sa/storefront";
-const PAYMENTS: &str = "spiffe://cluster.local/ns/shop/sa/payments";
 const SNI: &str = "outbound_.8080_._.payments.shop.svc.cluster.local";
 /// The endpoint carries `tlsMode: istio`: the cluster's mTLS socket.
 const MESHED: &str = "outbound|8080||payments";
 /// The same server, its endpoint without that metadata: the raw socket, plaintext.
 const PLAIN: &str = "outbound|8080|plain|payments";
-
-async fn start_proxy(xds: SocketAddr, service: &str, creds: CredentialsWatch) -> Proxy {
-    let mut opts = ProxyOptions::loopback(xds, service, "shop");
-    opts.ephemeral_ports = true;
-    opts.credentials = Some(creds);
-    Proxy::start(opts).await.expect("jalur proxy starts")
-}
-
-async fn bound(proxy: &Proxy, name: &str) -> SocketAddr {
-    assert_eventually(&format!("listener {name} bound"), DEADLINE, || async {
-        proxy
-            .listeners()
-            .into_iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, a)| a)
-            .ok_or_else(|| "not yet".to_string())
-    })
-    .await
-}
 
 /// `c` with an HTTP check of `/` every 100 ms; one failure takes the host out.
 fn checked(mut c: Cluster) -> Cluster {
@@ -117,7 +95,7 @@ async fn http_health_checks_reach_a_strict_sidecar_over_mtls_and_keep_it_healthy
             false,
         )],
     );
-    let server = start_proxy(plane.addr, "payments", payments.watch.clone()).await;
+    let server = ephemeral_sidecar(plane.addr, "payments", Some(payments.watch.clone())).await;
     let inbound = bound(&server, "inbound").await;
 
     let tls = || Some(upstream_tls(SNI, &[PAYMENTS], false));
@@ -129,7 +107,7 @@ async fn http_health_checks_reach_a_strict_sidecar_over_mtls_and_keep_it_healthy
             checked(cluster(PLAIN, &[inbound], false, tls(), false)),
         ],
     );
-    let client = start_proxy(plane.addr, "storefront", storefront.watch.clone()).await;
+    let client = ephemeral_sidecar(plane.addr, "storefront", Some(storefront.watch.clone())).await;
 
     // The control: a plaintext check against this STRICT server fails, so checks do run and
     // a plaintext check of the meshed endpoint would have taken it out.

@@ -3,25 +3,21 @@
 //! `connection_security_policy="unknown"`, as Istio's client side cannot know the server's
 //! policy), the destination reporter the caller's and its own (`mutual_tls`).
 
-#[path = "common/ca.rs"]
-mod ca;
+mod common;
 #[path = "common/istio_tls.rs"]
 mod istio_tls;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use ca::{spiffe, TestCa};
+use common::bound_listener as bound;
+use common::ca::{spiffe, TestCa};
+use common::mesh::{ephemeral_sidecar, PAYMENTS, STOREFRONT};
+use common::probe::{tcp_echo, tcp_roundtrip};
 use istio_tls::{cluster, listener, upstream_tls, Mode, StaticPlane};
-use jalur_identity::CredentialsWatch;
-use jalur_proxy::run::{Proxy, ProxyOptions};
+use jalur_proxy::run::Proxy;
 use jalur_testkit::{assert_eventually, http_get};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const DEADLINE: Duration = Duration::from_secs(20);
-const STOREFRONT: &str = "spiffe://cluster.local/ns/shop/sa/storefront";
-const PAYMENTS: &str = "spiffe://cluster.local/ns/shop/sa/payments";
 const SNI: &str = "outbound_.9000_._.payments.shop.svc.cluster.local";
 const METRICS: [&str; 4] = [
     "istio_tcp_connections_opened_total",
@@ -29,42 +25,6 @@ const METRICS: [&str; 4] = [
     "istio_tcp_sent_bytes_total",
     "istio_tcp_received_bytes_total",
 ];
-
-async fn start_proxy(xds: SocketAddr, service: &str, creds: CredentialsWatch) -> Proxy {
-    let mut opts = ProxyOptions::loopback(xds, service, "shop");
-    opts.ephemeral_ports = true;
-    opts.credentials = Some(creds);
-    Proxy::start(opts).await.expect("jalur proxy starts")
-}
-
-async fn bound(proxy: &Proxy, name: &str) -> SocketAddr {
-    assert_eventually(&format!("listener {name} bound"), DEADLINE, || async {
-        proxy
-            .listeners()
-            .into_iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, a)| a)
-            .ok_or_else(|| "not yet".to_string())
-    })
-    .await
-}
-
-/// A TCP echo backend.
-async fn tcp_echo() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
-}
 
 /// `metric`'s lines reported by `reporter`.
 fn lines<'a>(stats: &'a str, metric: &str, reporter: &str) -> Vec<&'a str> {
@@ -113,7 +73,7 @@ async fn tcp_over_mtls_names_both_principals_on_both_reporters() {
         )],
         vec![cluster("inbound|9000||", &[backend], false, None, false)],
     );
-    let server = start_proxy(plane.addr, "payments", payments.watch.clone()).await;
+    let server = ephemeral_sidecar(plane.addr, "payments", Some(payments.watch.clone())).await;
     let inbound = bound(&server, "inbound-tcp").await;
     let upstream = "outbound|9000||payments";
     plane.serve(
@@ -127,18 +87,13 @@ async fn tcp_over_mtls_names_both_principals_on_both_reporters() {
             false,
         )],
     );
-    let client = start_proxy(plane.addr, "storefront", storefront.watch.clone()).await;
+    let client = ephemeral_sidecar(plane.addr, "storefront", Some(storefront.watch.clone())).await;
     let outbound = bound(&client, "outbound-tcp").await;
 
-    let mut s = TcpStream::connect(outbound).await.expect("connect");
-    s.write_all(b"ping over mtls").await.expect("write");
-    let mut echoed = [0u8; 14];
-    tokio::time::timeout(DEADLINE, s.read_exact(&mut echoed))
+    let echoed = tcp_roundtrip(outbound, b"ping over mtls")
         .await
-        .expect("echo in time")
-        .expect("echo");
-    assert_eq!(&echoed, b"ping over mtls");
-    drop(s);
+        .expect("TCP over mTLS");
+    assert_eq!(echoed, b"ping over mtls");
 
     let stats = |proxy: &Proxy| {
         let addr = proxy.stats_addr;
