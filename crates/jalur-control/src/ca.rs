@@ -87,11 +87,23 @@ pub enum CaError {
         source: std::io::Error,
     },
     #[error(
-        "{} is readable by group or others (mode {mode:o}): a CA key must be private; \
+        "{} ({what}) is readable by group or others (mode {mode:o}): it must be private; \
          run `chmod 600 {}`",
         path.display(), path.display()
     )]
-    KeyPermissions { path: PathBuf, mode: u32 },
+    KeyPermissions {
+        what: &'static str,
+        path: PathBuf,
+        mode: u32,
+    },
+    #[error("{} (the plug-in CA key, --ca-key) {problem} (mode {mode:o}); run `chmod 600 {}` \
+             (in Kubernetes: the secret volume's defaultMode 0400, or 0440 with an fsGroup)",
+            path.display(), path.display())]
+    PluginKeyPermissions {
+        path: PathBuf,
+        mode: u32,
+        problem: String,
+    },
     #[error("{}: {reason}", path.display())]
     Invalid { path: PathBuf, reason: String },
     #[error(
@@ -468,7 +480,7 @@ fn load_or_create_root(dir: &Path, trust_domain: &str) -> Result<Signer, CaError
     }
     match (cert_path.exists(), key_path.exists()) {
         (true, true) => {
-            let key_pem = files::read_private(&key_path)?;
+            let key_pem = files::read_private(&key_path, "the CA root key")?;
             let cert_pem = files::read_string(&cert_path)?;
             signer_from(
                 &cert_path,
@@ -512,7 +524,7 @@ fn self_signed_root(trust_domain: &str) -> Result<(String, String), CaError> {
 }
 
 fn load_plugin(plugin: &PluginCa) -> Result<Signer, CaError> {
-    let key_pem = files::read_private(&plugin.key)?;
+    let key_pem = files::read_plugin_key(&plugin.key)?;
     let cert_pem = files::read_string(&plugin.cert)?;
     let chain_text = files::read_string(&plugin.chain)?;
     let invalid = |path: &Path, reason: String| CaError::Invalid {

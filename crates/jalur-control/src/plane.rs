@@ -239,7 +239,10 @@ impl ControlPlane {
             None => None,
         };
         let admin = match &opts.admin_token_file {
-            Some(path) => Some(crate::status::admin::AdminToken::read(path)?),
+            Some(path) => Some(crate::status::admin::AdminToken::watched(
+                path,
+                crate::status::admin::RELOAD_INTERVAL,
+            )?),
             None => {
                 if ca.is_some() {
                     tracing::warn!("no --admin-token-file: bootstrap tokens, migration commands and config_dump answer callers on this host only");

@@ -15,9 +15,11 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use jalur_identity::istio_ca::{IstioCertificateServiceServer, TlsConnectInfo};
 use jalur_identity::verify::{server_config, Accept};
 use jalur_identity::SpiffeId;
-use jalur_xds::AdsServer;
+use jalur_xds::{AdsServer, PeerIdentity};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpConnectInfo;
 use tonic::Status;
 
 use crate::ca::MeshCa;
@@ -59,7 +61,7 @@ pub(crate) async fn serve(
     let served = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .add_service(ads.service())
+        .add_service(InterceptedService::new(ads.service(), stream_peer))
         .add_service(IstioCertificateServiceServer::new(ca.service.clone()))
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = shutdown.wait_for(|s| *s).await;
@@ -69,6 +71,24 @@ pub(crate) async fn serve(
     if let Err(error) = served {
         tracing::error!(%error, "xDS TLS server stopped");
     }
+}
+
+/// Makes the TLS connection's facts visible to the ADS server, which knows no TLS: the remote
+/// address where tonic's `remote_addr()` looks for it (our own acceptor's connect info is not
+/// tonic's), and the client certificate's SPIFFE id, both shown by `/debug/syncz`.
+fn stream_peer(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+    let Some(tls) = request.extensions().get::<TlsConnectInfo>().cloned() else {
+        return Ok(request);
+    };
+    let extensions = request.extensions_mut();
+    extensions.insert(TcpConnectInfo {
+        local_addr: None,
+        remote_addr: tls.remote,
+    });
+    if let Some(id) = tls.peer {
+        extensions.insert(PeerIdentity(id.to_string()));
+    }
+    Ok(request)
 }
 
 /// Whether a node may be served on the stream it came on. Streams on 15012 carry a

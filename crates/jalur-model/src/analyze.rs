@@ -25,6 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use crate::diag::codes;
+use crate::security::DEFAULT_ROOT_NAMESPACE;
 use crate::{host, Config, Diagnostic, Resource, Spec};
 
 use index::Index;
@@ -34,14 +35,22 @@ use index::Index;
 /// check is made against that host.
 pub type KnownServices = BTreeMap<String, BTreeSet<u32>>;
 
-/// Runs every analyzer over a loaded config, knowing only the services the config declares.
+/// Runs every analyzer over a loaded config, knowing only the services the config declares,
+/// with mesh-wide policies in the default root namespace.
 pub fn analyze(config: &Config) -> Vec<Diagnostic> {
     analyze_with(config, &KnownServices::new())
 }
 
-/// Runs every analyzer, with `extra` services known besides the ServiceEntry hosts.
-/// Results are sorted by file, line and code, so output is stable whatever the input order.
+/// Runs every analyzer, with `extra` services known besides the ServiceEntry hosts, and
+/// mesh-wide policies in the default root namespace.
 pub fn analyze_with(config: &Config, extra: &KnownServices) -> Vec<Diagnostic> {
+    analyze_in(config, extra, DEFAULT_ROOT_NAMESPACE)
+}
+
+/// Runs every analyzer, with `extra` services known besides the ServiceEntry hosts, reading
+/// mesh-wide PeerAuthentication in `root_namespace` (the control plane's `--root-namespace`).
+/// Results are sorted by file, line and code, so output is stable whatever the input order.
+pub fn analyze_in(config: &Config, extra: &KnownServices, root_namespace: &str) -> Vec<Diagnostic> {
     let mut known = extra.clone();
     // Hosts a ConsulRegistry will provide at runtime: every `NAME.service.consul`, and aliases.
     for (_, reg) in config.consul_registries() {
@@ -57,7 +66,7 @@ pub fn analyze_with(config: &Config, extra: &KnownServices) -> Vec<Diagnostic> {
     let index = Index::build(config, &known);
     let mut out = Vec::new();
     conflicts::check(config, &mut out);
-    strict_callers::check(config, &mut out);
+    strict_callers::check(config, root_namespace, &mut out);
     for r in &config.resources {
         match &r.spec {
             Spec::VirtualService(vs) => virtual_service::check(&index, r, vs, &mut out),

@@ -11,6 +11,7 @@ pub mod dns;
 pub mod drain;
 pub mod error;
 pub mod framing;
+pub mod health;
 pub mod host;
 pub mod http;
 pub mod lb;

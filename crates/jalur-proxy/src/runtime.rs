@@ -300,63 +300,6 @@ impl Drop for ClusterRuntime {
     }
 }
 
-/// Active health checking: every interval, each host gets an HTTP GET (2xx = pass) or a TCP
-/// connect within the timeout; `unhealthy_threshold` failures in a row take it out of rotation,
-/// `healthy_threshold` passes bring it back.
-async fn health_check_loop(weak: Weak<ClusterRuntime>, hc: crate::config::HealthCheckConfig) {
-    use std::collections::HashMap;
-    let mut streaks: HashMap<SocketAddr, (u32, u32)> = HashMap::new();
-    loop {
-        let Some(cluster) = weak.upgrade() else {
-            return;
-        };
-        let hosts = cluster.hosts();
-        let client = cluster.upstream.client(false).clone();
-        drop(cluster);
-        for host in hosts.hosts() {
-            let ok = match &hc.http_path {
-                Some(path) => {
-                    let uri = format!("http://{}{path}", host.addr);
-                    let req = http::Request::get(uri).body(crate::upstream::empty());
-                    match req {
-                        Ok(req) => {
-                            matches!(tokio::time::timeout(hc.timeout, client.request(req)).await, Ok(Ok(r)) if r.status().is_success())
-                        }
-                        Err(_) => false,
-                    }
-                }
-                None => matches!(
-                    tokio::time::timeout(hc.timeout, tokio::net::TcpStream::connect(host.addr))
-                        .await,
-                    Ok(Ok(_))
-                ),
-            };
-            let (fails, oks) = streaks.entry(host.addr).or_insert((0, 0));
-            if ok {
-                *fails = 0;
-                *oks += 1;
-            } else {
-                *oks = 0;
-                *fails += 1;
-            }
-            let verdict = if *fails >= hc.unhealthy_threshold {
-                Some(true)
-            } else if *oks >= hc.healthy_threshold {
-                Some(false)
-            } else {
-                None
-            };
-            if let Some(failed) = verdict {
-                if host.set_check_failed(failed) {
-                    tracing::info!(host = %host.addr, healthy = !failed, "active health check changed a host");
-                }
-            }
-        }
-        streaks.retain(|addr, _| hosts.get(*addr).is_some());
-        tokio::time::sleep(hc.interval).await;
-    }
-}
-
 /// Resolves a DNS cluster's hostnames now and again as `crate::dns` says, until the cluster is
 /// gone. A failed round keeps the last addresses.
 async fn resolve_loop(
@@ -402,7 +345,7 @@ impl ClusterRuntime {
             ) {
                 tasks.push(
                     handle
-                        .spawn(health_check_loop(weak.clone(), hc))
+                        .spawn(crate::health::check_loop(weak.clone(), hc))
                         .abort_handle(),
                 );
             }

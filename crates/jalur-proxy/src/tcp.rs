@@ -36,12 +36,23 @@ pub async fn proxy<D>(
         tracing::debug!(cluster = %target.cluster, "TCP: cluster not configured; closing");
         return;
     };
-    let labels = rt.tcp_labels(&cluster, None, inbound, downstream_tls.as_deref());
-    rt.metrics.tcp_opened.get_or_create(&labels).inc();
+    // The destination reporter knows its principals from the downstream handshake; the source
+    // reporter only once the upstream one is done (Istio labels it from the upstream
+    // connection's certificates), so it counts the opening then.
+    let opened = |security: Option<&ConnSecurity>| {
+        let labels = rt.tcp_labels(&cluster, None, inbound, security);
+        rt.metrics.tcp_opened.get_or_create(&labels).inc();
+    };
+    if inbound {
+        opened(downstream_tls.as_deref());
+    }
     // The cluster's max connections (DestinationRule connectionPool.tcp.maxConnections): over it,
     // the connection is closed at once and counted with flag UO.
     let Ok(_connection) = cluster.breakers.try_connection() else {
         tracing::debug!(cluster = %cluster.config.name, "TCP: max connections reached; closing");
+        if !inbound {
+            opened(None);
+        }
         let labels = rt.tcp_labels(
             &cluster,
             Some(Flag::UpstreamOverflow),
@@ -80,10 +91,14 @@ pub async fn proxy<D>(
             break None;
         }
     };
-    let mut upstream_tls = None;
+    let upstream_tls = upstream
+        .as_ref()
+        .and_then(|(_, security)| security.mutual.then(|| Arc::new(security.clone())));
+    if !inbound {
+        opened(upstream_tls.as_deref());
+    }
     let (sent, received) = match upstream {
-        Some((up, security)) => {
-            upstream_tls = security.mutual.then(|| Arc::new(security));
+        Some((up, _)) => {
             // Count bytes as they pass, so a connection that ends with a reset still reports
             // what it carried.
             let (from_down, from_up) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));

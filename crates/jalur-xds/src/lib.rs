@@ -14,4 +14,4 @@ pub mod status;
 pub use envoy_types::pb::envoy::config::core::v3::Node;
 pub use resource::{ClientSnapshot, Resource, TypeUrl};
 pub use server::{AdsServer, Error, Generator};
-pub use status::{ClientStatus, Mode, Nack, SyncRegistry, TypeStatus};
+pub use status::{ClientStatus, Mode, Nack, PeerIdentity, SyncRegistry, TypeStatus};

@@ -66,6 +66,11 @@ impl TypeStatus {
     }
 }
 
+/// Put into a stream's request extensions by a transport that authenticates its clients (the
+/// control plane's TLS port): the identity it proved, shown as [`ClientStatus::identity`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity(pub String);
+
 /// One connected stream.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClientStatus {
@@ -80,6 +85,10 @@ pub struct ClientStatus {
     pub mode: Mode,
     /// Remote socket address, when the transport knows it.
     pub peer: Option<String>,
+    /// The identity the transport proved for this client (the SPIFFE id of its client
+    /// certificate on the control plane's TLS port); absent on a plaintext port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
     pub connected_at: u64,
     /// Generation of the config snapshot the client was last built from.
     pub generation: u64,
@@ -177,6 +186,7 @@ mod tests {
             client_version: "envoy 1.40.0".to_string(),
             mode: Mode::Sotw,
             peer: None,
+            identity: None,
             connected_at: 0,
             generation: 0,
             types: BTreeMap::new(),

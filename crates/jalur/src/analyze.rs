@@ -27,6 +27,10 @@ pub struct Args {
     /// Environment variable holding the Consul ACL token (never printed).
     #[arg(long, default_value = "CONSUL_HTTP_TOKEN")]
     consul_token_env: String,
+    /// The mesh's root namespace, where mesh-wide PeerAuthentication lives: the same value as
+    /// the control plane's `--root-namespace`.
+    #[arg(long, env = "JALUR_ROOT_NAMESPACE", default_value = "jalur-system")]
+    root_namespace: String,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -57,7 +61,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let loaded = jalur_model::load_paths(&args.paths);
     let mut findings = loaded.diagnostics.clone();
     match &args.consul {
-        None => findings.extend(analyze::analyze(&loaded.config)),
+        None => findings.extend(analyze::analyze_in(
+            &loaded.config,
+            &analyze::KnownServices::new(),
+            &args.root_namespace,
+        )),
         Some(addr) => {
             let token = std::env::var(&args.consul_token_env).ok();
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -76,7 +84,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     )
                 })
                 .collect();
-            findings.extend(analyze::analyze_with(&loaded.config, &known));
+            findings.extend(analyze::analyze_in(
+                &loaded.config,
+                &known,
+                &args.root_namespace,
+            ));
             findings.extend(analyze::hybrid::check(&loaded.config, &view));
         }
     }

@@ -91,6 +91,60 @@ fn analyze_failure_threshold_warning_fails_on_warnings() {
     assert_eq!(strict.status.code(), Some(1));
 }
 
+/// A mesh-wide STRICT PeerAuthentication lives in the root namespace: `--root-namespace` (as
+/// the control plane's) decides which namespace that is, and with it whether the policy makes
+/// a Migration's Consul-resolved mesh path unreachable for plaintext legacy callers.
+#[test]
+fn analyze_reads_mesh_wide_peer_authentication_in_its_root_namespace() {
+    let tmp = tempfile::TempDir::with_prefix("jalur-cli-").expect("tmp");
+    let file = tmp.path().join("mesh.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: jalur.dev/v1alpha1\nkind: ConsulRegistry\nmetadata: {name: legacy, namespace: shop}\nspec:\n  addresses: [127.0.0.1:8500]\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: payments, namespace: shop}\nspec:\n  host: payments.service.consul\n  subsets:\n  - {name: legacy, labels: {jalur.dev/origin: consul}}\n  - {name: mesh, labels: {jalur.dev/origin: mesh}}\n---\n\
+         apiVersion: jalur.dev/v1alpha1\nkind: Migration\nmetadata: {name: payments, namespace: shop}\nspec:\n  legacy: {host: payments.service.consul, subset: legacy}\n  mesh: {host: payments.service.consul, subset: mesh}\n  stages: [{weight: 100}]\n---\n\
+         apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec:\n  mtls: {mode: STRICT}\n",
+    )
+    .expect("write");
+    let path = file.to_string_lossy().to_string();
+    // Default root (jalur-system): istio-system's policy covers only istio-system.
+    let default_root = jalur()
+        .args(["analyze", &path])
+        .env_remove("JALUR_ROOT_NAMESPACE")
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&default_root.stdout);
+    assert!(
+        default_root.status.success() && !stdout.contains("JAL0143"),
+        "{stdout}"
+    );
+    for how in [
+        vec!["--root-namespace", "istio-system"],
+        vec!["--root-namespace=istio-system"],
+    ] {
+        let out = jalur()
+            .arg("analyze")
+            .args(&how)
+            .arg(&path)
+            .output()
+            .expect("run");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{how:?}: {stdout}");
+        assert!(
+            stdout.contains("Error [JAL0143]")
+                && stdout.contains("PeerAuthentication istio-system/default"),
+            "{how:?}: {stdout}"
+        );
+    }
+    // The control plane's environment variable works here too.
+    let env = jalur()
+        .args(["analyze", &path])
+        .env("JALUR_ROOT_NAMESPACE", "istio-system")
+        .output()
+        .expect("run");
+    assert_eq!(env.status.code(), Some(1));
+}
+
 #[test]
 fn control_refuses_an_invalid_initial_config_naming_file_and_line() {
     let out = jalur()

@@ -358,9 +358,11 @@ fn a_plugin_intermediate_signs_chains_openssl_verifies() {
     assert!(err.to_string().contains("is not the key of"), "{err}");
     #[cfg(unix)]
     {
+        // World-readable where every account can reach it (the rule: `ca/files.rs`).
+        chmod(dir.path(), 0o755);
         chmod(&files.plugin.key, 0o644);
         let err = Authority::load_or_create(&state, &opts).expect_err("refused");
-        assert!(matches!(err, CaError::KeyPermissions { .. }), "{err}");
+        assert!(matches!(err, CaError::PluginKeyPermissions { .. }), "{err}");
     }
 }
 

@@ -5,7 +5,8 @@
 //! bytes, 0600) never leaves the control plane, so only it can mint or check one. What it
 //! issued is remembered in `tokens.json` (id, namespace, account, expiry, reusable, used,
 //! revoked; never the token itself) so a token can be revoked, and a one-shot token is spent by
-//! the first certificate signed on it, across restarts.
+//! the first certificate signed on it, across restarts. Records expired for longer than
+//! [`EXPIRED_RECORD_GRACE`] are pruned.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,13 @@ use super::{files, rfc3339, CaError};
 
 const PREFIX: &str = "jalur.v1.";
 const KEY_LEN: usize = 32;
+
+/// How long a record outlives its token before it is pruned (on start, create and list):
+/// `jalur token list` still shows what expired in the last day. Past that a record serves
+/// nothing (an expired token is refused on its signed expiry before its record is read, and
+/// a token without a record is refused too) and would only grow `tokens.json` for ever.
+/// Revoked tokens are pruned on the same rule: kept while they could still be presented.
+pub const EXPIRED_RECORD_GRACE: Duration = Duration::from_secs(24 * 3600);
 
 /// What a token says, signed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,7 +118,7 @@ impl Tokens {
             files::create_exclusive(&key_path, &bytes, 0o600)?;
         }
         let key = {
-            let bytes = files::read_private_bytes(&key_path)?;
+            let bytes = files::read_private_bytes(&key_path, "the bootstrap-token signing key")?;
             if bytes.len() != KEY_LEN {
                 return Err(CaError::Invalid {
                     path: key_path,
@@ -131,12 +139,14 @@ impl Tokens {
         } else {
             BTreeMap::new()
         };
-        Ok(Arc::new(Tokens {
+        let tokens = Arc::new(Tokens {
             key: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &key),
             trust_domain: trust_domain.to_string(),
             path,
             records: Mutex::new(records),
-        }))
+        });
+        tokens.prune_logged(SystemTime::now());
+        Ok(tokens)
     }
 
     /// Mints a token for `namespace`/`service_account` valid for `ttl`.
@@ -146,6 +156,17 @@ impl Tokens {
         service_account: &str,
         ttl: Duration,
         reusable: bool,
+    ) -> Result<IssuedToken, TokenError> {
+        self.create_at(namespace, service_account, ttl, reusable, SystemTime::now())
+    }
+
+    pub(crate) fn create_at(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        ttl: Duration,
+        reusable: bool,
+        now: SystemTime,
     ) -> Result<IssuedToken, TokenError> {
         // The same rules as the SPIFFE id the token will be turned into.
         let id = SpiffeId::new(&self.trust_domain, namespace, service_account);
@@ -158,7 +179,7 @@ impl Tokens {
         let mut raw = [0u8; 12];
         aws_lc_rs::rand::fill(&mut raw)
             .map_err(|_| CaError::Tokens("the system has no randomness".into()))?;
-        let expires = SystemTime::now() + ttl;
+        let expires = now + ttl;
         let claims = Claims {
             id: hex(&raw),
             td: self.trust_domain.clone(),
@@ -177,10 +198,13 @@ impl Tokens {
             used: false,
             revoked: false,
         };
+        let mut pruned = 0;
         self.update(|records| {
+            pruned = prune(records, now);
             records.insert(record.id.clone(), record.clone());
             Ok(())
         })?;
+        log_pruned(pruned);
         tracing::info!(id = %claims.id, namespace, service_account, reusable, "bootstrap token created");
         Ok(IssuedToken {
             id: claims.id,
@@ -196,8 +220,13 @@ impl Tokens {
         Ok(format!("{signed}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref())))
     }
 
-    /// Every token issued, newest expiry last; no secrets.
+    /// Every token issued and not yet pruned, newest expiry last; no secrets.
     pub fn list(&self) -> Vec<TokenRecord> {
+        self.list_at(SystemTime::now())
+    }
+
+    pub(crate) fn list_at(&self, now: SystemTime) -> Vec<TokenRecord> {
+        self.prune_logged(now);
         let mut list: Vec<TokenRecord> = self.lock().values().cloned().collect();
         list.sort_by(|a, b| (a.expires, &a.id).cmp(&(b.expires, &b.id)));
         list
@@ -314,8 +343,47 @@ impl Tokens {
         Ok(())
     }
 
+    /// Drops the records expired for longer than [`EXPIRED_RECORD_GRACE`] (writing
+    /// `tokens.json` only when there are some). A failed write keeps them and is logged: it
+    /// must not fail the start or a listing.
+    fn prune_logged(&self, now: SystemTime) {
+        if !self.lock().values().any(|r| stale(r, now)) {
+            return;
+        }
+        let mut pruned = 0;
+        match self.update(|records| {
+            pruned = prune(records, now);
+            Ok(())
+        }) {
+            Ok(()) => log_pruned(pruned),
+            Err(e) => tracing::warn!(error = %e, "pruning expired bootstrap token records failed"),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, TokenRecord>> {
         self.records.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Expired for longer than the grace.
+fn stale(record: &TokenRecord, now: SystemTime) -> bool {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(record.expires) + EXPIRED_RECORD_GRACE <= now
+}
+
+/// Removes the stale records; how many.
+fn prune(records: &mut BTreeMap<String, TokenRecord>, now: SystemTime) -> usize {
+    let before = records.len();
+    records.retain(|_, r| !stale(r, now));
+    before - records.len()
+}
+
+fn log_pruned(pruned: usize) {
+    if pruned > 0 {
+        tracing::info!(
+            pruned,
+            grace_hours = EXPIRED_RECORD_GRACE.as_secs() / 3600,
+            "bootstrap token records expired for longer than the grace removed from tokens.json"
+        );
     }
 }
 

@@ -9,7 +9,10 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use http::{header, HeaderMap, Method, StatusCode};
 use serde::Deserialize;
@@ -20,9 +23,21 @@ use crate::ca::files;
 use crate::ca::token::{TokenError, TokenRecord};
 use crate::ca::CaError;
 
-/// The operator's admin token. Compared in constant time; never printed.
+/// How errors name the file.
+const ADMIN_TOKEN_FILE: &str = "the admin token file, --admin-token-file";
+
+/// How often the admin token file is read again: a rotated token is in force, and the old one
+/// refused, within this long.
+pub const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The operator's admin token, as its file says now: rotating the file rotates the token
+/// without a restart (the old token stops working), and a file that turns unreadable or
+/// invalid keeps the last good token in force. Compared in constant time; never printed.
 #[derive(Clone)]
-pub struct AdminToken(String);
+pub struct AdminToken {
+    path: Arc<Path>,
+    current: Arc<ArcSwap<String>>,
+}
 
 impl std::fmt::Debug for AdminToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -33,22 +48,72 @@ impl std::fmt::Debug for AdminToken {
 impl AdminToken {
     /// Reads the token from `path` (0600 or stricter, as for any secret the plane reads).
     pub fn read(path: &Path) -> Result<AdminToken, CaError> {
-        let text = files::read_private(path)?;
-        let token = text.trim();
-        if token.len() < 16 {
-            return Err(CaError::Invalid {
-                path: path.to_path_buf(),
-                reason:
-                    "the admin token must be at least 16 characters (try `openssl rand -hex 32`)"
-                        .into(),
-            });
+        Ok(AdminToken {
+            path: Arc::from(path),
+            current: Arc::new(ArcSwap::from_pointee(read_token(path)?)),
+        })
+    }
+
+    /// [`AdminToken::read`], then the file read again every `every` for as long as a clone of
+    /// the token lives (the poller holds it weakly).
+    pub fn watched(path: &Path, every: Duration) -> Result<AdminToken, CaError> {
+        let token = AdminToken::read(path)?;
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let weak = Arc::downgrade(&token.current);
+            handle.spawn(reload_loop(token.path.clone(), weak, every));
         }
-        Ok(AdminToken(token.to_string()))
+        Ok(token)
     }
 
     fn matches(&self, presented: &str) -> bool {
-        aws_lc_rs::constant_time::verify_slices_are_equal(self.0.as_bytes(), presented.as_bytes())
+        let current = self.current.load();
+        aws_lc_rs::constant_time::verify_slices_are_equal(current.as_bytes(), presented.as_bytes())
             .is_ok()
+    }
+}
+
+/// The token in `path`, checked: private, and long enough to resist guessing.
+fn read_token(path: &Path) -> Result<String, CaError> {
+    let text = files::read_private(path, ADMIN_TOKEN_FILE)?;
+    let token = text.trim();
+    if token.len() < 16 {
+        return Err(CaError::Invalid {
+            path: path.to_path_buf(),
+            reason: "the admin token must be at least 16 characters (try `openssl rand -hex 32`)"
+                .into(),
+        });
+    }
+    Ok(token.to_string())
+}
+
+/// Polls the file (a stat and a small read; no inotify, which misses the symlink swaps a
+/// Kubernetes secret mount makes) until the token is dropped. Logs say what happened to the
+/// file, never what it holds; a problem is logged once until it changes.
+async fn reload_loop(path: Arc<Path>, current: Weak<ArcSwap<String>>, every: Duration) {
+    let mut problem: Option<String> = None;
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(current) = current.upgrade() else {
+            return;
+        };
+        match read_token(&path) {
+            Ok(token) => {
+                if problem.take().is_some() {
+                    tracing::info!(path = %path.display(), "the admin token file is valid again");
+                }
+                if **current.load() != token {
+                    current.store(Arc::new(token));
+                    tracing::info!(path = %path.display(), "the admin token file changed: the new token is in force, the previous one no longer works");
+                }
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if problem.as_deref() != Some(text.as_str()) {
+                    tracing::warn!(error = %text, "cannot use the admin token file as it is now; the last good admin token stays in force");
+                    problem = Some(text);
+                }
+            }
+        }
     }
 }
 
@@ -186,7 +251,137 @@ fn record_json(r: &TokenRecord) -> serde_json::Value {
 
 #[cfg(test)]
 mod tests {
-    use super::local_only_allows;
+    use super::{local_only_allows, AdminToken};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    /// Log lines written while a test runs on this thread.
+    #[derive(Clone, Default)]
+    struct Logs(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Logs {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Logs {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+        }
+    }
+
+    #[cfg(unix)]
+    fn write_token(path: &std::path::Path, text: &str, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        // As an operator (or a secret mount) replaces it: a new file renamed over the old.
+        let tmp = path.with_extension("new");
+        std::fs::write(&tmp, text).expect("write");
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        std::fs::rename(&tmp, path).expect("rename");
+    }
+
+    /// Rotation without a restart: the new token works and the old one stops within one
+    /// interval; an invalid or exposed file keeps the last good token and says why in a log
+    /// line that never holds a token.
+    #[cfg(unix)]
+    #[tokio::test(start_paused = true)]
+    async fn a_rotated_admin_token_file_is_in_force_and_a_bad_one_keeps_the_last_good() {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("admin-token");
+        let (first, second, third) = (
+            "first-admin-token-0123456789",
+            "second-admin-token-abcdefghij",
+            "third-admin-token-klmnopqrstu",
+        );
+        write_token(&path, first, 0o600);
+        let every = Duration::from_secs(2);
+        let admin = AdminToken::watched(&path, every).expect("token");
+        let next_round = || tokio::time::sleep(every + Duration::from_millis(100));
+        assert!(admin.matches(first) && !admin.matches(second));
+
+        write_token(&path, &format!("{second}\n"), 0o600);
+        assert!(
+            admin.matches(first),
+            "changed before the file was read again"
+        );
+        next_round().await;
+        assert!(admin.matches(second), "the rotated token is not in force");
+        assert!(!admin.matches(first), "the old token still works");
+        assert!(
+            logs.text().contains("the admin token file changed"),
+            "{}",
+            logs.text()
+        );
+
+        // Too short: refused, the last good token stays, once in the log.
+        write_token(&path, "short", 0o600);
+        next_round().await;
+        next_round().await;
+        assert!(admin.matches(second) && !admin.matches("short"));
+        let text = logs.text();
+        assert_eq!(
+            text.matches("at least 16 characters").count(),
+            1,
+            "logged once: {text}"
+        );
+        assert!(
+            text.contains("the last good admin token stays in force"),
+            "{text}"
+        );
+        // Readable by others: refused too, naming the file for what it is.
+        write_token(&path, third, 0o644);
+        next_round().await;
+        assert!(admin.matches(second) && !admin.matches(third));
+        assert!(logs.text().contains("admin token file, --admin-token-file"));
+        // Fixed: in force.
+        write_token(&path, third, 0o600);
+        next_round().await;
+        assert!(admin.matches(third) && !admin.matches(second));
+
+        let text = logs.text();
+        for secret in [first, second, third, "short"] {
+            assert!(!text.contains(secret), "a token was logged: {text}");
+        }
+    }
+
+    /// The refusal names what the file is: an operator with several secrets must know which.
+    #[cfg(unix)]
+    #[test]
+    fn an_admin_token_file_readable_by_others_is_refused_as_such() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("admin-token");
+        std::fs::write(&path, "0123456789abcdef0123456789abcdef\n").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let err = AdminToken::read(&path).expect_err("0644 accepted");
+        let text = err.to_string();
+        assert!(
+            text.contains("admin token file")
+                && text.contains("--admin-token-file")
+                && text.contains(&path.display().to_string())
+                && text.contains("mode 644")
+                && text.contains("chmod 600"),
+            "{text}"
+        );
+        assert!(!text.contains("CA key"), "{text}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert!(AdminToken::read(&path).is_ok());
+    }
 
     #[test]
     fn without_an_admin_token_only_loopback_callers_reach_protected_endpoints() {

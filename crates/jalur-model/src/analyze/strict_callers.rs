@@ -17,13 +17,13 @@ use std::collections::BTreeMap;
 
 use crate::diag::codes;
 use crate::jalur::{ConsulRegistry, Migration};
-use crate::security::{MtlsMode, PeerPolicies, Resolved, DEFAULT_ROOT_NAMESPACE};
+use crate::security::{MtlsMode, PeerPolicies, Resolved};
 use crate::{host, Config, Diagnostic, Resource};
 
 use super::location;
 
-pub(super) fn check(config: &Config, out: &mut Vec<Diagnostic>) {
-    let policies = PeerPolicies::new(config, DEFAULT_ROOT_NAMESPACE);
+pub(super) fn check(config: &Config, root_namespace: &str, out: &mut Vec<Diagnostic>) {
+    let policies = PeerPolicies::new(config, root_namespace);
     if policies.is_empty() {
         return;
     }

@@ -74,7 +74,7 @@ impl Conn {
         id: u64,
         node: Node,
         mode: Mode,
-        peer: Option<SocketAddr>,
+        (peer, identity): (Option<SocketAddr>, Option<String>),
         changes: &mut watch::Receiver<u64>,
         ready: bool,
     ) -> Conn {
@@ -92,6 +92,7 @@ impl Conn {
             client_version: client_version(&node),
             mode,
             peer: peer.map(|p| p.to_string()),
+            identity,
             connected_at: unix_now(),
             generation,
             types: BTreeMap::new(),
@@ -99,7 +100,7 @@ impl Conn {
             ready,
             last_snapshot: snapshot.clone(),
         };
-        info!(conn = id, node = %node.id, kind, client = %status.client_version, mode = mode.as_str(), ?peer, "xDS client connected");
+        info!(conn = id, node = %node.id, kind, client = %status.client_version, mode = mode.as_str(), ?peer, identity = ?status.identity, "xDS client connected");
         shared.sync.publish(status.clone());
         Conn {
             shared,
@@ -273,7 +274,11 @@ pub(crate) async fn run<P: Protocol>(
             return end(&tx, Some(shutting_down())).await;
         }
     }
-    let mut conn = Conn::open(shared, id, node, P::MODE, peer, &mut changes, ready);
+    let identity = extensions
+        .get::<crate::status::PeerIdentity>()
+        .map(|p| p.0.clone());
+    let remote = (peer, identity);
+    let mut conn = Conn::open(shared, id, node, P::MODE, remote, &mut changes, ready);
     let mut proto = P::default();
     let mut watching = true;
     let mut event = Event::Request(first);

@@ -281,3 +281,117 @@ fn the_key_is_private_and_tokens_json_holds_no_secret() {
         .verify(&t.token)
         .expect("verifies after restart");
 }
+
+/// `tokens.json` on disk: the ids it holds.
+fn ids_on_disk(dir: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(dir.join("tokens.json")).expect("tokens.json");
+    let list: Vec<TokenRecord> = serde_json::from_str(&text).expect("records");
+    list.into_iter().map(|r| r.id).collect()
+}
+
+fn ids(list: &[TokenRecord]) -> Vec<&str> {
+    list.iter().map(|r| r.id.as_str()).collect()
+}
+
+/// Records expired for longer than the grace (24 h) go on create and on list; expired within
+/// it, and revoked but unexpired, stay.
+#[test]
+fn expired_records_are_pruned_after_the_grace_on_create_and_list() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens = tokens(dir.path());
+    let t = SystemTime::now();
+    let short = tokens
+        .create_at("shop", "a", HOUR, false, t)
+        .expect("create");
+    let revoked = tokens
+        .create_at("shop", "b", 48 * HOUR, true, t)
+        .expect("create");
+    tokens.revoke(&revoked.id).expect("revoke");
+    let grace = EXPIRED_RECORD_GRACE;
+    assert_eq!(grace, 24 * HOUR);
+
+    // Expired, but within the grace: still listed.
+    let listed = tokens.list_at(t + HOUR + grace - Duration::from_secs(60));
+    assert_eq!(ids(&listed), [short.id.as_str(), revoked.id.as_str()]);
+    // Past it: a create prunes the short one, keeps the revoked one (not expired yet).
+    let later = t + HOUR + grace + Duration::from_secs(60);
+    let fresh = tokens
+        .create_at("shop", "c", 72 * HOUR, false, later)
+        .expect("create");
+    let mut expect = vec![revoked.id.clone(), fresh.id.clone()];
+    expect.sort();
+    let mut on_disk = ids_on_disk(dir.path());
+    on_disk.sort();
+    assert_eq!(on_disk, expect, "tokens.json after the create");
+    // A list prunes too: the revoked one a day after its own expiry, the fresh one later.
+    let listed = tokens.list_at(t + 48 * HOUR + grace + Duration::from_secs(60));
+    assert_eq!(ids(&listed), [fresh.id.as_str()]);
+    assert_eq!(ids_on_disk(dir.path()), [fresh.id.as_str()]);
+}
+
+/// A start prunes what expired long ago while the control plane was down; an expired token
+/// stays refused whether its record is there or not.
+#[test]
+fn a_start_prunes_records_expired_long_ago() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = tokens(dir.path());
+    let t = SystemTime::now();
+    let recent = first
+        .create_at("shop", "recent", HOUR, false, t - 2 * HOUR)
+        .expect("create");
+    let revoked = first
+        .create("shop", "revoked", HOUR, false)
+        .expect("create");
+    first.revoke(&revoked.id).expect("revoke");
+    // Minted 3 days ago for an hour, by a control plane that has not pruned since: its record
+    // is still in tokens.json when this one starts.
+    let old = Claims {
+        id: "0123456789abcdef01234567".into(),
+        td: "cluster.local".into(),
+        ns: "shop".into(),
+        sa: "old".into(),
+        exp: unix(t - 71 * HOUR),
+        reusable: false,
+    };
+    let old_token = first.sign(&old).expect("sign");
+    let mut records: Vec<TokenRecord> = first.lock().values().cloned().collect();
+    records.push(TokenRecord {
+        id: old.id.clone(),
+        namespace: old.ns.clone(),
+        service_account: old.sa.clone(),
+        expires: old.exp,
+        reusable: false,
+        used: false,
+        revoked: false,
+    });
+    std::fs::write(
+        dir.path().join("tokens.json"),
+        serde_json::to_vec(&records).expect("json"),
+    )
+    .expect("write");
+    drop(first);
+
+    let restarted = tokens(dir.path());
+    let mut kept = vec![recent.id.clone(), revoked.id.clone()];
+    kept.sort();
+    let mut on_disk = ids_on_disk(dir.path());
+    on_disk.sort();
+    assert_eq!(on_disk, kept);
+    assert!(!ids(&restarted.list()).contains(&old.id.as_str()));
+    let refused = restarted
+        .verify(&old_token)
+        .expect_err("an expired token verified");
+    assert!(
+        refused.message().contains("expired at"),
+        "{}",
+        refused.message()
+    );
+    let refused = restarted
+        .verify(&revoked.token)
+        .expect_err("a revoked token verified");
+    assert!(
+        refused.message().contains("revoked"),
+        "{}",
+        refused.message()
+    );
+}

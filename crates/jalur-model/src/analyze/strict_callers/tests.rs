@@ -68,3 +68,21 @@ fn permissive_a_mesh_host_or_a_permissive_port_is_not_reported() {
         1
     );
 }
+
+/// A mesh-wide policy is the root namespace's: another namespace's is not mesh-wide.
+#[test]
+fn the_mesh_wide_policy_is_read_in_the_given_root_namespace() {
+    let mesh_wide = "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec:\n  mtls: {mode: STRICT}\n";
+    let text = format!("{BASE}---\n{}{mesh_wide}", migration(BY_ORIGIN, ""));
+    let (res, diags) = parse_str(Path::new("m.yaml"), &text);
+    assert!(diags.is_empty(), "{diags:#?}");
+    let config = Config::new(res);
+    let strict = |root: &str| {
+        crate::analyze::analyze_in(&config, &Default::default(), root)
+            .into_iter()
+            .filter(|d| d.code == "JAL0143")
+            .count()
+    };
+    assert_eq!(strict(crate::security::DEFAULT_ROOT_NAMESPACE), 0);
+    assert_eq!(strict("istio-system"), 1);
+}

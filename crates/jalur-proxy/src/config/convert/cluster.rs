@@ -242,6 +242,13 @@ fn health_check(
     let interval = positive(h.interval.as_ref(), Duration::from_secs(5)).at("interval")?;
     let timeout = positive(h.timeout.as_ref(), Duration::from_secs(1)).at("timeout")?;
     let threshold = |v: &Option<UInt32Value>| v.as_ref().map_or(1, |v| v.value.max(1));
+    // Checks go over each endpoint's own matched transport socket (`health.rs`); silently
+    // checking over another socket than the one asked for would pass or fail the wrong thing.
+    reject_if(
+        h.transport_socket_match_criteria.is_some(),
+        "transport_socket_match_criteria",
+        "is not supported: checks use the endpoint's matched transport socket",
+    )?;
     let http_path = match &h.health_checker {
         Some(HealthChecker::HttpHealthCheck(http)) => Some(if http.path.is_empty() {
             "/".to_string()

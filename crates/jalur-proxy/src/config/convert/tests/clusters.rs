@@ -412,6 +412,35 @@ fn cluster_errors_name_their_field() {
     assert_eq!(field(cluster(&XdsCluster::default())), "name");
 }
 
+/// Checks go over the endpoint's own matched socket; asking for another one is refused, not
+/// silently ignored.
+#[test]
+fn health_check_socket_criteria_are_refused() {
+    use envoy_types::pb::envoy::config::core::v3::{health_check, HealthCheck};
+    let mut c = eds_cluster("c");
+    c.health_checks = vec![HealthCheck {
+        interval: Some(dur(1, 0)),
+        timeout: Some(dur(1, 0)),
+        health_checker: Some(health_check::HealthChecker::HttpHealthCheck(
+            health_check::HttpHealthCheck {
+                path: "/healthz".into(),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    }];
+    let (converted, _) = cluster(&c).expect("an HTTP check converts");
+    assert_eq!(
+        converted.health_check.and_then(|h| h.http_path).as_deref(),
+        Some("/healthz")
+    );
+    c.health_checks[0].transport_socket_match_criteria = Some(Default::default());
+    assert_eq!(
+        field(cluster(&c)),
+        "health_checks[0].transport_socket_match_criteria"
+    );
+}
+
 // ----------------------------------------------------------------------------------- endpoints
 
 #[test]
