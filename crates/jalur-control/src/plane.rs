@@ -176,7 +176,13 @@ impl ControlPlane {
         opts: Options,
         extra: Vec<Arc<dyn Registry>>,
     ) -> Result<ControlPlane, Error> {
-        let store = ConfigStore::open(opts.config.clone())?;
+        let root_namespace = opts
+            .ca
+            .as_ref()
+            .map_or(jalur_model::security::DEFAULT_ROOT_NAMESPACE, |ca| {
+                ca.root_namespace.as_str()
+            });
+        let store = ConfigStore::open_in(opts.config.clone(), root_namespace)?;
         let proxies = ProxyRegistry::new(opts.registry_grace);
         let generation = Arc::new(AtomicU64::new(0));
         let state_dir = opts

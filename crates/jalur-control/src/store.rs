@@ -46,6 +46,8 @@ pub struct InvalidConfig {
 #[derive(Clone)]
 pub struct ConfigStore {
     paths: Vec<PathBuf>,
+    /// Where mesh-wide policies live (`--root-namespace`), for the analyzers' findings.
+    root_namespace: Arc<str>,
     tx: Arc<watch::Sender<Arc<Config>>>,
     status: Arc<Mutex<StoreStatus>>,
     applied: Counter,
@@ -55,9 +57,18 @@ pub struct ConfigStore {
 
 impl ConfigStore {
     /// Loads the config once; an invalid initial config is an error (there is nothing to keep
-    /// serving yet).
+    /// serving yet). Mesh-wide policies are read in the default root namespace.
     pub fn open(paths: Vec<PathBuf>) -> Result<ConfigStore, InvalidConfig> {
-        let config = validate(&paths).map_err(|diagnostics| InvalidConfig {
+        ConfigStore::open_in(paths, jalur_model::security::DEFAULT_ROOT_NAMESPACE)
+    }
+
+    /// As [`ConfigStore::open`], with mesh-wide policies in `root_namespace` (the control
+    /// plane's `--root-namespace`), so the findings it logs name the policies it enforces.
+    pub fn open_in(
+        paths: Vec<PathBuf>,
+        root_namespace: &str,
+    ) -> Result<ConfigStore, InvalidConfig> {
+        let config = validate(&paths, root_namespace).map_err(|diagnostics| InvalidConfig {
             paths: paths
                 .iter()
                 .map(|p| p.display().to_string())
@@ -78,6 +89,7 @@ impl ConfigStore {
         last_ok.set(1);
         Ok(ConfigStore {
             paths,
+            root_namespace: root_namespace.into(),
             tx: Arc::new(tx),
             status: Arc::new(Mutex::new(status)),
             applied: Counter::default(),
@@ -122,7 +134,7 @@ impl ConfigStore {
     /// Re-reads the config now. Returns whether the served config changed.
     pub fn reload(&self) -> bool {
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        match validate(&self.paths) {
+        match validate(&self.paths, &self.root_namespace) {
             Ok((config, files, warnings)) => {
                 status.reloads += 1;
                 status.files = files;
@@ -174,7 +186,10 @@ impl ConfigStore {
 
 /// Loads and validates; returns the config, the number of files, and the warnings — or every
 /// diagnostic at Error severity.
-fn validate(paths: &[PathBuf]) -> Result<(Config, usize, Vec<Diagnostic>), Vec<Diagnostic>> {
+fn validate(
+    paths: &[PathBuf],
+    root_namespace: &str,
+) -> Result<(Config, usize, Vec<Diagnostic>), Vec<Diagnostic>> {
     let loaded = jalur_model::load_paths(paths);
     if loaded.has_errors() {
         return Err(loaded
@@ -183,7 +198,11 @@ fn validate(paths: &[PathBuf]) -> Result<(Config, usize, Vec<Diagnostic>), Vec<D
             .filter(Diagnostic::is_error)
             .collect());
     }
-    let findings = analyze::analyze(&loaded.config);
+    let findings = analyze::analyze_in(
+        &loaded.config,
+        &analyze::KnownServices::new(),
+        root_namespace,
+    );
     let (fatal, rest): (Vec<Diagnostic>, Vec<Diagnostic>) = findings
         .into_iter()
         .partition(|d| d.is_error() && REJECTING.contains(&d.code));
@@ -226,5 +245,43 @@ fn walk(path: &PathBuf, out: &mut Fingerprint) {
         }
     } else {
         out.push((path.clone(), meta.modified().ok(), meta.len()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Migration whose legacy side is reached without any proxy, and a STRICT policy in
+    /// `istio-system`: mesh-wide only where `istio-system` is the root namespace.
+    const STRICT_OVER_LEGACY: &str = "apiVersion: jalur.dev/v1alpha1\nkind: ConsulRegistry\nmetadata: {name: legacy, namespace: shop}\nspec:\n  addresses: [127.0.0.1:8500]\n---\n\
+apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: payments, namespace: shop}\nspec:\n  host: payments.service.consul\n  subsets:\n  - {name: legacy, labels: {jalur.dev/origin: consul}}\n  - {name: mesh, labels: {jalur.dev/origin: mesh}}\n---\n\
+apiVersion: jalur.dev/v1alpha1\nkind: Migration\nmetadata: {name: payments, namespace: shop}\nspec:\n  legacy: {host: payments.service.consul, subset: legacy}\n  mesh: {host: payments.service.consul, subset: mesh}\n  stages: [{weight: 100}]\n---\n\
+apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec:\n  mtls: {mode: STRICT}\n";
+
+    fn has_strict_finding(store: &ConfigStore) -> bool {
+        store
+            .status()
+            .warnings
+            .iter()
+            .any(|d| d.code == codes::STRICT_WITH_PLAINTEXT_CALLERS.id)
+    }
+
+    #[test]
+    fn findings_read_mesh_wide_policies_in_the_planes_root_namespace() {
+        let dir = tempfile::TempDir::new().expect("tmp");
+        std::fs::write(dir.path().join("mesh.yaml"), STRICT_OVER_LEGACY).expect("write");
+        let paths = vec![dir.path().to_path_buf()];
+        let default_root = ConfigStore::open(paths.clone()).expect("valid");
+        assert!(
+            !has_strict_finding(&default_root),
+            "{:?}",
+            default_root.status()
+        );
+        let istio_root = ConfigStore::open_in(paths, "istio-system").expect("valid");
+        assert!(has_strict_finding(&istio_root), "{:?}", istio_root.status());
+        // A reload keeps judging in the same root namespace.
+        istio_root.reload();
+        assert!(has_strict_finding(&istio_root), "{:?}", istio_root.status());
     }
 }
