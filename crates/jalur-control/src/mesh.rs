@@ -140,7 +140,13 @@ impl Mesh {
         for (res, se) in config.service_entries() {
             mesh.add_service_entry(&config, res, se);
         }
-        for w in workloads {
+        // Registry imports first, then the proxies: a host both import and mesh serve is an
+        // imported service (outlier detection and active checks by default) whichever
+        // registry's set happens to come first.
+        let (proxies, imported): (Vec<&Workload>, Vec<&Workload>) = workloads
+            .iter()
+            .partition(|w| w.source.starts_with("proxy:"));
+        for w in imported.into_iter().chain(proxies) {
             mesh.add_workload(w);
         }
         mesh.mark_plaintext_ports();

@@ -105,3 +105,32 @@ fn workload_entries_carry_their_service_account() {
         ]
     );
 }
+
+#[test]
+fn a_host_served_by_an_import_and_by_proxies_is_imported_whatever_the_order() {
+    let meshed = sidecar(
+        &[("JALUR_SERVICE", "payments"), ("JALUR_PORTS", "http:8080")],
+        &[MTLS],
+    )
+    .workload()
+    .expect("workload");
+    assert!(meshed.source.starts_with("proxy:"), "{}", meshed.source);
+    let mut legacy = meshed.clone();
+    legacy.source = "consul:shop/legacy".into();
+    legacy.address = "10.0.9.9".into();
+    legacy.service_account = None;
+    for set in [
+        vec![meshed.clone(), legacy.clone()],
+        vec![legacy.clone(), meshed.clone()],
+    ] {
+        let mesh = Mesh::build(Arc::default(), &set);
+        let service = &mesh.services[&meshed.host];
+        assert_eq!(
+            service.imported_from.as_deref(),
+            Some("consul:shop/legacy"),
+            "order {:?}",
+            set.iter().map(|w| &w.source).collect::<Vec<_>>()
+        );
+        assert_eq!(mesh.endpoints(&meshed.host).len(), 2);
+    }
+}
