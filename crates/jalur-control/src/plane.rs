@@ -118,6 +118,9 @@ pub struct ControlPlane {
     /// The servers: given a moment to end their connections on stop.
     servers: Vec<tokio::task::JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
+    /// `clients.json`, written once more by a graceful stop (see [`ControlPlane::stop`]).
+    clients_file: Option<PathBuf>,
+    warm: watch::Receiver<bool>,
 }
 
 struct MeshGenerator {
@@ -344,7 +347,7 @@ impl ControlPlane {
             rebuild_tx,
             warm_tx.clone(),
         )));
-        if let Some(file) = clients_file {
+        if let Some(file) = clients_file.clone() {
             tasks.push(tokio::spawn(remember_clients(
                 state.proxies.clone(),
                 file,
@@ -386,6 +389,8 @@ impl ControlPlane {
             loops: tasks,
             servers,
             shutdown,
+            clients_file,
+            warm: warm_tx.subscribe(),
         })
     }
 
@@ -393,8 +398,18 @@ impl ControlPlane {
     pub async fn stop(mut self) {
         // The loops first: nothing may record the proxies leaving as the fleet's new shape
         // (`clients.json` must still list whom the next start waits for).
-        for t in self.loops.drain(..) {
+        for t in &self.loops {
             t.abort();
+        }
+        let _ = futures::future::join_all(self.loops.drain(..)).await;
+        // Who is connected now, as the periodic write would have recorded it within a second:
+        // a plane stopped soon after its proxies connected (a quick rolling restart) otherwise
+        // left no list, and the next start answered them at once from an empty mesh. Not
+        // while warming up: the list being waited for stays as it was.
+        if let (Some(file), true) = (&self.clients_file, *self.warm.borrow()) {
+            if let Err(e) = write_clients(file, &self.state.proxies.connected_ids()) {
+                tracing::warn!(file = %file.display(), error = %e, "cannot record connected clients at stop; a restart will not wait for them");
+            }
         }
         // Then end every ADS stream: connected proxies see the control plane go away at once
         // (and keep serving their last config), instead of holding a half-dead stream.
@@ -647,15 +662,7 @@ async fn remember_clients(proxies: ProxyRegistry, file: PathBuf, mut warm: watch
         if written.as_ref() == Some(&ids) {
             continue;
         }
-        let result = file
-            .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| {
-                let tmp = file.with_extension("json.tmp");
-                std::fs::write(&tmp, serde_json::to_vec(&ids).unwrap_or_default())?;
-                std::fs::rename(&tmp, &file)
-            });
-        match result {
+        match write_clients(&file, &ids) {
             Ok(()) => written = Some(ids),
             // Once: a read-only config directory would otherwise log this every second.
             Err(e) if !warned => {
@@ -665,6 +672,17 @@ async fn remember_clients(proxies: ProxyRegistry, file: PathBuf, mut warm: watch
             Err(_) => {}
         }
     }
+}
+
+/// Replaces `file` with `ids` (whole or not at all: written beside it, then renamed).
+fn write_clients(file: &std::path::Path, ids: &[String]) -> std::io::Result<()> {
+    file.parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| {
+            let tmp = file.with_extension("json.tmp");
+            std::fs::write(&tmp, serde_json::to_vec(ids).unwrap_or_default())?;
+            std::fs::rename(&tmp, file)
+        })
 }
 
 /// `.jalur/` in the first config directory, or beside the first config file.
