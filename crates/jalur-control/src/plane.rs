@@ -118,6 +118,9 @@ pub struct ControlPlane {
     /// The servers: given a moment to end their connections on stop.
     servers: Vec<tokio::task::JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
+    /// `clients.json`, written once more by a graceful stop (see [`ControlPlane::stop`]).
+    clients_file: Option<PathBuf>,
+    warm: watch::Receiver<bool>,
 }
 
 struct MeshGenerator {
@@ -159,6 +162,7 @@ impl Generator for MeshGenerator {
     }
 }
 
+#[derive(Default)]
 struct PlaneMetrics {
     rebuilds: Counter,
     services: Gauge,
@@ -207,33 +211,42 @@ impl ControlPlane {
         };
         let migrations =
             Migrations::new(store.clone(), state_dir.clone(), source, generation.clone());
-        // The first push already carries the persisted weights: a restarted control plane
-        // resumes a migration where it was, never at the route's unmigrated default. The
-        // rebuild loop's receivers are taken here, with the values this mesh is built from, so
-        // a change made before the loop first runs (a `migrate start` right after start) is
-        // not lost.
+        let (warm_tx, warm_rx) = watch::channel(false);
+        let consul = ConsulRegistries::start(
+            store.subscribe(),
+            proxies.gateways(),
+            shutdown_rx.clone(),
+            warm_tx.subscribe(),
+        );
+        let registries: Vec<Arc<dyn Registry>> = [
+            Arc::new(proxies.clone()) as Arc<dyn Registry>,
+            consul.clone() as Arc<dyn Registry>,
+        ]
+        .into_iter()
+        .chain(extra)
+        .collect();
+        // The rebuild loop's receivers are taken here, and the first mesh is built from the
+        // values they hold, so nothing published before the loop first runs is lost: not a
+        // `migrate start` right after start, not a registry's set (Consul often answers while
+        // the ports are still being bound; a receiver subscribed after that would have counted
+        // its answer as seen, and the mesh would have stayed empty). The first push already
+        // carries the persisted weights: a restarted control plane resumes a migration where
+        // it was, never at the route's unmigrated default.
         let mut changes = Changes {
             config: store.subscribe(),
             overlay: migrations.overlay(),
-            registries: Vec::new(),
+            registries: registries.iter().map(|r| r.watch()).collect(),
         };
-        let served = crate::migrate::apply(
-            &changes.config.borrow_and_update(),
-            &changes.overlay.borrow_and_update(),
-        );
-        let mesh = Arc::new(ArcSwap::from_pointee(Mesh::build_with(
-            served,
-            &[],
-            opts.ca.as_ref().map(Security::from).unwrap_or_default(),
-        )));
+        let (first, workloads) =
+            changes.build(opts.ca.as_ref().map(Security::from).unwrap_or_default());
+        let mesh = Arc::new(ArcSwap::from_pointee(first));
         let (gen_tx, gen_rx) = watch::channel(0u64);
         let generator = MeshGenerator {
             mesh: mesh.clone(),
             proxies: proxies.clone(),
         };
-        let (warm_tx, warm_rx) = watch::channel(false);
         let ads = AdsServer::with_warmup(Arc::new(generator), gen_rx, warm_rx);
-        let kick = Arc::new(tokio::sync::Notify::new());
+        let (rebuild_tx, rebuild_rx) = tokio::sync::mpsc::channel(1);
 
         let mut registry = MetricsRegistry::default();
         ads.register_metrics(&mut registry);
@@ -256,11 +269,7 @@ impl ControlPlane {
                 None
             }
         };
-        let pm = PlaneMetrics {
-            rebuilds: Counter::default(),
-            services: Gauge::default(),
-            workloads: Gauge::default(),
-        };
+        let pm = PlaneMetrics::default();
         registry.register(
             "jalur_mesh_rebuilds",
             "Mesh rebuilds (config or endpoint changes) pushed to clients",
@@ -277,15 +286,11 @@ impl ControlPlane {
             pm.workloads.clone(),
         );
         store.register_metrics(&mut registry);
-        let consul = ConsulRegistries::start(
-            store.subscribe(),
-            proxies.gateways(),
-            shutdown_rx.clone(),
-            warm_tx.subscribe(),
-        );
         consul.register_metrics(&mut registry);
         pm.services
             .set(i64::try_from(mesh.load().services.len()).unwrap_or(i64::MAX));
+        pm.workloads
+            .set(i64::try_from(workloads).unwrap_or(i64::MAX));
 
         let bind = |what: &'static str, addr: SocketAddr| async move {
             TcpListener::bind(addr)
@@ -301,15 +306,6 @@ impl ControlPlane {
             source,
         })?;
 
-        let registries: Vec<Arc<dyn Registry>> = [
-            Arc::new(proxies.clone()) as Arc<dyn Registry>,
-            consul.clone() as Arc<dyn Registry>,
-        ]
-        .into_iter()
-        .chain(extra)
-        .collect();
-        // Before anything can connect (the xDS server is not serving yet).
-        changes.registries = registries.iter().map(|r| r.watch()).collect();
         let state = State {
             store: store.clone(),
             mesh: mesh.clone(),
@@ -335,22 +331,23 @@ impl ControlPlane {
             migrations.run(opts.migration_tick, shutdown_rx.clone()),
         ));
         tasks.push(tokio::spawn(rebuild_loop(
-            state.clone(),
+            state.mesh.clone(),
+            state.generation.clone(),
             changes,
             gen_tx,
             opts.debounce,
             pm,
-            kick.clone(),
+            rebuild_rx,
         )));
         let clients_file = state_dir.map(|d| d.join("clients.json"));
         tasks.push(tokio::spawn(warm_up(
             state.clone(),
             clients_file.clone(),
             opts.registry_grace,
-            kick,
+            rebuild_tx,
             warm_tx.clone(),
         )));
-        if let Some(file) = clients_file {
+        if let Some(file) = clients_file.clone() {
             tasks.push(tokio::spawn(remember_clients(
                 state.proxies.clone(),
                 file,
@@ -392,6 +389,8 @@ impl ControlPlane {
             loops: tasks,
             servers,
             shutdown,
+            clients_file,
+            warm: warm_tx.subscribe(),
         })
     }
 
@@ -399,8 +398,18 @@ impl ControlPlane {
     pub async fn stop(mut self) {
         // The loops first: nothing may record the proxies leaving as the fleet's new shape
         // (`clients.json` must still list whom the next start waits for).
-        for t in self.loops.drain(..) {
+        for t in &self.loops {
             t.abort();
+        }
+        let _ = futures::future::join_all(self.loops.drain(..)).await;
+        // Who is connected now, as the periodic write would have recorded it within a second:
+        // a plane stopped soon after its proxies connected (a quick rolling restart) otherwise
+        // left no list, and the next start answered them at once from an empty mesh. Not
+        // while warming up: the list being waited for stays as it was.
+        if let (Some(file), true) = (&self.clients_file, *self.warm.borrow()) {
+            if let Err(e) = write_clients(file, &self.state.proxies.connected_ids()) {
+                tracing::warn!(file = %file.display(), error = %e, "cannot record connected clients at stop; a restart will not wait for them");
+            }
         }
         // Then end every ADS stream: connected proxies see the control plane go away at once
         // (and keep serving their last config), instead of holding a half-dead stream.
@@ -480,23 +489,42 @@ struct Changes {
     registries: Vec<watch::Receiver<WorkloadSet>>,
 }
 
+impl Changes {
+    /// A mesh from the current config, migration weights and every registry's workloads (all
+    /// marked seen), and how many workloads it holds.
+    fn build(&mut self, security: Security) -> (Mesh, usize) {
+        let workloads: Vec<Workload> = self
+            .registries
+            .iter_mut()
+            .flat_map(|rx| rx.borrow_and_update().iter().cloned().collect::<Vec<_>>())
+            .collect();
+        let config = self.config.borrow_and_update().clone();
+        let config = crate::migrate::apply(&config, &self.overlay.borrow_and_update());
+        (
+            Mesh::build_with(config, &workloads, security),
+            workloads.len(),
+        )
+    }
+}
+
+/// Asks the rebuild loop for a rebuild now (no debounce); answered with the generation of a
+/// mesh whose inputs were read after the request.
+type RebuildNow = tokio::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<u64>>;
+
 /// Rebuilds the mesh when config or any registry's workloads change, at most once per
-/// `debounce`, then bumps the generation the ADS server pushes on.
+/// `debounce`, then bumps the generation the ADS server pushes on. A migration step and the
+/// warm-up's request (`now`) are rebuilt at once.
 async fn rebuild_loop(
-    state: State,
-    changes: Changes,
+    served: Arc<ArcSwap<Mesh>>,
+    generation: Arc<AtomicU64>,
+    mut changes: Changes,
     gen_tx: watch::Sender<u64>,
     debounce: Duration,
     pm: PlaneMetrics,
-    kick: Arc<tokio::sync::Notify>,
+    mut now: RebuildNow,
 ) {
-    let Changes {
-        config: mut config_rx,
-        overlay: mut overlay_rx,
-        registries: mut registry_rxs,
-    } = changes;
     let (changed_tx, mut changed_rx) = tokio::sync::mpsc::channel::<()>(1);
-    for mut rx in registry_rxs.clone() {
+    for mut rx in changes.registries.clone() {
         let changed_tx = changed_tx.clone();
         tokio::spawn(async move {
             while rx.changed().await.is_ok() {
@@ -506,53 +534,58 @@ async fn rebuild_loop(
         });
     }
     loop {
-        let migration_step = tokio::select! {
-            r = config_rx.changed() => if r.is_err() { return } else { false },
-            r = overlay_rx.changed() => if r.is_err() { return } else { true },
+        let mut asked = None;
+        let at_once = tokio::select! {
+            r = changes.config.changed() => if r.is_err() { return } else { false },
+            r = changes.overlay.changed() => if r.is_err() { return } else { true },
             Some(()) = changed_rx.recv() => false,
-            () = kick.notified() => false,
+            Some(reply) = now.recv() => { asked = Some(reply); true },
         };
         // Let a burst settle (a directory of edits, a fleet reconnecting), then push once. Not a
         // migration's weights: they change a few times per migration, and a rollback must
-        // reach the proxies at once, not a debounce later.
-        if !migration_step {
+        // reach the proxies at once, not a debounce later. Nor the warm-up's rebuild: every
+        // xDS answer waits for it.
+        if !at_once {
             tokio::select! {
                 () = tokio::time::sleep(debounce) => {},
-                r = overlay_rx.changed() => if r.is_err() { return },
+                r = changes.overlay.changed() => if r.is_err() { return },
+                Some(reply) = now.recv() => asked = Some(reply),
             }
         }
         while changed_rx.try_recv().is_ok() {}
-        let workloads: Vec<Workload> = registry_rxs
-            .iter_mut()
-            .flat_map(|rx| rx.borrow_and_update().iter().cloned().collect::<Vec<_>>())
-            .collect();
-        let config = config_rx.borrow_and_update().clone();
-        let config = crate::migrate::apply(&config, &overlay_rx.borrow_and_update());
-        let mesh = Mesh::build_with(config, &workloads, state.mesh.load().security.clone());
+        let (mesh, workloads) = changes.build(served.load().security.clone());
         pm.services
             .set(i64::try_from(mesh.services.len()).unwrap_or(i64::MAX));
         pm.workloads
-            .set(i64::try_from(workloads.len()).unwrap_or(i64::MAX));
+            .set(i64::try_from(workloads).unwrap_or(i64::MAX));
         pm.rebuilds.inc();
-        state.mesh.store(Arc::new(mesh));
-        let generation = state.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        gen_tx.send_replace(generation);
-        tracing::debug!(generation, workloads = workloads.len(), "mesh rebuilt");
+        served.store(Arc::new(mesh));
+        let built = generation.fetch_add(1, Ordering::SeqCst) + 1;
+        gen_tx.send_replace(built);
+        tracing::debug!(generation = built, workloads, "mesh rebuilt");
+        if let Some(reply) = asked {
+            let _ = reply.send(built);
+        }
     }
 }
 
 /// The longest a start waits for Consul's first answers before serving what it has.
 const CONSUL_WARM_MAX: Duration = Duration::from_secs(3);
 
+/// The longest the warm-up waits for its rebuild (a mesh of thousands of services builds in
+/// well under a second).
+const WARM_REBUILD_MAX: Duration = Duration::from_secs(5);
+
 /// Holds every xDS answer until the registries are filled: Consul has answered once, and the
 /// proxies connected at the last run (`clients.json`) have re-announced themselves, or
 /// `grace` passed. Then one rebuild with all of it, and the first answers go out. A fresh
-/// start (nothing remembered, no Consul) is warm after one rebuild.
+/// start (nothing remembered, no ConsulRegistry) is warm at once: the mesh built at start holds
+/// every registry's set as it was then, and any later change is rebuilt as usual.
 async fn warm_up(
     state: State,
     clients_file: Option<PathBuf>,
     grace: Duration,
-    kick: Arc<tokio::sync::Notify>,
+    rebuild: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<u64>>,
     warm: watch::Sender<bool>,
 ) {
     let previous: Vec<String> = clients_file
@@ -561,7 +594,19 @@ async fn warm_up(
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
     let started = tokio::time::Instant::now();
-    let mut waited_for = "nothing";
+    let consul_expected = state.store.current().consul_registries().count() > 0;
+    // Whether to wait is decided by what there is to wait for, never by whether it is already
+    // there: a Consul that answered before this first look still needs the rebuild below (its
+    // answer may not be in the mesh yet, and a rebuild it triggered waits for the debounce).
+    let waited_for = match (consul_expected, !previous.is_empty()) {
+        (false, false) => {
+            warm.send_replace(true);
+            return;
+        }
+        (true, false) => "Consul",
+        (false, true) => "proxies",
+        (true, true) => "Consul and proxies",
+    };
     loop {
         let expected = state.store.current().consul_registries().count();
         let consul = state.consul.synced(expected) || started.elapsed() > CONSUL_WARM_MAX;
@@ -574,28 +619,30 @@ async fn warm_up(
             }
             break;
         }
-        waited_for = "registries";
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    if waited_for == "nothing" {
-        // A fresh start: the mesh built at start is all there is; changes flow as usual.
-        warm.send_replace(true);
-        return;
+    let (reply, built) = tokio::sync::oneshot::channel();
+    // The rebuild loop is gone only when the plane is stopping.
+    let generation = match rebuild.send(reply).await {
+        Ok(()) => tokio::time::timeout(WARM_REBUILD_MAX, built)
+            .await
+            .ok()
+            .and_then(Result::ok),
+        Err(_) => None,
+    };
+    match generation {
+        Some(generation) => tracing::info!(
+            waited_ms = started.elapsed().as_millis() as u64,
+            waited_for,
+            remembered_proxies = previous.len(),
+            generation,
+            "control plane warm: answering xDS clients"
+        ),
+        None => tracing::warn!(
+            waited_for,
+            "the warm-up's rebuild did not finish in time; answering with the mesh as it is"
+        ),
     }
-    let before = state.generation.load(Ordering::SeqCst);
-    kick.notify_one();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while state.generation.load(Ordering::SeqCst) == before
-        && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    tracing::info!(
-        waited_ms = started.elapsed().as_millis() as u64,
-        waited_for,
-        remembered_proxies = previous.len(),
-        "control plane warm: answering xDS clients"
-    );
     warm.send_replace(true);
 }
 
@@ -615,15 +662,7 @@ async fn remember_clients(proxies: ProxyRegistry, file: PathBuf, mut warm: watch
         if written.as_ref() == Some(&ids) {
             continue;
         }
-        let result = file
-            .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| {
-                let tmp = file.with_extension("json.tmp");
-                std::fs::write(&tmp, serde_json::to_vec(&ids).unwrap_or_default())?;
-                std::fs::rename(&tmp, &file)
-            });
-        match result {
+        match write_clients(&file, &ids) {
             Ok(()) => written = Some(ids),
             // Once: a read-only config directory would otherwise log this every second.
             Err(e) if !warned => {
@@ -633,6 +672,17 @@ async fn remember_clients(proxies: ProxyRegistry, file: PathBuf, mut warm: watch
             Err(_) => {}
         }
     }
+}
+
+/// Replaces `file` with `ids` (whole or not at all: written beside it, then renamed).
+fn write_clients(file: &std::path::Path, ids: &[String]) -> std::io::Result<()> {
+    file.parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| {
+            let tmp = file.with_extension("json.tmp");
+            std::fs::write(&tmp, serde_json::to_vec(ids).unwrap_or_default())?;
+            std::fs::rename(&tmp, file)
+        })
 }
 
 /// `.jalur/` in the first config directory, or beside the first config file.
@@ -645,3 +695,6 @@ fn default_state_dir(config: &[PathBuf]) -> Option<PathBuf> {
     };
     Some(dir.join(".jalur"))
 }
+
+#[cfg(test)]
+mod tests;

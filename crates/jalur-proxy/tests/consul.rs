@@ -72,7 +72,7 @@ async fn dead_but_passing_instance(kind: Kind, retries: bool) {
         files.push(("vs.yaml", no_retries()));
     }
     let plane = Plane::start(&files).await;
-    let Some((out, _envoy, _proxy)) = sidecar(kind, &plane).await else {
+    let Some((out, envoy, _proxy)) = sidecar(kind, &plane).await else {
         return;
     };
     reaches_both(kind, out).await;
@@ -88,10 +88,10 @@ async fn dead_but_passing_instance(kind: Kind, retries: bool) {
     eprintln!("{kind:?} retries={retries}: after the kill {seen:?}");
     if retries {
         assert_eq!(failed, 0, "{kind:?} with retries: {seen:?}");
-    } else {
-        assert!(
-            failed <= 5,
-            "{kind:?}: {failed} failed before ejection: {seen:?}"
+    } else if failed > 5 {
+        panic!(
+            "{kind:?}: {failed} failed before ejection: {seen:?}\n{}",
+            envoy_view(envoy.as_ref()).await
         );
     }
     let after = spread(out, HOST, 40, &[]).await;
@@ -105,6 +105,29 @@ async fn dead_but_passing_instance(kind: Kind, retries: bool) {
         Some(Status::Passing),
         "the double still calls it passing"
     );
+}
+
+/// What a stock Envoy knows of the legacy cluster, for a failure message: its hosts' flags,
+/// its outlier detection counters, and whether CDS replaced the cluster (which forgets every
+/// ejection).
+async fn envoy_view(envoy: Option<&Envoy>) -> String {
+    let Some(envoy) = envoy else {
+        return String::new();
+    };
+    let mut view = String::new();
+    for path in [
+        "/clusters",
+        "/stats?filter=payments.service.consul",
+        "/stats?filter=cluster_manager",
+    ] {
+        let body = envoy.admin_get(path).await.unwrap_or_else(|e| e);
+        let lines: Vec<&str> = body
+            .lines()
+            .filter(|l| !path.starts_with("/clusters") || l.contains(HOST))
+            .collect();
+        view.push_str(&format!("--- Envoy {path}\n{}\n", lines.join("\n")));
+    }
+    view
 }
 
 /// Waits until requests through `out` reach both legacy instances.
