@@ -164,15 +164,20 @@ async fn a_proxy_bootstraps_with_a_token_and_syncs_over_tls() {
             "{status:?}"
         );
     }
-    // The control plane saw both over TLS, with the identity they announce.
-    let syncz = plane.control().state.ads.sync();
+    // The control plane saw both over TLS, with the identity they announce. A proxy is ready
+    // locally once it applied its config; the plane marks it ready when that ACK arrives, a
+    // moment later: poll.
     for proxy in [&server, &caller] {
-        let client = syncz.client(&proxy.node_id).expect("registered");
-        assert!(
-            client.ready,
-            "{} not ready at the control plane",
-            proxy.node_id
-        );
+        assert_eventually(
+            &format!("{} ready at the control plane", proxy.node_id),
+            Duration::from_secs(10),
+            || async {
+                let syncz = plane.control().state.ads.sync();
+                let client = syncz.client(&proxy.node_id).ok_or("not registered")?;
+                client.ready.then_some(()).ok_or(format!("{client:?}"))
+            },
+        )
+        .await;
     }
     // Registered as mTLS-capable (Istio's label), so callers' auto mTLS picks it.
     let (_, _, registry) = http_get(plane.control().status_addr, "c", "/debug/registry", &[])
