@@ -54,7 +54,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 fn print_table(clients: &[Value]) {
     let mut rows = vec![[
-        "NAME", "KIND", "CDS", "LDS", "EDS", "RDS", "MODE", "VERSION",
+        "NAME", "KIND", "CDS", "LDS", "EDS", "RDS", "MODE", "VERSION", "IDENTITY",
     ]
     .map(String::from)
     .to_vec()];
@@ -66,6 +66,12 @@ fn print_table(clients: &[Value]) {
         }
         row.push(s("mode"));
         row.push(s("client_version"));
+        // The SPIFFE id the client certificate proved on 15012; "-" on the plaintext port.
+        row.push(
+            Some(s("identity"))
+                .filter(|i| !i.is_empty())
+                .unwrap_or_else(|| "-".into()),
+        );
         rows.push(row);
     }
     let widths: Vec<usize> = (0..rows[0].len())

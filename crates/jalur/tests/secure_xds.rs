@@ -129,6 +129,21 @@ async fn proxies_bootstrap_with_tokens_sync_over_15012_and_renew_under_traffic()
         },
     )
     .await;
+    // `jalur proxy-status` names the identity each proxy proved on 15012.
+    let out = jalur()
+        .args(["proxy-status", "--control", &control.status.to_string()])
+        .output()
+        .expect("proxy-status");
+    let table = String::from_utf8_lossy(&out.stdout);
+    let row = table
+        .lines()
+        .find(|l| l.contains("~reviews-"))
+        .unwrap_or("");
+    assert!(
+        table.starts_with("NAME")
+            && row.ends_with(&format!("spiffe://cluster.local/ns/{NS}/sa/reviews")),
+        "{table}"
+    );
     assert_eventually(
         "productpage reaches reviews",
         Duration::from_secs(20),
