@@ -34,6 +34,11 @@ const KEY_LEN: usize = 32;
 /// Revoked tokens are pruned on the same rule: kept while they could still be presented.
 pub const EXPIRED_RECORD_GRACE: Duration = Duration::from_secs(24 * 3600);
 
+/// The longest a bootstrap token may live. A token only has to reach its workload's first
+/// certificate; a year covers a `--reusable` token baked into a VM image, and the bound keeps
+/// every expiry (and expiry + grace) far inside `SystemTime`'s range.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
+
 /// What a token says, signed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
@@ -173,8 +178,11 @@ impl Tokens {
         id.to_string()
             .parse::<SpiffeId>()
             .map_err(|e| TokenError::Invalid(e.to_string()))?;
-        if ttl.is_zero() {
-            return Err(TokenError::Invalid("ttlSeconds must be positive".into()));
+        if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
+            return Err(TokenError::Invalid(format!(
+                "ttlSeconds must be between 1 and {} (366 days)",
+                MAX_TOKEN_TTL.as_secs()
+            )));
         }
         let mut raw = [0u8; 12];
         aws_lc_rs::rand::fill(&mut raw)
@@ -367,7 +375,12 @@ impl Tokens {
 
 /// Expired for longer than the grace.
 fn stale(record: &TokenRecord, now: SystemTime) -> bool {
-    SystemTime::UNIX_EPOCH + Duration::from_secs(record.expires) + EXPIRED_RECORD_GRACE <= now
+    // Checked: `expires` comes from tokens.json, which an operator may have edited; a time past
+    // SystemTime's range is simply not stale.
+    SystemTime::UNIX_EPOCH
+        .checked_add(Duration::from_secs(record.expires))
+        .and_then(|t| t.checked_add(EXPIRED_RECORD_GRACE))
+        .is_some_and(|t| t <= now)
 }
 
 /// Removes the stale records; how many.

@@ -395,3 +395,35 @@ fn a_start_prunes_records_expired_long_ago() {
         refused.message()
     );
 }
+
+/// A TTL past the bound is refused (it could overflow the expiry arithmetic), and a record whose
+/// expiry is out of range (an edited tokens.json) is kept, not a panic on every start and list.
+#[test]
+fn absurd_lifetimes_are_refused_and_out_of_range_records_do_not_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens = tokens(dir.path());
+    let t = SystemTime::now();
+    for ttl in [
+        MAX_TOKEN_TTL + Duration::from_secs(1),
+        Duration::from_secs(i64::MAX as u64 - 1),
+        Duration::MAX,
+    ] {
+        match tokens.create_at("shop", "a", ttl, false, t) {
+            Err(TokenError::Invalid(msg)) => assert!(msg.contains("ttlSeconds"), "{msg}"),
+            other => panic!("{ttl:?}: {other:?}"),
+        }
+    }
+    tokens
+        .create_at("shop", "a", MAX_TOKEN_TTL, true, t)
+        .expect("the longest allowed");
+    let far = TokenRecord {
+        id: "edited".into(),
+        namespace: "shop".into(),
+        service_account: "a".into(),
+        expires: u64::MAX,
+        reusable: true,
+        used: false,
+        revoked: false,
+    };
+    assert!(!stale(&far, t));
+}
