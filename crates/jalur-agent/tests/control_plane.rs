@@ -114,15 +114,12 @@ async fn envoy_syncs_over_mtls_with_the_agents_certificate() {
         .await
         .expect("listeners arrive over 15012");
     let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
-    assert_eventually(
+    jalur_testkit::assert_serves(
         "Envoy routes with that config",
+        proxy,
+        HOST,
+        "v1",
         Duration::from_secs(20),
-        || async {
-            match http_get(proxy, HOST, "/", &[]).await? {
-                (200, _, body) if body == "v1" => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        },
     )
     .await;
     let entry = assert_eventually(

@@ -274,15 +274,12 @@ async fn identity_and_rotation(delta: bool) {
         .await
         .expect("outbound listener (ADS over mTLS works)");
     let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
-    assert_eventually(
+    jalur_testkit::assert_serves(
         "Envoy routes to the backend",
+        proxy,
+        HOST,
+        "v1",
         Duration::from_secs(20),
-        || async {
-            match http_get(proxy, HOST, "/", &[]).await? {
-                (200, _, body) if body == "v1" => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        },
     )
     .await;
 

@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -112,6 +113,17 @@ async fn server_sidecar(
     .expect("server sidecar")
 }
 
+/// The calling side: `storefront` with an hour-long identity from the plane's CA (the
+/// rotator is returned so it keeps running), and its outbound listener.
+async fn caller_sidecar(plane: &SecurePlane) -> (CertRotator, Proxy, SocketAddr) {
+    let id = plane
+        .identity("storefront", Duration::from_secs(3600))
+        .await;
+    let (proxy, outbound) =
+        jalur_sidecar(secure_sidecar(plane, "storefront", id.credentials())).await;
+    (id, proxy, outbound)
+}
+
 async fn ready(proxy: &Proxy) {
     assert_eventually(
         &format!("{} ready", proxy.node_id),
@@ -146,15 +158,7 @@ async fn a_proxy_bootstraps_with_a_token_and_syncs_over_tls() {
     let backend = EchoServer::start("payments-1").await;
     let payments = plane.identity("payments", Duration::from_secs(3600)).await;
     let server = server_sidecar(&plane, "payments", payments.credentials(), &backend).await;
-    let caller_id = plane
-        .identity("storefront", Duration::from_secs(3600))
-        .await;
-    let (caller, outbound) = jalur_sidecar(secure_sidecar(
-        &plane,
-        "storefront",
-        caller_id.credentials(),
-    ))
-    .await;
+    let (_caller_id, caller, outbound) = caller_sidecar(&plane).await;
     ready(&server).await;
     ready(&caller).await;
     for proxy in [&server, &caller] {
@@ -243,15 +247,7 @@ async fn an_impostor_is_refused_and_attracts_no_traffic() {
     let fake = EchoServer::start("payments-impostor").await;
     let payments = plane.identity("payments", Duration::from_secs(3600)).await;
     let server = server_sidecar(&plane, "payments", payments.credentials(), &real).await;
-    let caller_id = plane
-        .identity("storefront", Duration::from_secs(3600))
-        .await;
-    let (caller, outbound) = jalur_sidecar(secure_sidecar(
-        &plane,
-        "storefront",
-        caller_id.credentials(),
-    ))
-    .await;
+    let (_caller_id, caller, outbound) = caller_sidecar(&plane).await;
     ready(&server).await;
     assert_eventually(
         "the caller knows the real payments",
@@ -438,15 +434,7 @@ async fn a_control_plane_restart_keeps_proxies_serving_and_renewals_resume() {
     // right after it.
     let payments = plane.identity("payments", Duration::from_secs(4)).await;
     let server = server_sidecar(&plane, "payments", payments.credentials(), &backend).await;
-    let caller_id = plane
-        .identity("storefront", Duration::from_secs(3600))
-        .await;
-    let (caller, outbound) = jalur_sidecar(secure_sidecar(
-        &plane,
-        "storefront",
-        caller_id.credentials(),
-    ))
-    .await;
+    let (_caller_id, caller, outbound) = caller_sidecar(&plane).await;
     ready(&server).await;
     assert_eventually(
         "the caller reaches payments",

@@ -61,3 +61,21 @@ pub fn repo_root() -> PathBuf {
         }
     }
 }
+
+/// Waits (up to `within`) until `GET /` with `Host: host` through `addr` answers 200 with
+/// exactly `body`; panics naming `what` and the last answer otherwise.
+pub async fn assert_serves(
+    what: &str,
+    addr: std::net::SocketAddr,
+    host: &str,
+    body: &str,
+    within: std::time::Duration,
+) {
+    assert_eventually(what, within, || async {
+        match http_get(addr, host, "/", &[]).await? {
+            (200, _, got) if got == body => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+}

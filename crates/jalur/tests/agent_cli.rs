@@ -256,15 +256,12 @@ async fn readme_walk_envoy_beside_jalur_agent_syncs_over_15012_and_the_agent_exi
         .await
         .expect("listeners over 15012");
     let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
-    assert_eventually(
+    jalur_testkit::assert_serves(
         "Envoy routes to the backend",
+        proxy,
+        HOST,
+        "v1",
         Duration::from_secs(20),
-        || async {
-            match http_get(proxy, HOST, "/", &[]).await? {
-                (200, _, body) if body == "v1" => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        },
     )
     .await;
     assert_eventually("syncz shows Envoy in sync", Duration::from_secs(10), || {
