@@ -33,10 +33,12 @@ pub enum Kind {
     ConsulRegistry,
     Migration,
     PeerAuthentication,
+    AuthorizationPolicy,
+    RequestAuthentication,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 10] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::ServiceEntry,
@@ -45,12 +47,16 @@ impl Kind {
         Kind::ConsulRegistry,
         Kind::Migration,
         Kind::PeerAuthentication,
+        Kind::AuthorizationPolicy,
+        Kind::RequestAuthentication,
     ];
 
     pub fn group(self) -> &'static str {
         match self {
             Kind::ConsulRegistry | Kind::Migration => "jalur.dev",
-            Kind::PeerAuthentication => "security.istio.io",
+            Kind::PeerAuthentication | Kind::AuthorizationPolicy | Kind::RequestAuthentication => {
+                "security.istio.io"
+            }
             _ => "networking.istio.io",
         }
     }
@@ -59,7 +65,9 @@ impl Kind {
     pub fn versions(self) -> &'static [&'static str] {
         match self {
             Kind::ConsulRegistry | Kind::Migration => &["v1alpha1"],
-            Kind::PeerAuthentication => &["v1", "v1beta1"],
+            Kind::PeerAuthentication | Kind::AuthorizationPolicy | Kind::RequestAuthentication => {
+                &["v1", "v1beta1"]
+            }
             _ => &["v1", "v1beta1", "v1alpha3"],
         }
     }
@@ -74,6 +82,8 @@ impl Kind {
             Kind::ConsulRegistry => "ConsulRegistry",
             Kind::Migration => "Migration",
             Kind::PeerAuthentication => "PeerAuthentication",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::RequestAuthentication => "RequestAuthentication",
         }
     }
 
@@ -149,6 +159,8 @@ pub enum Spec {
     ConsulRegistry(jalur::ConsulRegistry),
     Migration(jalur::Migration),
     PeerAuthentication(security::PeerAuthentication),
+    AuthorizationPolicy(security::AuthorizationPolicy),
+    RequestAuthentication(security::RequestAuthentication),
 }
 
 impl Spec {
@@ -162,6 +174,8 @@ impl Spec {
             Spec::ConsulRegistry(_) => Kind::ConsulRegistry,
             Spec::Migration(_) => Kind::Migration,
             Spec::PeerAuthentication(_) => Kind::PeerAuthentication,
+            Spec::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
+            Spec::RequestAuthentication(_) => Kind::RequestAuthentication,
         }
     }
 }
@@ -250,6 +264,16 @@ impl Config {
         peer_authentications,
         PeerAuthentication,
         security::PeerAuthentication
+    );
+    typed_iter!(
+        authorization_policies,
+        AuthorizationPolicy,
+        security::AuthorizationPolicy
+    );
+    typed_iter!(
+        request_authentications,
+        RequestAuthentication,
+        security::RequestAuthentication
     );
 
     /// Sorted by kind, namespace, name so that translation is deterministic whatever the file order.

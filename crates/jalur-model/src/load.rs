@@ -224,6 +224,8 @@ fn typed_spec(kind: Kind, value: yaml_serde::Value) -> Result<Spec, (String, Str
         Kind::ConsulRegistry => Spec::ConsulRegistry(typed(value)?),
         Kind::Migration => Spec::Migration(typed(value)?),
         Kind::PeerAuthentication => Spec::PeerAuthentication(typed(value)?),
+        Kind::AuthorizationPolicy => Spec::AuthorizationPolicy(typed(value)?),
+        Kind::RequestAuthentication => Spec::RequestAuthentication(typed(value)?),
     })
 }
 

@@ -14,6 +14,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Config, Resource};
 
+pub mod authz;
+pub mod request_authn;
+
+pub use authz::AuthorizationPolicy;
+pub use request_authn::RequestAuthentication;
+
 /// Istio's default root namespace is `istio-system`; jalur's control plane lives in its own.
 pub const DEFAULT_ROOT_NAMESPACE: &str = "jalur-system";
 
