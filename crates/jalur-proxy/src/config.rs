@@ -32,6 +32,8 @@ pub struct Listener {
     /// plaintext (PERMISSIVE: a `tls` and a `raw_buffer` filter chain, told apart as Envoy's
     /// tls_inspector does). Without it such a connection is closed (no chain matches).
     pub plaintext_too: bool,
+    /// Network RBAC filters before the listener's network filter, decided once per connection.
+    pub network_rbac: Vec<crate::rbac::RbacFilter>,
 }
 
 /// How a listener terminates TLS: its certificate, whether clients must present one, and the
@@ -148,6 +150,17 @@ pub struct HttpListener {
     pub routes: RouteSource,
     /// The HTTP fault filter is in the chain, so per-route faults apply.
     pub faults: bool,
+    pub rbac: HttpRbac,
+}
+
+/// The HTTP RBAC filters of a connection manager, in chain order.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HttpRbac {
+    pub filters: Vec<crate::rbac::RbacFilter>,
+    /// The fault filter comes first in the chain: a fault is injected before RBAC decides.
+    pub after_fault: bool,
+    /// How the connection manager derives the client address `remote_ip` matches.
+    pub remote: crate::rbac::RemoteAddress,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -18,6 +18,7 @@ use crate::routing::{pick_weighted, RequestView};
 use crate::runtime::{ClusterRuntime, Compiled, ListenerCtx, Runtime};
 use crate::upstream::{empty, full, Body};
 
+mod authz;
 mod body;
 mod record;
 mod upgrade;
@@ -62,6 +63,7 @@ pub async fn handle(
                 cluster: cluster.map(|c| c.labels.clone()),
                 grpc_status: None,
                 security: None,
+                details: None,
             };
             (local_reply(&e), outcome)
         }
@@ -164,7 +166,25 @@ async fn route_and_forward(
         scheme: req.uri().scheme_str().unwrap_or("http"),
         headers: req.headers(),
     };
-    let Some((_, route)) = table.route(&view) else {
+    let found = table.route(&view).map(|(_, route)| route.clone());
+    // RBAC runs where its filters sit in the chain: before or after the fault filter, always
+    // before the router (so a request with no route is still denied, as in Envoy).
+    if !ln.rbac_after_fault {
+        if let Some(denied) = authz::check(ln, &req, &authority, peer) {
+            return Ok(denied);
+        }
+    }
+    if let (true, Some(route)) = (ln.faults, &found) {
+        if let Some(e) = apply_fault(route).await {
+            return Err((e, None));
+        }
+    }
+    if ln.rbac_after_fault {
+        if let Some(denied) = authz::check(ln, &req, &authority, peer) {
+            return Ok(denied);
+        }
+    }
+    let Some(route) = found else {
         return Err((
             ProxyError::new(
                 Flag::NoRoute,
@@ -173,12 +193,6 @@ async fn route_and_forward(
             None,
         ));
     };
-    let route = route.clone();
-    if ln.faults {
-        if let Some(e) = apply_fault(&route).await {
-            return Err((e, None));
-        }
-    }
     match &route.action {
         Action::Direct { status, body } => {
             let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
@@ -193,6 +207,7 @@ async fn route_and_forward(
                     cluster: None,
                     grpc_status: None,
                     security: None,
+                    details: None,
                 },
             ))
         }
@@ -206,6 +221,7 @@ async fn route_and_forward(
                     cluster: None,
                     grpc_status: None,
                     security: None,
+                    details: None,
                 },
             ))
         }
@@ -431,6 +447,7 @@ async fn forward(
         cluster: Some(cluster.labels.clone()),
         grpc_status,
         security,
+        details: None,
     };
     Ok((resp, outcome))
 }

@@ -17,6 +17,7 @@ pub mod http;
 pub mod lb;
 pub mod listener;
 pub mod metrics;
+pub mod rbac;
 pub mod resilience;
 pub mod routing;
 pub mod run;

@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Listener, ListenerKind, Snapshot};
 use crate::framing::Verdict;
+use crate::rbac::Downstream;
 use crate::runtime::{ListenerCtx, Runtime};
 use crate::tls::{Accepted, Terminator};
 
@@ -238,12 +239,30 @@ async fn serve(
     peer: SocketAddr,
     drain: watch::Receiver<bool>,
 ) {
+    let downstream = match &conn {
+        Accepted::Plain(s) => downstream(s, None),
+        Accepted::Tls(s, _) => downstream(s.get_ref().0, s.get_ref().1.server_name()),
+    };
+    let Some(downstream) = downstream else {
+        return;
+    };
+    if let Some(chain) = &ctx.load().network_rbac {
+        let security = match &conn {
+            Accepted::Plain(_) => None,
+            Accepted::Tls(_, security) => Some(security.peer.as_deref()),
+        };
+        if !crate::tcp::network_rbac_allows(chain, peer, &downstream, security) {
+            tracing::debug!(listener = %l.name, %peer, "connection denied by network RBAC; closing");
+            return;
+        }
+    }
     match (&l.kind, conn) {
         (ListenerKind::Http(_), Accepted::Plain(s)) => {
-            serve_http(s, rt, ctx, peer, drain, None).await
+            serve_http(s, rt, ctx, peer, drain, None, downstream).await
         }
         (ListenerKind::Http(_), Accepted::Tls(s, security)) => {
-            serve_http(s, rt, ctx, peer, drain, Some(Arc::new(security))).await
+            let security = Some(Arc::new(security));
+            serve_http(s, rt, ctx, peer, drain, security, downstream).await
         }
         (ListenerKind::Tcp(tcp), conn) => {
             let inbound = ctx.load().inbound;
@@ -260,6 +279,14 @@ async fn serve(
     }
 }
 
+/// The connection's local address and SNI, for RBAC (`None`: the socket is already gone).
+fn downstream(s: &tokio::net::TcpStream, sni: Option<&str>) -> Option<Arc<Downstream>> {
+    Some(Arc::new(Downstream {
+        local: s.local_addr().ok()?,
+        sni: sni.map(Arc::from),
+    }))
+}
+
 /// Serves HTTP/1.1 or HTTP/2 (prior knowledge or ALPN) on one connection until it ends or the
 /// proxy drains.
 async fn serve_http<I>(
@@ -269,6 +296,7 @@ async fn serve_http<I>(
     peer: SocketAddr,
     mut drain: watch::Receiver<bool>,
     tls: Option<Arc<crate::tls::ConnSecurity>>,
+    downstream: Arc<Downstream>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -285,6 +313,9 @@ async fn serve_http<I>(
             req.extensions_mut().insert(tls.clone());
         }
         let ln = ctx.load_full();
+        if ln.rbac.is_some() {
+            req.extensions_mut().insert(downstream.clone());
+        }
         let verdict = if req.version() < http::Version::HTTP_2 {
             judged.next()
         } else {

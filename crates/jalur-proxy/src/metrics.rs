@@ -145,6 +145,9 @@ pub struct Outcome {
     /// The TLS of the connection the reporter saw: the downstream one (destination reporter)
     /// or the upstream one (source reporter); `None` for plaintext.
     pub security: Option<Arc<ConnSecurity>>,
+    /// Envoy's response code details, where jalur answered itself for a reason Envoy names
+    /// (`rbac_access_denied_matched_policy[...]`).
+    pub details: Option<String>,
 }
 
 /// Istio's `connection_security_policy`, `source_principal` and `destination_principal`.
@@ -197,6 +200,8 @@ pub struct Metrics {
     pub downstream_rejected: Family<ReasonLabels, Counter>,
     pub registry: Arc<Registry>,
     pub unknown: Arc<str>,
+    /// Counters under Envoy's own names (RBAC's), outside Istio's families.
+    pub envoy: Arc<crate::rbac::EnvoyCounters>,
 }
 
 impl Metrics {
@@ -270,6 +275,7 @@ impl Metrics {
             downstream_rejected,
             registry: Arc::new(r),
             unknown: Arc::from("unknown"),
+            envoy: Arc::default(),
         }
     }
 
@@ -347,7 +353,12 @@ impl Metrics {
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!(error = %e, "encoding metrics failed");
         }
-        out
+        // Envoy's counters go before the OpenMetrics terminator.
+        let envoy = self.envoy.prometheus();
+        match out.strip_suffix("# EOF\n") {
+            Some(head) => format!("{head}{envoy}# EOF\n"),
+            None => out + &envoy,
+        }
     }
 }
 

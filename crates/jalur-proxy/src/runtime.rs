@@ -70,10 +70,16 @@ pub struct ListenerCtx {
     pub faults: bool,
     /// `inbound` listeners report as the destination, everything else as the source.
     pub inbound: bool,
+    /// HTTP RBAC filters (with their counters); `None` when the chain has none.
+    pub rbac: Option<Arc<crate::rbac::Chain>>,
+    pub rbac_after_fault: bool,
+    pub remote_address: crate::rbac::RemoteAddress,
+    /// Network RBAC filters, decided when a connection is accepted.
+    pub network_rbac: Option<Arc<crate::rbac::Chain>>,
 }
 
 impl ListenerCtx {
-    pub fn new(_rt: &Arc<Runtime>, l: &Listener) -> ListenerCtx {
+    pub fn new(rt: &Arc<Runtime>, l: &Listener) -> ListenerCtx {
         let (routes, faults) = match &l.kind {
             ListenerKind::Http(h) => (
                 match &h.routes {
@@ -86,11 +92,24 @@ impl ListenerCtx {
             ),
             ListenerKind::Tcp(_) => (ListenerRoutes::None, false),
         };
+        let envoy = &rt.metrics.envoy;
+        let (rbac, rbac_after_fault, remote_address) = match &l.kind {
+            ListenerKind::Http(h) => (
+                crate::rbac::Chain::compile(&h.rbac.filters, envoy),
+                h.rbac.after_fault,
+                h.rbac.remote,
+            ),
+            ListenerKind::Tcp(_) => (None, false, Default::default()),
+        };
         ListenerCtx {
             name: l.name.clone(),
             routes,
             faults,
             inbound: l.name.starts_with("inbound"),
+            rbac,
+            rbac_after_fault,
+            remote_address,
+            network_rbac: crate::rbac::Chain::compile(&l.network_rbac, envoy),
         }
     }
 }

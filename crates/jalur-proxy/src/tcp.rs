@@ -171,3 +171,27 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counting<T> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+/// The listener's network RBAC filters on a new connection (Envoy decides on its first bytes;
+/// jalur as soon as it is accepted, since nothing it evaluates comes later): `false` closes it
+/// before any upstream is dialled. `tls`: on a TLS connection, the peer's SPIFFE id if any.
+pub fn network_rbac_allows(
+    chain: &crate::rbac::Chain,
+    peer: SocketAddr,
+    downstream: &crate::rbac::Downstream,
+    tls: Option<Option<&str>>,
+) -> bool {
+    let subject = crate::rbac::Subject {
+        direct_remote: peer,
+        remote: peer.ip(),
+        local: downstream.local,
+        sni: downstream.sni.as_deref(),
+        tls,
+        http: None,
+        jwt: None,
+    };
+    matches!(
+        chain.evaluate(&subject),
+        crate::rbac::Verdict::Allowed { .. }
+    )
+}

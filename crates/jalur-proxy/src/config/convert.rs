@@ -32,6 +32,7 @@ mod action;
 mod cluster;
 mod fault;
 mod listener;
+mod rbac;
 mod route;
 mod tls;
 

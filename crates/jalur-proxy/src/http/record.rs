@@ -111,6 +111,7 @@ impl Drop for Record {
                 bytes_sent = self.response_size,
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
                 protocol = self.protocol,
+                details = self.outcome.details.as_deref().unwrap_or("-"),
             );
         }
         self.rt.record(

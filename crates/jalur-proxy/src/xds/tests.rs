@@ -69,6 +69,7 @@ fn fake_listener(l: &XdsListener) -> Result<Listener, ConvertError> {
             stat_prefix: l.name.clone(),
             routes: RouteSource::Rds(l.stat_prefix.clone()),
             faults: false,
+            rbac: Default::default(),
         })
     };
     Ok(Listener {
@@ -77,6 +78,7 @@ fn fake_listener(l: &XdsListener) -> Result<Listener, ConvertError> {
         kind,
         tls: None,
         plaintext_too: true,
+        network_rbac: Vec::new(),
     })
 }
 

@@ -9,6 +9,7 @@ use envoy_types::pb::envoy::extensions::filters::common::fault::v3::fault_delay:
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{
     fault_abort::ErrorType, HttpFault,
 };
+use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::RbacPerRoute;
 use envoy_types::pb::google::protobuf::Any;
 use prost::Name;
 
@@ -32,6 +33,13 @@ pub(super) fn per_filter_fault(configs: &HashMap<String, Any>) -> Res<Option<Opt
 }
 
 fn per_filter_entry(any: &Any) -> Res<Option<Option<Fault>>> {
+    // Route-level RBAC would replace the listener's policies for that route: refused rather than
+    // ignored, so no route is allowed (or denied) by mistake.
+    reject_if(
+        type_name(any) == RbacPerRoute::full_name(),
+        "",
+        "per-route RBAC (RBACPerRoute) is not supported",
+    )?;
     if type_name(any) == HttpFault::full_name() {
         return Ok(Some(Some(fault(&decode(any)?)?)));
     }

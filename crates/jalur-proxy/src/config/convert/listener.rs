@@ -8,24 +8,29 @@ use envoy_types::pb::envoy::config::listener::v3::{
     filter, Filter, FilterChain, FilterChainMatch, Listener as XdsListener,
 };
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbacConfig;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::{CodecType, RouteSpecifier},
     http_filter, HttpConnectionManager, HttpFilter,
 };
+use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
 use envoy_types::pb::google::protobuf::Any;
 use prost::Name;
 
 use super::{ads_source, decode, reject_if, socket_addr, timeout, type_name, At, Invalid, Res};
 use crate::config::{
-    HttpListener, Listener, ListenerKind, RouteSource, ServerTls, TcpListener, WeightedCluster,
+    HttpListener, HttpRbac, Listener, ListenerKind, RouteSource, ServerTls, TcpListener,
+    WeightedCluster,
 };
+use crate::rbac::{RbacFilter, RemoteAddress};
 
 const HCM: &str = "envoy.filters.network.http_connection_manager";
 const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
 const ROUTER: &str = "envoy.filters.http.router";
 const FAULT: &str = "envoy.filters.http.fault";
+const RBAC: &str = "envoy.filters.http.rbac";
 /// Listener filters that only inspect the first bytes for filter-chain matching: jalur looks at
 /// the first byte itself when a listener has a TLS and a plaintext chain.
 const INSPECTORS: [&str; 2] = [
@@ -84,13 +89,14 @@ pub(super) fn listener(l: &XdsListener) -> Res<Listener> {
             &format!("listener filter \"{}\" is not supported", f.name),
         )?;
     }
-    let (kind, tls, plaintext_too) = filter_chains(l)?;
+    let (kind, tls, plaintext_too, network_rbac) = filter_chains(l)?;
     Ok(Listener {
         name: l.name.clone(),
         addr,
         kind,
         tls,
         plaintext_too,
+        network_rbac,
     })
 }
 
@@ -103,12 +109,15 @@ enum Takes {
     Plaintext,
 }
 
-type Chain = (Takes, ListenerKind, Option<ServerTls>, String);
+type Chain = (Takes, Terminal, Option<ServerTls>, String);
+
+/// A chain's network filters: its network RBAC filters, then the one that ends it.
+type Terminal = (ListenerKind, Vec<RbacFilter>);
 
 /// The filter chains, at most one per kind of connection (TLS, plaintext, either) and all ending
 /// in the same network filter: a sidecar's inbound listener under PERMISSIVE is a TLS chain and
 /// a plaintext one, under STRICT the TLS chain alone.
-fn filter_chains(l: &XdsListener) -> Res<(ListenerKind, Option<ServerTls>, bool)> {
+fn filter_chains(l: &XdsListener) -> Res<(ListenerKind, Option<ServerTls>, bool, Vec<RbacFilter>)> {
     let mut chains: Vec<Chain> = Vec::new();
     let all = l
         .filter_chains
@@ -163,14 +172,15 @@ fn filter_chains(l: &XdsListener) -> Res<(ListenerKind, Option<ServerTls>, bool)
             c.1 != primary.1,
             &format!("{}.filters", c.3),
             &format!(
-                "differs from the network filter of {}: jalur proxy runs one network filter per listener; its chains may differ only in TLS",
+                "differs from the network filters of {}: jalur proxy runs one set of network filters per listener; its chains may differ only in TLS",
                 primary.3
             ),
         )?;
     }
     let tls = on_tls.and_then(|c| c.2.clone());
     let plaintext_too = on_plain.is_some_and(|c| c.2.is_none());
-    Ok((primary.1.clone(), tls, plaintext_too))
+    let (kind, rbac) = primary.1.clone();
+    Ok((kind, tls, plaintext_too, rbac))
 }
 
 /// A chain's match: empty, or only `transport_protocol` (`tls` / `raw_buffer`).
@@ -197,43 +207,51 @@ fn chain_match(m: Option<&FilterChainMatch>) -> Res<Takes> {
 }
 
 #[allow(deprecated)] // use_proxy_proto: still honoured by Envoy, so still refused.
-fn filter_chain(chain: &FilterChain) -> Res<(ListenerKind, Option<ServerTls>)> {
+fn filter_chain(chain: &FilterChain) -> Res<(Terminal, Option<ServerTls>)> {
     let tls = super::tls::downstream(chain.transport_socket.as_ref()).at("transport_socket")?;
     reject_if(
         chain.use_proxy_proto.as_ref().is_some_and(|b| b.value),
         "use_proxy_proto",
         "the PROXY protocol is not supported",
     )?;
-    let filter = match chain.filters.as_slice() {
-        [f] => f,
-        [] => return Err(Invalid::new("filters", "a network filter (http_connection_manager or tcp_proxy) is required")),
-        [f, ..] => {
-            return Err(Invalid::new("filters[0]", format!(
-                "network filter \"{}\" is not supported: the chain must be exactly one http_connection_manager or tcp_proxy",
-                f.name
-            )))
-        }
+    let Some((last, before)) = chain.filters.split_last() else {
+        return Err(Invalid::new(
+            "filters",
+            "a network filter (http_connection_manager or tcp_proxy) is required",
+        ));
     };
-    Ok((network_filter(filter).at("filters[0]")?, tls))
+    let mut rbac = Vec::with_capacity(before.len());
+    for (i, f) in before.iter().enumerate() {
+        let at = format!("filters[{i}]");
+        let any = typed(f).at(&at)?;
+        if type_name(any) != NetworkRbac::full_name() {
+            return Err(Invalid::new(at, format!(
+                "network filter \"{}\" is not supported: the chain must be network RBAC filters, then one http_connection_manager or tcp_proxy",
+                f.name
+            )));
+        }
+        rbac.push(super::rbac::network_filter(any).at(format!("{at}.typed_config"))?);
+    }
+    let kind = network_filter(last).at(format!("filters[{}]", before.len()))?;
+    Ok(((kind, rbac), tls))
+}
+
+fn typed(f: &Filter) -> Res<&Any> {
+    match &f.config_type {
+        Some(filter::ConfigType::TypedConfig(any)) => Ok(any),
+        Some(filter::ConfigType::ConfigDiscovery(_)) => Err(Invalid::new(
+            "config_discovery",
+            "filter config discovery is not supported",
+        )),
+        None => Err(Invalid::new(
+            "typed_config",
+            format!("a typed_config is required for \"{}\"", f.name),
+        )),
+    }
 }
 
 fn network_filter(f: &Filter) -> Res<ListenerKind> {
-    let any = match &f.config_type {
-        Some(filter::ConfigType::TypedConfig(any)) => any,
-        Some(filter::ConfigType::ConfigDiscovery(_)) => {
-            return Err(Invalid::new(
-                "config_discovery",
-                "filter config discovery is not supported",
-            ))
-        }
-        None => {
-            return Err(Invalid::new(
-                "typed_config",
-                format!("a typed_config is required for \"{}\"", f.name),
-            ))
-        }
-    };
-    typed_network_filter(&f.name, any).at("typed_config")
+    typed_network_filter(&f.name, typed(f)?).at("typed_config")
 }
 
 /// Envoy picks the extension by the config's type; the filter's name is only a label.
@@ -282,22 +300,33 @@ fn http(hcm: &HttpConnectionManager) -> Res<HttpListener> {
             ))
         }
     };
-    let faults = http_filters(&hcm.http_filters)?;
+    let (faults, filters, after_fault) = http_filters(&hcm.http_filters, &hcm.stat_prefix)?;
     Ok(HttpListener {
         stat_prefix: hcm.stat_prefix.clone(),
         routes,
         faults,
+        rbac: HttpRbac {
+            filters,
+            after_fault,
+            remote: RemoteAddress {
+                use_remote_address: hcm.use_remote_address.as_ref().is_some_and(|b| b.value),
+                xff_num_trusted_hops: hcm.xff_num_trusted_hops,
+            },
+        },
     })
 }
 
-/// The HTTP filter chain: optional fault filter, then the router, last. Returns whether the fault
-/// filter is active.
-fn http_filters(filters: &[HttpFilter]) -> Res<bool> {
+/// The HTTP filter chain: optional fault and RBAC filters, then the router, last. Returns whether
+/// the fault filter is active, the RBAC filters in order, and whether the fault filter comes
+/// before them.
+fn http_filters(filters: &[HttpFilter], hcm_prefix: &str) -> Res<(bool, Vec<RbacFilter>, bool)> {
     // Envoy adds the router when no HTTP filter is configured.
     let Some(last) = filters.len().checked_sub(1) else {
-        return Ok(false);
+        return Ok((false, Vec::new(), false));
     };
     let mut faults = false;
+    let mut rbac = Vec::new();
+    let mut rbac_after_fault = true;
     for (i, f) in filters.iter().enumerate() {
         let at = format!("http_filters[{i}]");
         match http_filter(f).at(&at)? {
@@ -315,20 +344,27 @@ fn http_filters(filters: &[HttpFilter]) -> Res<bool> {
                 ))
             }
             HttpFilterKind::Fault => faults = true,
+            HttpFilterKind::Rbac(any) => {
+                rbac_after_fault &= faults;
+                rbac.push(
+                    super::rbac::http_filter(any, hcm_prefix).at(format!("{at}.typed_config"))?,
+                );
+            }
             HttpFilterKind::Skipped => {}
         }
     }
-    Ok(faults)
+    Ok((faults, rbac, rbac_after_fault))
 }
 
-enum HttpFilterKind {
+enum HttpFilterKind<'a> {
     Router,
     Fault,
+    Rbac(&'a Any),
     /// Optional or disabled filters jalur does not run.
     Skipped,
 }
 
-fn http_filter(f: &HttpFilter) -> Res<HttpFilterKind> {
+fn http_filter(f: &HttpFilter) -> Res<HttpFilterKind<'_>> {
     let any: Option<&Any> = match &f.config_type {
         Some(http_filter::ConfigType::TypedConfig(any)) => Some(any),
         Some(http_filter::ConfigType::ConfigDiscovery(_)) if f.is_optional => {
@@ -367,6 +403,20 @@ fn http_filter(f: &HttpFilter) -> Res<HttpFilterKind> {
             HttpFilterKind::Fault
         });
     }
+    if kind == HttpRbacConfig::full_name() || (any.is_none() && kind == RBAC) {
+        reject_if(
+            f.disabled,
+            "disabled",
+            "a disabled RBAC filter (enabled per route) is not supported",
+        )?;
+        let Some(any) = any else {
+            return Err(Invalid::new(
+                "typed_config",
+                "an RBAC filter needs its typed_config",
+            ));
+        };
+        return Ok(HttpFilterKind::Rbac(any));
+    }
     if f.is_optional || f.disabled {
         return Ok(HttpFilterKind::Skipped);
     }
@@ -374,7 +424,7 @@ fn http_filter(f: &HttpFilter) -> Res<HttpFilterKind> {
         .map(|a| a.type_url.as_str())
         .unwrap_or("no typed_config");
     Err(Invalid::here(format!(
-        "HTTP filter \"{}\" ({what}) is not supported (only {FAULT} and {ROUTER}; mark others is_optional)",
+        "HTTP filter \"{}\" ({what}) is not supported (only {FAULT}, {RBAC} and {ROUTER}; mark others is_optional)",
         f.name
     )))
 }
