@@ -4,6 +4,7 @@
 //! `translate/tests.rs` against `testdata/golden/`.
 
 pub mod cluster;
+pub mod jwt;
 pub mod listener;
 pub mod route;
 pub mod tls;

@@ -7,6 +7,8 @@
 //! [`host::matches`]. The services the mesh knows are the ServiceEntry hosts plus whatever the
 //! caller passes as [`KnownServices`] (the control plane adds what its registries see).
 
+mod authz;
+mod authz_scope;
 mod conflicts;
 mod destination_rule;
 mod gateway;
@@ -14,10 +16,13 @@ pub mod hybrid;
 mod index;
 mod migration;
 mod peer_authentication;
+mod request_authn;
 mod service_entry;
 mod strict_callers;
 mod virtual_service;
 
+#[cfg(test)]
+mod authz_tests;
 #[cfg(test)]
 mod tests;
 
@@ -48,7 +53,7 @@ pub fn analyze_with(config: &Config, extra: &KnownServices) -> Vec<Diagnostic> {
 }
 
 /// Runs every analyzer, with `extra` services known besides the ServiceEntry hosts, reading
-/// mesh-wide PeerAuthentication in `root_namespace` (the control plane's `--root-namespace`).
+/// mesh-wide PeerAuthentication, AuthorizationPolicy and RequestAuthentication in `root_namespace` (the control plane's `--root-namespace`).
 /// Results are sorted by file, line and code, so output is stable whatever the input order.
 pub fn analyze_in(config: &Config, extra: &KnownServices, root_namespace: &str) -> Vec<Diagnostic> {
     let mut known = extra.clone();
@@ -67,6 +72,7 @@ pub fn analyze_in(config: &Config, extra: &KnownServices, root_namespace: &str) 
     let mut out = Vec::new();
     conflicts::check(config, &mut out);
     strict_callers::check(config, root_namespace, &mut out);
+    authz_scope::legacy_callers(config, root_namespace, &mut out);
     for r in &config.resources {
         match &r.spec {
             Spec::VirtualService(vs) => virtual_service::check(&index, r, vs, &mut out),
@@ -77,8 +83,10 @@ pub fn analyze_in(config: &Config, extra: &KnownServices, root_namespace: &str) 
             Spec::ConsulRegistry(_) => {}
             Spec::Migration(m) => migration::check(config, r, m, &mut out),
             Spec::PeerAuthentication(pa) => peer_authentication::check(config, r, pa, &mut out),
-            // Checked by the authorization track (JAL0150..): see issue 11.
-            Spec::AuthorizationPolicy(_) | Spec::RequestAuthentication(_) => {}
+            Spec::AuthorizationPolicy(p) => authz::check(config, root_namespace, r, p, &mut out),
+            Spec::RequestAuthentication(ra) => {
+                request_authn::check(config, root_namespace, r, ra, &mut out)
+            }
         }
     }
     out.sort_by(|a, b| {

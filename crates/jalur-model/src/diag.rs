@@ -102,6 +102,41 @@ pub mod codes {
         Severity::Error,
     );
 
+    // Authorization (AuthorizationPolicy, RequestAuthentication).
+    pub const INVALID_PRINCIPAL: Code = code("JAL0150", "InvalidPrincipal", Severity::Error);
+    pub const UNKNOWN_CONDITION_KEY: Code = code("JAL0151", "UnknownConditionKey", Severity::Error);
+    pub const INVALID_AUTHORIZATION_RULE: Code =
+        code("JAL0152", "InvalidAuthorizationRule", Severity::Error);
+    pub const INVALID_IP_BLOCK: Code = code("JAL0153", "InvalidIpBlock", Severity::Error);
+    pub const METHOD_NOT_UPPER_CASE: Code =
+        code("JAL0154", "MethodNotUpperCase", Severity::Warning);
+    pub const INVALID_AUTHORIZATION_PATH: Code =
+        code("JAL0155", "InvalidAuthorizationPath", Severity::Error);
+    pub const AUTHORIZATION_NOT_SUPPORTED: Code = code(
+        "JAL0156",
+        "AuthorizationFeatureNotSupported",
+        Severity::Error,
+    );
+    pub const DENY_SHADOWS_ALLOW: Code = code("JAL0157", "DenyRuleShadowsAllow", Severity::Warning);
+    pub const POLICY_SELECTS_NO_WORKLOAD: Code =
+        code("JAL0158", "PolicySelectsNoWorkload", Severity::Warning);
+    pub const HTTP_RULE_ON_TCP_PORT: Code =
+        code("JAL0159", "HttpOnlyRuleOnTcpPort", Severity::Warning);
+    pub const ALLOW_LOCKS_OUT_LEGACY_CALLERS: Code = code(
+        "JAL0160",
+        "AllowPolicyLocksOutLegacyCallers",
+        Severity::Error,
+    );
+    pub const REQUEST_PRINCIPAL_WITHOUT_AUTHENTICATION: Code = code(
+        "JAL0161",
+        "RequestPrincipalWithoutAuthentication",
+        Severity::Warning,
+    );
+    pub const INVALID_JWT_RULE: Code = code("JAL0162", "InvalidJwtRule", Severity::Error);
+    pub const INVALID_JWKS: Code = code("JAL0163", "InvalidJwks", Severity::Error);
+    pub const INVALID_JWKS_URI: Code = code("JAL0164", "InvalidJwksUri", Severity::Error);
+    pub const DUPLICATE_JWT_ISSUER: Code = code("JAL0165", "DuplicateJwtIssuer", Severity::Error);
+
     // Hybrid findings (`jalur analyze --consul ADDR`): config checked against a live Consul.
     pub const CONSUL_NAME_SHADOWED: Code = code("JAL0130", "ConsulNameShadowed", Severity::Warning);
     pub const CONSUL_NAME_COLLIDES: Code = code(
@@ -162,6 +197,22 @@ pub mod codes {
         CONFLICTING_PEER_AUTHENTICATION,
         TLS_MODE_NOT_SUPPORTED,
         STRICT_WITH_PLAINTEXT_CALLERS,
+        INVALID_PRINCIPAL,
+        UNKNOWN_CONDITION_KEY,
+        INVALID_AUTHORIZATION_RULE,
+        INVALID_IP_BLOCK,
+        METHOD_NOT_UPPER_CASE,
+        INVALID_AUTHORIZATION_PATH,
+        AUTHORIZATION_NOT_SUPPORTED,
+        DENY_SHADOWS_ALLOW,
+        POLICY_SELECTS_NO_WORKLOAD,
+        HTTP_RULE_ON_TCP_PORT,
+        ALLOW_LOCKS_OUT_LEGACY_CALLERS,
+        REQUEST_PRINCIPAL_WITHOUT_AUTHENTICATION,
+        INVALID_JWT_RULE,
+        INVALID_JWKS,
+        INVALID_JWKS_URI,
+        DUPLICATE_JWT_ISSUER,
     ];
 }
 

@@ -82,7 +82,11 @@ fn migration(
 }
 
 /// The labels of a DestinationRule subset of `fqdn`, if the path names one.
-fn subset_labels(config: &Config, fqdn: &str, subset: Option<&str>) -> BTreeMap<String, String> {
+pub(super) fn subset_labels(
+    config: &Config,
+    fqdn: &str,
+    subset: Option<&str>,
+) -> BTreeMap<String, String> {
     let Some(subset) = subset else {
         return BTreeMap::new();
     };

@@ -144,3 +144,62 @@ fn unset_inherits_and_port_level_overrides_by_port_number() {
     let p = PeerPolicies::new(&c, DEFAULT_ROOT_NAMESPACE);
     assert_eq!(p.resolve("shop", &app, Some(9090)).mode, MtlsMode::Strict);
 }
+
+fn authz(ns: &str, name: &str, body: &str) -> String {
+    format!(
+        "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{body}\n"
+    )
+}
+
+#[test]
+fn absent_empty_and_match_all_rules_parse_as_documented() {
+    let yaml = [
+        authz("shop", "a-absent", "  action: ALLOW"),
+        authz("shop", "b-empty", "  rules: []"),
+        authz("shop", "c-match-all", "  action: DENY\n  rules:\n  - {}"),
+    ]
+    .concat();
+    let c = config(&yaml);
+    let p: Vec<&AuthorizationPolicy> = c.authorization_policies().map(|(_, p)| p).collect();
+    assert_eq!(p.len(), 3);
+    assert_eq!((p[0].rules.as_ref(), p[0].rules().len()), (None, 0));
+    assert_eq!(p[0].action, authz::AuthzAction::Allow);
+    assert_eq!(
+        (p[1].rules.as_deref(), p[1].rules().len()),
+        (Some(&[][..]), 0)
+    );
+    assert_eq!(
+        p[1].action,
+        authz::AuthzAction::Allow,
+        "ALLOW is the default"
+    );
+    assert_eq!(p[2].rules(), &[authz::Rule::default()]);
+    assert_eq!(p[2].action, authz::AuthzAction::Deny);
+    assert_eq!(p[0].match_labels(), None);
+}
+
+#[test]
+fn a_full_policy_and_request_authentication_parse_unchanged() {
+    let policy = authz(
+        "shop",
+        "p",
+        "  selector: {matchLabels: {app: payments}}\n  action: AUDIT\n  rules:\n  - from:\n    - source: {principals: [cluster.local/ns/shop/sa/checkout], notIpBlocks: [10.0.0.0/8], requestPrincipals: ['iss/sub']}\n    to:\n    - operation: {methods: [POST], paths: ['/pay*'], ports: ['8080'], notHosts: [admin]}\n    when:\n    - {key: 'request.auth.claims[groups]', values: [ops], notValues: [guest]}",
+    );
+    let ra = "---\napiVersion: security.istio.io/v1beta1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: shop}\nspec:\n  selector: {matchLabels: {app: payments}}\n  jwtRules:\n  - issuer: https://idp.example.com\n    audiences: [pay]\n    jwksUri: https://idp.example.com/keys\n    fromHeaders: [{name: x-jwt, prefix: 'Bearer '}]\n    fromParams: [token]\n    outputClaimToHeaders: [{header: x-sub, claim: sub}]\n    forwardOriginalToken: true\n    timeout: 5s\n";
+    let c = config(&format!("{policy}{ra}"));
+    let (_, p) = c.authorization_policies().next().expect("policy");
+    assert_eq!(p.action, authz::AuthzAction::Audit);
+    let rule = &p.rules()[0];
+    assert_eq!(rule.from[0].source.not_ip_blocks, ["10.0.0.0/8"]);
+    assert_eq!(rule.from[0].source.request_principals, ["iss/sub"]);
+    assert_eq!(rule.to[0].operation.ports, ["8080"]);
+    assert_eq!(rule.to[0].operation.not_hosts, ["admin"]);
+    assert_eq!(rule.when[0].key, "request.auth.claims[groups]");
+    assert_eq!(rule.when[0].not_values, ["guest"]);
+    let (_, ra) = c.request_authentications().next().expect("ra");
+    let jwt = &ra.jwt_rules[0];
+    assert_eq!(jwt.issuer, "https://idp.example.com");
+    assert_eq!(jwt.from_headers[0].prefix.as_deref(), Some("Bearer "));
+    assert_eq!(jwt.output_claim_to_headers[0].claim, "sub");
+    assert_eq!(jwt.forward_original_token, Some(true));
+}
