@@ -13,7 +13,7 @@ use envoy_types::pb::envoy::config::route::v3::{
 use envoy_types::pb::envoy::extensions::filters::common::fault::v3::fault_delay;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{fault_abort, HttpFault};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    http_connection_manager::RouteSpecifier, HttpConnectionManager,
+    http_connection_manager::RouteSpecifier, http_filter, HttpConnectionManager,
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
@@ -203,8 +203,22 @@ fn network_filter(any: &Any) -> Value {
             Some(RouteSpecifier::RouteConfig(rc)) => render_rc(rc),
             _ => Value::Null,
         };
-        let filters: Vec<&str> = hcm.http_filters.iter().map(|f| f.name.as_str()).collect();
+        // A filter shows as its name; RBAC filters with their policies.
+        let filters: Vec<Value> = hcm
+            .http_filters
+            .iter()
+            .map(|f| match &f.config_type {
+                Some(http_filter::ConfigType::TypedConfig(any)) => {
+                    crate::translate::authz::render::filter(any)
+                        .map_or_else(|| json!(f.name), |r| json!({ f.name.clone(): r }))
+                }
+                _ => json!(f.name),
+            })
+            .collect();
         return json!({ "http_connection_manager": { "stat_prefix": hcm.stat_prefix, "routes": routes, "http_filters": filters } });
+    }
+    if let Some(rbac) = crate::translate::authz::render::filter(any) {
+        return json!({ "rbac": rbac });
     }
     if let Some(tcp) = decode::<TcpProxy>(any) {
         let target = match &tcp.cluster_specifier {

@@ -3,6 +3,7 @@
 //! client kind (sidecar, gateway, fronting Envoy, proxyless gRPC). Golden-tested in
 //! `translate/tests.rs` against `testdata/golden/`.
 
+pub mod authz;
 pub mod cluster;
 pub mod jwt;
 pub mod listener;

@@ -46,6 +46,7 @@ pub fn sidecar(ctx: &Ctx) -> Built {
         c.bind_port(c.outbound_port),
         rds(OUTBOUND),
         TrafficDirection::Outbound,
+        Vec::new(),
     )];
     let mut vhosts = Vec::new();
     for service in ctx.mesh.services.values() {
@@ -70,7 +71,8 @@ pub fn sidecar(ctx: &Ctx) -> Built {
             }
             let targets = tcp_targets(ctx, &service.host, *port);
             let name = format!("tcp|{port}|{}", service.host);
-            listeners.push(tcp_listener(ctx, &name, c.bind_port(*local), &targets));
+            let bind = c.bind_port(*local);
+            listeners.push(tcp_listener(ctx, &name, bind, &targets, Vec::new()));
         }
     }
     let mut route_configs = vec![RouteConfiguration {
@@ -104,7 +106,8 @@ fn inbound(ctx: &Ctx, first: &Port) -> (Listener, Option<RouteConfiguration>, Cl
     let bind = c.bind_port(c.inbound_port);
     let tcp = Protocol::from_port_name(&first.name).is_some_and(|p| !p.is_http());
     let (mut listener, routes) = if tcp {
-        let mut l = tcp_listener(ctx, INBOUND, bind, &[(name.clone(), 100)]);
+        let rbac = super::authz::network_filters(ctx, app.number);
+        let mut l = tcp_listener(ctx, INBOUND, bind, &[(name.clone(), 100)], rbac);
         l.traffic_direction = TrafficDirection::Inbound as i32;
         (l, None)
     } else {
@@ -118,7 +121,9 @@ fn inbound(ctx: &Ctx, first: &Port) -> (Listener, Option<RouteConfiguration>, Cl
             }],
             ..RouteConfiguration::default()
         };
-        let l = http_listener(ctx, INBOUND, bind, rds(INBOUND), TrafficDirection::Inbound);
+        let rbac = super::authz::http_filters(ctx, app.number);
+        let direction = TrafficDirection::Inbound;
+        let l = http_listener(ctx, INBOUND, bind, rds(INBOUND), direction, rbac);
         (l, Some(routes))
     };
     super::tls::inbound_chains(
@@ -192,6 +197,7 @@ pub fn gateway(ctx: &Ctx) -> Built {
                 bind,
                 rds(&route_name),
                 TrafficDirection::Outbound,
+                super::authz::http_filters(ctx, port),
             );
             if let Some(chain) = listener.filter_chains.first_mut() {
                 chain.transport_socket = tls;
@@ -227,7 +233,8 @@ pub fn gateway(ctx: &Ctx) -> Built {
                     )
                 })
                 .collect();
-            listeners.push(tcp_listener(ctx, &name, bind, &targets));
+            let rbac = super::authz::network_filters(ctx, port);
+            listeners.push(tcp_listener(ctx, &name, bind, &targets, rbac));
         }
     }
     (listeners, route_configs, Vec::new())
@@ -394,7 +401,9 @@ fn rds(name: &str) -> RouteSpecifier {
     })
 }
 
-fn http_filters(with_fault: bool) -> Vec<HttpFilter> {
+/// Fault, then authorization (track A's jwt_authn goes first in `authz`, the RBAC filters read
+/// its payload), then the router.
+fn http_filters(with_fault: bool, authz: Vec<HttpFilter>) -> Vec<HttpFilter> {
     let filter = |name: &str, config: Any| HttpFilter {
         name: name.to_string(),
         config_type: Some(http_filter::ConfigType::TypedConfig(config)),
@@ -404,6 +413,7 @@ fn http_filters(with_fault: bool) -> Vec<HttpFilter> {
     if with_fault {
         filters.push(filter(FAULT_FILTER, pack_any(HttpFault::default())));
     }
+    filters.extend(authz);
     filters.push(filter(
         "envoy.filters.http.router",
         pack_any(Router::default()),
@@ -453,12 +463,13 @@ fn http_listener(
     port: u32,
     routes: RouteSpecifier,
     direction: TrafficDirection,
+    authz: Vec<HttpFilter>,
 ) -> Listener {
     let hcm = HttpConnectionManager {
         stat_prefix: name.replace(['.', '|'], "_"),
         codec_type: CodecType::Auto as i32,
         route_specifier: Some(routes),
-        http_filters: http_filters(true),
+        http_filters: http_filters(true, authz),
         ..HttpConnectionManager::default()
     };
     Listener {
@@ -476,7 +487,14 @@ fn http_listener(
     }
 }
 
-fn tcp_listener(ctx: &Ctx, name: &str, port: u32, targets: &[(String, u32)]) -> Listener {
+/// `authz`: network RBAC filters, before the tcp_proxy.
+fn tcp_listener(
+    ctx: &Ctx,
+    name: &str,
+    port: u32,
+    targets: &[(String, u32)],
+    authz: Vec<Filter>,
+) -> Listener {
     let cluster_specifier = match targets {
         [(c, _)] => tcp_proxy::ClusterSpecifier::Cluster(c.clone()),
         _ => tcp_proxy::ClusterSpecifier::WeightedClusters(tcp_proxy::WeightedCluster {
@@ -499,10 +517,13 @@ fn tcp_listener(ctx: &Ctx, name: &str, port: u32, targets: &[(String, u32)]) -> 
         name: name.to_string(),
         address: Some(super::cluster::socket(&ctx.client.listen_address, port)),
         filter_chains: vec![FilterChain {
-            filters: vec![Filter {
-                name: "envoy.filters.network.tcp_proxy".into(),
-                config_type: Some(filter::ConfigType::TypedConfig(pack_any(proxy))),
-            }],
+            filters: authz
+                .into_iter()
+                .chain([Filter {
+                    name: "envoy.filters.network.tcp_proxy".into(),
+                    config_type: Some(filter::ConfigType::TypedConfig(pack_any(proxy))),
+                }])
+                .collect(),
             ..FilterChain::default()
         }],
         ..Listener::default()
@@ -513,7 +534,7 @@ fn api_listener(name: &str) -> Listener {
     let hcm = HttpConnectionManager {
         stat_prefix: name.replace(['.', '|', ':'], "_"),
         route_specifier: Some(rds(name)),
-        http_filters: http_filters(false),
+        http_filters: http_filters(false, Vec::new()),
         ..HttpConnectionManager::default()
     };
     Listener {

@@ -194,6 +194,11 @@ fn golden_mtls_auto_by_endpoint_label() {
 }
 
 #[test]
+fn golden_authorization_policies() {
+    scenario_with("authz", true);
+}
+
+#[test]
 fn golden_mtls_strict_namespace() {
     scenario_with("mtls-strict", true);
 }
