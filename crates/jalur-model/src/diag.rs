@@ -140,8 +140,11 @@ pub mod codes {
     // Gateway TLS passthrough (SNI routing).
     pub const AUTO_PASSTHROUGH_NOT_SUPPORTED: Code =
         code("JAL0170", "AutoPassthroughNotSupported", Severity::Warning);
-    pub const PASSTHROUGH_WITHOUT_TLS_ROUTE: Code =
-        code("JAL0171", "PassthroughServerWithoutTlsRoute", Severity::Warning);
+    pub const PASSTHROUGH_WITHOUT_TLS_ROUTE: Code = code(
+        "JAL0171",
+        "PassthroughServerWithoutTlsRoute",
+        Severity::Warning,
+    );
     pub const SNI_HOST_NOT_IN_GATEWAY: Code =
         code("JAL0172", "SniHostNotInGateway", Severity::Error);
 

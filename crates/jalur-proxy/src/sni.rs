@@ -216,8 +216,14 @@ mod tests {
         assert_eq!(picked(&r, Some("a.example.com")).as_deref(), Some("a"));
         assert_eq!(picked(&r, Some("A.Example.COM")).as_deref(), Some("a"));
         assert_eq!(picked(&r, Some("x.b.example.com")).as_deref(), Some("b"));
-        assert_eq!(picked(&r, Some("c.example.com")).as_deref(), Some("example"));
-        assert_eq!(picked(&r, Some("deep.c.example.com")).as_deref(), Some("example"));
+        assert_eq!(
+            picked(&r, Some("c.example.com")).as_deref(),
+            Some("example")
+        );
+        assert_eq!(
+            picked(&r, Some("deep.c.example.com")).as_deref(),
+            Some("example")
+        );
         assert_eq!(picked(&r, Some("other.com")).as_deref(), Some("com"));
         assert_eq!(picked(&r, Some("example.org")).as_deref(), Some("rest"));
         assert_eq!(picked(&r, None).as_deref(), Some("rest"));

@@ -70,7 +70,11 @@ fn test_ca() -> TestCa {
 async fn backend(ca: &TestCa, host: &'static str) -> Backend {
     let key = KeyPair::generate().expect("leaf key");
     let params = CertificateParams::new(vec![host.to_string()]).expect("leaf params");
-    let cert = params.signed_by(&key, &ca.issuer).expect("leaf").der().clone();
+    let cert = params
+        .signed_by(&key, &ca.issuer)
+        .expect("leaf")
+        .der()
+        .clone();
     let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -192,7 +196,10 @@ async fn plaintext_is_closed(gateway: SocketAddr) -> Result<(), String> {
     let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut buf)).await;
     match read {
         Ok(Ok(0)) | Ok(Err(_)) => Ok(()),
-        Ok(Ok(n)) => Err(format!("{n} bytes came back: {:?}", String::from_utf8_lossy(&buf))),
+        Ok(Ok(n)) => Err(format!(
+            "{n} bytes came back: {:?}",
+            String::from_utf8_lossy(&buf)
+        )),
         Err(_) => Err("still open after 10 s".into()),
     }
 }
@@ -249,15 +256,22 @@ async fn routes_by_sni(gateway: SocketAddr, ca: &TestCa, a: &Backend, b: &Backen
     assert!(unrouted.is_err(), "an SNI no route names: {unrouted:?}");
     let no_sni = https_get(gateway, ca, None).await;
     assert!(no_sni.is_err(), "a ClientHello without SNI: {no_sni:?}");
-    plaintext_is_closed(gateway).await.expect("plaintext closed");
+    plaintext_is_closed(gateway)
+        .await
+        .expect("plaintext closed");
     let after = (
         a.connections.load(Ordering::SeqCst),
         b.connections.load(Ordering::SeqCst),
     );
-    assert_eq!(before, after, "a refused connection never reached a backend");
+    assert_eq!(
+        before, after,
+        "a refused connection never reached a backend"
+    );
 
     // A's route still works after the refusals (nothing was left broken).
-    let (_, body) = https_get(gateway, ca, Some(HOST_A)).await.expect("SNI a again");
+    let (_, body) = https_get(gateway, ca, Some(HOST_A))
+        .await
+        .expect("SNI a again");
     assert_eq!(body, HOST_A);
 }
 

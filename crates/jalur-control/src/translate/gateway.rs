@@ -48,7 +48,11 @@ pub(super) fn passthrough(
                 .iter()
                 .filter(|s| s.port.number == port)
                 .filter(|s| s.tls.as_ref().and_then(|t| t.mode) == Some(ServerTlsMode::Passthrough))
-                .flat_map(move |s| s.hosts.iter().map(move |h| server_host(h, &r.meta.namespace)))
+                .flat_map(move |s| {
+                    s.hosts
+                        .iter()
+                        .map(move |h| server_host(h, &r.meta.namespace))
+                })
         })
         .collect();
     let mut chains: Vec<FilterChain> = Vec::new();
@@ -63,7 +67,13 @@ pub(super) fn passthrough(
                     .sni_hosts
                     .iter()
                     .filter(|sni| exposed(&server_hosts, ns, sni))
-                    .map(|sni| if sni == "*" { String::new() } else { sni.clone() })
+                    .map(|sni| {
+                        if sni == "*" {
+                            String::new()
+                        } else {
+                            sni.clone()
+                        }
+                    })
                     .filter(|sni| !claimed.contains(sni))
                     .fold(Vec::new(), |mut acc, sni| {
                         if !acc.contains(&sni) {

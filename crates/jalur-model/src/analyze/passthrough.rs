@@ -77,7 +77,10 @@ fn server(
     for m in &matches {
         for (k, sni) in m.sni_hosts.iter().enumerate() {
             let vs_ns = &m.vs.meta.namespace;
-            if servers.iter().any(|o| covers(o, &gr.meta.namespace, vs_ns, sni)) {
+            if servers
+                .iter()
+                .any(|o| covers(o, &gr.meta.namespace, vs_ns, sni))
+            {
                 continue;
             }
             let msg = format!(

@@ -68,7 +68,10 @@ pub(super) fn routes(l: &XdsListener) -> Res<(SniRoutes, Vec<RbacFilter>)> {
             let same = if server_names.is_empty() {
                 other.server_names.is_empty()
             } else {
-                server_names.iter().find(|n| other.server_names.contains(n)).is_some()
+                server_names
+                    .iter()
+                    .find(|n| other.server_names.contains(n))
+                    .is_some()
             };
             if same {
                 return Err(Invalid::new(
@@ -99,9 +102,9 @@ fn names(m: &FilterChainMatch) -> Res<Vec<String>> {
     )?;
     let mut out: Vec<String> = Vec::new();
     for (i, name) in m.server_names.iter().enumerate() {
-        let wildcard_ok = name
-            .strip_prefix("*.")
-            .map_or(!name.contains('*'), |rest| !rest.is_empty() && !rest.contains('*'));
+        let wildcard_ok = name.strip_prefix("*.").map_or(!name.contains('*'), |rest| {
+            !rest.is_empty() && !rest.contains('*')
+        });
         reject_if(
             name.is_empty() || !wildcard_ok,
             &format!("server_names[{i}]"),
@@ -205,7 +208,10 @@ mod tests {
     #[test]
     fn partial_wildcards_and_other_match_fields_are_refused() {
         let e = routes(&listener(vec![chain(&["w*.example.com"], "a")])).expect_err("wildcard");
-        assert_eq!(e.field, "filter_chains[0].filter_chain_match.server_names[0]");
+        assert_eq!(
+            e.field,
+            "filter_chains[0].filter_chain_match.server_names[0]"
+        );
         let mut c = chain(&["a.example.com"], "a");
         if let Some(m) = c.filter_chain_match.as_mut() {
             m.transport_protocol = "tls".into();
@@ -224,6 +230,10 @@ mod tests {
             ))),
         });
         let e = routes(&listener(vec![c])).expect_err("terminating");
-        assert!(e.field.starts_with("filter_chains[0].transport_socket"), "{}", e.field);
+        assert!(
+            e.field.starts_with("filter_chains[0].transport_socket"),
+            "{}",
+            e.field
+        );
     }
 }
