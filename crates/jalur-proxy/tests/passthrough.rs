@@ -39,6 +39,8 @@ struct Backend {
     addr: SocketAddr,
     cert: CertificateDer<'static>,
     connections: Arc<AtomicUsize>,
+    /// TLS handshakes it completed: a ClientHello that reached it.
+    handshakes: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -87,14 +89,17 @@ async fn backend(ca: &TestCa, host: &'static str) -> Backend {
     let addr = listener.local_addr().expect("addr");
     let connections = Arc::new(AtomicUsize::new(0));
     let counted = connections.clone();
+    let handshakes = Arc::new(AtomicUsize::new(0));
+    let shaken = handshakes.clone();
     let task = tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             counted.fetch_add(1, Ordering::SeqCst);
-            let acceptor = acceptor.clone();
+            let (acceptor, shaken) = (acceptor.clone(), shaken.clone());
             tokio::spawn(async move {
                 let Ok(mut tls) = acceptor.accept(tcp).await else {
                     return;
                 };
+                shaken.fetch_add(1, Ordering::SeqCst);
                 let mut head = Vec::new();
                 let mut buf = [0u8; 1024];
                 while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -116,6 +121,7 @@ async fn backend(ca: &TestCa, host: &'static str) -> Backend {
         addr,
         cert,
         connections,
+        handshakes,
         task,
     }
 }
@@ -273,6 +279,56 @@ async fn routes_by_sni(gateway: SocketAddr, ca: &TestCa, a: &Backend, b: &Backen
         .await
         .expect("SNI a again");
     assert_eq!(body, HOST_A);
+}
+
+/// A DENY AuthorizationPolicy on the gateway for one SNI name (`connection.sni`, the network
+/// RBAC filter's `requested_server_name`): that name is closed before its ClientHello reaches
+/// the backend (Envoy may already have dialled it, so handshakes are counted, not connections);
+/// the other name still passes.
+const DENY_SNI_B: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-b, namespace: edge}\nspec:\n  selector: {matchLabels: {istio: ingressgateway}}\n  action: DENY\n  rules:\n  - when:\n    - key: connection.sni\n      values: [b.passthrough.test]\n";
+
+async fn denies_by_sni(gateway: SocketAddr, ca: &TestCa, b: &Backend) {
+    let (_, body) = assert_eventually(
+        "SNI a reaches backend A",
+        Duration::from_secs(20),
+        || async { https_get(gateway, ca, Some(HOST_A)).await },
+    )
+    .await;
+    assert_eq!(body, HOST_A);
+    let before = b.handshakes.load(Ordering::SeqCst);
+    let denied = https_get(gateway, ca, Some(HOST_B)).await;
+    assert!(denied.is_err(), "SNI b denied by the policy: {denied:?}");
+    assert_eq!(
+        b.handshakes.load(Ordering::SeqCst),
+        before,
+        "no ClientHello reached B"
+    );
+}
+
+async fn with_policy(a: &Backend, b: &Backend) -> Plane {
+    let mut files = config(a, b);
+    files.push(("deny-b.yaml", DENY_SNI_B.to_string()));
+    Plane::start(&files).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jalur_gateway_passthrough_denies_an_sni_by_policy() {
+    let ca = test_ca();
+    let (a, b) = (backend(&ca, HOST_A).await, backend(&ca, HOST_B).await);
+    let plane = with_policy(&a, &b).await;
+    let (_proxy, gateway) = jalur_gateway(plane.xds).await;
+    denies_by_sni(gateway, &ca, &b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_gateway_passthrough_denies_an_sni_by_policy() {
+    let ca = test_ca();
+    let (a, b) = (backend(&ca, HOST_A).await, backend(&ca, HOST_B).await);
+    let plane = with_policy(&a, &b).await;
+    let Some((_envoy, gateway)) = envoy_gateway(plane.xds).await else {
+        return;
+    };
+    denies_by_sni(gateway, &ca, &b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

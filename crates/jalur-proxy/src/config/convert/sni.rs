@@ -60,7 +60,7 @@ pub(super) fn routes(l: &XdsListener) -> Res<(SniRoutes, Vec<RbacFilter>)> {
         )?;
         let ListenerKind::Tcp(tcp) = kind else {
             return Err(Invalid::new(
-                format!("{path}.filters[0]"),
+                format!("{path}.filters[{}]", chain.filters.len().saturating_sub(1)),
                 "a chain matching server_names must be a tcp_proxy (TLS passthrough)",
             ));
         };
