@@ -13,6 +13,7 @@
 #   BENCH_PROXY_CPU=0 BENCH_LOAD_CPU=1   the CPUs (both 1: a diagnostic without the cross-CPU hop)
 #   BENCH_NO_INSTALL=1    skip apt/cargo install and the build (use what is there)
 #   BENCH_NO_RESULTS=1    print the table but leave bench/RESULTS.md alone
+#   BENCH_JALUR=PATH      the jalur binary to run (default: target/release/jalur)
 #   BENCH_NOTE="..."      a line added to the notes of RESULTS.md
 #   BENCH_NICE=-10        run every benchmarked process (proxies, backend, load) at this nice
 #                         level, to shield it from other work on a shared machine (default: 0)
@@ -29,7 +30,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-ALL_ROWS="direct jalur-1 envoy-1 nginx-1 haproxy-1 jalur-2 envoy-2 nginx-2 haproxy-2 jalur-2-mtls envoy-2-mtls"
+ALL_ROWS="direct jalur-1 envoy-1 nginx-1 haproxy-1 jalur-2 envoy-2 nginx-2 haproxy-2 jalur-2-mtls envoy-2-mtls
+  jalur-2-mtls-authz envoy-2-mtls-authz jalur-gw-mutual envoy-gw-mutual haproxy-gw-mutual"
 ROWS="${BENCH_ROWS:-$ALL_ROWS}"
 CONNS="${BENCH_CONNS:-32}"
 WARMUP="${BENCH_WARMUP:-3}"
@@ -75,7 +77,7 @@ if [[ -z "${BENCH_NO_INSTALL:-}" ]]; then
   install_tools
 fi
 export PATH="$PATH:/usr/sbin:${CARGO_HOME:-$HOME/.cargo}/bin"
-JALUR="$ROOT/target/release/jalur"
+JALUR="${BENCH_JALUR:-$ROOT/target/release/jalur}" # BENCH_JALUR: another build (smoke checks)
 ENVOY="$(ls "$ROOT"/.venv/lib/python3*/site-packages/envoy/_bin/envoy 2>/dev/null | head -n 1 || true)"
 NGINX="$(command -v nginx)"
 HAPROXY="$(command -v haproxy)"
@@ -311,6 +313,10 @@ spec:
 EOF
   done
 fi
+# Issue 11's rows (AuthorizationPolicy at a sidecar, MUTUAL gateway handshakes): bench/issue11.sh.
+# shellcheck source=bench/issue11.sh
+source "$ROOT/bench/issue11.sh"
+issue11_config "$WORK/config"
 # Plaintext xDS (15010) for the plain rows, TLS xDS + the CA (15012) for the mTLS rows.
 spawn "$LOAD_CPU" "$WORK/logs/control.log" env RUST_LOG=warn "$JALUR" control --config "$WORK/config" \
   --xds-addr "127.0.0.1:$XDS_PORT" --insecure-xds --xds-tls-addr "127.0.0.1:$TLS_PORT" \
@@ -476,6 +482,7 @@ start_row() {
   ROW_EXTRA_PIDS=()
   ROW_MTLS=""
   ROW_CHECK=""
+  ROW_AUTHZ=""
   ENTRY_HOST="$HOST"
   case "$1" in
   direct)
@@ -558,7 +565,7 @@ start_row() {
     ENTRY_PORT=$OUT_PORT
     ENTRY_HOST=echo-envoy-mtls.default.svc.cluster.local
     ;;
-  *) die "unknown row $1 (rows: $ALL_ROWS)" ;;
+  *) start_row_issue11 "$1" || die "unknown row $1 (rows: $ALL_ROWS)" ;;
   esac
 }
 
@@ -615,6 +622,10 @@ run_row() {
       return 0
     fi
     echo "second hop 127.0.0.1:$ROW_CHECK carries the traffic" >>"$dir/check.txt"
+  fi
+  if [[ -n "$ROW_AUTHZ" ]] && ! authz_enforced "$dir"; then
+    skip_row "$dir" "skipped: a path no rule allows was not refused with 403, so this build does not enforce AuthorizationPolicy (issue 11)"
+    return 0
   fi
   local pids=() pid
   for pid in "${ROW_PIDS[@]+"${ROW_PIDS[@]}"}"; do
@@ -717,7 +728,10 @@ mkdir -p "$OUT"
 grep '^cpu ' /proc/stat >"$OUT/stat_before"
 START=$SECONDS
 for row in $ROWS; do
-  run_row "$row"
+  case "$row" in
+  *-gw-mutual) run_handshake_row "$row" ;;
+  *) run_row "$row" ;;
+  esac
 done
 grep '^cpu ' /proc/stat >"$OUT/stat_after"
 echo "loadavg_end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/machine"

@@ -26,6 +26,11 @@ LABELS = {
     "haproxy-2": "haproxy, 2 hops (chained)",
     "jalur-2-mtls": "jalur proxy, 2 hops, mTLS between them (STRICT)",
     "envoy-2-mtls": "Envoy 1.40 + jalur agent (SDS), 2 hops, mTLS (STRICT)",
+    "jalur-2-mtls-authz": "jalur proxy, 2 hops, mTLS + AuthorizationPolicy of 50 rules",
+    "envoy-2-mtls-authz": "Envoy 1.40 + jalur agent, 2 hops, mTLS + AuthorizationPolicy of 50 rules",
+    "jalur-gw-mutual": "jalur proxy, MUTUAL gateway",
+    "envoy-gw-mutual": "Envoy 1.40 + jalur agent (SDS files), MUTUAL gateway",
+    "haproxy-gw-mutual": "haproxy, `ssl ... verify required`",
 }
 
 # Goals of issue 3 and the public anchors it quotes.
@@ -166,6 +171,8 @@ def load_row(out, name, clk, proxy_cpu, load_cpu):
     if not d.is_dir():
         row["failed"] = "not run"
         return row
+    if (d / "handshake_row").exists():
+        return load_handshake_row(d, row, clk, proxy_cpu, load_cpu)
     if (d / "failed").exists():
         row["failed"] = read(d / "failed").strip()
         return row
@@ -184,6 +191,17 @@ def load_row(out, name, clk, proxy_cpu, load_cpu):
     row["oha_stderr"] = read(d / "oha.err").strip()
     row["max_win"] = window(d, "max", clk, proxy_cpu, load_cpu)
     row["fixed_win"] = window(d, "fixed", clk, proxy_cpu, load_cpu)
+    row["died"] = [line.split()[0] for line in read(d / "alive").splitlines() if "DIED" in line]
+    row["handshakes"] = parse_s_time(read(d / "s_time.txt"), window(d, "hs", clk, proxy_cpu, load_cpu))
+    return row
+
+
+def load_handshake_row(d, row, clk, proxy_cpu, load_cpu):
+    """A row that only measures new TLS handshakes (issue 11's MUTUAL gateways)."""
+    row["kind"] = "handshake"
+    if (d / "failed").exists():
+        row["failed"] = read(d / "failed").strip()
+        return row
     row["died"] = [line.split()[0] for line in read(d / "alive").splitlines() if "DIED" in line]
     row["handshakes"] = parse_s_time(read(d / "s_time.txt"), window(d, "hs", clk, proxy_cpu, load_cpu))
     return row
@@ -428,6 +446,66 @@ def goals_mtls(rows):
     return "| goal (issue 10, mTLS) | this run | verdict | by how much |\n|---|---|---|---|\n" + "\n".join(out)
 
 
+def goals_issue11(rows):
+    """Issue 11: an AuthorizationPolicy of 50 rules at a sidecar (its added CPU per request and
+    p99 over the same pair without it), and new handshakes per core on a MUTUAL gateway. The
+    issue sets no numbers: the goals are jalur at or under Envoy's cost, and at or over Envoy's
+    and haproxy's handshakes per core."""
+    by = {r["name"]: r for r in rows}
+    names = ("jalur-2-mtls-authz", "envoy-2-mtls-authz", "jalur-gw-mutual", "envoy-gw-mutual", "haproxy-gw-mutual")
+    if not any(n in by for n in names):
+        return ""
+    out = []
+
+    def line(goal, value, ok, detail):
+        state = "n/a" if ok is None else ("**met**" if ok else "**not met**")
+        out.append(f"| {goal} | {value} | {state} | {detail} |")
+
+    added = {}
+    for impl, base, authz in (("jalur", "jalur-2-mtls", "jalur-2-mtls-authz"), ("Envoy", "envoy-2-mtls", "envoy-2-mtls-authz")):
+        b, a = by.get(base), by.get(authz)
+        if a is None:
+            continue
+        goal = f"AuthorizationPolicy of 50 rules, {impl} pair: added CPU per request, added p99"
+        if "failed" in a:
+            line(goal, "–", None, a["failed"])
+            continue
+        if not b or "failed" in b or None in (b.get("cpu_s_per_1k"), a.get("cpu_s_per_1k"), b.get("p99_ms"), a.get("p99_ms")):
+            line(goal, "–", None, f"needs the {base} row of the same run")
+            continue
+        dcpu, dp99 = a["cpu_s_per_1k"] - b["cpu_s_per_1k"], a["p99_ms"] - b["p99_ms"]
+        added[impl] = (dcpu, dp99)
+        line(goal, f"{1000 * dcpu:+.1f} µs CPU per request ({100 * dcpu / b['cpu_s_per_1k']:+.0f}%), p99 {dp99:+.3f} ms", None,
+             f"{a['cpu_s_per_1k']:.4f} vs {b['cpu_s_per_1k']:.4f} CPU-s/1k req; p99 {a['p99_ms']:.3f} vs {b['p99_ms']:.3f} ms")
+    if "jalur" in added and "Envoy" in added:
+        (jc, jp), (ec, ep) = added["jalur"], added["Envoy"]
+        line("the policy's added CPU per request: jalur ≤ Envoy", f"{1000 * jc:+.1f} vs {1000 * ec:+.1f} µs", jc <= ec,
+             f"{1000 * (jc - ec):+.1f} µs against Envoy's")
+        line("the policy's added p99: jalur ≤ Envoy", f"{jp:+.3f} vs {ep:+.3f} ms", jp <= ep, f"{jp - ep:+.3f} ms against Envoy's")
+    per_cpu = {}
+    for n in ("jalur-gw-mutual", "envoy-gw-mutual", "haproxy-gw-mutual"):
+        r = by.get(n)
+        if r is None:
+            continue
+        goal = f"new mutual-TLS handshakes/s, {r['label']}"
+        h = r.get("handshakes")
+        if "failed" in r:
+            line(goal, "–", None, r["failed"])
+        elif h and h.get("per_s"):
+            per_cpu[n] = h.get("per_cpu_s")
+            detail = f"{h['per_cpu_s']:,.0f} per proxy CPU-second" if h.get("per_cpu_s") else "proxy CPU not measured"
+            line(goal, f"{h['per_s']:,.0f}/s ({h['conns']} in the run)", None, detail)
+        else:
+            line(goal, "–", None, "openssl s_time gave no result (see s_time.txt)")
+    j = per_cpu.get("jalur-gw-mutual")
+    for other, name in (("envoy-gw-mutual", "Envoy"), ("haproxy-gw-mutual", "haproxy")):
+        o = per_cpu.get(other)
+        if j and o:
+            line(f"MUTUAL gateway handshakes per core: jalur ≥ {name}", f"{j:,.0f} vs {o:,.0f} per CPU-s ({j / o:.2f}×)", j >= o,
+                 f"{100 * (j / o - 1):+.0f}%")
+    return "| goal (issue 11) | this run | verdict | by how much |\n|---|---|---|---|\n" + "\n".join(out)
+
+
 def notes(rows, machine):
     n = []
     n.append(
@@ -485,12 +563,17 @@ def main():
     clk = int(machine.get("clk_tck", "100"))
     proxy_cpu = int(machine.get("proxy_cpu", "0"))
     load_cpu = int(machine.get("load_cpu", "1"))
-    rows = derive([load_row(out, n, clk, proxy_cpu, load_cpu) for n in names])
+    loaded = [load_row(out, n, clk, proxy_cpu, load_cpu) for n in names]
+    # Handshake-only rows have no wrk/oha runs: they show in issue 11's table alone.
+    rows = derive([r for r in loaded if r.get("kind") != "handshake"])
     t = table(rows)
     g = goals(rows)
     gm = goals_mtls(rows)
     if gm:
         g += "\n\n" + gm
+    g11 = goals_issue11(loaded)
+    if g11:
+        g += "\n\n" + g11
     nl = notes(rows, machine)
     (out / "rows.json").write_text(json.dumps(rows, indent=1, default=str))
 

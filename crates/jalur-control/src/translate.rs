@@ -5,6 +5,7 @@
 
 pub mod authz;
 pub mod cluster;
+mod gateway;
 pub mod jwt;
 pub mod listener;
 pub mod route;

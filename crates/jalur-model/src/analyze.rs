@@ -15,6 +15,7 @@ mod gateway;
 pub mod hybrid;
 mod index;
 mod migration;
+mod passthrough;
 mod peer_authentication;
 mod request_authn;
 mod service_entry;
@@ -73,6 +74,7 @@ pub fn analyze_in(config: &Config, extra: &KnownServices, root_namespace: &str) 
     conflicts::check(config, &mut out);
     strict_callers::check(config, root_namespace, &mut out);
     authz_scope::legacy_callers(config, root_namespace, &mut out);
+    passthrough::check(config, &mut out);
     for r in &config.resources {
         match &r.spec {
             Spec::VirtualService(vs) => virtual_service::check(&index, r, vs, &mut out),

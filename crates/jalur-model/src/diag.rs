@@ -137,6 +137,17 @@ pub mod codes {
     pub const INVALID_JWKS_URI: Code = code("JAL0164", "InvalidJwksUri", Severity::Error);
     pub const DUPLICATE_JWT_ISSUER: Code = code("JAL0165", "DuplicateJwtIssuer", Severity::Error);
 
+    // Gateway TLS passthrough (SNI routing).
+    pub const AUTO_PASSTHROUGH_NOT_SUPPORTED: Code =
+        code("JAL0170", "AutoPassthroughNotSupported", Severity::Warning);
+    pub const PASSTHROUGH_WITHOUT_TLS_ROUTE: Code = code(
+        "JAL0171",
+        "PassthroughServerWithoutTlsRoute",
+        Severity::Warning,
+    );
+    pub const SNI_HOST_NOT_IN_GATEWAY: Code =
+        code("JAL0172", "SniHostNotInGateway", Severity::Error);
+
     // Hybrid findings (`jalur analyze --consul ADDR`): config checked against a live Consul.
     pub const CONSUL_NAME_SHADOWED: Code = code("JAL0130", "ConsulNameShadowed", Severity::Warning);
     pub const CONSUL_NAME_COLLIDES: Code = code(
@@ -213,6 +224,9 @@ pub mod codes {
         INVALID_JWKS,
         INVALID_JWKS_URI,
         DUPLICATE_JWT_ISSUER,
+        AUTO_PASSTHROUGH_NOT_SUPPORTED,
+        PASSTHROUGH_WITHOUT_TLS_ROUTE,
+        SNI_HOST_NOT_IN_GATEWAY,
     ];
 }
 

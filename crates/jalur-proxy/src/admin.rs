@@ -133,6 +133,13 @@ fn clusters(state: &AdminState) -> Value {
     json!(out)
 }
 
+fn tcp_targets(t: &crate::config::TcpListener) -> Vec<Value> {
+    t.targets
+        .iter()
+        .map(|w| json!({ "cluster": w.cluster, "weight": w.weight }))
+        .collect()
+}
+
 fn config_dump(snap: &Snapshot) -> Value {
     let listeners: Vec<Value> = snap
         .listeners
@@ -143,7 +150,8 @@ fn config_dump(snap: &Snapshot) -> Value {
                     RouteSource::Rds(name) => json!({ "http": { "rds": name, "faults": h.faults } }),
                     RouteSource::Inline(t) => json!({ "http": { "inline": t.name, "faults": h.faults } }),
                 },
-                ListenerKind::Tcp(t) => json!({ "tcp": t.targets.iter().map(|w| json!({ "cluster": w.cluster, "weight": w.weight })).collect::<Vec<_>>() }),
+                ListenerKind::Tcp(t) => json!({ "tcp": tcp_targets(t) }),
+                ListenerKind::Sni(s) => json!({ "sni": s.chains.iter().map(|c| json!({ "server_names": c.server_names, "tcp": tcp_targets(&c.tcp) })).collect::<Vec<_>>() }),
             };
             json!({ "name": l.name, "address": l.addr.to_string(), "kind": kind })
         })

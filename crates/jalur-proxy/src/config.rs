@@ -142,6 +142,25 @@ pub struct SocketMatch {
 pub enum ListenerKind {
     Http(HttpListener),
     Tcp(TcpListener),
+    /// TLS passed through untouched, a TCP proxy chosen by the ClientHello's SNI (a gateway's
+    /// PASSTHROUGH server).
+    Sni(SniRoutes),
+}
+
+/// Filter chains told apart by `filter_chain_match.server_names`, each a TCP proxy. A connection
+/// whose SNI no chain names goes to the chain without names, else is closed (Envoy's matching,
+/// in `crate::sni`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SniRoutes {
+    pub chains: Vec<SniChain>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SniChain {
+    /// Exact names and `*.suffix` wildcards, lowercase; empty: any connection no other chain
+    /// takes (TLS without SNI and plaintext included).
+    pub server_names: Vec<String>,
+    pub tcp: TcpListener,
 }
 
 #[derive(Debug, Clone, PartialEq)]

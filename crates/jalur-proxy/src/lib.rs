@@ -22,6 +22,7 @@ pub mod resilience;
 pub mod routing;
 pub mod run;
 pub mod runtime;
+pub mod sni;
 pub mod tcp;
 pub mod tls;
 pub mod upstream;

@@ -246,7 +246,9 @@ async fn serve(
     let Some(downstream) = downstream else {
         return;
     };
-    if let Some(chain) = &ctx.load().network_rbac {
+    // A listener routing by SNI decides once it has read the ClientHello (`sni.rs`).
+    let by_sni = matches!(l.kind, ListenerKind::Sni(_));
+    if let Some(chain) = ctx.load().network_rbac.as_ref().filter(|_| !by_sni) {
         let security = match &conn {
             Accepted::Plain(_) => None,
             Accepted::Tls(_, security) => Some(security.peer.as_deref()),
@@ -264,6 +266,12 @@ async fn serve(
             let security = Some(Arc::new(security));
             serve_http(s, rt, ctx, peer, drain, security, downstream).await
         }
+        (ListenerKind::Sni(routes), Accepted::Plain(s)) => {
+            let network_rbac = ctx.load().network_rbac.clone();
+            crate::sni::proxy(rt, routes, network_rbac, s, peer, &downstream).await
+        }
+        // A listener routing by SNI never terminates TLS (refused at conversion).
+        (ListenerKind::Sni(_), Accepted::Tls(..)) => {}
         (ListenerKind::Tcp(tcp), conn) => {
             let inbound = ctx.load().inbound;
             match conn {

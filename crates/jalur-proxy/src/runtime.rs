@@ -90,7 +90,7 @@ impl ListenerCtx {
                 },
                 h.faults,
             ),
-            ListenerKind::Tcp(_) => (ListenerRoutes::None, false),
+            ListenerKind::Tcp(_) | ListenerKind::Sni(_) => (ListenerRoutes::None, false),
         };
         let envoy = &rt.metrics.envoy;
         let (rbac, rbac_after_fault, remote_address) = match &l.kind {
@@ -99,7 +99,7 @@ impl ListenerCtx {
                 h.rbac.after_fault,
                 h.rbac.remote,
             ),
-            ListenerKind::Tcp(_) => (None, false, Default::default()),
+            ListenerKind::Tcp(_) | ListenerKind::Sni(_) => (None, false, Default::default()),
         };
         ListenerCtx {
             name: l.name.clone(),

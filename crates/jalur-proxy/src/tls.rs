@@ -18,7 +18,7 @@ use crate::config::{CertSource, ClientTls, PeerMatch, ServerTls};
 /// A TLS handshake (either side) must finish within this.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first byte of a TLS connection: a handshake record (RFC 8446 §5.1, content type 22).
-const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+pub(crate) const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// What a connection's security was, for Istio's metric labels.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

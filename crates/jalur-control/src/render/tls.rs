@@ -103,7 +103,9 @@ pub(super) fn chain(fc: &FilterChain) -> Value {
         .as_ref()
         .map(|m| m.transport_protocol.clone())
         .filter(|p| !p.is_empty());
+    let server_names = fc.filter_chain_match.as_ref().map(|m| &m.server_names);
     prune(json!({
+        "server_names": server_names,
         "transport_protocol": protocol,
         "transport_socket": socket(fc.transport_socket.as_ref()),
         "filters": filters,

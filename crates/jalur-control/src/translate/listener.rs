@@ -189,6 +189,12 @@ pub fn gateway(ctx: &Ctx) -> Built {
             .collect();
         let name = format!("0.0.0.0_{port}");
         let bind = ctx.client.bind_port(port);
+        if super::gateway::is_passthrough(&selected, port) {
+            listeners.extend(super::gateway::passthrough(
+                &gw_ctx, &selected, &bound, &name, bind,
+            ));
+            continue;
+        }
         if protocol.is_http() {
             let route_name = format!("http.{port}");
             let mut listener = http_listener(
@@ -242,7 +248,7 @@ pub fn gateway(ctx: &Ctx) -> Built {
 
 /// A server host `ns/host` (or `./host`, `*/host`, bare `host` = any namespace) as
 /// (namespace or "*", host pattern).
-fn server_host(h: &str, gateway_ns: &str) -> (String, String) {
+pub(super) fn server_host(h: &str, gateway_ns: &str) -> (String, String) {
     match h.split_once('/') {
         Some((".", host)) => (gateway_ns.to_string(), host.to_string()),
         Some((ns, host)) => (ns.to_string(), host.to_string()),
@@ -488,7 +494,7 @@ fn http_listener(
 }
 
 /// `authz`: network RBAC filters, before the tcp_proxy.
-fn tcp_listener(
+pub(super) fn tcp_listener(
     ctx: &Ctx,
     name: &str,
     port: u32,

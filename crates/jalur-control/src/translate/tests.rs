@@ -188,6 +188,13 @@ fn golden_gateway_with_bound_virtual_service() {
     scenario("gateway");
 }
 
+/// PASSTHROUGH: one chain per claimed SNI set behind the tls_inspector, each a tcp_proxy; names
+/// the server does not expose and routes for another port are left out.
+#[test]
+fn golden_gateway_passthrough_by_sni() {
+    scenario("gateway-passthrough");
+}
+
 #[test]
 fn golden_mtls_auto_by_endpoint_label() {
     scenario_with("mtls-auto", true);

@@ -34,6 +34,7 @@ mod fault;
 mod listener;
 mod rbac;
 mod route;
+mod sni;
 mod tls;
 
 pub use tls::{SDS_CERT, SDS_ROOTS, SOCKET_MATCH_METADATA};

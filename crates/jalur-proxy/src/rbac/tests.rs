@@ -156,7 +156,7 @@ fn http_chain(rbac: Vec<HttpRbac>) -> Vec<RbacFilter> {
     let l = convert::listener(&http_listener(rbac)).expect("converts");
     match l.kind {
         ListenerKind::Http(h) => h.rbac.filters,
-        ListenerKind::Tcp(_) => panic!("an HTTP listener"),
+        ListenerKind::Tcp(_) | ListenerKind::Sni(_) => panic!("an HTTP listener"),
     }
 }
 

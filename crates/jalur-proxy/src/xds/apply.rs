@@ -364,7 +364,7 @@ pub(crate) fn rds_names(snapshot: &Snapshot) -> BTreeSet<String> {
                 RouteSource::Rds(name) => Some(name.clone()),
                 RouteSource::Inline(_) => None,
             },
-            ListenerKind::Tcp(_) => None,
+            ListenerKind::Tcp(_) | ListenerKind::Sni(_) => None,
         })
         .collect()
 }

@@ -118,6 +118,10 @@ type Terminal = (ListenerKind, Vec<RbacFilter>);
 /// in the same network filter: a sidecar's inbound listener under PERMISSIVE is a TLS chain and
 /// a plaintext one, under STRICT the TLS chain alone.
 fn filter_chains(l: &XdsListener) -> Res<(ListenerKind, Option<ServerTls>, bool, Vec<RbacFilter>)> {
+    if super::sni::by_server_name(l) {
+        let (routes, rbac) = super::sni::routes(l)?;
+        return Ok((ListenerKind::Sni(routes), None, false, rbac));
+    }
     let mut chains: Vec<Chain> = Vec::new();
     let all = l
         .filter_chains
@@ -139,7 +143,7 @@ fn filter_chains(l: &XdsListener) -> Res<(ListenerKind, Option<ServerTls>, bool,
         match (takes, &tls) {
             (Takes::Tls, None) => return Err(Invalid::new(
                 format!("{path}.transport_socket"),
-                "a chain for TLS connections must terminate TLS (TLS passthrough is not supported)",
+                "a chain for TLS connections must terminate TLS (TLS passthrough is by server_names only)",
             )),
             (Takes::Plaintext, Some(_)) => {
                 return Err(Invalid::new(
@@ -207,7 +211,7 @@ fn chain_match(m: Option<&FilterChainMatch>) -> Res<Takes> {
 }
 
 #[allow(deprecated)] // use_proxy_proto: still honoured by Envoy, so still refused.
-fn filter_chain(chain: &FilterChain) -> Res<(Terminal, Option<ServerTls>)> {
+pub(super) fn filter_chain(chain: &FilterChain) -> Res<(Terminal, Option<ServerTls>)> {
     let tls = super::tls::downstream(chain.transport_socket.as_ref()).at("transport_socket")?;
     reject_if(
         chain.use_proxy_proto.as_ref().is_some_and(|b| b.value),

@@ -1,0 +1,154 @@
+//! Gateway servers that pass TLS through untouched (`tls.mode: PASSTHROUGH`): the listener reads
+//! the SNI of the ClientHello (tls_inspector) and picks a filter chain by `server_names`, one
+//! chain per set of `sniHosts` of the VirtualService `tls` routes bound to the gateway, each a
+//! tcp_proxy to the route's destinations. No chain matches an SNI nobody routes: Envoy (and
+//! jalur proxy) then close the connection.
+
+use envoy_types::pb::envoy::config::listener::v3::{
+    listener_filter, FilterChain, FilterChainMatch, Listener, ListenerFilter,
+};
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+use envoy_types::util::pack_any;
+use jalur_model::host;
+use jalur_model::networking::{Gateway, ServerTlsMode, TlsMatchAttributes, VirtualService};
+use jalur_model::Resource;
+
+use super::listener::{server_host, tcp_listener};
+use super::route::destination_cluster;
+use super::Ctx;
+
+const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
+
+/// Whether the first server of the selected gateways on `port` passes TLS through (the first
+/// server of a port decides its kind, as for every other gateway port).
+pub(super) fn is_passthrough(selected: &[(&Resource, &Gateway)], port: u32) -> bool {
+    selected
+        .iter()
+        .flat_map(|(_, g)| &g.servers)
+        .find(|s| s.port.number == port)
+        .and_then(|s| s.tls.as_ref())
+        .is_some_and(|t| t.mode == Some(ServerTlsMode::Passthrough))
+}
+
+/// The listener of a PASSTHROUGH port: `ctx` carries the port's gateway names, `bound` the
+/// VirtualServices bound to them. `None` when no tls route reaches the port (Envoy refuses a
+/// listener without filter chains; `jalur analyze` warns about such a server).
+pub(super) fn passthrough(
+    ctx: &Ctx,
+    selected: &[(&Resource, &Gateway)],
+    bound: &[(&Resource, &VirtualService)],
+    name: &str,
+    bind: u32,
+) -> Option<Listener> {
+    let port = ctx.gateway_port?;
+    let server_hosts: Vec<(String, String)> = selected
+        .iter()
+        .flat_map(|(r, g)| {
+            g.servers
+                .iter()
+                .filter(|s| s.port.number == port)
+                .filter(|s| s.tls.as_ref().and_then(|t| t.mode) == Some(ServerTlsMode::Passthrough))
+                .flat_map(move |s| {
+                    s.hosts
+                        .iter()
+                        .map(move |h| server_host(h, &r.meta.namespace))
+                })
+        })
+        .collect();
+    let mut chains: Vec<FilterChain> = Vec::new();
+    // Every SNI name (and the catch-all, "") at most once: Envoy refuses two chains with the
+    // same match, so the first route in config order to claim a name keeps it.
+    let mut claimed: Vec<String> = Vec::new();
+    for (r, vs) in bound {
+        let ns = &r.meta.namespace;
+        for route in &vs.tls {
+            for m in route.matches.iter().filter(|m| applies(ctx, m, ns, port)) {
+                let names: Vec<String> = m
+                    .sni_hosts
+                    .iter()
+                    .filter(|sni| exposed(&server_hosts, ns, sni))
+                    .map(|sni| {
+                        if sni == "*" {
+                            String::new()
+                        } else {
+                            sni.clone()
+                        }
+                    })
+                    .filter(|sni| !claimed.contains(sni))
+                    .fold(Vec::new(), |mut acc, sni| {
+                        if !acc.contains(&sni) {
+                            acc.push(sni);
+                        }
+                        acc
+                    });
+                if names.is_empty() || route.route.is_empty() {
+                    continue;
+                }
+                claimed.extend(names.iter().cloned());
+                let targets: Vec<(String, u32)> = route
+                    .route
+                    .iter()
+                    .map(|d| {
+                        let cluster = destination_cluster(ctx, &d.destination, ns, port);
+                        (cluster, d.weight.unwrap_or(100))
+                    })
+                    .collect();
+                chains.push(chain(ctx, name, bind, &targets, names));
+            }
+        }
+    }
+    if chains.is_empty() {
+        return None;
+    }
+    let mut listener = tcp_listener(ctx, name, bind, &[], Vec::new());
+    listener.filter_chains = chains;
+    listener.listener_filters = vec![ListenerFilter {
+        name: TLS_INSPECTOR.into(),
+        config_type: Some(listener_filter::ConfigType::TypedConfig(pack_any(
+            TlsInspector::default(),
+        ))),
+        ..ListenerFilter::default()
+    }];
+    Some(listener)
+}
+
+/// A tls match applies to this gateway port when its `port` (if any) is the port and its
+/// `gateways` (if any) name one of the port's gateways.
+fn applies(ctx: &Ctx, m: &TlsMatchAttributes, ns: &str, port: u32) -> bool {
+    m.port.is_none_or(|p| p == port)
+        && (m.gateways.is_empty()
+            || m.gateways
+                .iter()
+                .any(|g| ctx.gateway_names.contains(&host::qualify_gateway(g, ns))))
+}
+
+/// Whether a PASSTHROUGH server on the port exposes `sni` to VirtualServices of namespace `ns`.
+fn exposed(server_hosts: &[(String, String)], ns: &str, sni: &str) -> bool {
+    server_hosts.iter().any(|(sns, pattern)| {
+        (sns == "*" || sns == ns) && (host::matches(pattern, sni) || host::matches(sni, pattern))
+    })
+}
+
+/// One chain: the port's network RBAC filters (AuthorizationPolicy selecting the gateway), then
+/// a tcp_proxy to `targets`, taken by the connections whose SNI is one of `names` ("" = any
+/// connection no other chain takes).
+fn chain(
+    ctx: &Ctx,
+    name: &str,
+    bind: u32,
+    targets: &[(String, u32)],
+    names: Vec<String>,
+) -> FilterChain {
+    let authz = super::authz::network_filters(ctx, ctx.gateway_port.unwrap_or_default());
+    let mut chain = tcp_listener(ctx, name, bind, targets, authz)
+        .filter_chains
+        .swap_remove(0);
+    // A catch-all among the names takes every connection anyway: its chain matches on nothing.
+    if !names.iter().any(String::is_empty) {
+        chain.filter_chain_match = Some(FilterChainMatch {
+            server_names: names,
+            ..FilterChainMatch::default()
+        });
+    }
+    chain
+}
