@@ -350,7 +350,7 @@ pub fn has_san(cert: &CertificateDer<'_>, wanted: &[String]) -> bool {
             },
             _ => return false,
         };
-        wanted.iter().any(|w| *w == value)
+        wanted.contains(&value)
     })
 }
 

@@ -12,11 +12,14 @@ use std::time::Duration;
 
 use common::mesh::MeshPlane;
 use common::{bound_listener, sidecar_opts};
+use jalur_agent::bootstrap::ControlPlane;
 use jalur_identity::verify::{self, Accept};
 use jalur_proxy::run::{Proxy, ProxyOptions, Role};
+use jalur_testkit::agent::{AgentEnvoy, AgentEnvoyOpts};
 use jalur_testkit::pki::{FileCa, Leaf};
 use jalur_testkit::yaml::{service_entry, workload_entry};
 use jalur_testkit::{assert_eventually, EchoServer};
+use jalur_wire::NodeMeta;
 use rustls::pki_types::ServerName;
 
 const NS: &str = "istio-system";
@@ -27,18 +30,18 @@ const MUTUAL_PORT: u32 = 9443;
 const ISTIO_MUTUAL_PORT: u32 = 10443;
 
 /// The PKI of one test: the server's CA, the CA the MUTUAL port trusts, and a stranger.
-pub struct EdgePki {
-    pub dir: tempfile::TempDir,
-    pub server_ca: FileCa,
-    pub client_ca: FileCa,
-    pub stranger: FileCa,
-    pub cert: std::path::PathBuf,
-    pub key: std::path::PathBuf,
-    pub ca: std::path::PathBuf,
+struct EdgePki {
+    _dir: tempfile::TempDir,
+    server_ca: FileCa,
+    client_ca: FileCa,
+    stranger: FileCa,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    ca: std::path::PathBuf,
 }
 
 impl EdgePki {
-    pub fn new() -> EdgePki {
+    fn new() -> EdgePki {
         let dir = tempfile::TempDir::with_prefix("jalur-edge-tls-").expect("tmp");
         let server_ca = FileCa::new("edge server CA");
         let client_ca = FileCa::new("edge client CA");
@@ -46,7 +49,7 @@ impl EdgePki {
         let ca = client_ca.write_root(dir.path(), "clients-ca.pem");
         EdgePki {
             stranger: FileCa::new("stranger CA"),
-            dir,
+            _dir: dir,
             server_ca,
             client_ca,
             cert,
@@ -191,7 +194,7 @@ async fn refused(what: &str, addr: SocketAddr, config: rustls::ClientConfig, sni
 }
 
 /// The checks shared by jalur and Envoy gateways on the three ports.
-pub async fn gateway_tls_modes(mesh: &MeshPlane, pki: &EdgePki, ports: [SocketAddr; 3]) {
+async fn gateway_tls_modes(mesh: &MeshPlane, pki: &EdgePki, ports: [SocketAddr; 3]) {
     let [simple, mutual, istio_mutual] = ports;
     // SIMPLE: the files' certificate, no client certificate asked.
     let leaf = serves(
@@ -283,6 +286,53 @@ impl rustls::client::ResolvesClientCert for NoClientCert {
     fn has_certs(&self) -> bool {
         false
     }
+}
+
+/// A stock Envoy gateway beside `jalur agent`'s SDS (the same mesh identity
+/// `istio-system/edge-gateway`, ADS over 15012): `default`/`ROOTCA` and the file secrets.
+async fn envoy_gateway(mesh: &MeshPlane) -> Option<(AgentEnvoy, [SocketAddr; 3])> {
+    let binary = jalur_testkit::require_peer("envoy", jalur_testkit::envoy_binary())?;
+    let node = format!("router~127.0.0.1~edge-gateway.{NS}~{NS}.svc.cluster.local");
+    let target = ControlPlane::from_addr(mesh.xds_tls, mesh.ca.control_id());
+    let mut opts = AgentEnvoyOpts::new(target, &node);
+    opts.meta = NodeMeta {
+        service: Some("edge-gateway".into()),
+        labels: [("istio".to_string(), "ingressgateway".to_string())].into(),
+        listen_address: Some("127.0.0.1".into()),
+        ephemeral_ports: true,
+        ..NodeMeta::default()
+    };
+    let id = jalur_identity::SpiffeId::new("cluster.local", NS, "edge-gateway");
+    let envoy = AgentEnvoy::start(&binary, common::mesh::issue(&mesh.ca, &id), opts)
+        .await
+        .expect("Envoy gateway beside the agent");
+    let mut ports = Vec::new();
+    for port in [SIMPLE_PORT, MUTUAL_PORT, ISTIO_MUTUAL_PORT] {
+        let p = envoy
+            .listener_port(&format!("0.0.0.0_{port}"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", envoy.log_tail()));
+        ports.push(SocketAddr::from(([127, 0, 0, 1], p)));
+    }
+    Some((envoy, [ports[0], ports[1], ports[2]]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_gateway_serves_simple_mutual_and_istio_mutual() {
+    let backend = EchoServer::start("v1").await;
+    let pki = EdgePki::new();
+    let mesh = MeshPlane::start(&files(&pki, &backend)).await;
+    let Some((envoy, ports)) = envoy_gateway(&mesh).await else {
+        return;
+    };
+    gateway_tls_modes(&mesh, &pki, ports).await;
+    // Envoy got names, never bytes: its config dump shows the SDS names, not the key.
+    let dump = envoy.admin_get("/config_dump").await.expect("config_dump");
+    assert!(dump.contains("file-cert:"), "the SDS name is in the dump");
+    assert!(
+        !dump.contains("PRIVATE KEY"),
+        "no key in Envoy's config dump"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
