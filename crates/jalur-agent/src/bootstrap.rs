@@ -143,18 +143,7 @@ impl EnvoyBootstrap {
     }
 
     fn sds_cluster(&self) -> Value {
-        json!({
-            "name": SDS_CLUSTER,
-            "type": "STATIC",
-            "connect_timeout": "1s",
-            "load_assignment": {
-                "cluster_name": SDS_CLUSTER,
-                "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": {
-                    "pipe": { "path": self.sds_socket.display().to_string() }
-                } } }] }]
-            },
-            "typed_extension_protocol_options": http2_options(),
-        })
+        sds_cluster(&self.sds_socket)
     }
 
     fn xds_cluster(&self) -> Value {
@@ -217,6 +206,23 @@ impl EnvoyBootstrap {
                 err(e.to_string())
             })
     }
+}
+
+/// The static cluster `sds-grpc`: HTTP/2 over the SDS Unix socket at `socket`. Also for an
+/// Envoy bootstrap written elsewhere (a gateway serving only file secrets).
+pub fn sds_cluster(socket: &Path) -> Value {
+    json!({
+        "name": SDS_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": SDS_CLUSTER,
+            "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": {
+                "pipe": { "path": socket.display().to_string() }
+            } } }] }]
+        },
+        "typed_extension_protocol_options": http2_options(),
+    })
 }
 
 /// Istio's SDS secret config: GRPC to `sds-grpc`, the node on the first message only. The

@@ -1,5 +1,8 @@
 //! The SDS server Envoy's `sds-grpc` cluster talks to: Istio's secret names `default` and
-//! `ROOTCA`, built from the current [`Credentials`] and pushed again on every change.
+//! `ROOTCA`, built from the current [`Credentials`], and `file-cert:CHAIN~KEY` /
+//! `file-root:CA`, read from those files (`sds/files.rs`); each pushed again on every change.
+//! A gateway's Envoy without a mesh identity gets the file names only
+//! ([`SdsSocket::bind_files_only`]).
 //!
 //! Each Envoy SDS subscription is its own gRPC stream; one task per stream follows both the
 //! stream's requests and the credentials watch (`sotw.rs`, `delta.rs` keep what each stream
@@ -7,6 +10,7 @@
 //! secret or a `Credentials` into a log line: logs name secrets and versions only.
 
 mod delta;
+mod files;
 mod sotw;
 
 use std::collections::BTreeSet;
@@ -47,10 +51,21 @@ pub(crate) struct Built {
     pub any: Any,
 }
 
-/// The secret `name` from `creds`, or `None` for a name this agent does not serve.
-pub(crate) fn build(name: &str, creds: &Credentials) -> Option<Built> {
+/// What secrets are built from at one moment: the workload's credentials (none for a
+/// gateway without a mesh identity) and the file secrets.
+pub(crate) struct Sources<'a> {
+    pub creds: Option<&'a Credentials>,
+    pub files: &'a files::FileSecrets,
+}
+
+/// The secret `name` from `src`, or `None` for a name this agent does not serve (or whose
+/// files do not load).
+pub(crate) fn build(name: &str, src: &Sources<'_>) -> Option<Built> {
+    let file = || src.files.build(name);
+    let creds = || src.creds;
     let (content_id, kind) = match name {
         DEFAULT => {
+            let creds = creds()?;
             let chain = creds.cert.chain_pem();
             // The version hashes the chain only: the chain certifies the key, so it changes
             // whenever the key does, and no digest of the key itself leaves the process.
@@ -63,7 +78,7 @@ pub(crate) fn build(name: &str, creds: &Credentials) -> Option<Built> {
             (version, secret::Type::TlsCertificate(tls))
         }
         ROOTCA => {
-            let roots = creds.bundle.to_pem();
+            let roots = creds()?.bundle.to_pem();
             let version = content_version(roots.as_bytes());
             let validation = CertificateValidationContext {
                 trusted_ca: Some(inline(roots.into_bytes())),
@@ -71,7 +86,7 @@ pub(crate) fn build(name: &str, creds: &Credentials) -> Option<Built> {
             };
             (version, secret::Type::ValidationContext(validation))
         }
-        _ => return None,
+        _ => file()?,
     };
     let secret = Secret {
         name: name.to_string(),
@@ -104,8 +119,11 @@ pub(crate) struct UnknownNames(BTreeSet<String>);
 impl UnknownNames {
     pub fn note<'a>(&mut self, stream: u64, names: impl IntoIterator<Item = &'a String>) {
         for name in names {
-            if name != DEFAULT && name != ROOTCA && self.0.insert(name.clone()) {
-                warn!(stream, secret = %name, "Envoy asked for a secret this agent does not serve (only {DEFAULT} and {ROOTCA}); not answering it");
+            let known = name == DEFAULT
+                || name == ROOTCA
+                || jalur_identity::files::FileSecret::parse(name).is_some();
+            if !known && self.0.insert(name.clone()) {
+                warn!(stream, secret = %name, "Envoy asked for a secret this agent does not serve (only {DEFAULT}, {ROOTCA}, file-cert: and file-root:); not answering it");
             }
         }
     }
@@ -117,9 +135,9 @@ pub(crate) trait StreamState: Send + 'static {
     type Request: Send + 'static;
     type Response: Send + 'static;
     /// A request from Envoy: a subscription, an ACK or a NACK.
-    fn on_request(&mut self, req: &Self::Request, creds: &Credentials) -> Option<Self::Response>;
-    /// New credentials: a push when a secret the stream holds changed.
-    fn on_change(&mut self, creds: &Credentials) -> Option<Self::Response>;
+    fn on_request(&mut self, req: &Self::Request, src: &Sources<'_>) -> Option<Self::Response>;
+    /// New credentials or files: a push when a secret the stream holds changed.
+    fn on_change(&mut self, src: &Sources<'_>) -> Option<Self::Response>;
 }
 
 /// Serves one stream with `state` until Envoy closes it, the server stops, or the response
@@ -128,17 +146,23 @@ pub(crate) async fn serve<S: StreamState>(
     stream: u64,
     mut state: S,
     mut requests: Streaming<S::Request>,
-    mut creds: CredentialsWatch,
-    mut stop: watch::Receiver<bool>,
+    service: SdsService,
     tx: Out<S::Response>,
 ) {
-    let mut creds_open = true;
+    let mut creds = service.creds.clone();
+    let mut creds_open = creds.is_some();
+    let files = &service.files;
+    let mut files_changed = files.subscribe();
+    let mut stop = service.stop.subscribe();
+    let current = |creds: &mut Option<CredentialsWatch>| {
+        creds.as_mut().map(|c| c.borrow_and_update().clone())
+    };
     loop {
         let push = tokio::select! {
             req = requests.message() => match req {
                 Ok(Some(req)) => {
-                    let current = creds.borrow_and_update().clone();
-                    state.on_request(&req, &current)
+                    let now = current(&mut creds);
+                    state.on_request(&req, &Sources { creds: now.as_deref(), files })
                 }
                 Ok(None) => break,
                 Err(status) => {
@@ -146,15 +170,19 @@ pub(crate) async fn serve<S: StreamState>(
                     break;
                 }
             },
-            changed = creds.changed(), if creds_open => {
-                if changed.is_err() {
+            changed = async { creds.as_mut()?.changed().await.ok() }, if creds_open => {
+                if changed.is_none() {
                     // Nobody will renew any more: keep answering with what there is.
                     creds_open = false;
                     None
                 } else {
-                    let current = creds.borrow_and_update().clone();
-                    state.on_change(&current)
+                    let now = current(&mut creds);
+                    state.on_change(&Sources { creds: now.as_deref(), files })
                 }
+            }
+            Ok(()) = files_changed.changed() => {
+                let now = current(&mut creds);
+                state.on_change(&Sources { creds: now.as_deref(), files })
             }
             _ = stop.changed() => {
                 let _ = tx.send(Err(Status::unavailable("jalur agent is shutting down"))).await;
@@ -171,10 +199,11 @@ pub(crate) async fn serve<S: StreamState>(
     debug!(stream, "SDS stream closed");
 }
 
-/// The tonic service over one credentials watch.
+/// The tonic service over one credentials watch (if any) and the file secrets asked for.
 #[derive(Clone)]
 pub struct SdsService {
-    creds: CredentialsWatch,
+    creds: Option<CredentialsWatch>,
+    files: files::FileSecrets,
     streams: Arc<std::sync::atomic::AtomicU64>,
     /// Set on shutdown: every open stream ends (Envoy never closes its SDS streams itself).
     stop: Arc<watch::Sender<bool>>,
@@ -182,10 +211,21 @@ pub struct SdsService {
 
 impl SdsService {
     pub fn new(creds: CredentialsWatch) -> Self {
+        Self::with(Some(creds))
+    }
+
+    /// Serves file secrets only (a gateway's Envoy without a mesh identity).
+    pub fn files_only() -> Self {
+        Self::with(None)
+    }
+
+    fn with(creds: Option<CredentialsWatch>) -> Self {
+        let stop = watch::channel(false).0;
         Self {
             creds,
+            files: files::FileSecrets::new(stop.subscribe()),
             streams: Arc::default(),
-            stop: Arc::new(watch::channel(false).0),
+            stop: Arc::new(stop),
         }
     }
 
@@ -219,8 +259,7 @@ impl SecretDiscoveryService for SdsService {
             stream,
             sotw::Sotw::new(stream),
             request.into_inner(),
-            self.creds.clone(),
-            self.stop.subscribe(),
+            self.clone(),
             tx,
         ));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -237,8 +276,7 @@ impl SecretDiscoveryService for SdsService {
             stream,
             delta::Delta::new(stream),
             request.into_inner(),
-            self.creds.clone(),
-            self.stop.subscribe(),
+            self.clone(),
             tx,
         ));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -249,13 +287,17 @@ impl SecretDiscoveryService for SdsService {
         request: Request<DiscoveryRequest>,
     ) -> Result<Response<DiscoveryResponse>, Status> {
         let request = request.into_inner();
-        let creds = self.creds.borrow().clone();
+        let creds = self.creds.as_ref().map(|c| c.borrow().clone());
+        let src = Sources {
+            creds: creds.as_deref(),
+            files: &self.files,
+        };
         let mut unknown = UnknownNames::default();
         unknown.note(0, &request.resource_names);
         let built: Vec<(String, Built)> = request
             .resource_names
             .iter()
-            .filter_map(|n| build(n, &creds).map(|b| (n.clone(), b)))
+            .filter_map(|n| build(n, &src).map(|b| (n.clone(), b)))
             .collect();
         Ok(Response::new(sotw::response(&built, String::new())))
     }
@@ -271,11 +313,21 @@ pub struct SdsSocket {
 }
 
 impl SdsSocket {
-    /// Binds `path` (mode 0600, see `socket.rs`) and serves the secrets of `creds` on it.
+    /// Binds `path` (mode 0600, see `socket.rs`) and serves the secrets of `creds` (and file
+    /// secrets) on it.
     pub async fn bind(path: &Path, creds: CredentialsWatch) -> Result<SdsSocket, AgentError> {
+        SdsSocket::bind_service(path, SdsService::new(creds)).await
+    }
+
+    /// Binds `path` and serves file secrets only (`file-cert:`, `file-root:`): the Envoy of a
+    /// gateway that holds no mesh identity.
+    pub async fn bind_files_only(path: &Path) -> Result<SdsSocket, AgentError> {
+        SdsSocket::bind_service(path, SdsService::files_only()).await
+    }
+
+    async fn bind_service(path: &Path, sds: SdsService) -> Result<SdsSocket, AgentError> {
         let listener = crate::socket::bind_private(path).await?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let sds = SdsService::new(creds);
         let service = SecretDiscoveryServiceServer::new(sds.clone());
         let shown = path.display().to_string();
         let task = tokio::spawn(async move {
@@ -289,7 +341,7 @@ impl SdsSocket {
                 warn!(socket = %shown, "SDS server ended: {e}");
             }
         });
-        info!(socket = %path.display(), "serving SDS secrets {DEFAULT} and {ROOTCA}");
+        info!(socket = %path.display(), mesh = sds.creds.is_some(), "serving SDS secrets ({DEFAULT} and {ROOTCA} with a mesh identity; file-cert: and file-root: always)");
         Ok(SdsSocket {
             path: path.to_path_buf(),
             service: sds,

@@ -10,6 +10,8 @@
 //! - [`channel`]: gRPC over that TLS, both ends of the control plane's port 15012.
 //! - [`rotate`]: [`rotate::CertRotator`], a workload's certificate from the CA and renewed at
 //!   half life, with the trust bundle re-read from its file.
+//! - [`files`]: certificates, keys and CA bundles from files a user names (Istio's SDS names
+//!   `file-cert:` / `file-root:`), re-read when they change.
 //! - [`istio_ca`]: Istio's CA protocol (`istio.v1.auth.IstioCertificateService/CreateCertificate`),
 //!   its messages, a tonic server around a [`istio_ca::CertificateAuthority`] and a client.
 
@@ -18,6 +20,7 @@ use std::str::FromStr;
 
 pub mod cert;
 pub mod channel;
+pub mod files;
 pub mod istio_ca;
 pub mod rotate;
 pub mod verify;

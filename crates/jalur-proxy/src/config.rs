@@ -41,9 +41,8 @@ pub struct Listener {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerTls {
     pub cert: CertSource,
-    /// Mutual TLS: a client certificate is required, its chain verified against SDS `ROOTCA`
-    /// (the proxy's trust bundle) and its SPIFFE id against this.
-    pub client_cert: Option<PeerMatch>,
+    /// Mutual TLS: a client certificate is required and checked as this says.
+    pub client_cert: Option<PeerTrust>,
     pub alpn: Vec<String>,
 }
 
@@ -58,6 +57,24 @@ pub enum CertSource {
     /// SDS secret `default`: the proxy's own workload certificate, read at every handshake so a
     /// rotation needs no config change.
     Mesh,
+    /// SDS secret `file-cert:CHAIN~KEY`: read from these files and re-read when they change.
+    Files {
+        chain: std::path::PathBuf,
+        key: std::path::PathBuf,
+    },
+}
+
+/// How a peer's certificate is checked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PeerTrust {
+    /// Against SDS `ROOTCA` (the proxy's trust bundle), then its SPIFFE id.
+    Mesh(PeerMatch),
+    /// Against the CA bundle in a file (SDS `file-root:CA`, re-read when it changes), then, when
+    /// `sans` is not empty, one of its subject alternative names must equal one of them.
+    Files {
+        ca: std::path::PathBuf,
+        sans: Vec<String>,
+    },
 }
 
 /// Which peer identities a mesh TLS connection accepts once the chain is good.

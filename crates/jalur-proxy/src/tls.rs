@@ -1,7 +1,10 @@
 //! TLS on the data path: listeners terminating TLS (a gateway's certificate, or the workload's
 //! for mesh mTLS) and clusters originating mesh mTLS. Every mesh config reads the proxy's
-//! [`CredentialsWatch`] at handshake time (`jalur_identity::verify`), so a rotated certificate
-//! or trust bundle applies to the next handshake without rebuilding anything here.
+//! [`CredentialsWatch`] at handshake time (`jalur_identity::verify`), and every config from
+//! files reads its file watch (`tls/files.rs`), so a rotated certificate or trust bundle
+//! applies to the next handshake without rebuilding anything here.
+
+mod files;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,7 +16,7 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::config::{CertSource, ClientTls, PeerMatch, ServerTls};
+use crate::config::{CertSource, ClientTls, PeerMatch, PeerTrust, ServerTls};
 
 /// A TLS handshake (either side) must finish within this.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -80,36 +83,39 @@ pub enum Accepted {
 
 impl Terminator {
     pub fn new(tls: &ServerTls, creds: Option<&CredentialsWatch>) -> Result<Terminator, String> {
-        let mut config = match (&tls.cert, &tls.client_cert) {
-            (CertSource::Mesh, peer) => {
-                let creds = mesh_creds(creds, "the listener's TLS")?;
-                match peer {
-                    Some(peer) => {
-                        verify::server_config(creds.clone(), accept(peer, creds), false, &[])
-                            .map_err(|e| e.to_string())?
-                    }
-                    None => rustls::ServerConfig::builder_with_provider(provider())
-                        .with_safe_default_protocol_versions()
-                        .map_err(|e| format!("TLS versions: {e}"))?
-                        .with_no_client_auth()
-                        .with_cert_resolver(Arc::new(verify::CurrentCert(creds.clone()))),
-                }
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS versions: {e}"))?;
+        let builder = match &tls.client_cert {
+            None => builder.with_no_client_auth(),
+            Some(PeerTrust::Mesh(peer)) => {
+                let creds = mesh_creds(creds, "the listener's client certificate check")?;
+                builder.with_client_cert_verifier(verify::SpiffeClientVerifier::new(
+                    creds.clone(),
+                    accept(peer, creds),
+                    false,
+                ))
             }
-            (CertSource::Pem { .. }, Some(_)) => return Err(
-                "client certificates are verified only with the mesh certificate (SDS \"default\")"
-                    .into(),
-            ),
-            (
-                CertSource::Pem {
-                    cert_chain_pem,
-                    private_key_pem,
-                },
-                None,
-            ) => pem_server_config(cert_chain_pem, private_key_pem)?,
+            Some(PeerTrust::Files { ca, sans }) => {
+                builder.with_client_cert_verifier(files::FileClientVerifier::start(ca, sans)?)
+            }
+        };
+        let mut config = match &tls.cert {
+            CertSource::Mesh => {
+                let creds = mesh_creds(creds, "the listener's TLS")?;
+                builder.with_cert_resolver(Arc::new(verify::CurrentCert(creds.clone())))
+            }
+            CertSource::Files { chain, key } => {
+                builder.with_cert_resolver(files::FileCert::start(chain, key)?)
+            }
+            CertSource::Pem {
+                cert_chain_pem,
+                private_key_pem,
+            } => pem_server_config(builder, cert_chain_pem, private_key_pem)?,
         };
         let local = match tls.cert {
             CertSource::Mesh => own_id(creds),
-            CertSource::Pem { .. } => None,
+            CertSource::Pem { .. } | CertSource::Files { .. } => None,
         };
         let without_alpn = Arc::new(config.clone());
         config.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
@@ -182,8 +188,13 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-/// A server config for a certificate and key given as PEM (a gateway's SIMPLE server).
-fn pem_server_config(chain: &[u8], key: &[u8]) -> Result<rustls::ServerConfig, String> {
+/// A server config for a certificate and key given as PEM (a hand-written listener's inline or
+/// `filename` data sources, read once).
+fn pem_server_config(
+    builder: rustls::ConfigBuilder<rustls::ServerConfig, rustls::server::WantsServerCert>,
+    chain: &[u8],
+    key: &[u8],
+) -> Result<rustls::ServerConfig, String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain)
@@ -191,10 +202,7 @@ fn pem_server_config(chain: &[u8], key: &[u8]) -> Result<rustls::ServerConfig, S
         .map_err(|e| format!("certificate chain is not valid PEM: {e}"))?;
     let key = PrivateKeyDer::from_pem_slice(key)
         .map_err(|e| format!("private key is not valid PEM: {e}"))?;
-    rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS versions: {e}"))?
-        .with_no_client_auth()
+    builder
         .with_single_cert(certs, key)
         .map_err(|e| format!("certificate and key do not make a server identity: {e}"))
 }

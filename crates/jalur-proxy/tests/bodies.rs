@@ -114,6 +114,7 @@ struct Front {
     addr: SocketAddr,
     _proxy: Option<Proxy>,
     _envoy: Option<Envoy>,
+    _gateway: Option<common::EnvoyGateway>,
 }
 
 async fn front(kind: Kind, entry: Entry, plane: &Plane) -> Option<Front> {
@@ -124,6 +125,7 @@ async fn front(kind: Kind, entry: Entry, plane: &Plane) -> Option<Front> {
                 addr,
                 _proxy: Some(proxy),
                 _envoy: None,
+                _gateway: None,
             })
         }
         (Kind::Envoy, Entry::Sidecar) => {
@@ -132,6 +134,7 @@ async fn front(kind: Kind, entry: Entry, plane: &Plane) -> Option<Front> {
                 addr,
                 _proxy: None,
                 _envoy: Some(envoy),
+                _gateway: None,
             })
         }
         (Kind::Jalur, Entry::Gateway) => {
@@ -140,14 +143,16 @@ async fn front(kind: Kind, entry: Entry, plane: &Plane) -> Option<Front> {
                 addr,
                 _proxy: Some(proxy),
                 _envoy: None,
+                _gateway: None,
             })
         }
         (Kind::Envoy, Entry::Gateway) => {
-            let (envoy, addr) = common::envoy_gateway(plane.xds, NS).await?;
+            let (gateway, addr) = common::envoy_gateway(plane.xds, NS).await?;
             Some(Front {
                 addr,
                 _proxy: None,
-                _envoy: Some(envoy),
+                _envoy: None,
+                _gateway: Some(gateway),
             })
         }
     }

@@ -376,7 +376,10 @@ both!(faults, faults_abort_and_delay_by_percentage);
 
 /// A gateway of either kind selected by `istio: ingressgateway`; returns the address of its
 /// listener for Gateway port 8080 (bound on an OS-chosen port).
-async fn gateway(kind: Kind, plane: &Plane) -> Option<(SocketAddr, Option<Envoy>, Option<Proxy>)> {
+async fn gateway(
+    kind: Kind,
+    plane: &Plane,
+) -> Option<(SocketAddr, Option<common::EnvoyGateway>, Option<Proxy>)> {
     match kind {
         Kind::Jalur => {
             let (proxy, addr) = common::jalur_gateway(plane.xds, "istio-system").await;

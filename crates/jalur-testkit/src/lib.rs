@@ -36,6 +36,7 @@ mod envoy_tests;
 pub use jalur_demo::eventually;
 pub mod grpc;
 pub mod peers;
+pub mod pki;
 pub use jalur_demo::process;
 pub mod prometheus;
 pub mod wire;

@@ -7,8 +7,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use tracing::{debug, warn};
 
-use super::{build, StreamState, UnknownNames, SECRET_TYPE_URL};
-use crate::Credentials;
+use super::{build, Sources, StreamState, UnknownNames, SECRET_TYPE_URL};
 
 #[derive(Default)]
 pub(crate) struct Delta {
@@ -39,7 +38,7 @@ impl StreamState for Delta {
     fn on_request(
         &mut self,
         req: &DeltaDiscoveryRequest,
-        creds: &Credentials,
+        src: &Sources<'_>,
     ) -> Option<DeltaDiscoveryResponse> {
         let stream = self.stream;
         if !req.type_url.is_empty() && req.type_url != SECRET_TYPE_URL {
@@ -76,20 +75,20 @@ impl StreamState for Delta {
             self.names.remove(name);
             self.held.remove(name);
         }
-        self.respond(creds)
+        self.respond(src)
     }
 
     /// New credentials: the secrets that changed, if any.
-    fn on_change(&mut self, creds: &Credentials) -> Option<DeltaDiscoveryResponse> {
-        self.respond(creds)
+    fn on_change(&mut self, src: &Sources<'_>) -> Option<DeltaDiscoveryResponse> {
+        self.respond(src)
     }
 }
 
 impl Delta {
-    fn respond(&mut self, creds: &Credentials) -> Option<DeltaDiscoveryResponse> {
+    fn respond(&mut self, src: &Sources<'_>) -> Option<DeltaDiscoveryResponse> {
         let mut resources = Vec::new();
         for name in &self.names {
-            let Some(built) = build(name, creds) else {
+            let Some(built) = build(name, src) else {
                 continue;
             };
             if self.held.get(name) == Some(&built.version) {

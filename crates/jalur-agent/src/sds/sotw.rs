@@ -5,8 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use tracing::{debug, warn};
 
-use super::{build, content_version, Built, StreamState, UnknownNames, SECRET_TYPE_URL};
-use crate::Credentials;
+use super::{build, content_version, Built, Sources, StreamState, UnknownNames, SECRET_TYPE_URL};
 
 /// What one stream asked for and was last sent.
 #[derive(Default)]
@@ -37,7 +36,7 @@ impl StreamState for Sotw {
     fn on_request(
         &mut self,
         req: &DiscoveryRequest,
-        creds: &Credentials,
+        src: &Sources<'_>,
     ) -> Option<DiscoveryResponse> {
         let stream = self.stream;
         if !req.type_url.is_empty() && req.type_url != SECRET_TYPE_URL {
@@ -64,26 +63,26 @@ impl StreamState for Sotw {
         self.names = names;
         self.requested = true;
         // Only unknown names, and nothing sent before: nothing to say (see `UnknownNames`).
-        if !changed || (self.sent.is_empty() && self.select(creds).1.is_empty()) {
+        if !changed || (self.sent.is_empty() && self.select(src).1.is_empty()) {
             return None;
         }
-        Some(self.respond(creds))
+        Some(self.respond(src))
     }
 
-    fn on_change(&mut self, creds: &Credentials) -> Option<DiscoveryResponse> {
-        if !self.requested || self.select(creds).1 == self.sent {
+    fn on_change(&mut self, src: &Sources<'_>) -> Option<DiscoveryResponse> {
+        if !self.requested || self.select(src).1 == self.sent {
             return None;
         }
-        Some(self.respond(creds))
+        Some(self.respond(src))
     }
 }
 
 impl Sotw {
-    fn select(&self, creds: &Credentials) -> (Vec<(String, Built)>, BTreeMap<String, String>) {
+    fn select(&self, src: &Sources<'_>) -> (Vec<(String, Built)>, BTreeMap<String, String>) {
         let built: Vec<(String, Built)> = self
             .names
             .iter()
-            .filter_map(|n| build(n, creds).map(|b| (n.clone(), b)))
+            .filter_map(|n| build(n, src).map(|b| (n.clone(), b)))
             .collect();
         let versions = built
             .iter()
@@ -92,8 +91,8 @@ impl Sotw {
         (built, versions)
     }
 
-    fn respond(&mut self, creds: &Credentials) -> DiscoveryResponse {
-        let (built, versions) = self.select(creds);
+    fn respond(&mut self, src: &Sources<'_>) -> DiscoveryResponse {
+        let (built, versions) = self.select(src);
         self.sent = versions;
         self.nonce += 1;
         debug!(stream = self.stream, secrets = ?self.sent, nonce = self.nonce, "pushing secrets");

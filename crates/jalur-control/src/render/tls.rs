@@ -60,7 +60,7 @@ fn common(c: Option<&CommonTlsContext>) -> Value {
     let inline = !c.tls_certificates.is_empty();
     let (sans, validation_sds) = match &c.validation_context_type {
         Some(ValidationContextType::CombinedValidationContext(cv)) => {
-            let sans: Vec<Value> = cv
+            let mut sans: Vec<Value> = cv
                 .default_validation_context
                 .iter()
                 .flat_map(|d| d.match_typed_subject_alt_names.iter())
@@ -72,6 +72,17 @@ fn common(c: Option<&CommonTlsContext>) -> Value {
                     },
                 )
                 .collect();
+            // Istio's shape for a gateway's `subjectAltNames`: exact, any SAN type.
+            #[allow(deprecated)]
+            sans.extend(
+                cv.default_validation_context
+                    .iter()
+                    .flat_map(|d| d.match_subject_alt_names.iter())
+                    .map(|m| match m.match_pattern.as_ref() {
+                        Some(MatchPattern::Exact(s)) => json!({ "any_exact": s }),
+                        _ => Value::Null,
+                    }),
+            );
             let sds = cv
                 .validation_context_sds_secret_config
                 .as_ref()

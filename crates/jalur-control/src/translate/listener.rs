@@ -150,12 +150,12 @@ pub fn gateway(ctx: &Ctx) -> Built {
                     .all(|(k, v)| ctx.client.labels.get(k) == Some(v))
         })
         .collect();
-    // Per port: its protocol and, for an HTTPS server terminating TLS (SIMPLE with a
-    // certificate and key), the TLS context.
+    // Per port: its protocol and, for an HTTPS server terminating TLS (SIMPLE, MUTUAL,
+    // ISTIO_MUTUAL), the TLS context.
     let mut ports: Vec<(u32, Protocol, Option<TransportSocket>)> = Vec::new();
     for (_, g) in &selected {
         for s in &g.servers {
-            let tls = s.tls.as_ref().and_then(terminating_tls);
+            let tls = s.tls.as_ref().and_then(|t| super::tls::terminating(ctx, t));
             let protocol = match Protocol::parse(s.port.protocol.as_deref(), s.port.name.as_deref())
             {
                 Protocol::Https if tls.is_some() => Protocol::Http,
@@ -425,42 +425,6 @@ fn http_filters(with_fault: bool, authz: Vec<HttpFilter>) -> Vec<HttpFilter> {
         pack_any(Router::default()),
     ));
     filters
-}
-
-/// A Gateway server's TLS as Envoy's DownstreamTlsContext, when the server terminates TLS with
-/// files (`mode: SIMPLE`, `serverCertificate`, `privateKey`), offering h2 and http/1.1 by ALPN.
-/// Other modes (PASSTHROUGH, MUTUAL, credentialName via SDS) are not translated yet.
-fn terminating_tls(tls: &jalur_model::networking::ServerTlsSettings) -> Option<TransportSocket> {
-    use envoy_types::pb::envoy::config::core::v3::{
-        data_source::Specifier, transport_socket, DataSource,
-    };
-    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-        CommonTlsContext, DownstreamTlsContext, TlsCertificate,
-    };
-    use jalur_model::networking::ServerTlsMode;
-    if tls.mode != Some(ServerTlsMode::Simple) {
-        return None;
-    }
-    let file = |f: &String| DataSource {
-        specifier: Some(Specifier::Filename(f.clone())),
-        ..DataSource::default()
-    };
-    let ctx = DownstreamTlsContext {
-        common_tls_context: Some(CommonTlsContext {
-            tls_certificates: vec![TlsCertificate {
-                certificate_chain: Some(file(tls.server_certificate.as_ref()?)),
-                private_key: Some(file(tls.private_key.as_ref()?)),
-                ..TlsCertificate::default()
-            }],
-            alpn_protocols: vec!["h2".into(), "http/1.1".into()],
-            ..CommonTlsContext::default()
-        }),
-        ..DownstreamTlsContext::default()
-    };
-    Some(TransportSocket {
-        name: "envoy.transport_sockets.tls".into(),
-        config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(ctx))),
-    })
 }
 
 fn http_listener(

@@ -195,6 +195,13 @@ fn golden_gateway_passthrough_by_sni() {
     scenario("gateway-passthrough");
 }
 
+/// Gateway servers in each terminating mode: SIMPLE and MUTUAL with files as Istio's SDS names
+/// `file-cert:`/`file-root:` (never the files' bytes), ISTIO_MUTUAL with `default`/`ROOTCA`.
+#[test]
+fn golden_gateway_tls_modes() {
+    scenario_with("gateway-tls", true);
+}
+
 #[test]
 fn golden_mtls_auto_by_endpoint_label() {
     scenario_with("mtls-auto", true);

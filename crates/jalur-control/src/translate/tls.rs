@@ -31,14 +31,16 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher::MatchPattern, StringMatcher};
 use envoy_types::pb::google::protobuf::{value::Kind, BoolValue, Struct, Value};
 use envoy_types::util::pack_any;
-use jalur_model::networking::TlsMode;
+use jalur_identity::files::FileSecret;
+use jalur_model::networking::{ServerTlsMode, ServerTlsSettings, TlsMode};
 use jalur_model::security::{MtlsMode, PeerPolicies};
 
 use super::Ctx;
 use crate::mesh::{Endpoint, Service};
 use crate::workload::{is_mtls_labelled, Port, TLS_MODE_ISTIO};
 
-/// Istio's SDS secret names.
+/// Istio's SDS secret names (and, for files, `file-cert:CHAIN~KEY` / `file-root:CA` from
+/// `jalur_identity::files`).
 pub const SDS_DEFAULT: &str = "default";
 pub const SDS_ROOTCA: &str = "ROOTCA";
 /// The static cluster of the Envoy bootstrap `jalur agent` writes: a pipe to its SDS socket.
@@ -285,4 +287,81 @@ pub fn inbound_chains(ctx: &Ctx, mode: MtlsMode, listener: &mut Listener) {
         ))),
         ..ListenerFilter::default()
     }];
+}
+
+/// A Gateway server's TLS as Istio writes it: certificates from files as the SDS names
+/// `file-cert:CHAIN~KEY` (SIMPLE, MUTUAL) and `file-root:CA` with `subjectAltNames` as exact
+/// SAN matchers and a required client certificate (MUTUAL), or the gateway's own mesh identity
+/// with clients of this trust domain (or the given `subjectAltNames`) required (ISTIO_MUTUAL,
+/// an east-west port). Never key bytes nor file names in the xDS itself: `jalur agent` serves
+/// the names to Envoy, jalur proxy reads the files. `None` for what does not terminate here
+/// (PASSTHROUGH, or settings analyze reports as incomplete, such as `credentialName`).
+pub fn terminating(ctx: &Ctx, tls: &ServerTlsSettings) -> Option<TransportSocket> {
+    let alpn = vec!["h2".to_string(), "http/1.1".to_string()];
+    let ctx = match tls.mode? {
+        ServerTlsMode::IstioMutual => {
+            let sans = if tls.subject_alt_names.is_empty() {
+                vec![uri_matcher(MatchPattern::Prefix(format!(
+                    "spiffe://{}/",
+                    ctx.mesh.security.trust_domain
+                )))]
+            } else {
+                tls.subject_alt_names
+                    .iter()
+                    .map(|s| uri_matcher(MatchPattern::Exact(s.clone())))
+                    .collect()
+            };
+            DownstreamTlsContext {
+                common_tls_context: Some(common(sans, alpn)),
+                require_client_certificate: Some(BoolValue { value: true }),
+                ..DownstreamTlsContext::default()
+            }
+        }
+        mode @ (ServerTlsMode::Simple | ServerTlsMode::Mutual) => {
+            if tls.credential_name.is_some() {
+                return None;
+            }
+            let cert = FileSecret::Cert {
+                chain: tls.server_certificate.as_ref()?.into(),
+                key: tls.private_key.as_ref()?.into(),
+            };
+            let mut common = CommonTlsContext {
+                tls_certificate_sds_secret_configs: vec![sds(&cert.sds_name())],
+                alpn_protocols: alpn,
+                ..CommonTlsContext::default()
+            };
+            let mutual = mode == ServerTlsMode::Mutual;
+            if mutual {
+                let ca = FileSecret::Root {
+                    ca: tls.ca_certificates.as_ref()?.into(),
+                };
+                common.validation_context_type = Some(file_validation(&ca, &tls.subject_alt_names));
+            }
+            DownstreamTlsContext {
+                common_tls_context: Some(common),
+                require_client_certificate: Some(BoolValue { value: mutual }),
+                ..DownstreamTlsContext::default()
+            }
+        }
+        _ => return None,
+    };
+    Some(socket(TLS_SOCKET, pack_any(ctx)))
+}
+
+/// Trust from a CA file and `subjectAltNames` as exact matchers on any SAN type, in Istio's
+/// shape (`match_subject_alt_names`, which Envoy still honours).
+#[allow(deprecated)]
+fn file_validation(ca: &FileSecret, sans: &[String]) -> ValidationContextType {
+    let exact = |s: &String| StringMatcher {
+        match_pattern: Some(MatchPattern::Exact(s.clone())),
+        ..StringMatcher::default()
+    };
+    ValidationContextType::CombinedValidationContext(CombinedCertificateValidationContext {
+        default_validation_context: Some(CertificateValidationContext {
+            match_subject_alt_names: sans.iter().map(exact).collect(),
+            ..CertificateValidationContext::default()
+        }),
+        validation_context_sds_secret_config: Some(sds(&ca.sds_name())),
+        ..CombinedCertificateValidationContext::default()
+    })
 }

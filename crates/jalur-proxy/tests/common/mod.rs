@@ -175,16 +175,36 @@ pub async fn jalur_gateway(xds: SocketAddr, namespace: &str) -> (Proxy, SocketAd
 /// A stock Envoy gateway (Istio's `router~` node id) selected by `istio: ingressgateway`, in
 /// `namespace`, and the address of its listener for Gateway port 8080; `None` when Envoy is
 /// not installed (and not CI).
-pub async fn envoy_gateway(
-    xds: SocketAddr,
-    namespace: &str,
-) -> Option<(jalur_testkit::Envoy, SocketAddr)> {
+/// A stock Envoy gateway (no mesh identity) and the SDS socket serving it the file secrets a
+/// Gateway's TLS names (`file-cert:`/`file-root:`), as `jalur agent` would. Derefs to the Envoy.
+pub struct EnvoyGateway {
+    // Envoy first: it goes before the socket it reads from.
+    pub envoy: jalur_testkit::Envoy,
+    _sds: jalur_agent::SdsSocket,
+    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for EnvoyGateway {
+    type Target = jalur_testkit::Envoy;
+
+    fn deref(&self) -> &jalur_testkit::Envoy {
+        &self.envoy
+    }
+}
+
+pub async fn envoy_gateway(xds: SocketAddr, namespace: &str) -> Option<(EnvoyGateway, SocketAddr)> {
     let binary = jalur_testkit::require_peer("envoy", jalur_testkit::envoy_binary())?;
+    let dir = tempfile::TempDir::with_prefix("jalur-gw-sds-").expect("tmp");
+    let socket = dir.path().join("sds.sock");
+    let sds = jalur_agent::SdsSocket::bind_files_only(&socket)
+        .await
+        .expect("file SDS socket");
     let mut opts = jalur_testkit::EnvoyOpts::new(
         xds,
         &format!("router~127.0.0.1~edge-gw.{namespace}~{namespace}.svc.cluster.local"),
     );
     opts.metadata = serde_json::json!({ "LABELS": { "istio": "ingressgateway" }, "NAMESPACE": namespace, "JALUR_EPHEMERAL_PORTS": "true", "JALUR_LISTEN_ADDRESS": "127.0.0.1" });
+    opts.extra_clusters = vec![jalur_agent::bootstrap::sds_cluster(&socket)];
     let envoy = jalur_testkit::Envoy::start_with(&binary, opts)
         .await
         .expect("envoy gateway");
@@ -192,7 +212,12 @@ pub async fn envoy_gateway(
         .listener_port(GATEWAY_LISTENER)
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", envoy.log_tail()));
-    Some((envoy, SocketAddr::from(([127, 0, 0, 1], port))))
+    let gateway = EnvoyGateway {
+        envoy,
+        _sds: sds,
+        _dir: dir,
+    };
+    Some((gateway, SocketAddr::from(([127, 0, 0, 1], port))))
 }
 
 /// A loopback port nothing listens on now, for a peer that must be told its port before it

@@ -1,10 +1,11 @@
 //! Transport sockets -> [`ServerTls`] / [`ClientTls`] / [`UpstreamTransport`]: TLS as Istio
-//! configures it. Certificates come from files or inline PEM (a gateway's SIMPLE server), or from
-//! the SDS secrets Istio names `default` (the workload certificate) and `ROOTCA` (the trust
-//! bundle), which jalur proxy resolves to its own in-process credentials: nothing is fetched,
-//! so an SDS config source is not looked at, only the name. Any other secret name, inline
-//! certificates towards an upstream, or a validation feature jalur cannot honour is refused
-//! with the field's path.
+//! configures it. Certificates come from the SDS secrets Istio names `default` (the workload
+//! certificate) and `ROOTCA` (the trust bundle), which jalur proxy resolves to its own
+//! in-process credentials, or `file-cert:CHAIN~KEY` and `file-root:CA` (a gateway's or a
+//! DestinationRule's files), which it reads itself (`tls/files.rs`); nothing is fetched, so an
+//! SDS config source is not looked at, only the name. Inline PEM and `filename` data sources are
+//! accepted on a listener for hand-written configs. Any other secret name, a file that does
+//! not load, or a validation feature jalur cannot honour is refused with the field's path.
 
 use std::collections::BTreeMap;
 
@@ -20,8 +21,11 @@ use prost::Name;
 
 use super::{decode, reject_if, string_match, type_name, At, Invalid, Res};
 use crate::config::{
-    CertSource, ClientTls, PeerMatch, ServerTls, SocketMatch, StringMatch, UpstreamTransport,
+    CertSource, ClientTls, PeerMatch, PeerTrust, ServerTls, SocketMatch, StringMatch,
+    UpstreamTransport,
 };
+
+mod files;
 
 /// Istio's SDS name for the workload certificate and key.
 pub const SDS_CERT: &str = "default";
@@ -173,10 +177,7 @@ fn server_cert(common: &CommonTlsContext) -> Res<CertSource> {
                 private_key_pem: read(&cert.private_key, "tls_certificates[0].private_key")?,
             })
         }
-        ([], [sds]) => {
-            sds_name(sds, SDS_CERT).at("tls_certificate_sds_secret_configs[0]")?;
-            Ok(CertSource::Mesh)
-        }
+        ([], [sds]) => files::cert(sds).at("tls_certificate_sds_secret_configs[0]"),
         ([], []) => Err(Invalid::new(
             "tls_certificates",
             "a certificate is required (tls_certificates or SDS \"default\")",
@@ -295,11 +296,20 @@ fn client_tls(ctx: &UpstreamTlsContext) -> Res<ClientTls> {
             ))
         }
     }
-    let Some(peer) = validation(common).at("common_tls_context")? else {
-        return Err(Invalid::new(
-            "common_tls_context.validation_context_type",
-            "the upstream's certificate must be verified: a validation context with SDS \"ROOTCA\" is required",
-        ));
+    let peer = match validation(common).at("common_tls_context")? {
+        Some(PeerTrust::Mesh(peer)) => peer,
+        Some(PeerTrust::Files { .. }) => {
+            return Err(Invalid::new(
+                "common_tls_context.validation_context_type",
+                "a CA from files towards an upstream (TLS origination) is not supported yet",
+            ))
+        }
+        None => {
+            return Err(Invalid::new(
+                "common_tls_context.validation_context_type",
+                "the upstream's certificate must be verified: a validation context with SDS \"ROOTCA\" is required",
+            ))
+        }
     };
     Ok(ClientTls {
         sni: (!ctx.sni.is_empty()).then(|| ctx.sni.clone()),
@@ -341,9 +351,10 @@ fn common_unsupported(common: &CommonTlsContext) -> Res<()> {
     )
 }
 
-/// The validation context: `None` without one; with one, its trust must be SDS `ROOTCA` and its
-/// SAN matchers name SPIFFE ids (exact URIs) or a trust domain (URI prefix `spiffe://TD/`).
-fn validation(common: &CommonTlsContext) -> Res<Option<PeerMatch>> {
+/// The validation context: `None` without one; with one, its trust is SDS `ROOTCA` with SAN
+/// matchers naming SPIFFE ids (exact URIs) or a trust domain (URI prefix `spiffe://TD/`), or
+/// SDS `file-root:CA` with exact SAN matchers (`tls/files.rs`).
+fn validation(common: &CommonTlsContext) -> Res<Option<PeerTrust>> {
     let at = "validation_context_type";
     #[allow(deprecated)]
     let (default, sds) =
@@ -366,6 +377,11 @@ fn validation(common: &CommonTlsContext) -> Res<Option<PeerMatch>> {
             }
         };
     match sds {
+        Some(sds) if files::is_file_secret(sds) => {
+            return files::roots(sds, default)
+                .at("combined_validation_context")
+                .map(Some)
+        }
         Some(sds) => sds_name(sds, SDS_ROOTS)
             .at("combined_validation_context.validation_context_sds_secret_config")?,
         None => {
@@ -376,16 +392,26 @@ fn validation(common: &CommonTlsContext) -> Res<Option<PeerMatch>> {
         }
     }
     match default {
-        None => Ok(Some(PeerMatch::OwnTrustDomain)),
+        None => Ok(Some(PeerTrust::Mesh(PeerMatch::OwnTrustDomain))),
         Some(v) => san_matchers(v)
             .at("combined_validation_context.default_validation_context")
-            .map(Some),
+            .map(|p| Some(PeerTrust::Mesh(p))),
     }
 }
 
 /// The SAN matchers of a validation context, refusing every other field that would change
 /// which certificates pass.
 fn san_matchers(v: &CertificateValidationContext) -> Res<PeerMatch> {
+    refuse_unsupported(v, false)?;
+    if v.match_typed_subject_alt_names.is_empty() {
+        return Ok(PeerMatch::OwnTrustDomain);
+    }
+    spiffe_matchers(v)
+}
+
+/// Refuses every validation field that would change which certificates pass and that jalur
+/// does not honour; with `untyped_sans`, `match_subject_alt_names` is the caller's to read.
+fn refuse_unsupported(v: &CertificateValidationContext, untyped_sans: bool) -> Res<()> {
     #[allow(deprecated)]
     let others = [
         (v.trusted_ca.is_some(), "trusted_ca"),
@@ -404,7 +430,7 @@ fn san_matchers(v: &CertificateValidationContext) -> Res<PeerMatch> {
             "verify_certificate_hash",
         ),
         (
-            !v.match_subject_alt_names.is_empty(),
+            !untyped_sans && !v.match_subject_alt_names.is_empty(),
             "match_subject_alt_names",
         ),
         (
@@ -425,12 +451,14 @@ fn san_matchers(v: &CertificateValidationContext) -> Res<PeerMatch> {
         reject_if(
             set,
             field,
-            "is not supported (the chain is verified against SDS \"ROOTCA\", the peer by its SPIFFE id in match_typed_subject_alt_names)",
+            "is not supported (the chain is verified against the SDS validation secret, the peer by its SAN matchers)",
         )?;
     }
-    if v.match_typed_subject_alt_names.is_empty() {
-        return Ok(PeerMatch::OwnTrustDomain);
-    }
+    Ok(())
+}
+
+/// `match_typed_subject_alt_names` as SPIFFE ids or one trust domain.
+fn spiffe_matchers(v: &CertificateValidationContext) -> Res<PeerMatch> {
     let mut ids = Vec::new();
     let mut domains = Vec::new();
     for (i, m) in v.match_typed_subject_alt_names.iter().enumerate() {

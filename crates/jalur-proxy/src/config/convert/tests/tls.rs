@@ -15,7 +15,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 
 use super::*;
-use crate::config::{CertSource, PeerMatch, UpstreamTransport};
+use crate::config::{CertSource, PeerMatch, PeerTrust, UpstreamTransport};
 
 /// An SDS secret config as Istio writes it: the `sds-grpc` cluster over gRPC.
 fn sds(name: &str) -> SdsSecretConfig {
@@ -345,7 +345,9 @@ fn strict_and_permissive_inbound_chains() {
     assert_eq!(tls.cert, CertSource::Mesh);
     assert_eq!(
         tls.client_cert,
-        Some(PeerMatch::TrustDomain("cluster.local".into()))
+        Some(PeerTrust::Mesh(PeerMatch::TrustDomain(
+            "cluster.local".into()
+        )))
     );
     assert_eq!(tls.alpn, vec!["h2", "http/1.1"]);
     assert!(!strict.plaintext_too, "STRICT has no plaintext chain");
@@ -363,7 +365,7 @@ fn strict_and_permissive_inbound_chains() {
     let l = listener(&inbound(vec![chain("tls", Some(tls_socket(no_sans)))])).expect("ok");
     assert_eq!(
         l.tls.and_then(|t| t.client_cert),
-        Some(PeerMatch::OwnTrustDomain)
+        Some(PeerTrust::Mesh(PeerMatch::OwnTrustDomain))
     );
 }
 
@@ -410,4 +412,118 @@ fn chains_jalur_cannot_serve_are_refused_by_path() {
         field(inbound(vec![chain("tls", Some(tls_socket(optional)))])),
         "filter_chains[0].transport_socket.typed_config.require_client_certificate"
     );
+}
+
+// ----------------------------------------------------------------------------- files (gateway)
+
+/// A gateway server's context as Istio writes it for files: `file-cert:` and, for MUTUAL,
+/// `file-root:` with exact `match_subject_alt_names`.
+#[allow(deprecated)]
+fn file_ctx(cert: &str, ca: Option<&str>, sans: &[&str]) -> DownstreamTlsContext {
+    let validation = ca.map(|ca| {
+        ValidationContextType::CombinedValidationContext(CombinedCertificateValidationContext {
+            default_validation_context: Some(CertificateValidationContext {
+                match_subject_alt_names: sans
+                    .iter()
+                    .map(|s| StringMatcher {
+                        match_pattern: Some(MatchPattern::Exact(s.to_string())),
+                        ignore_case: false,
+                    })
+                    .collect(),
+                ..Default::default()
+            }),
+            validation_context_sds_secret_config: Some(sds(ca)),
+            ..Default::default()
+        })
+    });
+    DownstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![sds(cert)],
+            validation_context_type: validation,
+            alpn_protocols: vec!["h2".into(), "http/1.1".into()],
+            ..Default::default()
+        }),
+        require_client_certificate: Some(BoolValue {
+            value: ca.is_some(),
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn file_secrets_load_at_conversion_and_a_bad_file_nacks_naming_it() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let ca = rcgen::generate_simple_self_signed(vec!["ca.example.com".to_string()]).expect("ca");
+    let leaf =
+        rcgen::generate_simple_self_signed(vec!["gw.example.com".to_string()]).expect("leaf");
+    let (c, k, r) = (
+        dir.path().join("c.pem"),
+        dir.path().join("k.pem"),
+        dir.path().join("ca.pem"),
+    );
+    std::fs::write(&c, leaf.cert.pem()).expect("c");
+    std::fs::write(&k, leaf.signing_key.serialize_pem()).expect("k");
+    std::fs::write(&r, ca.cert.pem()).expect("ca");
+    let cert_name = format!("file-cert:{}~{}", c.display(), k.display());
+    let root_name = format!("file-root:{}", r.display());
+    let one = |ctx| listener(&inbound(vec![chain("tls", Some(tls_socket(ctx)))]));
+
+    let simple = one(file_ctx(&cert_name, None, &[])).expect("SIMPLE converts");
+    let tls = simple.tls.expect("terminates");
+    assert_eq!(
+        tls.cert,
+        CertSource::Files {
+            chain: c.clone(),
+            key: k.clone()
+        }
+    );
+    assert_eq!(tls.client_cert, None);
+    let mutual = one(file_ctx(
+        &cert_name,
+        Some(&root_name),
+        &["client.example.com"],
+    ))
+    .expect("MUTUAL converts");
+    assert_eq!(
+        mutual.tls.and_then(|t| t.client_cert),
+        Some(PeerTrust::Files {
+            ca: r.clone(),
+            sans: vec!["client.example.com".into()]
+        })
+    );
+
+    // A missing file: NACKed naming the field and the file.
+    let missing = format!(
+        "file-cert:{}~{}",
+        dir.path().join("gone.pem").display(),
+        k.display()
+    );
+    let e = one(file_ctx(&missing, None, &[])).expect_err("missing file");
+    assert_eq!(
+        e.field,
+        "filter_chains[0].transport_socket.typed_config.common_tls_context.tls_certificate_sds_secret_configs[0].name"
+    );
+    assert!(e.to_string().contains("gone.pem"), "{e}");
+    // A CA file that is not PEM: NACKed naming it.
+    std::fs::write(dir.path().join("bad-ca.pem"), "not a certificate").expect("bad");
+    let bad_root = format!("file-root:{}", dir.path().join("bad-ca.pem").display());
+    let e = one(file_ctx(&cert_name, Some(&bad_root), &[])).expect_err("bad CA");
+    assert!(e.to_string().contains("bad-ca.pem"), "{e}");
+    // A key that is not the certificate's: NACKed, and no key bytes in the message.
+    let other = rcgen::generate_simple_self_signed(vec!["x".to_string()]).expect("other");
+    std::fs::write(
+        dir.path().join("other-key.pem"),
+        other.signing_key.serialize_pem(),
+    )
+    .expect("k2");
+    let mismatched = format!(
+        "file-cert:{}~{}",
+        c.display(),
+        dir.path().join("other-key.pem").display()
+    );
+    let e = one(file_ctx(&mismatched, None, &[])).expect_err("mismatched key");
+    assert!(e.to_string().contains("other-key.pem"), "{e}");
+    assert!(!e.to_string().contains("PRIVATE KEY"), "{e}");
+    // Names swapped (a CA where a certificate goes): refused.
+    assert!(one(file_ctx(&root_name, None, &[])).is_err());
 }

@@ -1,0 +1,140 @@
+//! TLS credentials from files (Istio's SDS names `file-cert:` / `file-root:`): a certificate
+//! resolver and a client-certificate verifier that read a [`FileWatch`] at every handshake, so
+//! a replaced file applies to the next handshake and open connections are not touched. The
+//! watch keeps the last good content when a replacement does not load.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use jalur_identity::files::{has_san, FileSecret, FileWatch, Loaded};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+
+/// Presents the current certificate and key from `file-cert:CHAIN~KEY`.
+#[derive(Debug)]
+pub(super) struct FileCert(FileWatch);
+
+impl FileCert {
+    pub(super) fn start(chain: &Path, key: &Path) -> Result<Arc<FileCert>, String> {
+        let secret = FileSecret::Cert {
+            chain: chain.to_path_buf(),
+            key: key.to_path_buf(),
+        };
+        let watch = FileWatch::start(&secret).map_err(|e| e.to_string())?;
+        Ok(Arc::new(FileCert(watch)))
+    }
+
+    fn current(&self) -> Option<Arc<CertifiedKey>> {
+        match &*self.0.current() {
+            Loaded::Cert(c) => Some(c.certified_key()),
+            Loaded::Root(_) => None,
+        }
+    }
+}
+
+impl rustls::server::ResolvesServerCert for FileCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current()
+    }
+}
+
+impl rustls::client::ResolvesClientCert for FileCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.current()
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Requires a client certificate chaining to the CA bundle in `file-root:CA` (as read now)
+/// and, when `sans` is not empty, carrying one of them as a SAN (Envoy's exact
+/// `match_subject_alt_names`).
+#[derive(Debug)]
+pub(super) struct FileClientVerifier {
+    roots: FileWatch,
+    sans: Vec<String>,
+}
+
+impl FileClientVerifier {
+    pub(super) fn start(ca: &Path, sans: &[String]) -> Result<Arc<FileClientVerifier>, String> {
+        let secret = FileSecret::Root {
+            ca: ca.to_path_buf(),
+        };
+        let roots = FileWatch::start(&secret).map_err(|e| e.to_string())?;
+        Ok(Arc::new(FileClientVerifier {
+            roots,
+            sans: sans.to_vec(),
+        }))
+    }
+
+    fn inner(&self) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
+        match &*self.roots.current() {
+            Loaded::Root(r) => Ok(r.client.clone()),
+            Loaded::Cert(_) => Err(rustls::Error::General("not a CA bundle".into())),
+        }
+    }
+}
+
+impl ClientCertVerifier for FileClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // Hints are optional (RFC 8446 §4.2.4); sending none avoids borrowing from the watch.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.inner()?
+            .verify_client_cert(end_entity, intermediates, now)?;
+        if !self.sans.is_empty() && !has_san(end_entity, &self.sans) {
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName,
+            ));
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner()?.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner()?.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner()
+            .map(|v| v.supported_verify_schemes())
+            .unwrap_or_default()
+    }
+}
