@@ -7,30 +7,20 @@
 mod common;
 #[path = "common/istio_tls.rs"]
 mod istio_tls;
+#[path = "common/rbac_xds.rs"]
+mod rbac_xds;
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use common::bound_listener;
 use common::mesh::envoy_listener;
-use envoy_types::pb::envoy::config::accesslog::v3::{access_log, AccessLog};
-use envoy_types::pb::envoy::config::core::v3::{
-    address, data_source, socket_address, substitution_format_string, Address, CidrRange,
-    DataSource, SocketAddress, SubstitutionFormatString,
-};
-use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, Listener};
-use envoy_types::pb::envoy::config::rbac::v3::{
-    permission, principal, rbac::Action, Permission, Policy, Principal, Rbac,
-};
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::rbac::v3::{permission, principal, rbac::Action};
 use envoy_types::pb::envoy::config::route::v3::{
-    header_matcher::HeaderMatchSpecifier, route, route_action, route_match, HeaderMatcher, Route,
-    RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
-};
-use envoy_types::pb::envoy::extensions::access_loggers::file::v3::{
-    file_access_log, FileAccessLog,
+    header_matcher::HeaderMatchSpecifier, route, route_action, route_match, Route, RouteAction,
+    RouteConfiguration, RouteMatch, VirtualHost,
 };
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
@@ -40,103 +30,16 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
 use envoy_types::pb::envoy::r#type::matcher::v3::{
-    path_matcher, regex_matcher, string_matcher::MatchPattern, PathMatcher, RegexMatcher,
-    StringMatcher,
+    regex_matcher, string_matcher::MatchPattern, RegexMatcher,
 };
 use envoy_types::pb::envoy::r#type::v3::Int32Range;
-use envoy_types::pb::google::protobuf::{Any, UInt32Value};
 use envoy_types::util::pack_any;
 use istio_tls::{cluster, StaticPlane};
 use jalur_testkit::{assert_eventually, EchoServer, Envoy, EnvoyOpts};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket};
+use rbac_xds::*;
 
-const DEADLINE: Duration = Duration::from_secs(20);
 /// A second loopback address: the "other" client, named by `direct_remote_ip` policies.
 const OTHER: [u8; 4] = [127, 0, 0, 2];
-
-// ------------------------------------------------------------------------------- the policies
-
-fn exact(s: &str) -> StringMatcher {
-    matcher(MatchPattern::Exact(s.into()), false)
-}
-
-fn matcher(p: MatchPattern, ignore_case: bool) -> StringMatcher {
-    StringMatcher {
-        match_pattern: Some(p),
-        ignore_case,
-    }
-}
-
-fn header(name: &str, spec: HeaderMatchSpecifier, invert: bool) -> HeaderMatcher {
-    HeaderMatcher {
-        name: name.into(),
-        header_match_specifier: Some(spec),
-        invert_match: invert,
-        ..Default::default()
-    }
-}
-
-fn method(m: &str) -> Permission {
-    perm(permission::Rule::Header(header(
-        ":method",
-        HeaderMatchSpecifier::StringMatch(exact(m)),
-        false,
-    )))
-}
-
-fn url_path(m: StringMatcher) -> Permission {
-    perm(permission::Rule::UrlPath(PathMatcher {
-        rule: Some(path_matcher::Rule::Path(m)),
-    }))
-}
-
-fn perm(r: permission::Rule) -> Permission {
-    Permission { rule: Some(r) }
-}
-
-fn and(rules: Vec<Permission>) -> Permission {
-    perm(permission::Rule::AndRules(permission::Set { rules }))
-}
-
-fn prin(i: principal::Identifier) -> Principal {
-    Principal {
-        identifier: Some(i),
-    }
-}
-
-fn any_perm() -> Permission {
-    perm(permission::Rule::Any(true))
-}
-
-fn any_prin() -> Principal {
-    prin(principal::Identifier::Any(true))
-}
-
-fn cidr(ip: &str, len: u32) -> CidrRange {
-    CidrRange {
-        address_prefix: ip.into(),
-        prefix_len: Some(UInt32Value { value: len }),
-    }
-}
-
-fn rules(action: Action, policies: Vec<(&str, Vec<Permission>, Vec<Principal>)>) -> Rbac {
-    Rbac {
-        action: action as i32,
-        policies: policies
-            .into_iter()
-            .map(|(name, permissions, principals)| {
-                let policy = Policy {
-                    permissions,
-                    principals,
-                    ..Default::default()
-                };
-                (name.to_string(), policy)
-            })
-            .collect(),
-        ..Default::default()
-    }
-}
 
 fn key(name: &str) -> String {
     format!("ns[shop]-policy[{name}]-rule[0]")
@@ -292,58 +195,6 @@ fn http_rbac_filters() -> Vec<HttpRbac> {
 
 // ------------------------------------------------------------------------------ the listeners
 
-fn loopback_port_0() -> Address {
-    Address {
-        address: Some(address::Address::SocketAddress(SocketAddress {
-            address: "127.0.0.1".into(),
-            port_specifier: Some(socket_address::PortSpecifier::PortValue(0)),
-            ..Default::default()
-        })),
-    }
-}
-
-fn listener(name: &str, filters: Vec<(&str, Any)>) -> Listener {
-    Listener {
-        name: name.into(),
-        address: Some(loopback_port_0()),
-        filter_chains: vec![FilterChain {
-            filters: filters
-                .into_iter()
-                .map(|(name, any)| Filter {
-                    name: name.into(),
-                    config_type: Some(filter::ConfigType::TypedConfig(any)),
-                })
-                .collect(),
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
-}
-
-/// Envoy's file access log: the case number (`x-case`), status and response code details.
-fn access_log(path: &str) -> AccessLog {
-    let format = SubstitutionFormatString {
-        format: Some(substitution_format_string::Format::TextFormatSource(
-            DataSource {
-                specifier: Some(data_source::Specifier::InlineString(
-                    "%REQ(X-CASE)% %RESPONSE_CODE% %RESPONSE_CODE_DETAILS%\n".into(),
-                )),
-                ..Default::default()
-            },
-        )),
-        ..Default::default()
-    };
-    let file = FileAccessLog {
-        path: path.into(),
-        access_log_format: Some(file_access_log::AccessLogFormat::LogFormat(format)),
-    };
-    AccessLog {
-        name: "envoy.access_loggers.file".into(),
-        config_type: Some(access_log::ConfigType::TypedConfig(pack_any(file))),
-        ..Default::default()
-    }
-}
-
 /// `inbound-http`: the three RBAC filters, then the router to `backend`; `inbound-tcp`: a network
 /// RBAC filter denying the other loopback host, then tcp_proxy to `tcp-backend`.
 fn listeners(log: Option<&str>) -> Vec<Listener> {
@@ -425,109 +276,6 @@ fn listeners(log: Option<&str>) -> Vec<Listener> {
             ],
         ),
     ]
-}
-
-// --------------------------------------------------------------------------------- the peers
-
-/// A TCP echo server counting every byte it receives.
-struct TcpEcho {
-    addr: SocketAddr,
-    received: Arc<AtomicU64>,
-}
-
-impl TcpEcho {
-    async fn start() -> TcpEcho {
-        let socket = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = socket.local_addr().expect("addr");
-        let received = Arc::new(AtomicU64::new(0));
-        let counted = received.clone();
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = socket.accept().await {
-                let counted = counted.clone();
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 1024];
-                    while let Ok(n) = s.read(&mut buf).await {
-                        if n == 0 || s.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                        counted.fetch_add(n as u64, Ordering::Relaxed);
-                    }
-                });
-            }
-        });
-        TcpEcho { addr, received }
-    }
-}
-
-async fn connect_from(from: [u8; 4], to: SocketAddr) -> tokio::net::TcpStream {
-    let socket = TcpSocket::new_v4().expect("socket");
-    socket
-        .bind(SocketAddr::new(IpAddr::from(from), 0))
-        .expect("bind the client address");
-    socket.connect(to).await.expect("connect")
-}
-
-/// One HTTP/1.1 request (closing the connection) from `from`; (status, content-type, body).
-async fn request(to: SocketAddr, from: [u8; 4], head: &str) -> (u16, String, String) {
-    let mut s = connect_from(from, to).await;
-    s.write_all(head.as_bytes()).await.expect("write");
-    let head_only = head.starts_with("HEAD ");
-    let mut buf = Vec::new();
-    // Read the whole answer, not to EOF: Envoy closes a second after a local reply.
-    let _ = tokio::time::timeout(DEADLINE, async {
-        let mut chunk = [0u8; 4096];
-        while !answered(&buf, head_only) {
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    })
-    .await;
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let content_type = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-type")
-                .then(|| v.trim().to_string())
-        })
-        .unwrap_or_default();
-    (status, content_type, body.to_string())
-}
-
-/// Whether `buf` holds a whole response (head, and a body of its content-length).
-fn answered(buf: &[u8], head_only: bool) -> bool {
-    let text = String::from_utf8_lossy(buf);
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        return false;
-    };
-    let length = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse::<usize>().ok())?
-        })
-        .unwrap_or(0);
-    head_only || body.len() >= length
-}
-
-/// Sends `bytes` on a TCP connection from `from`; what came back before the connection ended.
-async fn tcp_round(to: SocketAddr, from: [u8; 4], bytes: &[u8]) -> Vec<u8> {
-    let mut s = connect_from(from, to).await;
-    let _ = s.write_all(bytes).await;
-    let mut back = vec![0u8; bytes.len()];
-    match tokio::time::timeout(DEADLINE, s.read_exact(&mut back)).await {
-        Ok(Ok(_)) => back,
-        _ => Vec::new(),
-    }
 }
 
 // --------------------------------------------------------------------------------- the cases
@@ -873,4 +621,155 @@ async fn the_same_requests_get_the_same_rbac_answers_from_envoy_and_jalur() {
             .ok_or(format!("jalur {got:#?}\nEnvoy {want:#?}"))
     })
     .await;
+}
+
+// ------------------------------------------------------------------------ mTLS principals, SNI
+
+/// `l` (an Istio-shaped inbound listener) with `rbac` before the router of every chain.
+fn with_http_rbac(mut l: Listener, rbac: &[HttpRbac]) -> Listener {
+    use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+    use prost::Message;
+    for chain in &mut l.filter_chains {
+        for f in &mut chain.filters {
+            let Some(ConfigType::TypedConfig(any)) = &mut f.config_type else {
+                continue;
+            };
+            let Ok(mut hcm) = HttpConnectionManager::decode(any.value.as_slice()) else {
+                continue;
+            };
+            let at = hcm.http_filters.len().saturating_sub(1);
+            for (i, r) in rbac.iter().enumerate() {
+                let filter = HttpFilter {
+                    name: "envoy.filters.http.rbac".into(),
+                    config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(r.clone()))),
+                    ..Default::default()
+                };
+                hcm.http_filters.insert(at + i, filter);
+            }
+            *any = pack_any(hcm);
+        }
+    }
+    l
+}
+
+fn authenticated(
+    m: envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher,
+) -> envoy_types::pb::envoy::config::rbac::v3::Principal {
+    prin(principal::Identifier::Authenticated(
+        principal::Authenticated {
+            principal_name: Some(m),
+        },
+    ))
+}
+
+/// Istio's source.principal (exact SPIFFE id) and source.namespace (the regex Istio writes), and
+/// connection.sni, over a STRICT mTLS listener: jalur must read the peer certificate and the SNI
+/// of the connection as Envoy does.
+#[tokio::test]
+async fn mtls_principals_and_sni_decide_the_same_in_envoy_and_jalur() {
+    use common::ca::{spiffe, TestCa};
+    use istio_tls::{listener_from, Mode, Sds};
+    use jalur_identity::verify::Accept;
+    let Some(binary) = jalur_testkit::require_peer("envoy", jalur_testkit::envoy_binary()) else {
+        return;
+    };
+    let ca = TestCa::new();
+    let server = ca.identity(&spiffe("shop", "payments"), &[]);
+    let storefront = ca.identity(&spiffe("shop", "storefront"), &[]);
+    let intruder = ca.identity(&spiffe("shop", "intruder"), &[]);
+    let stranger = ca.identity(&spiffe("other", "app"), &[]);
+    let echo = EchoServer::start("payments").await;
+    let allow = rules(
+        Action::Allow,
+        vec![
+            (
+                &key("sf"),
+                vec![perm(permission::Rule::RequestedServerName(matcher(
+                    MatchPattern::Prefix("outbound_.8080_".into()),
+                    false,
+                )))],
+                vec![authenticated(exact(
+                    "spiffe://cluster.local/ns/shop/sa/storefront",
+                ))],
+            ),
+            (
+                &key("ns"),
+                vec![method("POST")],
+                vec![authenticated(matcher(
+                    MatchPattern::SafeRegex(RegexMatcher {
+                        regex: ".*/ns/shop/.*".into(),
+                        engine_type: None::<regex_matcher::EngineType>,
+                    }),
+                    false,
+                ))],
+            ),
+        ],
+    );
+    let rbac = [HttpRbac {
+        rules: Some(allow),
+        ..Default::default()
+    }];
+    let inbound = || {
+        with_http_rbac(
+            listener_from("inbound-mtls", "backend", false, Mode::Strict, Sds::Ads),
+            &rbac,
+        )
+    };
+    let plane = StaticPlane::start().await;
+    let backend = || vec![cluster("backend", &[echo.addr()], false, None, false)];
+    let creds = server.watch.borrow().clone();
+    plane.serve_with_secrets("payments.shop", vec![inbound()], backend(), Some(&creds));
+    plane.serve_with_secrets(
+        "payments-envoy.shop",
+        vec![inbound()],
+        backend(),
+        Some(&creds),
+    );
+
+    let mut opts = jalur_proxy::run::ProxyOptions::loopback(plane.addr, "payments", "shop");
+    opts.ephemeral_ports = true;
+    opts.credentials = Some(server.watch.clone());
+    let jalur = jalur_proxy::run::Proxy::start(opts)
+        .await
+        .expect("jalur proxy starts");
+    let jalur_addr = bound_listener(&jalur, "inbound-mtls").await;
+    let mut envoy_opts = EnvoyOpts::new(
+        plane.addr,
+        "sidecar~127.0.0.1~payments-envoy.shop~shop.svc.cluster.local",
+    );
+    envoy_opts.cluster = "payments-envoy.shop".into();
+    let envoy = Envoy::start_with(&binary, envoy_opts)
+        .await
+        .expect("envoy starts");
+    let envoy_addr = envoy_listener(&envoy, "inbound-mtls").await;
+
+    const SNI: &str = "outbound_.8080_._.payments.shop.svc.cluster.local";
+    let cases = [
+        (&storefront, SNI, "GET", None),
+        (&storefront, "payments.example", "GET", Some("none")),
+        (&intruder, "payments.example", "POST", None),
+        (&intruder, SNI, "GET", Some("none")),
+        (&stranger, SNI, "POST", Some("none")),
+    ];
+    for (who, addr) in [("Envoy", envoy_addr), ("jalur", jalur_addr)] {
+        for (i, (client, sni, method, denied)) in cases.iter().enumerate() {
+            let accept = Accept::TrustDomain("cluster.local".into());
+            let mut tls = assert_eventually("the mTLS listener accepts", DEADLINE, || async {
+                common::probe::mesh_tls(addr, &client.watch, accept.clone(), sni, &[]).await
+            })
+            .await;
+            let head = format!(
+                "{method} / HTTP/1.1\r\nhost: payments\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+            let got = exchange(&mut tls, &head).await;
+            match denied {
+                None => assert_eq!(got.0, 200, "{who}, case {i}: {}", got.2),
+                Some(_) => assert_eq!(
+                    (got.0, got.2.as_str()),
+                    (403, "RBAC: access denied"),
+                    "{who}, case {i}"
+                ),
+            }
+        }
+    }
 }
