@@ -144,7 +144,8 @@ mod tests {
     /// Each case was read off a stock Envoy 1.40's `/stats/prometheus`.
     #[test]
     fn names_as_envoy_prints_them() {
-        let cases: [(&str, &str, &[(&str, &str)]); 6] = [
+        type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+        let cases: [Case; 6] = [
             (
                 "http.inbound_8080.rbac.allowed",
                 "envoy_http_rbac_allowed",

@@ -424,3 +424,30 @@ fn network_rbac_before_tcp_proxy_and_stat_names() {
         "http.inbound_8080.rbac.shadow_denied"
     );
 }
+
+#[test]
+fn per_route_rbac_is_nacked() {
+    use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
+    use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::RbacPerRoute;
+    let vh = VirtualHost {
+        name: "all".into(),
+        domains: vec!["*".into()],
+        typed_per_filter_config: [(
+            "envoy.filters.http.rbac".to_string(),
+            pack_any(RbacPerRoute::default()),
+        )]
+        .into(),
+        ..VirtualHost::default()
+    };
+    let rc = RouteConfiguration {
+        name: "r".into(),
+        virtual_hosts: vec![vh],
+        ..RouteConfiguration::default()
+    };
+    let e = convert::route_table(&rc).expect_err("NACKed").to_string();
+    assert!(
+        e.contains("typed_per_filter_config[\"envoy.filters.http.rbac\"]")
+            && e.contains("RBACPerRoute"),
+        "{e}"
+    );
+}

@@ -143,7 +143,8 @@ pub(crate) struct Update {
 }
 
 enum Converted {
-    Listener(Listener),
+    // Boxed, as clusters: a listener (with its RBAC filters) is much larger than the others.
+    Listener(Box<Listener>),
     Routes(RouteTable),
     // Boxed: a cluster (with its TLS settings) is much larger than the other resources.
     Cluster(Box<Cluster>, Option<EndpointSet>),
@@ -225,9 +226,9 @@ fn convert_one(
     let bytes = wire.body.value.as_slice();
     let undecodable = |e: prost::DecodeError| fail("resource", format!("cannot decode: {e}"));
     let converted = match rtype {
-        ResourceType::Listener => Converted::Listener((convert.listener)(
+        ResourceType::Listener => Converted::Listener(Box::new((convert.listener)(
             &XdsListener::decode(bytes).map_err(undecodable)?,
-        )?),
+        )?)),
         ResourceType::RouteConfiguration => Converted::Routes((convert.route_table)(
             &RouteConfiguration::decode(bytes).map_err(undecodable)?,
         )?),
@@ -253,7 +254,7 @@ fn merge(next: &mut Snapshot, current: &Snapshot, update: &Update, converted: Ve
     match update.rtype {
         ResourceType::Listener => {
             let items = converted.into_iter().filter_map(|c| match c {
-                Converted::Listener(l) => Some((l.name.clone(), l)),
+                Converted::Listener(l) => Some((l.name.clone(), *l)),
                 _ => None,
             });
             upsert(&mut next.listeners, replace, removed, items);
