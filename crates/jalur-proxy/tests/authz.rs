@@ -408,6 +408,40 @@ fn jalur_and_envoy_give_the_same_authorization_outcomes() {
     run(run_matrix(true));
 }
 
+/// Where jalur is stricter than Envoy: a policy pushed while a caller holds a connection open.
+/// jalur proxy evaluates every request against the config current when it arrives; Envoy keeps
+/// a connection accepted before the change on its old filter chain until it drains (600 s by
+/// default), so the storefront's pooled connection is still served without the new policy
+/// there — and is refused at once by jalur.
+async fn open_connection_across_a_change() {
+    let Some(m) = Matrix::start(true).await else {
+        return;
+    };
+    m.push("deny all", &policy("deny-all", "ALLOW", "")).await;
+    let pooled = case("pooled connection", Caller::Storefront, "/", false);
+    let fresh = case("new connection", Caller::Plain, "/", false);
+    for col in &m.columns {
+        let (status, _, body, _) = m.send(col, &pooled).await;
+        let expected = if col.label == "jalur" { 403 } else { 200 };
+        assert_eq!(
+            status, expected,
+            "[{}] pooled connection: {body}",
+            col.label
+        );
+        let (status, _, _, _) = m.send(col, &fresh).await;
+        assert_eq!(
+            status, 403,
+            "[{}] a new connection sees the policy",
+            col.label
+        );
+    }
+}
+
+#[test]
+fn a_pushed_policy_applies_to_open_connections_in_jalur_and_to_new_ones_in_envoy() {
+    run(open_connection_across_a_change());
+}
+
 /// A policy edit under load takes effect on every proxy within a push, with 0 failed allowed
 /// requests while it changes.
 #[test]

@@ -204,6 +204,18 @@ impl Matrix {
     /// Writes the policy file and waits until every proxy has acknowledged the configuration
     /// built from it: a new generation, every client past it and in sync.
     pub async fn apply(&mut self, group: &str, yaml: &str) {
+        self.push(group, yaml).await;
+        // A fresh storefront sidecar, so its requests come on new connections.
+        let creds = self.plane.issue("storefront");
+        let (caller, storefront) = self.plane.caller("storefront", Some(creds)).await;
+        let old = std::mem::replace(&mut self.caller, caller);
+        old.shutdown().await;
+        self.storefront = storefront;
+    }
+
+    /// [`Matrix::apply`] without replacing the storefront sidecar: its pooled connections to
+    /// the servers stay open across the change.
+    pub async fn push(&self, group: &str, yaml: &str) {
         let state = &self.plane.plane.control().state;
         let before = state.generation.load(Ordering::SeqCst);
         self.plane.plane.write(POLICY_FILE, yaml);
@@ -221,12 +233,6 @@ impl Matrix {
                 .ok_or(format!("generation {before} → {now}; behind: {behind:?}"))
         })
         .await;
-        // A fresh storefront sidecar, so its requests come on new connections.
-        let creds = self.plane.issue("storefront");
-        let (caller, storefront) = self.plane.caller("storefront", Some(creds)).await;
-        let old = std::mem::replace(&mut self.caller, caller);
-        old.shutdown().await;
-        self.storefront = storefront;
     }
 
     /// Sends `c` to `col`; (status, content-type, body, whether the backend saw it).
