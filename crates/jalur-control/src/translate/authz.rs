@@ -26,6 +26,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::CidrRange;
 use envoy_types::pb::envoy::config::listener::v3::{filter, Filter};
 use envoy_types::pb::envoy::config::rbac::v3::{
@@ -116,9 +117,29 @@ pub fn applicable<'a>(ctx: &Ctx<'a>) -> Vec<(&'a Resource, &'a AuthorizationPoli
         .collect()
 }
 
-/// The HTTP RBAC filters for an HCM serving workload port `port`. They go after fault and track
-/// A's jwt_authn (whose payload they read), before the router.
+/// What authenticates and authorizes an HCM serving workload port `port`, to go after fault and
+/// before the router: jwt_authn when a RequestAuthentication applies to this proxy (it verifies
+/// tokens and leaves the payload RBAC's `requestPrincipals` and claims matchers read), then the
+/// RBAC filters.
 pub fn http_filters(ctx: &Ctx, port: u32) -> Vec<HttpFilter> {
+    let mut filters: Vec<HttpFilter> = jwt(ctx).map(|j| j.filter).into_iter().collect();
+    filters.extend(rbac_http_filters(ctx, port));
+    filters
+}
+
+/// The clusters jwt_authn fetches remote JWKS from, for the proxies it is on.
+pub fn jwks_clusters(ctx: &Ctx) -> Vec<Cluster> {
+    jwt(ctx).map(|j| j.clusters).unwrap_or_default()
+}
+
+fn jwt(ctx: &Ctx) -> Option<super::jwt::Jwt> {
+    let c = ctx.client;
+    let root = &ctx.mesh.security.root_namespace;
+    let applying = super::jwt::applying(&ctx.mesh.config, root, &c.namespace, &c.labels);
+    super::jwt::http_filter(&applying)
+}
+
+fn rbac_http_filters(ctx: &Ctx, port: u32) -> Vec<HttpFilter> {
     rules(ctx, Target { tcp: false, port })
         .into_iter()
         .map(|r| HttpFilter {

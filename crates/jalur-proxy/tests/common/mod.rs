@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod authz;
 pub mod ca;
 pub mod mesh;
 pub mod probe;

@@ -663,3 +663,33 @@ fn gateway_listeners_get_the_policies_selecting_the_gateway() {
         ]
     );
 }
+
+#[test]
+fn jwt_authn_goes_before_rbac_and_brings_its_jwks_cluster() {
+    let yaml = policy("p", "ALLOW", "  - from:\n    - source:\n        requestPrincipals: [\"*\"]")
+        + "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata:\n  name: jwt\n  namespace: shop\nspec:\n  jwtRules:\n  - issuer: https://idp.example.com\n    jwksUri: http://idp.example.com:8080/jwks\n";
+    let m = mesh(&yaml);
+    let snap = translate(&m, &client(false, false));
+    let names = http_filter_names(&listener(&snap, "inbound"));
+    assert_eq!(
+        names[0],
+        [
+            "envoy.filters.http.fault",
+            "envoy.filters.http.jwt_authn",
+            "envoy.filters.http.rbac",
+            "envoy.filters.http.router"
+        ]
+    );
+    let cds = snap.of_type(jalur_xds::TypeUrl::Cluster).expect("cds");
+    assert!(
+        cds.keys()
+            .any(|k| k.starts_with("jwks|idp.example.com|8080")),
+        "{:?}",
+        cds.keys()
+    );
+    // Without a RequestAuthentication: no jwt_authn, no JWKS cluster.
+    let m = mesh(&policy("p", "ALLOW", "  - {}"));
+    let snap = translate(&m, &client(false, false));
+    let names = http_filter_names(&listener(&snap, "inbound"));
+    assert!(!names[0].iter().any(|n| n.contains("jwt")), "{names:?}");
+}
