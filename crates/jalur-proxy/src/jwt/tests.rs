@@ -179,10 +179,16 @@ fn wrong_issuer_audience_signature_kid_and_alg_none_are_refused_as_envoy_says() 
         use base64::Engine as _;
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
     };
-    let none = format!("{}.{}.", b64(json!({"alg": "none"})), b64(claims()));
+    let none = format!("{}.{}.c2ln", b64(json!({"alg": "none"})), b64(claims()));
     assert_eq!(
         denied(&f, &none),
         (401, "Jwt header [alg] is not supported")
+    );
+    // Unsigned (an empty third part): a bad shape, as Envoy answers.
+    let unsigned = format!("{}.{}.", b64(json!({"alg": "none"})), b64(claims()));
+    assert_eq!(
+        denied(&f, &unsigned).1,
+        "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections"
     );
     assert_eq!(
         denied(&f, "not-a-jwt"),

@@ -52,9 +52,13 @@ fn algorithm(name: &str) -> Option<Algorithm> {
 
 pub(super) fn parse(jwt: &str) -> Result<Token<'_>, Status> {
     let parts: Vec<&str> = jwt.split('.').collect();
+    // An empty signature (`alg: none` tokens end in a dot) is a bad shape to Envoy too.
     let [header, payload, signature] = parts.as_slice() else {
         return Err(Status::JwtBadFormat);
     };
+    if signature.is_empty() {
+        return Err(Status::JwtBadFormat);
+    }
     let header_json = b64(header).ok_or(Status::JwtHeaderParseErrorBadBase64)?;
     let header_obj: Map<String, Value> =
         serde_json::from_slice(&header_json).map_err(|_| Status::JwtHeaderParseErrorBadJson)?;
