@@ -14,6 +14,7 @@ pub mod framing;
 pub mod health;
 pub mod host;
 pub mod http;
+pub mod jwt;
 pub mod lb;
 pub mod listener;
 pub mod metrics;

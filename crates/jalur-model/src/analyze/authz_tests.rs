@@ -290,13 +290,15 @@ fn request_authentication_rules_are_checked() {
         ),
         (
             "  - issuer: a\n    jwksUri: http://idp:8080/k\n    timeout: soon",
-            vec!["JAL0162"],
+            vec!["JAL0166", "JAL0162"],
         ),
         (
-            "  - issuer: a\n    jwks: JWKS\n  - issuer: a\n    jwksUri: https://idp/k",
+            "  - issuer: a\n    jwks: JWKS\n  - issuer: a\n    jwksUri: file:///k",
             vec!["JAL0165"],
         ),
         ("  - issuer: a\n    jwks: JWKS\n    timeout: 5s", vec![]),
+        // Envoy fetches a remote JWKS; jalur proxy does not yet, and analyze says so.
+        ("  - issuer: a\n    jwksUri: https://idp/k", vec!["JAL0166"]),
     ];
     for (body, want) in cases {
         let body = body.replace("JWKS", JWKS);

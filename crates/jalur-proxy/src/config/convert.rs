@@ -31,6 +31,7 @@ use super::{Cluster, EndpointSet, Listener, RouteTable, StringMatch};
 mod action;
 mod cluster;
 mod fault;
+mod jwt;
 mod listener;
 mod rbac;
 mod route;
@@ -54,6 +55,12 @@ pub struct ConvertError {
 
 pub fn listener(l: &XdsListener) -> Result<Listener, ConvertError> {
     listener::listener(l).map_err(|e| e.into_error("Listener", &l.name))
+}
+
+/// The `envoy.filters.http.jwt_authn` filter's typed config (the listener conversion hands it
+/// the filter's `typed_config`).
+pub fn jwt_filter(any: &Any) -> Result<crate::jwt::JwtAuthn, ConvertError> {
+    jwt::jwt_authn(any).map_err(|e| e.into_error("HttpFilter", crate::jwt::FILTER_NAME))
 }
 
 pub fn route_table(rc: &RouteConfiguration) -> Result<RouteTable, ConvertError> {
