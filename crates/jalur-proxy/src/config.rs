@@ -75,6 +75,9 @@ pub enum PeerTrust {
         ca: std::path::PathBuf,
         sans: Vec<String>,
     },
+    /// Not checked at all: an upstream whose config says so explicitly (a DestinationRule's
+    /// `insecureSkipVerify`, an empty validation context). Never for a listener.
+    Unverified,
 }
 
 /// Which peer identities a mesh TLS connection accepts once the chain is good.
@@ -90,13 +93,17 @@ pub enum PeerMatch {
     OwnTrustDomain,
 }
 
-/// Mesh mTLS towards an upstream: the proxy's certificate (SDS `default`), the peer verified
-/// against SDS `ROOTCA`, SNI and ALPN as the cluster says.
+/// TLS towards an upstream: mesh mTLS (the proxy's certificate, SDS `default`; the peer
+/// verified against SDS `ROOTCA`), or origination to a server outside the mesh (the server
+/// checked against a CA file, a client certificate from files or none); SNI and ALPN as the
+/// cluster says.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClientTls {
     pub sni: Option<String>,
     pub alpn: Vec<String>,
-    pub peer: PeerMatch,
+    pub peer: PeerTrust,
+    /// The certificate presented; `None`: no client certificate (SIMPLE origination).
+    pub cert: Option<CertSource>,
 }
 
 /// How a cluster's connections are made.

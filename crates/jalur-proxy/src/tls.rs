@@ -99,6 +99,10 @@ impl Terminator {
             Some(PeerTrust::Files { ca, sans }) => {
                 builder.with_client_cert_verifier(files::FileClientVerifier::start(ca, sans)?)
             }
+            // Conversion never asks a listener for this; refuse rather than accept anyone.
+            Some(PeerTrust::Unverified) => {
+                return Err("client certificates must be verified against a CA".into())
+            }
         };
         let mut config = match &tls.cert {
             CertSource::Mesh => {
@@ -209,8 +213,9 @@ fn pem_server_config(
 
 // ------------------------------------------------------------------------------------- clients
 
-/// A cluster's mesh mTLS origination: the rustls client config (built once per cluster; the
-/// verifier and the presented certificate read the credentials watch) and the SNI.
+/// A cluster's TLS origination (mesh mTLS, or TLS to a server outside the mesh): the rustls
+/// client config (built once per cluster; verifiers and the presented certificate read the
+/// credentials watch or the file watches at each handshake) and the SNI.
 pub struct Originator {
     connector: tokio_rustls::TlsConnector,
     sni: Option<ServerName<'static>>,
@@ -219,10 +224,41 @@ pub struct Originator {
 
 impl Originator {
     pub fn new(tls: &ClientTls, creds: Option<&CredentialsWatch>) -> Result<Originator, String> {
-        let creds = mesh_creds(creds, "the cluster's TLS")?;
-        let alpn: Vec<&[u8]> = tls.alpn.iter().map(|p| p.as_bytes()).collect();
-        let config = verify::client_config(creds.clone(), accept(&tls.peer, creds), &alpn)
-            .map_err(|e| e.to_string())?;
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS versions: {e}"))?
+            .dangerous();
+        let builder = match &tls.peer {
+            PeerTrust::Mesh(peer) => {
+                let creds = mesh_creds(creds, "the cluster's TLS")?;
+                builder.with_custom_certificate_verifier(verify::SpiffeServerVerifier::new(
+                    creds.clone(),
+                    accept(peer, creds),
+                ))
+            }
+            PeerTrust::Files { ca, sans } => builder
+                .with_custom_certificate_verifier(files::FileServerVerifier::start(ca, sans)?),
+            PeerTrust::Unverified => builder
+                .with_custom_certificate_verifier(Arc::new(files::NoVerification(provider()))),
+        };
+        let mut config = match &tls.cert {
+            None => builder.with_no_client_auth(),
+            Some(CertSource::Mesh) => {
+                let creds = mesh_creds(creds, "the cluster's client certificate")?;
+                builder.with_client_cert_resolver(Arc::new(verify::CurrentCert(creds.clone())))
+            }
+            Some(CertSource::Files { chain, key }) => {
+                builder.with_client_cert_resolver(files::FileCert::start(chain, key)?)
+            }
+            Some(CertSource::Pem { .. }) => {
+                return Err("inline client certificates are not supported".into())
+            }
+        };
+        config.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        let local = match tls.cert {
+            Some(CertSource::Mesh) => own_id(creds),
+            _ => None,
+        };
         let sni = match &tls.sni {
             None => None,
             Some(s) => Some(
@@ -233,7 +269,7 @@ impl Originator {
         Ok(Originator {
             connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
             sni,
-            local: own_id(Some(creds)),
+            local,
         })
     }
 
@@ -264,7 +300,7 @@ impl Originator {
             .and_then(|c| verify::peer_id(c).ok())
             .map(|id: SpiffeId| Arc::from(id.to_string().as_str()));
         let security = ConnSecurity {
-            mutual: true,
+            mutual: self.local.is_some(),
             peer,
             local: self.local.clone(),
         };

@@ -130,9 +130,9 @@ pub fn clusters(ctx: &Ctx) -> (Vec<Cluster>, Vec<ClusterLoadAssignment>) {
                 let selected: Vec<&Endpoint> =
                     endpoints.iter().filter(|e| e.matches(&labels)).collect();
                 let cla = load_assignment(&name, port.number, &selected);
-                let tls_mode = policy.tls.as_ref().map(|t| t.mode);
+                let dr_tls = policy.tls.as_ref();
                 let secure =
-                    |c: &mut Cluster| tls::secure_cluster(ctx, c, service, port, subset, tls_mode);
+                    |c: &mut Cluster| tls::secure_cluster(ctx, c, service, port, subset, dr_tls);
                 match service.discovery {
                     Discovery::Eds => {
                         let mut c = cluster(ctx, &name, service, port, &policy, None);

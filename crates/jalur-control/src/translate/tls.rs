@@ -32,7 +32,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher::MatchPattern, 
 use envoy_types::pb::google::protobuf::{value::Kind, BoolValue, Struct, Value};
 use envoy_types::util::pack_any;
 use jalur_identity::files::FileSecret;
-use jalur_model::networking::{ServerTlsMode, ServerTlsSettings, TlsMode};
+use jalur_model::networking::{ClientTlsSettings, ServerTlsMode, ServerTlsSettings, TlsMode};
 use jalur_model::security::{MtlsMode, PeerPolicies};
 
 use super::Ctx;
@@ -162,17 +162,25 @@ pub fn spiffe_ids(ctx: &Ctx, endpoints: &[Endpoint]) -> Vec<String> {
 }
 
 /// Secures one outbound cluster as Istio does: a DestinationRule `tls.mode` (after port-level
-/// and subset overrides) of ISTIO_MUTUAL → TLS to every endpoint; DISABLE → none; SIMPLE/MUTUAL
-/// (origination, not built yet; analyze warns) → none; no tls → auto mTLS, TLS to endpoints
-/// labelled `tlsMode: istio` and plaintext to the rest, if the service has any such endpoint.
+/// and subset overrides) of SIMPLE/MUTUAL → TLS origination with the DR's files (any proxy:
+/// it needs no mesh identity; not proxyless gRPC, which has no SDS here); ISTIO_MUTUAL → mesh
+/// TLS to every endpoint; DISABLE → none; no tls → auto mTLS, TLS to endpoints labelled
+/// `tlsMode: istio` and plaintext to the rest, if the service has any such endpoint.
 pub fn secure_cluster(
     ctx: &Ctx,
     c: &mut Cluster,
     service: &Service,
     port: &Port,
     subset: Option<&str>,
-    dr_mode: Option<TlsMode>,
+    dr: Option<&ClientTlsSettings>,
 ) {
+    if let Some(t) = dr.filter(|t| matches!(t.mode, TlsMode::Simple | TlsMode::Mutual)) {
+        if !ctx.proxyless {
+            c.transport_socket = originating_socket(t, &service.host, port);
+        }
+        return;
+    }
+    let dr_mode = dr.map(|t| t.mode);
     if !client_has_credentials(ctx) {
         return;
     }
@@ -364,4 +372,55 @@ fn file_validation(ca: &FileSecret, sans: &[String]) -> ValidationContextType {
         validation_context_sds_secret_config: Some(sds(&ca.sds_name())),
         ..CombinedCertificateValidationContext::default()
     })
+}
+
+/// Where a DestinationRule without `caCertificates` gets its roots: the system bundle
+/// (Debian/Ubuntu path), as Istio verifies at the client by default.
+pub const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// TLS origination to a server outside the mesh (DestinationRule SIMPLE/MUTUAL), in Istio's
+/// shape: SNI from `sni` (jalur: the service host when unset, where Istio derives it per
+/// request with auto SNI: the same name for egress to that host), the server checked against
+/// `file-root:CA` (`caCertificates`, else the system bundle) with `subjectAltNames` as exact
+/// matchers, an empty validation context with `insecureSkipVerify`, and for MUTUAL the client
+/// certificate `file-cert:CERT~KEY`. `None` when MUTUAL lacks its files (analyze reports it) or
+/// the settings use `credentialName` (Kubernetes secrets: not available here).
+pub fn originating_socket(
+    tls: &ClientTlsSettings,
+    host: &str,
+    port: &Port,
+) -> Option<TransportSocket> {
+    if tls.credential_name.is_some() {
+        return None;
+    }
+    let mut common = CommonTlsContext::default();
+    if port.protocol.is_h2() {
+        common.alpn_protocols = vec!["h2".into()];
+    }
+    if tls.mode == TlsMode::Mutual {
+        let cert = FileSecret::Cert {
+            chain: tls.client_certificate.as_ref()?.into(),
+            key: tls.private_key.as_ref()?.into(),
+        };
+        common.tls_certificate_sds_secret_configs = vec![sds(&cert.sds_name())];
+    }
+    common.validation_context_type = Some(if tls.insecure_skip_verify == Some(true) {
+        ValidationContextType::ValidationContext(CertificateValidationContext::default())
+    } else {
+        let ca = FileSecret::Root {
+            ca: tls
+                .ca_certificates
+                .as_deref()
+                .filter(|c| !c.is_empty())
+                .unwrap_or(SYSTEM_ROOTS)
+                .into(),
+        };
+        file_validation(&ca, &tls.subject_alt_names)
+    });
+    let ctx = UpstreamTlsContext {
+        common_tls_context: Some(common),
+        sni: tls.sni.clone().unwrap_or_else(|| host.to_string()),
+        ..UpstreamTlsContext::default()
+    };
+    Some(socket(TLS_SOCKET, pack_any(ctx)))
 }

@@ -124,19 +124,24 @@ fn outlier(r: &Resource, field: &str, od: &OutlierDetection, out: &mut Vec<Diagn
 }
 
 /// MUTUAL needs a client certificate and key, from files or from a credential. SIMPLE and MUTUAL
-/// (TLS origination to a server outside the mesh) are not translated yet: say so rather than let
-/// traffic go in plaintext unannounced.
+/// originate TLS from the files named here; `credentialName` (a Kubernetes secret) cannot be
+/// read without Kubernetes, so such a rule is not translated: say so rather than let traffic go
+/// in plaintext unannounced.
 fn client_tls(r: &Resource, field: &str, tls: &ClientTlsSettings, out: &mut Vec<Diagnostic>) {
-    if matches!(tls.mode, TlsMode::Simple | TlsMode::Mutual) {
+    if matches!(tls.mode, TlsMode::Simple | TlsMode::Mutual) && tls.credential_name.is_some() {
         let mode = if tls.mode == TlsMode::Simple {
             "SIMPLE"
         } else {
             "MUTUAL"
         };
         let msg = format!(
-            "tls mode {mode} (TLS origination) is not yet supported: connections to this host stay as they are (plaintext unless the mesh's mTLS applies); ISTIO_MUTUAL and DISABLE are honoured"
+            "tls mode {mode} with credentialName (a Kubernetes secret) is not supported: connections to this host stay as they are (plaintext unless the mesh's mTLS applies); name the files (caCertificates, clientCertificate, privateKey) instead"
         );
-        out.push(r.diag(codes::TLS_MODE_NOT_SUPPORTED, &format!("{field}.mode"), msg));
+        out.push(r.diag(
+            codes::TLS_MODE_NOT_SUPPORTED,
+            &format!("{field}.credentialName"),
+            msg,
+        ));
     }
     if tls.mode != TlsMode::Mutual || tls.credential_name.is_some() {
         return;

@@ -520,9 +520,9 @@ fn gateways_and_tls() {
     assert_eq!(codes_of(&gw(no_hosts)), ["JAL0115"]);
     let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: p}\nspec: {host: api.payments.example.com, trafficPolicy: {tls: {mode: MUTUAL, clientCertificate: /c.pem}}}\n";
     let d = diags(dr);
-    // MUTUAL is also reported as not yet supported (JAL0142, a warning).
-    assert_eq!(d.len(), 2, "{d:?}");
-    assert_eq!((d[0].code, d[1].code), ("JAL0122", "JAL0142"), "{d:?}");
+    // MUTUAL from files is translated: only the missing key is reported.
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0].code, "JAL0122", "{d:?}");
     assert!(
         d[0].message.contains("privateKey") && !d[0].message.contains("clientCertificate and"),
         "{}",

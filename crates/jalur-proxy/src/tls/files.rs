@@ -1,5 +1,6 @@
 //! TLS credentials from files (Istio's SDS names `file-cert:` / `file-root:`): a certificate
-//! resolver and a client-certificate verifier that read a [`FileWatch`] at every handshake, so
+//! resolver and client- and server-certificate verifiers that read a [`FileWatch`] at every
+//! handshake, so
 //! a replaced file applies to the next handshake and open connections are not touched. The
 //! watch keeps the last good content when a replacement does not load.
 
@@ -7,8 +8,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use jalur_identity::files::{has_san, FileSecret, FileWatch, Loaded};
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
@@ -136,5 +137,140 @@ impl ClientCertVerifier for FileClientVerifier {
         self.inner()
             .map(|v| v.supported_verify_schemes())
             .unwrap_or_default()
+    }
+}
+
+/// Checks an upstream server (TLS origination) against the CA bundle in `file-root:CA` as read
+/// now. With `sans`, the leaf must carry one of them (Envoy's exact `match_subject_alt_names`)
+/// and the name it was reached by is not compared; without, the leaf must name the SNI sent.
+/// Envoy, given no SAN matcher, accepts any certificate the CA signed whatever name it carries;
+/// jalur checks the name as every HTTPS client does (stricter: a CA that signs for many hosts
+/// cannot stand in for this one).
+#[derive(Debug)]
+pub(super) struct FileServerVerifier {
+    roots: FileWatch,
+    sans: Vec<String>,
+}
+
+impl FileServerVerifier {
+    pub(super) fn start(ca: &Path, sans: &[String]) -> Result<Arc<FileServerVerifier>, String> {
+        let secret = FileSecret::Root {
+            ca: ca.to_path_buf(),
+        };
+        let roots = FileWatch::start(&secret).map_err(|e| e.to_string())?;
+        Ok(Arc::new(FileServerVerifier {
+            roots,
+            sans: sans.to_vec(),
+        }))
+    }
+
+    fn inner(&self) -> Result<Arc<rustls::client::WebPkiServerVerifier>, rustls::Error> {
+        match &*self.roots.current() {
+            Loaded::Root(r) => Ok(r.server.clone()),
+            Loaded::Cert(_) => Err(rustls::Error::General("not a CA bundle".into())),
+        }
+    }
+}
+
+impl ServerCertVerifier for FileServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let inner = self.inner()?;
+        match inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+            Ok(ok) if self.sans.is_empty() => Ok(ok),
+            Err(e) if self.sans.is_empty() => Err(e),
+            // With SAN matchers the name reached by is not what counts: the chain must be good
+            // (a name mismatch is the only error let through) and a SAN must match.
+            Ok(_) | Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName)) => {
+                if has_san(end_entity, &self.sans) {
+                    Ok(ServerCertVerified::assertion())
+                } else {
+                    Err(rustls::Error::InvalidCertificate(
+                        CertificateError::NotValidForName,
+                    ))
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner()?.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner()?.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner()
+            .map(|v| v.supported_verify_schemes())
+            .unwrap_or_default()
+    }
+}
+
+/// Accepts any server certificate (the config said `insecureSkipVerify`); the handshake's
+/// signatures are still checked, so the server holds the key of what it presented.
+#[derive(Debug)]
+pub(super) struct NoVerification(pub Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }

@@ -279,15 +279,12 @@ fn client_tls(ctx: &UpstreamTlsContext) -> Res<ClientTls> {
     reject_if(
         !common.tls_certificates.is_empty(),
         "common_tls_context.tls_certificates",
-        "inline or file certificates towards an upstream are not supported; use SDS \"default\"",
+        "inline or file data sources towards an upstream are not supported; use SDS \"default\" or file-cert:CERT~KEY",
     )?;
-    match common.tls_certificate_sds_secret_configs.as_slice() {
-        [sds] => sds_name(sds, SDS_CERT).at("common_tls_context.tls_certificate_sds_secret_configs[0]")?,
-        [] => {
-            return Err(Invalid::new(
-                "common_tls_context.tls_certificate_sds_secret_configs",
-                "TLS without a client certificate (origination to non-mesh servers) is not supported yet; mesh mTLS needs SDS \"default\"",
-            ))
+    let cert = match common.tls_certificate_sds_secret_configs.as_slice() {
+        [] => None,
+        [sds] => {
+            Some(files::cert(sds).at("common_tls_context.tls_certificate_sds_secret_configs[0]")?)
         }
         _ => {
             return Err(Invalid::new(
@@ -295,26 +292,28 @@ fn client_tls(ctx: &UpstreamTlsContext) -> Res<ClientTls> {
                 "exactly one certificate is supported",
             ))
         }
-    }
+    };
     let peer = match validation(common).at("common_tls_context")? {
-        Some(PeerTrust::Mesh(peer)) => peer,
-        Some(PeerTrust::Files { .. }) => {
-            return Err(Invalid::new(
-                "common_tls_context.validation_context_type",
-                "a CA from files towards an upstream (TLS origination) is not supported yet",
-            ))
-        }
+        Some(peer) => peer,
+        None if files::empty_inline_validation(common) => PeerTrust::Unverified,
         None => {
             return Err(Invalid::new(
                 "common_tls_context.validation_context_type",
-                "the upstream's certificate must be verified: a validation context with SDS \"ROOTCA\" is required",
+                "the upstream's certificate must be verified: a validation context with SDS \"ROOTCA\" or file-root:CA is required (an empty one says not to verify)",
             ))
         }
     };
+    if matches!(peer, PeerTrust::Mesh(_)) && cert != Some(CertSource::Mesh) {
+        return Err(Invalid::new(
+            "common_tls_context.tls_certificate_sds_secret_configs",
+            "mesh mTLS (validation by SDS \"ROOTCA\") needs SDS \"default\" as the certificate",
+        ));
+    }
     Ok(ClientTls {
         sni: (!ctx.sni.is_empty()).then(|| ctx.sni.clone()),
         alpn: common.alpn_protocols.clone(),
         peer,
+        cert,
     })
 }
 
@@ -365,6 +364,11 @@ fn validation(common: &CommonTlsContext) -> Res<Option<PeerTrust>> {
                 c.default_validation_context.as_ref(),
                 c.validation_context_sds_secret_config.as_ref(),
             ),
+            Some(ValidationContextType::ValidationContext(v))
+                if *v == CertificateValidationContext::default() =>
+            {
+                return Ok(None)
+            }
             Some(ValidationContextType::ValidationContext(_)) => return Err(Invalid::new(
                 "validation_context",
                 "an inline validation context (trusted_ca) is not supported; use SDS \"ROOTCA\"",

@@ -158,7 +158,7 @@ fn auto_mtls_cluster_picks_tls_by_endpoint_metadata() {
     assert_eq!(tls.alpn, vec!["istio-peer-exchange", "istio"]);
     assert_eq!(
         tls.peer,
-        PeerMatch::AnyOf(vec![PAYMENTS.parse().expect("id")])
+        PeerTrust::Mesh(PeerMatch::AnyOf(vec![PAYMENTS.parse().expect("id")]))
     );
     let capable = meta(&[("tlsMode", "istio")]);
     assert_eq!(c.transport.for_endpoint(&capable), Some(&tls));
@@ -218,7 +218,16 @@ fn unknown_secrets_inline_certs_and_validation_fields_are_refused_by_path() {
         format!("{CTX}.tls_certificate_sds_secret_configs[0].name")
     );
     assert!(
-        message.contains("\"file-cert:/etc/certs/x.pem\" is unknown"),
+        message.contains("\"file-cert:/etc/certs/x.pem\" is not file-cert:CERT_PATH~KEY_PATH"),
+        "{message}"
+    );
+    let mut unknown = upstream_ctx();
+    if let Some(c) = unknown.common_tls_context.as_mut() {
+        c.tls_certificate_sds_secret_configs = vec![sds("kubernetes://x")];
+    }
+    let (_, message) = cluster_error(&auto_mtls(unknown));
+    assert!(
+        message.contains("\"kubernetes://x\" is unknown"),
         "{message}"
     );
 

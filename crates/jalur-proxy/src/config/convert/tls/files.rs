@@ -13,6 +13,18 @@ use jalur_identity::files::{CertFiles, FileSecret, RootFiles};
 use super::{refuse_unsupported, reject_if, sds_name, At, Invalid, Res, SDS_CERT};
 use crate::config::{CertSource, PeerTrust};
 
+/// An inline validation context with nothing in it: Envoy then verifies nothing (Istio's
+/// `insecureSkipVerify`).
+pub(super) fn empty_inline_validation(
+    common: &envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::CommonTlsContext,
+) -> bool {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
+    matches!(
+        &common.validation_context_type,
+        Some(ValidationContextType::ValidationContext(v)) if *v == CertificateValidationContext::default()
+    )
+}
+
 pub(super) fn is_file_secret(sds: &SdsSecretConfig) -> bool {
     FileSecret::parse(&sds.name).is_some()
 }
