@@ -194,6 +194,8 @@ pub struct HttpListener {
     /// The HTTP fault filter is in the chain, so per-route faults apply.
     pub faults: bool,
     pub rbac: HttpRbac,
+    /// `envoy.filters.http.jwt_authn`, checked where the RBAC filters are (before them).
+    pub jwt: Option<Arc<crate::jwt::JwtAuthn>>,
 }
 
 /// The HTTP RBAC filters of a connection manager, in chain order.

@@ -145,7 +145,7 @@ type Failed = (ProxyError, Option<Arc<ClusterRuntime>>);
 async fn route_and_forward(
     compiled: &Compiled,
     ln: &ListenerCtx,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<(Response<Body>, Outcome), Failed> {
     let table = compiled.table(&ln.routes).ok_or_else(|| {
@@ -167,12 +167,13 @@ async fn route_and_forward(
         headers: req.headers(),
     };
     let found = table.route(&view).map(|(_, route)| route.clone());
-    // RBAC runs where its filters sit in the chain: before or after the fault filter, always
+    // jwt_authn and RBAC run where the RBAC filters sit in the chain: before or after the fault filter, always
     // before the router (so a request with no route is still denied, as in Envoy).
     if !ln.rbac_after_fault {
-        if let Some(denied) = authz::check(ln, &req, &authority, peer) {
-            return Ok(denied);
-        }
+        req = match authz::gate(ln, req, &authority, peer) {
+            Ok(req) => req,
+            Err(denied) => return Ok(denied),
+        };
     }
     if let (true, Some(route)) = (ln.faults, &found) {
         if let Some(e) = apply_fault(route).await {
@@ -180,9 +181,10 @@ async fn route_and_forward(
         }
     }
     if ln.rbac_after_fault {
-        if let Some(denied) = authz::check(ln, &req, &authority, peer) {
-            return Ok(denied);
-        }
+        req = match authz::gate(ln, req, &authority, peer) {
+            Ok(req) => req,
+            Err(denied) => return Ok(denied),
+        };
     }
     let Some(route) = found else {
         return Err((

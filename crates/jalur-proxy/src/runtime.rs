@@ -76,6 +76,8 @@ pub struct ListenerCtx {
     pub remote_address: crate::rbac::RemoteAddress,
     /// Network RBAC filters, decided when a connection is accepted.
     pub network_rbac: Option<Arc<crate::rbac::Chain>>,
+    /// jwt_authn, checked just before the HTTP RBAC filters.
+    pub jwt: Option<Arc<crate::jwt::JwtAuthn>>,
 }
 
 impl ListenerCtx {
@@ -101,6 +103,10 @@ impl ListenerCtx {
             ),
             ListenerKind::Tcp(_) | ListenerKind::Sni(_) => (None, false, Default::default()),
         };
+        let jwt = match &l.kind {
+            ListenerKind::Http(h) => h.jwt.clone(),
+            ListenerKind::Tcp(_) | ListenerKind::Sni(_) => None,
+        };
         ListenerCtx {
             name: l.name.clone(),
             routes,
@@ -110,6 +116,7 @@ impl ListenerCtx {
             rbac_after_fault,
             remote_address,
             network_rbac: crate::rbac::Chain::compile(&l.network_rbac, envoy),
+            jwt,
         }
     }
 }

@@ -135,7 +135,6 @@ fn envoy_matches_request_principals_and_claims_of_verified_tokens() {
 
 /// jalur proxy beside Envoy on the same tokens.
 #[test]
-#[ignore = "jalur proxy's JWT verifier (track A, crates/jalur-proxy/src/jwt.rs) is not on main yet"]
 fn jalur_and_envoy_match_request_principals_and_claims_alike() {
     run(jwt_matrix(true));
 }

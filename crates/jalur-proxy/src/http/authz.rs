@@ -1,5 +1,6 @@
-//! HTTP RBAC on the request path: the listener's RBAC filters decide before the request is
-//! forwarded; a denial is answered here exactly as Envoy answers it.
+//! jwt_authn and HTTP RBAC on the request path: the listener's token check, then its RBAC
+//! filters, decide before the request is forwarded; a refusal is answered here exactly as Envoy
+//! answers it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,6 +8,7 @@ use std::sync::Arc;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Request, Response, StatusCode};
 
+use crate::jwt::{Denial, JwtPayload};
 use crate::metrics::Outcome;
 use crate::rbac::{Downstream, HttpView, Subject, Verdict};
 use crate::runtime::ListenerCtx;
@@ -16,9 +18,67 @@ use crate::upstream::{empty, full, Body};
 /// Envoy's local reply body for an RBAC denial.
 const DENIED: &str = "RBAC: access denied";
 
-/// The listener's HTTP RBAC decision on `req`: `Some` answer when denied. Without RBAC filters
-/// this costs one branch.
-pub(super) fn check<B>(
+/// The listener's jwt_authn, then its RBAC filters: the request to go on with (token headers
+/// rewritten as the filter says, the verified payload in its extensions for RBAC), or the
+/// answer that refuses it. Without either filter this costs two branches.
+pub(super) fn gate<B>(
+    ln: &ListenerCtx,
+    req: Request<B>,
+    authority: &str,
+    peer: SocketAddr,
+) -> Result<Request<B>, (Response<Body>, Outcome)> {
+    let req = match &ln.jwt {
+        None => req,
+        Some(jwt) => {
+            let grpc = is_grpc(&req);
+            let (mut parts, body) = req.into_parts();
+            match jwt.authenticate(&mut parts, crate::jwt::unix_now()) {
+                Ok(Some(payload)) => {
+                    parts.extensions.insert(payload);
+                }
+                Ok(None) => {}
+                Err(denial) => return Err(jwt_denied(grpc, &denial)),
+            }
+            Request::from_parts(parts, body)
+        }
+    };
+    match check(ln, &req, authority, peer) {
+        Some(denied) => Err(denied),
+        None => Ok(req),
+    }
+}
+
+/// Envoy's local reply for a refused token (401, or 403 for an audience); a gRPC caller gets
+/// it as Envoy maps local replies: trailers-only, grpc-status 16 (401) or 7 (403).
+fn jwt_denied(grpc: bool, denial: &Denial) -> (Response<Body>, Outcome) {
+    let (resp, status, grpc_status) = if grpc {
+        let code = if denial.code == StatusCode::UNAUTHORIZED {
+            "16"
+        } else {
+            "7"
+        };
+        let mut resp = Response::new(empty());
+        let h = resp.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert("grpc-status", HeaderValue::from_static(code));
+        h.insert("grpc-message", HeaderValue::from_static(denial.body()));
+        (resp, StatusCode::OK, Some(code.to_string()))
+    } else {
+        (denial.response().map(full), denial.code, None)
+    };
+    let outcome = Outcome {
+        status,
+        flag: None,
+        cluster: None,
+        grpc_status,
+        security: None,
+        details: Some(denial.details()),
+    };
+    (resp, outcome)
+}
+
+/// The listener's HTTP RBAC decision on `req`: `Some` answer when denied.
+fn check<B>(
     ln: &ListenerCtx,
     req: &Request<B>,
     authority: &str,
@@ -50,8 +110,8 @@ pub(super) fn check<B>(
                 .unwrap_or(if tls.is_some() { "https" } else { "http" }),
             headers: req.headers(),
         }),
-        // The JWT filter (issue 11, track A) will hand its verified payload here.
-        jwt: None,
+        // What jwt_authn verified on this request, if anything.
+        jwt: req.extensions().get::<JwtPayload>().map(|p| &p.0),
     };
     match chain.evaluate(&subject) {
         Verdict::Allowed { .. } => None,

@@ -70,6 +70,7 @@ fn fake_listener(l: &XdsListener) -> Result<Listener, ConvertError> {
             routes: RouteSource::Rds(l.stat_prefix.clone()),
             faults: false,
             rbac: Default::default(),
+            jwt: None,
         })
     };
     Ok(Listener {

@@ -8,6 +8,7 @@ use envoy_types::pb::envoy::config::listener::v3::{
     filter, Filter, FilterChain, FilterChainMatch, Listener as XdsListener,
 };
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::JwtAuthentication;
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbacConfig;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -31,6 +32,7 @@ const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
 const ROUTER: &str = "envoy.filters.http.router";
 const FAULT: &str = "envoy.filters.http.fault";
 const RBAC: &str = "envoy.filters.http.rbac";
+const JWT_AUTHN: &str = crate::jwt::FILTER_NAME;
 /// Listener filters that only inspect the first bytes for filter-chain matching: jalur looks at
 /// the first byte itself when a listener has a TLS and a plaintext chain.
 const INSPECTORS: [&str; 2] = [
@@ -304,7 +306,12 @@ fn http(hcm: &HttpConnectionManager) -> Res<HttpListener> {
             ))
         }
     };
-    let (faults, filters, after_fault) = http_filters(&hcm.http_filters, &hcm.stat_prefix)?;
+    let HttpFilters {
+        faults,
+        rbac: filters,
+        after_fault,
+        jwt,
+    } = http_filters(&hcm.http_filters, &hcm.stat_prefix)?;
     Ok(HttpListener {
         stat_prefix: hcm.stat_prefix.clone(),
         routes,
@@ -317,20 +324,36 @@ fn http(hcm: &HttpConnectionManager) -> Res<HttpListener> {
                 xff_num_trusted_hops: hcm.xff_num_trusted_hops,
             },
         },
+        jwt: jwt.map(Arc::new),
     })
 }
 
-/// The HTTP filter chain: optional fault and RBAC filters, then the router, last. Returns whether
-/// the fault filter is active, the RBAC filters in order, and whether the fault filter comes
-/// before them.
-fn http_filters(filters: &[HttpFilter], hcm_prefix: &str) -> Res<(bool, Vec<RbacFilter>, bool)> {
+/// What an HCM's HTTP filters ask of jalur besides routing.
+struct HttpFilters {
+    /// The fault filter is active.
+    faults: bool,
+    rbac: Vec<RbacFilter>,
+    /// The fault filter comes before the RBAC filters.
+    after_fault: bool,
+    /// jwt_authn, which must come before every RBAC filter (RBAC reads what it verified).
+    jwt: Option<crate::jwt::JwtAuthn>,
+}
+
+/// The HTTP filter chain: optional fault, jwt_authn and RBAC filters, then the router, last.
+fn http_filters(filters: &[HttpFilter], hcm_prefix: &str) -> Res<HttpFilters> {
     // Envoy adds the router when no HTTP filter is configured.
     let Some(last) = filters.len().checked_sub(1) else {
-        return Ok((false, Vec::new(), false));
+        return Ok(HttpFilters {
+            faults: false,
+            rbac: Vec::new(),
+            after_fault: false,
+            jwt: None,
+        });
     };
     let mut faults = false;
     let mut rbac = Vec::new();
     let mut rbac_after_fault = true;
+    let mut jwt = None;
     for (i, f) in filters.iter().enumerate() {
         let at = format!("http_filters[{i}]");
         match http_filter(f).at(&at)? {
@@ -354,16 +377,32 @@ fn http_filters(filters: &[HttpFilter], hcm_prefix: &str) -> Res<(bool, Vec<Rbac
                     super::rbac::http_filter(any, hcm_prefix).at(format!("{at}.typed_config"))?,
                 );
             }
+            HttpFilterKind::Jwt(any) => {
+                // jalur checks the token where the RBAC filters are: a jwt_authn after one of
+                // them (RBAC judging before the token is verified) or a second one is refused.
+                reject_if(
+                    !rbac.is_empty() || jwt.is_some(),
+                    &at,
+                    "jwt_authn must come once, before every RBAC filter",
+                )?;
+                jwt = Some(super::jwt::jwt_authn(any).at(format!("{at}.typed_config"))?);
+            }
             HttpFilterKind::Skipped => {}
         }
     }
-    Ok((faults, rbac, rbac_after_fault))
+    Ok(HttpFilters {
+        faults,
+        rbac,
+        after_fault: rbac_after_fault,
+        jwt,
+    })
 }
 
 enum HttpFilterKind<'a> {
     Router,
     Fault,
     Rbac(&'a Any),
+    Jwt(&'a Any),
     /// Optional or disabled filters jalur does not run.
     Skipped,
 }
@@ -406,6 +445,20 @@ fn http_filter(f: &HttpFilter) -> Res<HttpFilterKind<'_>> {
         } else {
             HttpFilterKind::Fault
         });
+    }
+    if kind == JwtAuthentication::full_name() || (any.is_none() && kind == JWT_AUTHN) {
+        reject_if(
+            f.disabled,
+            "disabled",
+            "a disabled jwt_authn filter (enabled per route) is not supported",
+        )?;
+        let Some(any) = any else {
+            return Err(Invalid::new(
+                "typed_config",
+                "a jwt_authn filter needs its typed_config",
+            ));
+        };
+        return Ok(HttpFilterKind::Jwt(any));
     }
     if kind == HttpRbacConfig::full_name() || (any.is_none() && kind == RBAC) {
         reject_if(
