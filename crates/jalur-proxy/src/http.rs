@@ -172,7 +172,7 @@ async fn route_and_forward(
     if !ln.rbac_after_fault {
         req = match authz::gate(ln, req, &authority, peer) {
             Ok(req) => req,
-            Err(denied) => return Ok(denied),
+            Err(denied) => return Ok(*denied),
         };
     }
     if let (true, Some(route)) = (ln.faults, &found) {
@@ -183,7 +183,7 @@ async fn route_and_forward(
     if ln.rbac_after_fault {
         req = match authz::gate(ln, req, &authority, peer) {
             Ok(req) => req,
-            Err(denied) => return Ok(denied),
+            Err(denied) => return Ok(*denied),
         };
     }
     let Some(route) = found else {

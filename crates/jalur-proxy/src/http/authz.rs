@@ -26,7 +26,7 @@ pub(super) fn gate<B>(
     req: Request<B>,
     authority: &str,
     peer: SocketAddr,
-) -> Result<Request<B>, (Response<Body>, Outcome)> {
+) -> Result<Request<B>, Box<(Response<Body>, Outcome)>> {
     let req = match &ln.jwt {
         None => req,
         Some(jwt) => {
@@ -37,13 +37,13 @@ pub(super) fn gate<B>(
                     parts.extensions.insert(payload);
                 }
                 Ok(None) => {}
-                Err(denial) => return Err(jwt_denied(grpc, &denial)),
+                Err(denial) => return Err(Box::new(jwt_denied(grpc, &denial))),
             }
             Request::from_parts(parts, body)
         }
     };
     match check(ln, &req, authority, peer) {
-        Some(denied) => Err(denied),
+        Some(denied) => Err(Box::new(denied)),
         None => Ok(req),
     }
 }
