@@ -343,3 +343,98 @@ async fn jalur_gateway_serves_simple_mutual_and_istio_mutual() {
     let (_gw, ports) = jalur_gateway(&mesh).await;
     gateway_tls_modes(&mesh, &pki, ports).await;
 }
+
+/// What the load saw while the gateway's certificate was replaced.
+#[derive(Default)]
+struct Tally {
+    ok: u64,
+    failures: Vec<String>,
+}
+
+/// Rotation under load: clients open a new TLS connection per request (a full handshake each,
+/// so every request sees the certificate the gateway holds at that moment) to the MUTUAL port
+/// while the operator replaces the server's certificate and key the way operators do (write
+/// beside, rename over: the certificate first, then the key, so the pair is mismatched for a
+/// moment). No request may fail, and new handshakes must present the new certificate within a
+/// deadline — without a restart.
+async fn rotation_under_load(pki: &EdgePki, mutual: SocketAddr) {
+    let good = pki.client_ca.leaf(&[CLIENT_SAN]);
+    let mut config = client(&pki.server_ca, Some(&good));
+    // No session resumption: a resumed session skips the certificate (and rustls reports the
+    // first session's), so only full handshakes show which certificate the gateway holds.
+    config.resumption = rustls::client::Resumption::disabled();
+    let old = serves("MUTUAL serves before the rotation", mutual, &config, HOST).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (config, stop) = (config.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let mut tally = Tally::default();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match https_get(mutual, config.clone(), HOST).await {
+                    Ok((200, _)) => tally.ok += 1,
+                    other => tally.failures.push(format!("{other:?}")),
+                }
+                // Pacing of the load (about 4 × 50 handshakes/s), not a wait for readiness.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tally
+        }));
+    }
+    let fresh = pki.server_ca.leaf(&[HOST]);
+    jalur_testkit::pki::replace(&pki.cert, &fresh.chain_pem);
+    jalur_testkit::pki::replace(&pki.key, &fresh.key_pem);
+    let seen = assert_eventually(
+        "new handshakes present the replaced certificate",
+        Duration::from_secs(15),
+        || {
+            let config = config.clone();
+            let fresh = fresh.der.clone();
+            async move {
+                match https_get(mutual, config, HOST).await {
+                    Ok((200, leaf)) if leaf == fresh => Ok(leaf),
+                    other => Err(format!("{:?}", other.map(|(s, l)| (s, l.len())))),
+                }
+            }
+        },
+    )
+    .await;
+    assert_ne!(seen, old, "the certificate changed");
+    // Some load after the switch too, so requests on the new certificate count as well.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = Tally::default();
+    for task in load {
+        let t = task.await.expect("load task");
+        total.ok += t.ok;
+        total.failures.extend(t.failures);
+    }
+    assert!(
+        total.failures.is_empty(),
+        "{} of {} requests failed during the rotation: {:?}",
+        total.failures.len(),
+        total.ok + total.failures.len() as u64,
+        &total.failures[..total.failures.len().min(5)]
+    );
+    assert!(total.ok >= 20, "the load ran: {} requests", total.ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jalur_gateway_rotates_its_files_under_load_without_a_failed_request() {
+    let backend = EchoServer::start("v1").await;
+    let pki = EdgePki::new();
+    let mesh = MeshPlane::start(&files(&pki, &backend)).await;
+    let (_gw, [_, mutual, _]) = jalur_gateway(&mesh).await;
+    rotation_under_load(&pki, mutual).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_gateway_rotates_its_files_under_load_without_a_failed_request() {
+    let backend = EchoServer::start("v1").await;
+    let pki = EdgePki::new();
+    let mesh = MeshPlane::start(&files(&pki, &backend)).await;
+    let Some((_envoy, [_, mutual, _])) = envoy_gateway(&mesh).await else {
+        return;
+    };
+    rotation_under_load(&pki, mutual).await;
+}
