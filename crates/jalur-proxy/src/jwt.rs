@@ -164,17 +164,25 @@ impl JwtAuthn {
             }
             return Err(self.deny(req, Status::JwtMissed));
         }
-        let mut last = Status::JwtMissed;
+        // Every token the request carries must verify, not just one of them: a good token
+        // beside a forged one would let the forged one reach the backend (in a query parameter,
+        // say), which the backend may read. Envoy refuses that for a single provider; for
+        // Istio's `requires_any` its answer depends on the tokens' order — jalur always refuses.
+        let mut verified = None;
         for found in tokens.iter().rev() {
             match self.verify(found, now) {
-                Ok((provider, tok)) => {
-                    let payload = self.accept(req, provider, found, tok);
-                    return Ok(payload);
+                Ok(v) => {
+                    if verified.is_none() {
+                        verified = Some((found, v));
+                    }
                 }
-                Err(status) => last = status,
+                Err(status) => return Err(self.deny(req, status)),
             }
         }
-        Err(self.deny(req, last))
+        match verified {
+            Some((found, (provider, tok))) => Ok(self.accept(req, provider, found, tok)),
+            None => Err(self.deny(req, Status::JwtMissed)),
+        }
     }
 
     fn extract(&self, req: &Parts, allowed: &[usize]) -> Vec<Found> {

@@ -262,6 +262,28 @@ fn tokens_in_params_cookies_and_custom_headers() {
     assert_eq!(f.authenticate(&mut default, NOW), Ok(None));
 }
 
+/// A good token beside a forged one is refused whichever comes first: the forged one would
+/// otherwise travel on to the backend (here in the query) next to a verified identity.
+#[test]
+fn a_valid_token_beside_a_forged_one_is_refused() {
+    let s = signer("k1");
+    let mallory = signer("k1");
+    let good = sign(&s, claims());
+    let forged = sign(&mallory, claims());
+    let f = filter(&rule(&jwks(&[&s]), ""));
+    for (header, param) in [(&good, &forged), (&forged, &good)] {
+        let mut req = http::Request::builder()
+            .uri(format!("/pay?access_token={param}"))
+            .header("authorization", format!("Bearer {header}"))
+            .body(())
+            .expect("request")
+            .into_parts()
+            .0;
+        let d = f.authenticate(&mut req, NOW).expect_err("refused");
+        assert_eq!((d.code.as_u16(), d.body()), (401, "Jwt verification fails"));
+    }
+}
+
 #[test]
 fn a_jwks_file_is_reread_when_it_changes() {
     let dir = tempfile::tempdir().expect("tmp");
