@@ -379,7 +379,15 @@ impl HeaderRule {
                 let mut all = h.headers.get_all(name).iter();
                 let first = all.next()?;
                 match all.next() {
-                    None => Some(first.to_str().unwrap_or("")),
+                    None => match first.to_str() {
+                        Ok(v) => Some(v),
+                        // Not UTF-8: match what it says (lossily), as Envoy matches the bytes,
+                        // never an empty string a DENY prefix would not match.
+                        Err(_) => {
+                            joined = Some(String::from_utf8_lossy(first.as_bytes()).into_owned());
+                            joined.as_deref()
+                        }
+                    },
                     Some(second) => {
                         let mut s = String::from_utf8_lossy(first.as_bytes()).into_owned();
                         for v in std::iter::once(second).chain(all) {
