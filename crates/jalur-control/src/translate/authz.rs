@@ -597,30 +597,54 @@ fn authenticated(m: StringMatcher) -> Principal {
     ))
 }
 
-/// `ISS/SUB` (split at the last `/`: issuers are URLs) as iss AND sub of the verified payload,
-/// with Istio's `*` forms.
+/// `ISS/SUB` as iss AND sub of the verified payload, with Istio's `*` forms. Istio matches the
+/// joined string `iss/sub`; jalur has the two claims apart, so a `prefix*` or `*suffix` whose
+/// fixed part holds a `/` may cut anywhere: either the issuer alone carries the fixed part (and
+/// the subject is anything), or the cut is at one of its `/` — every cut is an alternative. An
+/// exact value is split at its last `/` (issuers are URLs; subjects rarely hold a `/`).
 fn request_principal(v: &str) -> Principal {
     let any = || regex(".+");
     let exact = |s: &str| pattern(MatchPattern::Exact(s.to_string()));
-    let suffix = |s: &str| pattern(MatchPattern::Suffix(s.to_string()));
-    let prefix = |s: &str| pattern(MatchPattern::Prefix(s.to_string()));
-    let (iss, sub) = match v.rsplit_once('/') {
-        _ if v == "*" => (any(), any()),
-        Some(("*", sub)) => (any(), exact(sub)),
-        Some((iss, "*")) => (exact(iss), any()),
-        Some((iss, sub)) => match (iss.strip_prefix('*'), sub.strip_suffix('*')) {
-            (Some(i), _) => (suffix(i), exact(sub)),
-            (None, Some(s)) => (exact(iss), prefix(s)),
-            (None, None) => (exact(iss), exact(sub)),
-        },
-        None => match (v.strip_prefix('*'), v.strip_suffix('*')) {
-            (Some(s), _) => (any(), suffix(s)),
-            (None, Some(i)) => (prefix(i), any()),
-            (None, None) => (exact(v), any()),
-        },
+    // Envoy refuses an empty prefix or suffix (min_len 1): an empty fixed part is "anything".
+    let suffix = |s: &str| match s {
+        "" => any(),
+        s => pattern(MatchPattern::Suffix(s.to_string())),
+    };
+    let prefix = |s: &str| match s {
+        "" => any(),
+        s => pattern(MatchPattern::Prefix(s.to_string())),
     };
     let claim = |name: &str, m| jwt_metadata(&[name.to_string()], value_string(m));
-    Principal::and(vec![claim("iss", iss), claim("sub", sub)])
+    let both = |iss, sub| Principal::and(vec![claim("iss", iss), claim("sub", sub)]);
+    let cuts = |fixed: &str| -> Vec<(String, String)> {
+        fixed
+            .match_indices('/')
+            .map(|(k, _)| (fixed[..k].to_string(), fixed[k + 1..].to_string()))
+            .collect()
+    };
+    if v == "*" {
+        return both(any(), any());
+    }
+    if let Some(fixed) = v.strip_suffix('*') {
+        // iss/sub starts with `fixed`.
+        let mut alternatives = vec![both(prefix(fixed), any())];
+        for (iss, sub) in cuts(fixed) {
+            alternatives.push(both(exact(&iss), prefix(&sub)));
+        }
+        return Principal::or(alternatives);
+    }
+    if let Some(fixed) = v.strip_prefix('*') {
+        // iss/sub ends with `fixed`.
+        let mut alternatives = vec![both(any(), suffix(fixed))];
+        for (iss, sub) in cuts(fixed) {
+            alternatives.push(both(suffix(&iss), exact(&sub)));
+        }
+        return Principal::or(alternatives);
+    }
+    match v.rsplit_once('/') {
+        Some((iss, sub)) => both(exact(iss), exact(sub)),
+        None => both(exact(v), any()),
+    }
 }
 
 /// A claim equals `v` whether the payload holds it as a string or as a list of strings (`aud`,
@@ -711,13 +735,26 @@ fn header_matcher(name: &str, v: &str) -> HeaderMatcher {
     }
 }
 
-/// `:authority` compared without case, as Istio does (host names are case-insensitive).
+/// `:authority` compared without case (host names are case-insensitive) and with an optional
+/// `:PORT`, as Istio does: `Host: admin.example.com:80` is the host `admin.example.com`, and a
+/// DENY naming it must not be side-stepped by writing the port. `prefix*` already takes any
+/// port; `*` is any host.
 fn host_matcher(v: &str) -> HeaderMatcher {
-    let mut m = header_matcher(":authority", v);
-    if let Some(HeaderMatchSpecifier::StringMatch(s)) = &mut m.header_match_specifier {
-        s.ignore_case = true;
+    const PORT: &str = "(:[0-9]+)?";
+    let spec = if v == "*" {
+        HeaderMatchSpecifier::PresentMatch(true)
+    } else if let Some(s) = v.strip_prefix('*') {
+        HeaderMatchSpecifier::StringMatch(regex(&format!("(?i).*{}{PORT}", glob(s))))
+    } else if let Some(p) = v.strip_suffix('*') {
+        HeaderMatchSpecifier::StringMatch(regex(&format!("(?i){}.*", glob(p))))
+    } else {
+        HeaderMatchSpecifier::StringMatch(regex(&format!("(?i){}{PORT}", glob(v))))
+    };
+    HeaderMatcher {
+        name: ":authority".to_string(),
+        header_match_specifier: Some(spec),
+        ..HeaderMatcher::default()
     }
-    m
 }
 
 /// A name as a regex, Istio's `*` (any run of characters) kept as `.*`. Istio pastes names in

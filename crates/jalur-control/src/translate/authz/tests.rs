@@ -193,8 +193,8 @@ fn methods_paths_and_hosts_in_istio_order() {
         hosts: ["Payments.shop", "*.example.com"]"#);
     let expected = json!([{ "and": [
         { "or": [
-            { "header": { ":authority": { "exact": "Payments.shop", "ignore_case": true } } },
-            { "header": { ":authority": { "suffix": ".example.com", "ignore_case": true } } },
+            { "header": { ":authority": { "regex": "(?i)Payments\\.shop(:[0-9]+)?" } } },
+            { "header": { ":authority": { "regex": "(?i).*\\.example\\.com(:[0-9]+)?" } } },
         ]},
         { "or": [{ "header": { ":method": { "exact": "POST" } } }] },
         { "or": [
@@ -352,6 +352,31 @@ fn request_principals_match_iss_and_sub_of_the_jwt_payload() {
         ]},
     ]}]}]);
     assert_eq!(got, expected);
+}
+
+/// A `prefix*` whose fixed part holds a `/` may cut iss/sub anywhere: the issuer alone carries
+/// it, or the cut is at one of its `/` (before, the fixed part was split at its last `/` and
+/// `https://bad.example.com*` became iss `https:/`, which no token has: a DENY never fired).
+#[test]
+fn a_request_principal_prefix_inside_the_issuer_matches_the_issuer() {
+    let got = from(r#"requestPrincipals: ["https://bad.example.com*"]"#);
+    let alternatives = got[0]["and"][0]["or"][0]["or"]
+        .as_array()
+        .expect("or")
+        .clone();
+    assert_eq!(
+        alternatives[0],
+        json!({ "and": [
+            jwt("jwt_payload.iss", json!({ "prefix": "https://bad.example.com" })),
+            jwt("jwt_payload.sub", json!({ "regex": ".+" })),
+        ]}),
+        "{got}"
+    );
+    // The cuts at `https:/` and `https:` stay (no issuer is that short), none matches an empty
+    // prefix (Envoy refuses one).
+    assert_eq!(alternatives.len(), 3, "{got}");
+    let rendered = got.to_string();
+    assert!(!rendered.contains(r#""prefix":"""#), "{rendered}");
 }
 
 #[test]
