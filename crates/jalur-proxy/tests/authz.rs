@@ -165,6 +165,11 @@ fn allow_cases() -> Vec<Case> {
         host: Some("other.example.com"),
         ..case("host, another host", Plain, "/host", false)
     });
+    // The same host with a port is the same host (a DENY naming it must not be side-stepped).
+    cases.push(Case {
+        host: Some("payments.example.com:8080"),
+        ..case("host with a port", Plain, "/host", true)
+    });
     cases.push(Case {
         headers: &[("x-user", "alice")],
         ..case("header condition, alice", Plain, "/header", true)
