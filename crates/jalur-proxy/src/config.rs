@@ -196,6 +196,8 @@ pub struct HttpListener {
     pub rbac: HttpRbac,
     /// `envoy.filters.http.jwt_authn`, checked where the RBAC filters are (before them).
     pub jwt: Option<Arc<crate::jwt::JwtAuthn>>,
+    /// The HCM's `normalize_path`: dot segments removed before RBAC and routing.
+    pub normalize_path: bool,
 }
 
 /// The HTTP RBAC filters of a connection manager, in chain order.

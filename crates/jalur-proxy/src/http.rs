@@ -20,6 +20,7 @@ use crate::upstream::{empty, full, Body};
 
 mod authz;
 mod body;
+mod path;
 mod record;
 mod upgrade;
 use body::ReqBody;
@@ -148,6 +149,9 @@ async fn route_and_forward(
     mut req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<(Response<Body>, Outcome), Failed> {
+    if ln.normalize_path {
+        path::normalize_request(&mut req);
+    }
     let table = compiled.table(&ln.routes).ok_or_else(|| {
         (
             ProxyError::new(

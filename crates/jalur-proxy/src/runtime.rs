@@ -78,6 +78,8 @@ pub struct ListenerCtx {
     pub network_rbac: Option<Arc<crate::rbac::Chain>>,
     /// jwt_authn, checked just before the HTTP RBAC filters.
     pub jwt: Option<Arc<crate::jwt::JwtAuthn>>,
+    /// Remove dot segments from the path before RBAC and routing (the HCM's normalize_path).
+    pub normalize_path: bool,
 }
 
 impl ListenerCtx {
@@ -103,9 +105,9 @@ impl ListenerCtx {
             ),
             ListenerKind::Tcp(_) | ListenerKind::Sni(_) => (None, false, Default::default()),
         };
-        let jwt = match &l.kind {
-            ListenerKind::Http(h) => h.jwt.clone(),
-            ListenerKind::Tcp(_) | ListenerKind::Sni(_) => None,
+        let (jwt, normalize_path) = match &l.kind {
+            ListenerKind::Http(h) => (h.jwt.clone(), h.normalize_path),
+            ListenerKind::Tcp(_) | ListenerKind::Sni(_) => (None, false),
         };
         ListenerCtx {
             name: l.name.clone(),
@@ -117,6 +119,7 @@ impl ListenerCtx {
             remote_address,
             network_rbac: crate::rbac::Chain::compile(&l.network_rbac, envoy),
             jwt,
+            normalize_path,
         }
     }
 }

@@ -228,11 +228,24 @@ fn groups(http_ports: &str, db_ports: &str) -> Vec<Group> {
                 case("DENY matches", Plain, "/admin/users", false),
                 case("DENY matches, mTLS caller", Storefront, "/admin", false),
                 case("DENY does not match, ALLOW does", Plain, "/shop", true),
+                // normalize_path: dot segments are resolved before RBAC judges the path.
+                case(
+                    "DENY matches through dot segments",
+                    Plain,
+                    "/shop/../admin",
+                    false,
+                ),
+                case(
+                    "DENY matches through %2e dot segments",
+                    Plain,
+                    "/shop/%2e%2e/admin",
+                    false,
+                ),
             ],
             // The DENY loses its HTTP-only path on TCP, and denies every connection.
             tcp_allowed: false,
             // The allowed request passes both filters and is counted by each.
-            counted: [2, 2, 0, 1],
+            counted: [2, 4, 0, 1],
         },
         Group {
             name: "audit",

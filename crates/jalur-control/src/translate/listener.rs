@@ -441,6 +441,9 @@ fn http_listener(
         codec_type: CodecType::Auto as i32,
         route_specifier: Some(routes),
         http_filters: http_filters(true, authz),
+        // Istio's default path normalization (BASE): dot segments are resolved before RBAC and
+        // routing, so `/public/../admin` is judged (and forwarded) as `/admin`.
+        normalize_path: Some(envoy_types::pb::google::protobuf::BoolValue { value: true }),
         ..HttpConnectionManager::default()
     };
     Listener {

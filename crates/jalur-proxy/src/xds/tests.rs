@@ -71,6 +71,7 @@ fn fake_listener(l: &XdsListener) -> Result<Listener, ConvertError> {
             faults: false,
             rbac: Default::default(),
             jwt: None,
+            normalize_path: false,
         })
     };
     Ok(Listener {

@@ -325,6 +325,7 @@ fn http(hcm: &HttpConnectionManager) -> Res<HttpListener> {
             },
         },
         jwt: jwt.map(Arc::new),
+        normalize_path: hcm.normalize_path.as_ref().is_some_and(|b| b.value),
     })
 }
 
