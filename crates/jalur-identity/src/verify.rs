@@ -5,13 +5,13 @@
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls::{CertificateError, DistinguishedName, SignatureScheme};
 use x509_parser::extensions::GeneralName;
 
 use crate::cert::{CredentialsWatch, TrustBundle};
@@ -92,35 +92,40 @@ impl Accept {
 static PROVIDER: LazyLock<Arc<CryptoProvider>> =
     LazyLock::new(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
 
-/// The handshake-signature methods of [`ServerCertVerifier`] and [`ClientCertVerifier`], the
-/// same for both verifiers: the checks the wrapped webpki verifiers make (with the same
-/// provider's algorithms), which need no trust bundle, so no watch is read for them.
+/// The algorithms every verifier here checks handshake signatures with (and jalur proxy's
+/// verifiers of certificate files, through [`handshake_signatures!`](crate::handshake_signatures)).
+pub fn signature_algorithms() -> &'static rustls::crypto::WebPkiSupportedAlgorithms {
+    &PROVIDER.signature_verification_algorithms
+}
+
+/// The handshake-signature methods of a `ServerCertVerifier` or `ClientCertVerifier`, the same
+/// for every verifier: the checks webpki verifiers make (with [`signature_algorithms`]), which
+/// need no trust bundle, so no watch is read for them. Used inside such an `impl`.
+#[macro_export]
 macro_rules! handshake_signatures {
     () => {
         fn verify_tls12_signature(
             &self,
             message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            let algorithms = &PROVIDER.signature_verification_algorithms;
-            rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
+            cert: &::rustls::pki_types::CertificateDer<'_>,
+            dss: &::rustls::DigitallySignedStruct,
+        ) -> Result<::rustls::client::danger::HandshakeSignatureValid, ::rustls::Error> {
+            let algorithms = $crate::verify::signature_algorithms();
+            ::rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
         }
 
         fn verify_tls13_signature(
             &self,
             message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            let algorithms = &PROVIDER.signature_verification_algorithms;
-            rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
+            cert: &::rustls::pki_types::CertificateDer<'_>,
+            dss: &::rustls::DigitallySignedStruct,
+        ) -> Result<::rustls::client::danger::HandshakeSignatureValid, ::rustls::Error> {
+            let algorithms = $crate::verify::signature_algorithms();
+            ::rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
         }
 
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            PROVIDER
-                .signature_verification_algorithms
-                .supported_schemes()
+        fn supported_verify_schemes(&self) -> Vec<::rustls::SignatureScheme> {
+            $crate::verify::signature_algorithms().supported_schemes()
         }
     };
 }

@@ -238,8 +238,9 @@ impl Originator {
             }
             PeerTrust::Files { ca, sans } => builder
                 .with_custom_certificate_verifier(files::FileServerVerifier::start(ca, sans)?),
-            PeerTrust::Unverified => builder
-                .with_custom_certificate_verifier(Arc::new(files::NoVerification(provider()))),
+            PeerTrust::Unverified => {
+                builder.with_custom_certificate_verifier(Arc::new(files::NoVerification))
+            }
         };
         let mut config = match &tls.cert {
             None => builder.with_no_client_auth(),
