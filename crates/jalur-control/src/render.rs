@@ -215,7 +215,13 @@ fn network_filter(any: &Any) -> Value {
                 _ => json!(f.name),
             })
             .collect();
-        return json!({ "http_connection_manager": { "stat_prefix": hcm.stat_prefix, "routes": routes, "http_filters": filters } });
+        let mut rendered =
+            json!({ "stat_prefix": hcm.stat_prefix, "routes": routes, "http_filters": filters });
+        // Shown where set: the edge (a gateway) takes the client from the connection.
+        if hcm.use_remote_address.is_some_and(|b| b.value) {
+            rendered["use_remote_address"] = json!(true);
+        }
+        return json!({ "http_connection_manager": rendered });
     }
     if let Some(rbac) = crate::translate::authz::render::filter(any) {
         return json!({ "rbac": rbac });

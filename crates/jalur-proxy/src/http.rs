@@ -20,6 +20,7 @@ use crate::upstream::{empty, full, Body};
 
 mod authz;
 mod body;
+mod forwarded;
 mod path;
 mod record;
 mod upgrade;
@@ -151,6 +152,18 @@ async fn route_and_forward(
 ) -> Result<(Response<Body>, Outcome), Failed> {
     if ln.normalize_path {
         path::normalize_request(&mut req);
+    }
+    if ln.remote_address.use_remote_address {
+        let tls = req
+            .extensions()
+            .get::<Arc<crate::tls::ConnSecurity>>()
+            .is_some();
+        forwarded::at_edge(
+            req.headers_mut(),
+            peer.ip(),
+            tls,
+            ln.remote_address.xff_num_trusted_hops,
+        );
     }
     let table = compiled.table(&ln.routes).ok_or_else(|| {
         (

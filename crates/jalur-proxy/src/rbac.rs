@@ -447,10 +447,19 @@ pub struct RemoteAddress {
 }
 
 impl RemoteAddress {
+    /// Envoy's trusted client address. With `use_remote_address` RBAC runs after the edge has
+    /// appended the peer to `x-forwarded-for`, so the N trusted hops are counted past that
+    /// right-most entry (Envoy's "N-th from the right of the XFF it received").
     pub fn derive(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
-        if self.use_remote_address {
-            return peer.ip();
-        }
+        let hops = if self.use_remote_address {
+            match self.xff_num_trusted_hops {
+                0 => return peer.ip(),
+                // The appended peer is the right-most entry: skip it too.
+                n => n,
+            }
+        } else {
+            self.xff_num_trusted_hops
+        };
         let mut entries = headers
             .get_all("x-forwarded-for")
             .iter()
@@ -458,7 +467,7 @@ impl RemoteAddress {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.rsplit(','));
         entries
-            .nth(self.xff_num_trusted_hops as usize)
+            .nth(hops as usize)
             .and_then(|e| e.trim().parse::<IpAddr>().ok())
             .unwrap_or(peer.ip())
     }

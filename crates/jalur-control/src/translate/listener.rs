@@ -47,6 +47,7 @@ pub fn sidecar(ctx: &Ctx) -> Built {
         rds(OUTBOUND),
         TrafficDirection::Outbound,
         Vec::new(),
+        false,
     )];
     let mut vhosts = Vec::new();
     for service in ctx.mesh.services.values() {
@@ -124,7 +125,7 @@ fn inbound(ctx: &Ctx, first: &Port) -> (Listener, Option<RouteConfiguration>, Cl
         };
         let rbac = super::authz::http_filters(ctx, app.number);
         let direction = TrafficDirection::Inbound;
-        let l = http_listener(ctx, INBOUND, bind, rds(INBOUND), direction, rbac);
+        let l = http_listener(ctx, INBOUND, bind, rds(INBOUND), direction, rbac, false);
         (l, Some(routes))
     };
     super::tls::inbound_chains(
@@ -205,6 +206,7 @@ pub fn gateway(ctx: &Ctx) -> Built {
                 rds(&route_name),
                 TrafficDirection::Outbound,
                 super::authz::http_filters(ctx, port),
+                true,
             );
             if let Some(chain) = listener.filter_chains.first_mut() {
                 chain.transport_socket = tls;
@@ -435,6 +437,7 @@ fn http_listener(
     routes: RouteSpecifier,
     direction: TrafficDirection,
     authz: Vec<HttpFilter>,
+    edge: bool,
 ) -> Listener {
     let hcm = HttpConnectionManager {
         stat_prefix: name.replace(['.', '|'], "_"),
@@ -444,6 +447,12 @@ fn http_listener(
         // Istio's default path normalization (BASE): dot segments are resolved before RBAC and
         // routing, so `/public/../admin` is judged (and forwarded) as `/admin`.
         normalize_path: Some(envoy_types::pb::google::protobuf::BoolValue { value: true }),
+        // At the edge (a gateway) the client is the TCP peer, as Istio sets it: the
+        // x-forwarded-for a client sends is not believed (remoteIpBlocks would be spoofable),
+        // the peer is appended to it, and x-forwarded-proto says how the client connected.
+        // A sidecar keeps the default: its callers are proxies of the mesh.
+        use_remote_address: edge
+            .then_some(envoy_types::pb::google::protobuf::BoolValue { value: true }),
         ..HttpConnectionManager::default()
     };
     Listener {
