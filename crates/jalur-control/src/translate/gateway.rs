@@ -66,14 +66,7 @@ pub(super) fn passthrough(
                 let names: Vec<String> = m
                     .sni_hosts
                     .iter()
-                    .filter(|sni| exposed(&server_hosts, ns, sni))
-                    .map(|sni| {
-                        if sni == "*" {
-                            String::new()
-                        } else {
-                            sni.clone()
-                        }
-                    })
+                    .flat_map(|sni| exposed(&server_hosts, ns, sni))
                     .filter(|sni| !claimed.contains(sni))
                     .fold(Vec::new(), |mut acc, sni| {
                         if !acc.contains(&sni) {
@@ -122,11 +115,30 @@ fn applies(ctx: &Ctx, m: &TlsMatchAttributes, ns: &str, port: u32) -> bool {
                 .any(|g| ctx.gateway_names.contains(&host::qualify_gateway(g, ns))))
 }
 
-/// Whether a PASSTHROUGH server on the port exposes `sni` to VirtualServices of namespace `ns`.
-fn exposed(server_hosts: &[(String, String)], ns: &str, sni: &str) -> bool {
-    server_hosts.iter().any(|(sns, pattern)| {
-        (sns == "*" || sns == ns) && (host::matches(pattern, sni) || host::matches(sni, pattern))
-    })
+/// The SNI names a route's `sni` takes on the port: where it is within a PASSTHROUGH server's
+/// hosts (visible to namespace `ns`), itself; where a server's host is narrower, that host
+/// (`*.example.com` under a server for `a.example.com` takes `a.example.com` only); "" (any
+/// connection) only when both are `*`. The gateway's hosts bound what passes through it: a
+/// route cannot widen them.
+fn exposed(server_hosts: &[(String, String)], ns: &str, sni: &str) -> Vec<String> {
+    server_hosts
+        .iter()
+        .filter(|(sns, _)| sns == "*" || sns == ns)
+        .filter_map(|(_, pattern)| {
+            let name = if host::matches(pattern, sni) {
+                sni
+            } else if host::matches(sni, pattern) {
+                pattern.as_str()
+            } else {
+                return None;
+            };
+            Some(if name == "*" {
+                String::new()
+            } else {
+                name.to_string()
+            })
+        })
+        .collect()
 }
 
 /// One chain: the port's network RBAC filters (AuthorizationPolicy selecting the gateway), then
@@ -151,4 +163,44 @@ fn chain(
         });
     }
     chain
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exposed;
+
+    fn servers(hosts: &[(&str, &str)]) -> Vec<(String, String)> {
+        hosts
+            .iter()
+            .map(|(ns, h)| (ns.to_string(), h.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_route_cannot_widen_the_gateway_hosts() {
+        let narrow = servers(&[("*", "a.example.com")]);
+        assert_eq!(exposed(&narrow, "web", "*"), vec!["a.example.com"]);
+        assert_eq!(
+            exposed(&narrow, "web", "*.example.com"),
+            vec!["a.example.com"]
+        );
+        assert_eq!(
+            exposed(&narrow, "web", "a.example.com"),
+            vec!["a.example.com"]
+        );
+        assert!(exposed(&narrow, "web", "b.example.com").is_empty());
+        let wild = servers(&[("*", "*.example.com")]);
+        assert_eq!(
+            exposed(&wild, "web", "b.example.com"),
+            vec!["b.example.com"]
+        );
+        assert_eq!(exposed(&wild, "web", "*"), vec!["*.example.com"]);
+        // Only a gateway open to every host lets a route take every connection.
+        assert_eq!(
+            exposed(&servers(&[("*", "*")]), "web", "*"),
+            vec![String::new()]
+        );
+        // A server exported to one namespace is not seen by another's routes.
+        assert!(exposed(&servers(&[("shop", "*")]), "web", "a.example.com").is_empty());
+    }
 }
