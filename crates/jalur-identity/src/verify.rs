@@ -40,6 +40,70 @@ pub fn peer_id(cert: &CertificateDer<'_>) -> Result<SpiffeId, IdentityError> {
     }
 }
 
+/// The names an RBAC `authenticated.principal_name` is matched against, in Envoy's order: every
+/// URI SAN, every DNS SAN, then the subject as RFC 2253 text (`CN=client,O=Acme`). A mesh
+/// workload's only name is its SPIFFE URI; a client certificate at a file-CA gateway may carry
+/// any of them. Unreadable parts are left out (a certificate rustls accepted parses).
+pub fn peer_names(cert: &CertificateDer<'_>) -> Vec<String> {
+    let Ok((_, x509)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
+        return Vec::new();
+    };
+    let sans: Vec<&GeneralName<'_>> = x509
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| san.value.general_names.iter().collect())
+        .unwrap_or_default();
+    let uris = sans.iter().filter_map(|n| match n {
+        GeneralName::URI(u) => Some(u.to_string()),
+        _ => None,
+    });
+    let dns = sans.iter().filter_map(|n| match n {
+        GeneralName::DNSName(d) => Some(d.to_string()),
+        _ => None,
+    });
+    let mut names: Vec<String> = uris.chain(dns).collect();
+    names.push(rfc2253(x509.subject()));
+    names
+}
+
+/// A distinguished name as RFC 2253 writes it: the last RDN first, `,` between them, `+` within
+/// one, short attribute names where there is one (else the dotted OID), specials escaped.
+/// Written here because x509-parser's `Display` for a name is its own form (first RDN first,
+/// `", "` between them), and Envoy matches principals against OpenSSL's RFC 2253 text.
+fn rfc2253(name: &x509_parser::x509::X509Name<'_>) -> String {
+    let registry = x509_parser::objects::oid_registry();
+    let rdns: Vec<String> = name
+        .iter_rdn()
+        .map(|rdn| {
+            rdn.iter()
+                .map(|attr| {
+                    let ty = x509_parser::objects::oid2abbrev(attr.attr_type(), registry)
+                        .map(str::to_string)
+                        .unwrap_or_else(|_| attr.attr_type().to_id_string());
+                    let value = attr.as_str().map(escape_rfc2253).unwrap_or_default();
+                    format!("{ty}={value}")
+                })
+                .collect::<Vec<_>>()
+                .join("+")
+        })
+        .collect();
+    rdns.into_iter().rev().collect::<Vec<_>>().join(",")
+}
+
+fn escape_rfc2253(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    let last = v.chars().count().saturating_sub(1);
+    for (i, c) in v.chars().enumerate() {
+        let edge = (i == 0 && (c == ' ' || c == '#')) || (i == last && c == ' ');
+        if edge || matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// A certificate's notBefore and notAfter.
 pub fn validity(cert: &CertificateDer<'_>) -> Result<(SystemTime, SystemTime), IdentityError> {
     let (_, x509) = x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| {
@@ -361,4 +425,37 @@ pub fn server_config(
         .with_cert_resolver(Arc::new(CurrentCert(creds)));
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, DnType, KeyPair, SanType};
+
+    #[test]
+    fn peer_names_are_uri_sans_then_dns_sans_then_the_rfc2253_subject() {
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![
+            SanType::DnsName("client.example.com".try_into().expect("dns")),
+            SanType::URI("spiffe://partner.example/ns/a/sa/b".try_into().expect("uri")),
+        ];
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::OrganizationName, "Acme");
+        params.distinguished_name.push(DnType::CommonName, "client, #1");
+        let key = KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("cert");
+        assert_eq!(
+            peer_names(cert.der()),
+            [
+                "spiffe://partner.example/ns/a/sa/b",
+                "client.example.com",
+                r"CN=client\, #1,O=Acme",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unparsable_certificate_has_no_names() {
+        assert!(peer_names(&CertificateDer::from(vec![0x30, 0x03, 1, 2, 3])).is_empty());
+    }
 }

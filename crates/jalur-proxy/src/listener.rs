@@ -251,7 +251,7 @@ async fn serve(
     if let Some(chain) = ctx.load().network_rbac.as_ref().filter(|_| !by_sni) {
         let security = match &conn {
             Accepted::Plain(_) => None,
-            Accepted::Tls(_, security) => Some(security.peer.as_deref()),
+            Accepted::Tls(_, security) => Some(security.peer_names.as_slice()),
         };
         if !crate::tcp::network_rbac_allows(chain, peer, &downstream, security) {
             tracing::debug!(listener = %l.name, %peer, "connection denied by network RBAC; closing");

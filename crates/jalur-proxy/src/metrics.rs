@@ -391,6 +391,7 @@ mod tests {
             mutual,
             peer: peer.map(Arc::from),
             local: local.map(Arc::from),
+            peer_names: peer.map(str::to_string).into_iter().collect(),
         }
     }
 

@@ -184,8 +184,9 @@ pub struct Subject<'a> {
     pub remote: IpAddr,
     pub local: SocketAddr,
     pub sni: Option<&'a str>,
-    /// `Some` on a TLS connection; the peer's SPIFFE id when it presented a certificate.
-    pub tls: Option<Option<&'a str>>,
+    /// `Some` on a TLS connection: the names of the peer's certificate (URI SANs, DNS SANs,
+    /// subject), empty when it presented none.
+    pub tls: Option<&'a [String]>,
     pub http: Option<HttpView<'a>>,
     /// The JWT filter's metadata (`{"jwt_payload": {...}}`) when a token was verified.
     pub jwt: Option<&'a serde_json::Value>,
@@ -348,7 +349,7 @@ impl Principal {
                 (Some(_), None) => true,
                 // Envoy tries the URI SANs, then DNS SANs, then the subject; a mesh peer's
                 // only name is its SPIFFE URI.
-                (Some(peer), Some(m)) => peer.is_some_and(|id| string_matches(m, id)),
+                (Some(names), Some(m)) => names.iter().any(|n| string_matches(m, n)),
             },
             Principal::DirectRemoteIp(c) => c.contains(s.direct_remote.ip()),
             Principal::RemoteIp(c) => c.contains(s.remote),

@@ -174,12 +174,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counting<T> {
 
 /// The listener's network RBAC filters on a new connection (Envoy decides on its first bytes;
 /// jalur as soon as it is accepted, since nothing it evaluates comes later): `false` closes it
-/// before any upstream is dialled. `tls`: on a TLS connection, the peer's SPIFFE id if any.
+/// before any upstream is dialled. `tls`: on a TLS connection, the peer certificate's names.
 pub fn network_rbac_allows(
     chain: &crate::rbac::Chain,
     peer: SocketAddr,
     downstream: &crate::rbac::Downstream,
-    tls: Option<Option<&str>>,
+    tls: Option<&[String]>,
 ) -> bool {
     let subject = crate::rbac::Subject {
         direct_remote: peer,

@@ -32,6 +32,10 @@ pub struct ConnSecurity {
     pub peer: Option<Arc<str>>,
     /// This proxy's own SPIFFE id on this connection, when it presented one.
     pub local: Option<Arc<str>>,
+    /// What RBAC's `authenticated` matches, in Envoy's order: the peer certificate's URI SANs,
+    /// DNS SANs, then its subject (RFC 2253); empty without a peer certificate. Filled on
+    /// accepted connections only (an upstream's names are never matched).
+    pub peer_names: Vec<String>,
 }
 
 fn mesh_creds<'a>(
@@ -172,17 +176,15 @@ impl Terminator {
         let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
             .await
             .map_err(|_| "TLS handshake timed out".to_string())??;
-        let peer = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
+        let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+        let peer = leaf
             .and_then(|c| verify::peer_id(c).ok())
             .map(|id| Arc::from(id.to_string().as_str()));
         let security = ConnSecurity {
             mutual: peer.is_some() && self.local.is_some(),
             peer,
             local: self.local.clone(),
+            peer_names: leaf.map(verify::peer_names).unwrap_or_default(),
         };
         Ok(Accepted::Tls(Box::new(tls), security))
     }
@@ -304,6 +306,7 @@ impl Originator {
             mutual: self.local.is_some(),
             peer,
             local: self.local.clone(),
+            peer_names: Vec::new(),
         };
         Ok((tls, security))
     }

@@ -268,6 +268,37 @@ async fn gateway_tls_modes(mesh: &MeshPlane, pki: &EdgePki, ports: [SocketAddr; 
         HOST,
     )
     .await;
+
+    // AuthorizationPolicy on a MUTUAL client's certificate, which has a DNS SAN and no SPIFFE
+    // URI. Envoy's `authenticated` principal matches the URI SANs, then the DNS SANs, then the
+    // subject; Istio writes every principal with `spiffe://` in front except `*`, which becomes
+    // `.+`: so `principals: ["*"]` ("any authenticated peer") covers this client in Envoy, and
+    // must in jalur too — a matcher reading only URI SANs would let it through this DENY.
+    let deny = format!("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: partner, namespace: {NS}}}\nspec:\n  selector: {{matchLabels: {{istio: ingressgateway}}}}\n  action: DENY\n  rules:\n  - from:\n    - source: {{principals: [\"*\"]}}\n");
+    mesh.plane.write("edge-authz.yaml", &deny);
+    let good_client = client(&pki.server_ca, Some(&good));
+    assert_eventually(
+        "a DENY on any authenticated principal refuses the DNS-SAN-only client",
+        Duration::from_secs(20),
+        || {
+            let config = good_client.clone();
+            async move {
+                match https_get(mutual, config, HOST).await {
+                    Ok((403, _)) => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await;
+    mesh.plane.write("edge-authz.yaml", "");
+    serves(
+        "the DENY withdrawn, the good client is served again",
+        mutual,
+        &good_client,
+        HOST,
+    )
+    .await;
 }
 
 /// Presents no client certificate.

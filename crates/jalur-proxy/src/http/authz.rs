@@ -99,7 +99,7 @@ fn check<B>(
         // family's unspecified address, which no destination matcher in a mesh names.
         local: downstream.map_or(SocketAddr::new(unspecified(peer), 0), |d| d.local),
         sni: downstream.and_then(|d| d.sni.as_deref()),
-        tls: tls.map(|t| t.peer.as_deref()),
+        tls: tls.map(|t| t.peer_names.as_slice()),
         http: Some(HttpView {
             method: req.method().as_str(),
             authority,

@@ -171,7 +171,7 @@ struct Req {
     path: &'static str,
     headers: HeaderMap,
     peer: SocketAddr,
-    tls: Option<Option<&'static str>>,
+    tls: Option<Vec<String>>,
 }
 
 fn req(method: &'static str, path: &'static str) -> Req {
@@ -191,7 +191,7 @@ fn decide(chain: &[RbacFilter], r: &Req) -> Verdict {
         remote: RemoteAddress::default().derive(r.peer, &r.headers),
         local: "127.0.0.1:8080".parse().expect("addr"),
         sni: None,
-        tls: r.tls,
+        tls: r.tls.as_deref(),
         http: Some(HttpView {
             method: r.method,
             authority: "svc.local",
@@ -298,12 +298,12 @@ fn principals_read_the_connection() {
     ))]);
     let mut r = req("GET", "/");
     assert!(denied_by(&decide(&chain, &r)).is_some(), "10.x, plaintext");
-    r.tls = Some(Some("spiffe://td/ns/a/sa/b"));
+    r.tls = Some(vec!["spiffe://td/ns/a/sa/b".to_string()]);
     assert!(
         denied_by(&decide(&chain, &r)).is_none(),
         "the named workload"
     );
-    r.tls = Some(Some("spiffe://td/ns/a/sa/c"));
+    r.tls = Some(vec!["spiffe://td/ns/a/sa/c".to_string()]);
     assert!(denied_by(&decide(&chain, &r)).is_some(), "another workload");
     r.peer = "172.16.0.1:1".parse().expect("addr");
     assert!(denied_by(&decide(&chain, &r)).is_none(), "outside 10/8");
