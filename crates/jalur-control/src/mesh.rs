@@ -124,6 +124,8 @@ pub struct Mesh {
     pub services: BTreeMap<String, Service>,
     pub endpoints: BTreeMap<String, Vec<Endpoint>>,
     pub security: Security,
+    /// The JWKS documents the control plane fetched for http(s) `jwksUri`s (`jwks.rs`).
+    pub jwks: Arc<crate::jwks::JwksSet>,
 }
 
 impl Mesh {

@@ -59,6 +59,8 @@ pub struct Options {
     pub ca: Option<crate::ca::CaOptions>,
     /// `--admin-token-file`: the token the status API's write endpoints require.
     pub admin_token_file: Option<PathBuf>,
+    /// How often remote JWKS (RequestAuthentication `jwksUri`) are fetched again.
+    pub jwks_refresh: Duration,
 }
 
 impl Default for Options {
@@ -79,6 +81,7 @@ impl Default for Options {
             migration_tick: Duration::from_millis(200),
             ca: None,
             admin_token_file: None,
+            jwks_refresh: crate::jwks::DEFAULT_REFRESH,
         }
     }
 }
@@ -236,6 +239,7 @@ impl ControlPlane {
             config: store.subscribe(),
             overlay: migrations.overlay(),
             registries: registries.iter().map(|r| r.watch()).collect(),
+            jwks: crate::jwks::start(store.subscribe(), opts.jwks_refresh, shutdown_rx.clone()),
         };
         let (first, workloads) =
             changes.build(opts.ca.as_ref().map(Security::from).unwrap_or_default());
@@ -487,6 +491,7 @@ struct Changes {
     config: watch::Receiver<Arc<jalur_model::Config>>,
     overlay: watch::Receiver<Arc<crate::migrate::Overlay>>,
     registries: Vec<watch::Receiver<WorkloadSet>>,
+    jwks: watch::Receiver<Arc<crate::jwks::JwksSet>>,
 }
 
 impl Changes {
@@ -500,10 +505,9 @@ impl Changes {
             .collect();
         let config = self.config.borrow_and_update().clone();
         let config = crate::migrate::apply(&config, &self.overlay.borrow_and_update());
-        (
-            Mesh::build_with(config, &workloads, security),
-            workloads.len(),
-        )
+        let mut mesh = Mesh::build_with(config, &workloads, security);
+        mesh.jwks = self.jwks.borrow_and_update().clone();
+        (mesh, workloads.len())
     }
 }
 
@@ -533,6 +537,13 @@ async fn rebuild_loop(
             }
         });
     }
+    let mut jwks = changes.jwks.clone();
+    let jwks_changed = changed_tx.clone();
+    tokio::spawn(async move {
+        while jwks.changed().await.is_ok() {
+            let _ = jwks_changed.try_send(());
+        }
+    });
     loop {
         let mut asked = None;
         let at_once = tokio::select! {

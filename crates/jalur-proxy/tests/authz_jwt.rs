@@ -1,7 +1,8 @@
 //! AuthorizationPolicy on JWT identities: a RequestAuthentication (inline JWKS, an ES256 key
 //! made here) puts jwt_authn before RBAC; `requestPrincipals` and `request.auth.claims[…]` match
-//! the verified payload. Stock Envoy column; jalur proxy's column waits for track A's JWT
-//! verifier (until then jalur proxy refuses the jwt_authn filter, by design).
+//! the verified payload, in stock Envoy and jalur proxy alike. A `jwksUri` on http is fetched
+//! by the control plane and inlined (istiod's default): a key rotation at the provider reaches
+//! both proxies without a restart, and an issuer whose keys were never fetched is refused.
 
 mod common;
 
@@ -45,12 +46,16 @@ impl Idp {
     /// A token for `sub` in `groups`, valid for an hour, as a leaked `Bearer …` header value
     /// (the matrix's cases hold `'static` headers).
     fn bearer(&self, sub: &str, groups: &[&str]) -> &'static str {
+        self.bearer_of(ISSUER, sub, groups)
+    }
+
+    fn bearer_of(&self, issuer: &str, sub: &str, groups: &[&str]) -> &'static str {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .expect("clock")
             .as_secs();
         let header = serde_json::json!({ "alg": "ES256", "typ": "JWT", "kid": "k1" });
-        let claims = serde_json::json!({ "iss": ISSUER, "sub": sub, "iat": now,
+        let claims = serde_json::json!({ "iss": issuer, "sub": sub, "iat": now,
             "exp": now + 3600, "groups": groups });
         let input = format!(
             "{}.{}",
@@ -137,4 +142,126 @@ fn envoy_matches_request_principals_and_claims_of_verified_tokens() {
 #[test]
 fn jalur_and_envoy_match_request_principals_and_claims_alike() {
     run(jwt_matrix(true));
+}
+
+/// An identity provider's JWKS endpoint: answers every request with the current document (or
+/// 503 when it is `None`) and counts the requests.
+struct JwksServer {
+    addr: std::net::SocketAddr,
+    doc: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl JwksServer {
+    async fn start(doc: String) -> JwksServer {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let doc = std::sync::Arc::new(std::sync::Mutex::new(Some(doc)));
+        let serving = doc.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let body = serving.lock().expect("doc").clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let (status, body) = match body {
+                        Some(b) => ("200 OK", b),
+                        None => ("503 Service Unavailable", String::new()),
+                    };
+                    let resp = format!("HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                    let _ = conn.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        JwksServer { addr, doc }
+    }
+
+    fn serve(&self, doc: Option<String>) {
+        *self.doc.lock().expect("doc") = doc;
+    }
+}
+
+async fn remote_jwks_rotation() {
+    let Some(mut m) = Matrix::start(true).await else {
+        return;
+    };
+    let (old, new) = (Idp::new(), Idp::new());
+    let server = JwksServer::start(old.jwks()).await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    const DOWN: &str = "https://down.idp.test";
+    let yaml = format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata:\n  name: jwt\n  namespace: {NS}\nspec:\n  jwtRules:\n  - issuer: {ISSUER}\n    jwksUri: http://{}/jwks\n  - issuer: {DOWN}\n    jwksUri: http://{dead}/jwks\n---\n",
+        server.addr
+    ) + &policy(
+        "jwt",
+        "ALLOW",
+        "  - from:\n    - source: {requestPrincipals: [\"*\"]}\n    to:\n    - operation: {paths: [/jwt]}\n",
+    );
+    m.apply("remote-jwks", &yaml).await;
+    let plain = Caller::Plain;
+    // Every column answers `bearer` on /jwt with `want` (200 or 401).
+    let expect = |bearer: &'static str, want: u16| {
+        let m = &m;
+        async move {
+            let mut wrong = Vec::new();
+            for col in &m.columns {
+                let c = with_token(case("remote jwks", plain, "/jwt", want == 200), bearer);
+                let (status, _, body, _) = m.send(col, &c).await;
+                if status != want {
+                    wrong.push(format!("[{}] {status} {body:?}, want {want}", col.label));
+                }
+            }
+            if wrong.is_empty() {
+                Ok(())
+            } else {
+                Err(wrong.join("; "))
+            }
+        }
+    };
+    let deadline = std::time::Duration::from_secs(15);
+    let old_token = old.bearer("alice", &[]);
+    let new_token = new.bearer("alice", &[]);
+    jalur_testkit::assert_eventually("the fetched keys verify", deadline, || {
+        expect(old_token, 200)
+    })
+    .await;
+    expect(new_token, 401)
+        .await
+        .expect("a key the provider does not publish");
+    // Never fetched (nobody listens): keys nobody holds, every token of the issuer refused.
+    let down_token = old.bearer_of(DOWN, "alice", &[]);
+    expect(down_token, 401).await.expect("fail closed");
+    // The provider rotates: the control plane's next fetch reaches both proxies by a push.
+    server.serve(Some(new.jwks()));
+    jalur_testkit::assert_eventually("the rotated keys verify", deadline, || async {
+        expect(new_token, 200).await?;
+        expect(old_token, 401).await
+    })
+    .await;
+    // The provider goes down: the last good keys stay in use over several refreshes.
+    server.serve(None);
+    for _ in 0..4 {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        expect(new_token, 200)
+            .await
+            .expect("the last good keys stay while the provider is down");
+    }
+}
+
+/// A remote JWKS, fetched by the control plane: rotation without a restart, fail closed when
+/// it was never fetched, last good keys while the provider is down — Envoy and jalur alike.
+#[test]
+fn jalur_and_envoy_pick_up_a_rotated_remote_jwks_without_restart() {
+    run(remote_jwks_rotation());
 }

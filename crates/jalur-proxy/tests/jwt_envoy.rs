@@ -81,7 +81,7 @@ fn translated(
         "shop",
         &Default::default(),
     );
-    jalur_control::translate::jwt::http_filter(&applying)
+    jalur_control::translate::jwt::http_filter(&applying, &Default::default())
         .expect("a filter")
         .filter
 }

@@ -36,6 +36,10 @@ pub struct Args {
     /// Changes arriving within this window are pushed together (e.g. 100ms).
     #[arg(long, env = "JALUR_DEBOUNCE", default_value = "100ms", value_parser = parse_duration)]
     debounce: Duration,
+    /// How often RequestAuthentication `jwksUri`s (http/https) are fetched again; the control
+    /// plane fetches them and inlines the keys into every proxy's config, as istiod does.
+    #[arg(long, env = "JALUR_JWKS_REFRESH", default_value = "20m", value_parser = parse_duration)]
+    jwks_refresh: Duration,
     /// How long a disconnected proxy's workload stays registered (e.g. 5s).
     #[arg(long, env = "JALUR_REGISTRY_GRACE", default_value = "5s", value_parser = parse_duration)]
     registry_grace: Duration,
@@ -117,6 +121,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         status_addr: args.status_addr,
         debounce: args.debounce,
         registry_grace: args.registry_grace,
+        jwks_refresh: args.jwks_refresh,
         state_dir: args.state_dir,
         prometheus: args.prometheus,
         scrape_targets: args.scrape,

@@ -60,6 +60,7 @@ fn start(debounce: Duration) -> Loop {
         config,
         overlay,
         registries: vec![rx],
+        jwks: watch::channel(Arc::default()).1,
     };
     let mesh = Arc::new(ArcSwap::from_pointee(changes.build(Security::default()).0));
     let (gen_tx, generation) = watch::channel(0);
@@ -96,6 +97,7 @@ async fn a_set_published_before_subscribing_is_in_the_first_build() {
         config,
         overlay,
         registries: vec![registry.subscribe()],
+        jwks: watch::channel(Arc::default()).1,
     };
     let (mesh, workloads) = changes.build(Security::default());
     assert_eq!(workloads, 1);

@@ -26,7 +26,6 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::CidrRange;
 use envoy_types::pb::envoy::config::listener::v3::{filter, Filter};
 use envoy_types::pb::envoy::config::rbac::v3::{
@@ -127,16 +126,11 @@ pub fn http_filters(ctx: &Ctx, port: u32) -> Vec<HttpFilter> {
     filters
 }
 
-/// The clusters jwt_authn fetches remote JWKS from, for the proxies it is on.
-pub fn jwks_clusters(ctx: &Ctx) -> Vec<Cluster> {
-    jwt(ctx).map(|j| j.clusters).unwrap_or_default()
-}
-
 fn jwt(ctx: &Ctx) -> Option<super::jwt::Jwt> {
     let c = ctx.client;
     let root = &ctx.mesh.security.root_namespace;
     let applying = super::jwt::applying(&ctx.mesh.config, root, &c.namespace, &c.labels);
-    super::jwt::http_filter(&applying)
+    super::jwt::http_filter(&applying, &ctx.mesh.jwks)
 }
 
 fn rbac_http_filters(ctx: &Ctx, port: u32) -> Vec<HttpFilter> {

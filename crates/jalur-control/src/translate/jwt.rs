@@ -6,42 +6,32 @@
 //! (requestPrincipals, `request.auth.claims[…]`) read it.
 //!
 //! JWKS: inline `jwks` -> `local_jwks.inline_string`; `jwksUri: file:///PATH` (a jalur
-//! extension) -> `local_jwks.filename`; `http(s)://HOST[:PORT]/…` -> `remote_jwks` on a cluster
-//! this module also emits, `jwks|HOST|PORT` (STRICT_DNS, or STATIC for an IP), with TLS for https
-//! validated against the system trust bundle by SDS name `file-root:` (never key bytes in xDS).
+//! extension) -> `local_jwks.filename`; `http(s)://…` -> `local_jwks.inline_string` with the
+//! document the control plane fetched (`crate::jwks`, istiod's default), or a key set no token
+//! verifies against while no fetch has succeeded (fail closed). Proxies never dial the provider.
 //!
-//! Pure: `(RequestAuthentications for one proxy) -> (filter, clusters)`; where the filter goes
+//! Pure: `(RequestAuthentications for one proxy, fetched JWKS) -> filter`; where the filter goes
 //! (before RBAC) is the listener translation's business.
 
 use std::collections::{BTreeMap, HashMap};
 
-use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
-use envoy_types::pb::envoy::config::core::v3::{
-    data_source::Specifier, transport_socket, DataSource, HttpUri, TransportSocket,
-};
-use envoy_types::pb::envoy::config::endpoint::v3::{
-    lb_endpoint, ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints,
-};
+use envoy_types::pb::envoy::config::core::v3::{data_source::Specifier, DataSource};
 use envoy_types::pb::envoy::config::route::v3::{route_match::PathSpecifier, RouteMatch};
 use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::{
     jwt_provider::JwksSourceSpecifier, jwt_requirement::RequiresType,
     requirement_rule::RequirementType, JwtAuthentication, JwtClaimToHeader, JwtHeader, JwtProvider,
-    JwtRequirement, JwtRequirementOrList, RemoteJwks, RequirementRule,
+    JwtRequirement, JwtRequirementOrList, RequirementRule,
 };
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_filter, HttpFilter,
 };
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    common_tls_context::ValidationContextType, CommonTlsContext, UpstreamTlsContext,
-};
 use envoy_types::pb::google::protobuf::Empty;
 use envoy_types::util::pack_any;
-use jalur_model::duration::Duration;
 use jalur_model::security::request_authn::JwtRule;
 use jalur_model::security::RequestAuthentication;
 use jalur_model::{Config, Resource};
 
-use super::{cluster::socket, duration, tls};
+use crate::jwks::JwksSet;
 
 /// The filter's name in the HCM, and the dynamic-metadata namespace RBAC reads.
 pub const JWT_FILTER: &str = "envoy.filters.http.jwt_authn";
@@ -49,12 +39,6 @@ pub const JWT_FILTER: &str = "envoy.filters.http.jwt_authn";
 pub const PAYLOAD_METADATA_KEY: &str = "jwt_payload";
 const RBAC_FILTER: &str = "envoy.filters.http.rbac";
 const ROUTER_FILTER: &str = "envoy.filters.http.router";
-/// Where https JWKS servers are validated from: the system trust bundle, by SDS name.
-pub const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
-/// Istio's default JWKS fetch timeout, and Envoy's default cache duration (5 minutes).
-const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-const CACHE_DURATION: std::time::Duration = std::time::Duration::from_secs(300);
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The RequestAuthentications that apply to one workload: those of its namespace and of the
 /// root namespace (mesh-wide) whose selector is absent, empty, or matches its labels. In config
@@ -78,16 +62,18 @@ pub fn applying<'a>(
         .collect()
 }
 
-/// What one proxy needs for JWT: the HTTP filter (before RBAC) and the JWKS clusters.
+/// What one proxy needs for JWT: the HTTP filter (before RBAC).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Jwt {
     pub filter: HttpFilter,
-    pub clusters: Vec<Cluster>,
 }
 
 /// The jwt_authn filter for these RequestAuthentications, or `None` when they have no rule (no
 /// filter at all: requests pass untouched, as in Istio).
-pub fn http_filter(policies: &[(&Resource, &RequestAuthentication)]) -> Option<Jwt> {
+pub fn http_filter(
+    policies: &[(&Resource, &RequestAuthentication)],
+    jwks: &JwksSet,
+) -> Option<Jwt> {
     let rules: Vec<&JwtRule> = policies
         .iter()
         .flat_map(|(_, ra)| ra.jwt_rules.iter())
@@ -97,16 +83,10 @@ pub fn http_filter(policies: &[(&Resource, &RequestAuthentication)]) -> Option<J
         return None;
     }
     let mut providers = HashMap::new();
-    let mut clusters: Vec<Cluster> = Vec::new();
     let mut any_of = Vec::new();
     for (i, rule) in rules.iter().enumerate() {
         let name = provider_name(i);
-        let (source, cluster) = jwks_source(rule);
-        if let Some(c) = cluster {
-            if clusters.iter().all(|k| k.name != c.name) {
-                clusters.push(c);
-            }
-        }
+        let source = jwks_source(rule, jwks);
         providers.insert(name.clone(), provider(rule, source));
         any_of.push(JwtRequirement {
             requires_type: Some(RequiresType::ProviderName(name)),
@@ -137,7 +117,7 @@ pub fn http_filter(policies: &[(&Resource, &RequestAuthentication)]) -> Option<J
         config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(config))),
         ..HttpFilter::default()
     };
-    Some(Jwt { filter, clusters })
+    Some(Jwt { filter })
 }
 
 /// Istio's provider names: `origins-0`, `origins-1`, … in rule order.
@@ -177,134 +157,23 @@ fn provider(rule: &JwtRule, source: JwksSourceSpecifier) -> JwtProvider {
     }
 }
 
-/// Where a rule's keys come from, and the cluster a remote JWKS is fetched over.
-fn jwks_source(rule: &JwtRule) -> (JwksSourceSpecifier, Option<Cluster>) {
+/// Where a rule's keys come from: inline, a file, or the document the control plane fetched.
+fn jwks_source(rule: &JwtRule, jwks: &JwksSet) -> JwksSourceSpecifier {
     let local = |s: Specifier| {
         JwksSourceSpecifier::LocalJwks(DataSource {
             specifier: Some(s),
             ..DataSource::default()
         })
     };
-    if let Some(jwks) = &rule.jwks {
-        return (local(Specifier::InlineString(jwks.clone())), None);
+    if let Some(doc) = &rule.jwks {
+        return local(Specifier::InlineString(doc.clone()));
     }
     let uri = rule.jwks_uri.clone().unwrap_or_default();
     if let Some(path) = uri.strip_prefix("file://") {
-        return (local(Specifier::Filename(path.to_string())), None);
+        return local(Specifier::Filename(path.to_string()));
     }
-    let target = JwksTarget::parse(&uri);
-    let timeout = rule
-        .timeout
-        .as_deref()
-        .and_then(|t| t.parse::<Duration>().ok())
-        .map_or(DEFAULT_TIMEOUT, Duration::as_std);
-    let remote = RemoteJwks {
-        http_uri: Some(HttpUri {
-            uri: uri.clone(),
-            timeout: Some(duration(timeout)),
-            http_upstream_type: Some(
-                envoy_types::pb::envoy::config::core::v3::http_uri::HttpUpstreamType::Cluster(
-                    target.cluster_name(),
-                ),
-            ),
-        }),
-        cache_duration: Some(duration(CACHE_DURATION)),
-        ..RemoteJwks::default()
-    };
-    (
-        JwksSourceSpecifier::RemoteJwks(remote),
-        Some(target.cluster()),
-    )
-}
-
-/// The server of an http(s) JWKS URI. `jalur analyze` (JAL0164) rejects other shapes; a URI it
-/// would reject still yields a well-formed cluster here (host empty -> `localhost`), so
-/// translation never panics on config that skipped analysis.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JwksTarget {
-    pub host: String,
-    pub port: u32,
-    pub tls: bool,
-}
-
-impl JwksTarget {
-    pub fn parse(uri: &str) -> JwksTarget {
-        let (scheme, rest) = uri.split_once("://").unwrap_or(("https", uri));
-        let tls = scheme != "http";
-        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-        let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
-        let default_port = if tls { 443 } else { 80 };
-        let (host, port) = match authority.rsplit_once(':') {
-            // `[::1]:8443`, `idp:8443`; a bare IPv6 `[::1]` has no port after its bracket.
-            Some((h, p)) if !p.contains(']') => (h, p.parse().unwrap_or(default_port)),
-            _ => (authority, default_port),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let host = if host.is_empty() { "localhost" } else { host };
-        JwksTarget {
-            host: host.to_string(),
-            port,
-            tls,
-        }
-    }
-
-    /// `jwks|HOST|PORT`: one cluster per JWKS server, shared by the rules that use it.
-    pub fn cluster_name(&self) -> String {
-        format!("jwks|{}|{}", self.host, self.port)
-    }
-
-    fn cluster(&self) -> Cluster {
-        let name = self.cluster_name();
-        let is_ip = self.host.parse::<std::net::IpAddr>().is_ok();
-        let kind = if is_ip {
-            cluster::DiscoveryType::Static
-        } else {
-            cluster::DiscoveryType::StrictDns
-        };
-        let endpoint = LbEndpoint {
-            host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(EnvoyEndpoint {
-                address: Some(socket(&self.host, self.port)),
-                ..EnvoyEndpoint::default()
-            })),
-            ..LbEndpoint::default()
-        };
-        Cluster {
-            name: name.clone(),
-            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(kind as i32)),
-            connect_timeout: Some(duration(CONNECT_TIMEOUT)),
-            dns_lookup_family: cluster::DnsLookupFamily::V4Preferred as i32,
-            load_assignment: Some(ClusterLoadAssignment {
-                cluster_name: name,
-                endpoints: vec![LocalityLbEndpoints {
-                    lb_endpoints: vec![endpoint],
-                    ..LocalityLbEndpoints::default()
-                }],
-                ..ClusterLoadAssignment::default()
-            }),
-            transport_socket: self.tls.then(|| self.tls_socket()),
-            ..Cluster::default()
-        }
-    }
-
-    /// TLS to the JWKS server: SNI its host, its certificate checked against the system roots.
-    fn tls_socket(&self) -> TransportSocket {
-        let context = UpstreamTlsContext {
-            sni: self.host.clone(),
-            common_tls_context: Some(CommonTlsContext {
-                validation_context_type: Some(
-                    ValidationContextType::ValidationContextSdsSecretConfig(tls::sds(&format!(
-                        "file-root:{SYSTEM_ROOTS}"
-                    ))),
-                ),
-                ..CommonTlsContext::default()
-            }),
-            ..UpstreamTlsContext::default()
-        };
-        TransportSocket {
-            name: tls::TLS_SOCKET.to_string(),
-            config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(context))),
-        }
-    }
+    // http(s), or a shape `jalur analyze` rejects: what was fetched, else keys nobody holds.
+    local(Specifier::InlineString(jwks.inline(&uri)))
 }
 
 /// Inserts the JWT filter into an HCM's HTTP filters where the contract puts it: after fault,

@@ -88,7 +88,6 @@ pub fn sidecar(ctx: &Ctx) -> Built {
             listeners.push(listener);
             route_configs.extend(routes);
             clusters.push(cluster);
-            clusters.extend(super::authz::jwks_clusters(ctx));
         }
     }
     (listeners, route_configs, clusters)
@@ -246,7 +245,7 @@ pub fn gateway(ctx: &Ctx) -> Built {
             listeners.push(tcp_listener(ctx, &name, bind, &targets, rbac));
         }
     }
-    (listeners, route_configs, super::authz::jwks_clusters(ctx))
+    (listeners, route_configs, Vec::new())
 }
 
 /// A server host `ns/host` (or `./host`, `*/host`, bare `host` = any namespace) as

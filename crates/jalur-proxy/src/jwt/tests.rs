@@ -61,7 +61,8 @@ fn filter(jwt_rules: &str) -> JwtAuthn {
         "shop",
         &Default::default(),
     );
-    let jwt = jalur_control::translate::jwt::http_filter(&applying).expect("a filter");
+    let jwt = jalur_control::translate::jwt::http_filter(&applying, &Default::default())
+        .expect("a filter");
     let Some(http_filter::ConfigType::TypedConfig(any)) = &jwt.filter.config_type else {
         panic!("typed config");
     };
@@ -342,7 +343,8 @@ fn unsupported_shapes_are_nacked_naming_the_field() {
         "shop",
         &Default::default(),
     );
-    let jwt = jalur_control::translate::jwt::http_filter(&applying).expect("filter");
+    let jwt =
+        jalur_control::translate::jwt::http_filter(&applying, &Default::default()).expect("filter");
     let Some(http_filter::ConfigType::TypedConfig(any)) = &jwt.filter.config_type else {
         panic!("typed config");
     };

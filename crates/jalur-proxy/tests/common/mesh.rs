@@ -68,6 +68,8 @@ impl MeshPlane {
         let mut options = Plane::options();
         options.ca = Some(CaOptions::default());
         options.xds_tls_addr = ([127, 0, 0, 1], 0).into();
+        // Remote JWKS (tests/authz_jwt.rs) fetched again within a test's patience.
+        options.jwks_refresh = std::time::Duration::from_millis(300);
         let plane = Plane::start_with(files, options).await;
         let ca = plane
             .control()

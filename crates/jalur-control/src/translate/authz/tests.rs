@@ -690,7 +690,7 @@ fn gateway_listeners_get_the_policies_selecting_the_gateway() {
 }
 
 #[test]
-fn jwt_authn_goes_before_rbac_and_brings_its_jwks_cluster() {
+fn jwt_authn_goes_before_rbac_and_a_remote_jwks_needs_no_cluster() {
     let yaml = policy("p", "ALLOW", "  - from:\n    - source:\n        requestPrincipals: [\"*\"]")
         + "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata:\n  name: jwt\n  namespace: shop\nspec:\n  jwtRules:\n  - issuer: https://idp.example.com\n    jwksUri: http://idp.example.com:8080/jwks\n";
     let m = mesh(&yaml);
@@ -706,13 +706,13 @@ fn jwt_authn_goes_before_rbac_and_brings_its_jwks_cluster() {
         ]
     );
     let cds = snap.of_type(jalur_xds::TypeUrl::Cluster).expect("cds");
+    // The control plane fetches the keys and inlines them: no proxy dials the provider.
     assert!(
-        cds.keys()
-            .any(|k| k.starts_with("jwks|idp.example.com|8080")),
+        !cds.keys().any(|k| k.starts_with("jwks|")),
         "{:?}",
         cds.keys()
     );
-    // Without a RequestAuthentication: no jwt_authn, no JWKS cluster.
+    // Without a RequestAuthentication: no jwt_authn.
     let m = mesh(&policy("p", "ALLOW", "  - {}"));
     let snap = translate(&m, &client(false, false));
     let names = http_filter_names(&listener(&snap, "inbound"));

@@ -1,7 +1,6 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
 use prost::Message;
 
 use super::*;
@@ -37,7 +36,10 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 }
 
 fn filter_for(c: &Config, ns: &str, l: &[(&str, &str)]) -> Option<Jwt> {
-    http_filter(&applying(c, "jalur-system", ns, &labels(l)))
+    http_filter(
+        &applying(c, "jalur-system", ns, &labels(l)),
+        &JwksSet::default(),
+    )
 }
 
 #[test]
@@ -53,7 +55,6 @@ fn an_inline_rule_becomes_one_provider_allowing_missing_tokens() {
     let c = config(&ra("shop", "jwt", &body));
     let jwt = filter_for(&c, "shop", &[("app", "pay")]).expect("filter");
     assert_eq!(jwt.filter.name, "envoy.filters.http.jwt_authn");
-    assert!(jwt.clusters.is_empty(), "inline keys need no cluster");
     let cfg = decode(&jwt);
     assert!(cfg.bypass_cors_preflight);
     assert_eq!(cfg.providers.len(), 1);
@@ -113,63 +114,42 @@ fn an_inline_rule_becomes_one_provider_allowing_missing_tokens() {
 }
 
 #[test]
-fn file_and_remote_jwks_take_envoys_sources_and_remote_gets_a_cluster() {
-    let body = "  jwtRules:\n  - issuer: a\n    jwksUri: file:///etc/jalur/a.jwks\n  - issuer: b\n    jwksUri: https://idp.example.com/.well-known/jwks.json\n    timeout: 2s\n  - issuer: c\n    jwksUri: http://10.0.0.7:8080/keys\n  - issuer: d\n    jwksUri: https://idp.example.com/other";
+fn file_jwks_is_read_by_the_proxy_and_remote_jwks_is_inlined_as_fetched() {
+    let body = "  jwtRules:\n  - issuer: a\n    jwksUri: file:///etc/jalur/a.jwks\n  - issuer: b\n    jwksUri: https://idp.example.com/.well-known/jwks.json\n    timeout: 2s\n  - issuer: c\n    jwksUri: http://10.0.0.7:8080/keys";
     let c = config(&ra("shop", "jwt", body));
-    let jwt = filter_for(&c, "shop", &[]).expect("filter");
+    let fetched = JwksSet(BTreeMap::from([(
+        "https://idp.example.com/.well-known/jwks.json".to_string(),
+        crate::jwks::Fetched::Keys(JWKS.to_string()),
+    )]));
+    let jwt = http_filter(
+        &applying(&c, "jalur-system", "shop", &labels(&[])),
+        &fetched,
+    )
+    .expect("filter");
     let cfg = decode(&jwt);
     let source = |name: &str| cfg.providers[name].jwks_source_specifier.clone();
-    assert_eq!(
-        source("origins-0"),
+    let local = |s: Specifier| {
         Some(JwksSourceSpecifier::LocalJwks(DataSource {
-            specifier: Some(Specifier::Filename("/etc/jalur/a.jwks".into())),
+            specifier: Some(s),
             ..DataSource::default()
         }))
-    );
-    let Some(JwksSourceSpecifier::RemoteJwks(remote)) = source("origins-1") else {
-        panic!("{:?}", source("origins-1"));
     };
-    let uri = remote.http_uri.expect("uri");
-    assert_eq!(uri.uri, "https://idp.example.com/.well-known/jwks.json");
-    assert_eq!(uri.timeout.map(|t| t.seconds), Some(2));
-    use envoy_types::pb::envoy::config::core::v3::http_uri::HttpUpstreamType;
     assert_eq!(
-        uri.http_upstream_type,
-        Some(HttpUpstreamType::Cluster("jwks|idp.example.com|443".into()))
+        source("origins-0"),
+        local(Specifier::Filename("/etc/jalur/a.jwks".into()))
     );
-    assert_eq!(remote.cache_duration.map(|d| d.seconds), Some(300));
-    // Two rules on one server share its cluster; http to an IP is a STATIC cluster without TLS.
-    let names: Vec<&str> = jwt.clusters.iter().map(|c| c.name.as_str()).collect();
-    assert_eq!(names, ["jwks|idp.example.com|443", "jwks|10.0.0.7|8080"]);
-    let https = &jwt.clusters[0];
     assert_eq!(
-        https.cluster_discovery_type,
-        Some(cluster::ClusterDiscoveryType::Type(
-            cluster::DiscoveryType::StrictDns as i32
+        source("origins-1"),
+        local(Specifier::InlineString(JWKS.into())),
+        "the fetched document, inlined: no proxy dials the provider"
+    );
+    // Never fetched: keys nobody holds, so every token of this issuer is refused.
+    assert_eq!(
+        source("origins-2"),
+        local(Specifier::InlineString(
+            crate::jwks::unusable_jwks().to_string()
         ))
     );
-    let socket = https.transport_socket.as_ref().expect("tls");
-    let Some(transport_socket::ConfigType::TypedConfig(any)) = &socket.config_type else {
-        panic!("{socket:?}");
-    };
-    let tls = UpstreamTlsContext::decode(any.value.as_slice()).expect("tls context");
-    assert_eq!(tls.sni, "idp.example.com");
-    let ctx = tls.common_tls_context.expect("common");
-    assert!(ctx.tls_certificates.is_empty() && ctx.tls_certificate_sds_secret_configs.is_empty());
-    let Some(ValidationContextType::ValidationContextSdsSecretConfig(sds)) =
-        ctx.validation_context_type
-    else {
-        panic!("roots by SDS");
-    };
-    assert_eq!(sds.name, "file-root:/etc/ssl/certs/ca-certificates.crt");
-    let plain = &jwt.clusters[1];
-    assert_eq!(
-        plain.cluster_discovery_type,
-        Some(cluster::ClusterDiscoveryType::Type(
-            cluster::DiscoveryType::Static as i32
-        ))
-    );
-    assert!(plain.transport_socket.is_none());
 }
 
 #[test]
@@ -231,19 +211,4 @@ fn the_filter_goes_after_fault_and_before_rbac_and_router() {
     let mut filters = vec![named("envoy.filters.http.router")];
     insert(&mut filters, &jwt.filter);
     assert_eq!(names(&filters)[0], "envoy.filters.http.jwt_authn");
-}
-
-#[test]
-fn jwks_targets_parse_ports_ipv6_and_userinfo() {
-    let t = |u: &str| {
-        let t = JwksTarget::parse(u);
-        (t.host, t.port, t.tls)
-    };
-    assert_eq!(t("https://idp/k"), ("idp".into(), 443, true));
-    assert_eq!(t("http://idp/k"), ("idp".into(), 80, false));
-    assert_eq!(t("https://idp:8443"), ("idp".into(), 8443, true));
-    assert_eq!(t("http://[::1]:9000/k"), ("::1".into(), 9000, false));
-    assert_eq!(t("https://[::1]/k"), ("::1".into(), 443, true));
-    assert_eq!(t("https://u:p@idp/k"), ("idp".into(), 443, true));
-    assert_eq!(t("https:///k"), ("localhost".into(), 443, true));
 }
