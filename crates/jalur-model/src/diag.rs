@@ -136,11 +136,8 @@ pub mod codes {
     pub const INVALID_JWKS: Code = code("JAL0163", "InvalidJwks", Severity::Error);
     pub const INVALID_JWKS_URI: Code = code("JAL0164", "InvalidJwksUri", Severity::Error);
     pub const DUPLICATE_JWT_ISSUER: Code = code("JAL0165", "DuplicateJwtIssuer", Severity::Error);
-    pub const REMOTE_JWKS_NOT_FETCHED: Code = code(
-        "JAL0166",
-        "RemoteJwksNotFetchedByJalurProxy",
-        Severity::Warning,
-    );
+    // JAL0166 (remote JWKS not fetched by jalur proxy) is retired: the control plane fetches
+    // http(s) JWKS and inlines them for every proxy.
 
     // Gateway TLS passthrough (SNI routing).
     pub const AUTO_PASSTHROUGH_NOT_SUPPORTED: Code =
@@ -232,7 +229,6 @@ pub mod codes {
         AUTO_PASSTHROUGH_NOT_SUPPORTED,
         PASSTHROUGH_WITHOUT_TLS_ROUTE,
         SNI_HOST_NOT_IN_GATEWAY,
-        REMOTE_JWKS_NOT_FETCHED,
     ];
 }
 

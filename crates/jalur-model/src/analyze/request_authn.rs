@@ -43,18 +43,11 @@ fn check_rule(r: &Resource, at: &str, rule: &JwtRule, out: &mut Vec<Diagnostic>)
             let msg = "both jwksUri and jwks are set, so which keys count is ambiguous; keep one";
             out.push(r.diag(codes::INVALID_JWT_RULE, &format!("{at}.jwks"), msg));
         }
-        (Some(uri), None) => match jwks_uri(uri) {
-            Err(why) => out.push(r.diag(codes::INVALID_JWKS_URI, &format!("{at}.jwksUri"), why)),
-            Ok(()) if !uri.starts_with("file://") => {
-                let msg = "Envoy fetches this JWKS itself, but jalur proxy does not fetch remote JWKS yet: a jalur proxy this policy selects refuses (NACKs) the listener and keeps its last good config. Until it does, serve the keys as a file (jwksUri: file:///PATH, re-read on change) or inline (jwks)";
-                out.push(r.diag(
-                    codes::REMOTE_JWKS_NOT_FETCHED,
-                    &format!("{at}.jwksUri"),
-                    msg,
-                ));
+        (Some(uri), None) => {
+            if let Err(why) = jwks_uri(uri) {
+                out.push(r.diag(codes::INVALID_JWKS_URI, &format!("{at}.jwksUri"), why));
             }
-            Ok(()) => {}
-        },
+        }
         (None, Some(jwks)) => {
             if let Err(why) = jwks_document(jwks) {
                 let msg = format!("jwks is not a JSON Web Key Set: {why}");
