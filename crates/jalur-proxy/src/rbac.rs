@@ -461,14 +461,17 @@ impl RemoteAddress {
         } else {
             self.xff_num_trusted_hops
         };
+        // Entries are split from the raw bytes: one entry a client wrote in non-UTF-8 must not
+        // hide the addresses proxies appended after it (a whole line judged unreadable would
+        // leave the peer — the gateway — as the client, review finding).
         let mut entries = headers
             .get_all("x-forwarded-for")
             .iter()
             .rev()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.rsplit(','));
+            .flat_map(|v| v.as_bytes().rsplit(|b| *b == b','));
         entries
             .nth(hops as usize)
+            .and_then(|e| std::str::from_utf8(e).ok())
             .and_then(|e| e.trim().parse::<IpAddr>().ok())
             .unwrap_or(peer.ip())
     }

@@ -451,3 +451,25 @@ fn per_route_rbac_is_nacked() {
         "{e}"
     );
 }
+
+#[test]
+fn an_unreadable_forwarded_entry_does_not_hide_the_ones_appended_after_it() {
+    let peer: SocketAddr = "10.1.2.3:40000".parse().expect("addr");
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "x-forwarded-for",
+        http::HeaderValue::from_bytes(b"\x80,203.0.113.9").expect("obs-text is a valid value"),
+    );
+    // A sidecar (no use_remote_address, no trusted hops): the right-most entry, as Envoy.
+    let sidecar = RemoteAddress::default();
+    assert_eq!(
+        sidecar.derive(peer, &headers),
+        "203.0.113.9".parse::<std::net::IpAddr>().expect("ip")
+    );
+    // One hop further left is the unreadable entry: the peer, as for any invalid entry.
+    let one_hop = RemoteAddress {
+        use_remote_address: false,
+        xff_num_trusted_hops: 1,
+    };
+    assert_eq!(one_hop.derive(peer, &headers), peer.ip());
+}
