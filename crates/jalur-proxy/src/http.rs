@@ -153,6 +153,9 @@ async fn route_and_forward(
     if ln.normalize_path {
         path::normalize_request(&mut req);
     }
+    // forward_client_cert_details SANITIZE, the only mode jalur accepts (Envoy's default): a
+    // client must not hand the backend a client certificate it never presented.
+    req.headers_mut().remove(forwarded::XFCC);
     if ln.remote_address.use_remote_address {
         let tls = req
             .extensions()

@@ -90,7 +90,8 @@ async fn envoy_and_jalur_gateways_enforce_the_policies_selecting_them() {
 /// only 10.9.9.9 (remoteIpBlocks) refuses a client on loopback that claims to be 10.9.9.9, and
 /// a policy that admits loopback admits it whatever it claims. What the backend receives: the
 /// client's list with an entry appended, `x-forwarded-proto: http` in place of the client's
-/// `https`, and no `x-envoy-*` header the client sent — from Envoy and jalur alike.
+/// `https`, and no `x-envoy-*` or `x-forwarded-client-cert` header the client sent — from Envoy
+/// and jalur alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_and_jalur_gateways_take_the_client_address_from_the_connection() {
     use jalur_testkit::wire::{exchange, Recorder};
@@ -106,7 +107,7 @@ async fn envoy_and_jalur_gateways_take_the_client_address_from_the_connection() 
         format!("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: by-address, namespace: istio-system}}\nspec:\n  selector: {{matchLabels: {{istio: ingressgateway}}}}\n  rules:\n  - from:\n    - source: {{remoteIpBlocks: [\"{cidr}\"]}}\n")
     };
     let request = |case: &str| {
-        format!("GET /who HTTP/1.1\r\nhost: app.example.com\r\nx-case: {case}\r\nx-forwarded-for: 10.9.9.9\r\nx-forwarded-proto: https\r\nx-envoy-retry-on: 5xx\r\nx-envoy-upstream-rq-timeout-ms: 1\r\nconnection: close\r\n\r\n")
+        format!("GET /who HTTP/1.1\r\nhost: app.example.com\r\nx-case: {case}\r\nx-forwarded-for: 10.9.9.9\r\nx-forwarded-proto: https\r\nx-envoy-retry-on: 5xx\r\nx-envoy-upstream-rq-timeout-ms: 1\r\nx-forwarded-client-cert: By=spiffe://forged/ns/a/sa/b;URI=spiffe://forged/ns/shop/sa/admin\r\nconnection: close\r\n\r\n")
     };
     let status = |gw: SocketAddr, case: String| async move {
         exchange(gw, request(&case).as_bytes(), 1)
@@ -166,6 +167,11 @@ async fn envoy_and_jalur_gateways_take_the_client_address_from_the_connection() 
             seen.header("x-forwarded-proto"),
             Some("http"),
             "{label}: the client's https is not believed on a plaintext connection"
+        );
+        assert_eq!(
+            seen.header("x-forwarded-client-cert"),
+            None,
+            "{label}: a client-written x-forwarded-client-cert is removed (SANITIZE)"
         );
         for h in ["x-envoy-retry-on", "x-envoy-upstream-rq-timeout-ms"] {
             assert_eq!(

@@ -13,6 +13,8 @@ use std::net::IpAddr;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
+/// Removed from every request (forward_client_cert_details SANITIZE, see `http.rs`).
+pub(super) const XFCC: &str = "x-forwarded-client-cert";
 const XFF: &str = "x-forwarded-for";
 const XFP: &str = "x-forwarded-proto";
 

@@ -280,6 +280,13 @@ fn http(hcm: &HttpConnectionManager) -> Res<HttpListener> {
         "codec_type",
         "HTTP/3 is not supported",
     )?;
+    // SANITIZE (Envoy's default, what jalur control sends): a client's x-forwarded-client-cert
+    // is removed and none is set. The other modes would forward or write one; refused by name.
+    reject_if(
+        hcm.forward_client_cert_details != 0,
+        "forward_client_cert_details",
+        "only SANITIZE is supported (x-forwarded-client-cert is removed from every request)",
+    )?;
     let routes = match &hcm.route_specifier {
         Some(RouteSpecifier::Rds(rds)) => {
             ads_source(rds.config_source.as_ref()).at("rds.config_source")?;

@@ -755,3 +755,16 @@ fn http_filter_chain_rules() {
         "filter_chains[0].filters[0].typed_config.rds.route_config_name"
     );
 }
+
+#[test]
+fn client_certificate_details_other_than_sanitize_are_refused() {
+    let mut h = hcm(rds("outbound"), filters());
+    listener(&hcm_listener(h.clone())).expect("SANITIZE, the default");
+    h.forward_client_cert_details = 2; // APPEND_FORWARD
+    let err = listener(&hcm_listener(h)).expect_err("APPEND_FORWARD");
+    assert_eq!(
+        err.field,
+        "filter_chains[0].filters[0].typed_config.forward_client_cert_details"
+    );
+    assert!(err.message.contains("SANITIZE"), "{err}");
+}
