@@ -57,36 +57,41 @@ pub(super) fn passthrough(
         .collect();
     let mut chains: Vec<FilterChain> = Vec::new();
     // Every SNI name (and the catch-all, "") at most once: Envoy refuses two chains with the
-    // same match, so the first route in config order to claim a name keeps it.
+    // same match, so the first route in config order to claim a name keeps it. Names a route
+    // states itself are claimed before names it only gets by narrowing to a server's host, so
+    // a route for `a.example.com` keeps `a.example.com` against an earlier route for `*` under
+    // a server for `a.example.com` and `b.example.com` (Envoy's most specific match decided it
+    // before the narrowing; review finding).
     let mut claimed: Vec<String> = Vec::new();
-    for (r, vs) in bound {
-        let ns = &r.meta.namespace;
-        for route in &vs.tls {
-            for m in route.matches.iter().filter(|m| applies(ctx, m, ns, port)) {
-                let names: Vec<String> = m
-                    .sni_hosts
-                    .iter()
-                    .flat_map(|sni| exposed(&server_hosts, ns, sni))
-                    .filter(|sni| !claimed.contains(sni))
-                    .fold(Vec::new(), |mut acc, sni| {
-                        if !acc.contains(&sni) {
-                            acc.push(sni);
+    for stated in [true, false] {
+        for (r, vs) in bound {
+            let ns = &r.meta.namespace;
+            for route in vs.tls.iter().filter(|route| !route.route.is_empty()) {
+                for m in route.matches.iter().filter(|m| applies(ctx, m, ns, port)) {
+                    let mut names: Vec<String> = Vec::new();
+                    for (sni, as_stated) in m
+                        .sni_hosts
+                        .iter()
+                        .flat_map(|sni| exposed(&server_hosts, ns, sni))
+                    {
+                        if as_stated == stated && !claimed.contains(&sni) && !names.contains(&sni) {
+                            names.push(sni);
                         }
-                        acc
-                    });
-                if names.is_empty() || route.route.is_empty() {
-                    continue;
+                    }
+                    if names.is_empty() {
+                        continue;
+                    }
+                    claimed.extend(names.iter().cloned());
+                    let targets: Vec<(String, u32)> = route
+                        .route
+                        .iter()
+                        .map(|d| {
+                            let cluster = destination_cluster(ctx, &d.destination, ns, port);
+                            (cluster, d.weight.unwrap_or(100))
+                        })
+                        .collect();
+                    chains.push(chain(ctx, name, bind, &targets, names));
                 }
-                claimed.extend(names.iter().cloned());
-                let targets: Vec<(String, u32)> = route
-                    .route
-                    .iter()
-                    .map(|d| {
-                        let cluster = destination_cluster(ctx, &d.destination, ns, port);
-                        (cluster, d.weight.unwrap_or(100))
-                    })
-                    .collect();
-                chains.push(chain(ctx, name, bind, &targets, names));
             }
         }
     }
@@ -115,28 +120,26 @@ fn applies(ctx: &Ctx, m: &TlsMatchAttributes, ns: &str, port: u32) -> bool {
                 .any(|g| ctx.gateway_names.contains(&host::qualify_gateway(g, ns))))
 }
 
-/// The SNI names a route's `sni` takes on the port: where it is within a PASSTHROUGH server's
-/// hosts (visible to namespace `ns`), itself; where a server's host is narrower, that host
-/// (`*.example.com` under a server for `a.example.com` takes `a.example.com` only); "" (any
-/// connection) only when both are `*`. The gateway's hosts bound what passes through it: a
-/// route cannot widen them.
-fn exposed(server_hosts: &[(String, String)], ns: &str, sni: &str) -> Vec<String> {
+/// The SNI names a route's `sni` takes on the port, each with whether it is the name as the
+/// route states it: where it is within a PASSTHROUGH server's hosts (visible to namespace
+/// `ns`), itself (stated); where a server's host is narrower, that host (`*.example.com` under a
+/// server for `a.example.com` takes `a.example.com` only; narrowed); "" (any connection) only
+/// when both are `*`. The gateway's hosts bound what passes through it: a route cannot widen
+/// them.
+fn exposed(server_hosts: &[(String, String)], ns: &str, sni: &str) -> Vec<(String, bool)> {
     server_hosts
         .iter()
         .filter(|(sns, _)| sns == "*" || sns == ns)
         .filter_map(|(_, pattern)| {
-            let name = if host::matches(pattern, sni) {
-                sni
+            let (name, stated) = if host::matches(pattern, sni) {
+                (sni, true)
             } else if host::matches(sni, pattern) {
-                pattern.as_str()
+                (pattern.as_str(), false)
             } else {
                 return None;
             };
-            Some(if name == "*" {
-                String::new()
-            } else {
-                name.to_string()
-            })
+            let name = if name == "*" { "" } else { name };
+            Some((name.to_string(), stated))
         })
         .collect()
 }
@@ -176,30 +179,30 @@ mod tests {
             .collect()
     }
 
+    /// `(name, stated)` as `exposed` returns them.
+    fn n(name: &str, stated: bool) -> (String, bool) {
+        (name.to_string(), stated)
+    }
+
     #[test]
     fn a_route_cannot_widen_the_gateway_hosts() {
         let narrow = servers(&[("*", "a.example.com")]);
-        assert_eq!(exposed(&narrow, "web", "*"), vec!["a.example.com"]);
-        assert_eq!(
-            exposed(&narrow, "web", "*.example.com"),
-            vec!["a.example.com"]
-        );
+        let a = || n("a.example.com", false);
+        assert_eq!(exposed(&narrow, "web", "*"), [a()]);
+        assert_eq!(exposed(&narrow, "web", "*.example.com"), [a()]);
         assert_eq!(
             exposed(&narrow, "web", "a.example.com"),
-            vec!["a.example.com"]
+            [n("a.example.com", true)]
         );
         assert!(exposed(&narrow, "web", "b.example.com").is_empty());
         let wild = servers(&[("*", "*.example.com")]);
         assert_eq!(
             exposed(&wild, "web", "b.example.com"),
-            vec!["b.example.com"]
+            [n("b.example.com", true)]
         );
-        assert_eq!(exposed(&wild, "web", "*"), vec!["*.example.com"]);
+        assert_eq!(exposed(&wild, "web", "*"), [n("*.example.com", false)]);
         // Only a gateway open to every host lets a route take every connection.
-        assert_eq!(
-            exposed(&servers(&[("*", "*")]), "web", "*"),
-            vec![String::new()]
-        );
+        assert_eq!(exposed(&servers(&[("*", "*")]), "web", "*"), [n("", true)]);
         // A server exported to one namespace is not seen by another's routes.
         assert!(exposed(&servers(&[("shop", "*")]), "web", "a.example.com").is_empty());
     }
