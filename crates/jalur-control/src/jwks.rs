@@ -17,6 +17,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper_util::rt::TokioIo;
 use jalur_model::Config;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// What the control plane holds for each http(s) `jwksUri` the config names.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -44,6 +45,9 @@ impl JwksSet {
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(20 * 60);
 /// Istio's default fetch timeout when a jwtRule sets none.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a rule's `timeout` is honoured: every URI is fetched in the same round, so a
+/// `timeout: 24h` on a server that never answers would hold back every other issuer's keys.
+const MAX_TIMEOUT: Duration = Duration::from_secs(30);
 /// How soon a URI whose first fetch failed is tried again.
 const RETRY: Duration = Duration::from_secs(10);
 /// A JWKS document larger than this is refused (a key set is a few KiB).
@@ -52,17 +56,25 @@ const MAX_DOCUMENT: usize = 1 << 20;
 pub const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// Starts the resolver: it fetches every http(s) `jwksUri` of `config` as soon as the config
-/// names it, again every `refresh`, and publishes the set whenever it changes.
+/// names it, again every `refresh`, and publishes the set whenever it changes — and once after
+/// the first round of fetches, even if nothing was fetched, so the caller can wait for it
+/// ([`first_round`]).
 pub fn start(
     mut config: watch::Receiver<Arc<Config>>,
     refresh: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) -> watch::Receiver<Arc<JwksSet>> {
+    // A zero interval would fetch without pause; the CLI refuses under a second too.
+    let refresh = refresh.max(Duration::from_secs(1));
     let (tx, rx) = watch::channel(Arc::new(JwksSet::default()));
     tokio::spawn(async move {
         let mut wanted = wanted(&config.borrow_and_update());
         let mut set = JwksSet::default();
-        let mut next_refresh = tokio::time::Instant::now() + refresh;
+        let mut first = true;
+        let mut next_refresh = Instant::now() + refresh;
+        // When URIs never fetched are tried again: an instant, not a delay restarted by every
+        // pass, so config changes arriving faster than RETRY cannot postpone it (review finding).
+        let mut next_retry: Option<Instant> = None;
         let (mut refresh_all, mut retry_failed) = (false, false);
         loop {
             let stale: Vec<(String, Duration)> = wanted
@@ -77,6 +89,8 @@ pub fn start(
             (refresh_all, retry_failed) = (false, false);
             let mut next = set.clone();
             next.0.retain(|u, _| wanted.contains_key(u));
+            // Concurrently, each within its own timeout (at most MAX_TIMEOUT): one slow server
+            // holds this round back by that much at worst.
             let fetched = futures::future::join_all(stale.iter().map(|(u, t)| fetch(u, *t))).await;
             for ((uri, _), result) in stale.into_iter().zip(fetched) {
                 let entry = match (result, next.0.get(&uri)) {
@@ -92,28 +106,33 @@ pub fn start(
                 };
                 next.0.insert(uri, entry);
             }
-            if next != set {
+            if next != set || first {
                 set = next;
+                first = false;
                 tx.send_replace(Arc::new(set.clone()));
             }
-            // A URI never fetched is tried again sooner than the refresh.
             let failing = set.0.values().any(|f| matches!(f, Fetched::Failed(_)));
-            let wake = if failing {
-                next_refresh.min(tokio::time::Instant::now() + RETRY.min(refresh))
-            } else {
-                next_refresh
+            let now = Instant::now();
+            next_retry = match next_retry {
+                _ if !failing => None,
+                Some(t) if t > now => Some(t),
+                _ => Some(now + RETRY.min(refresh)),
             };
+            let wake = next_retry.map_or(next_refresh, |t| t.min(next_refresh));
             tokio::select! {
                 r = config.changed() => {
                     if r.is_err() { return; }
                     wanted = wanted_of(&config);
                 }
                 () = tokio::time::sleep_until(wake) => {
-                    if tokio::time::Instant::now() >= next_refresh {
+                    let now = Instant::now();
+                    if now >= next_refresh {
                         refresh_all = true;
-                        next_refresh = tokio::time::Instant::now() + refresh;
+                        next_refresh = now + refresh;
+                        next_retry = None;
                     } else {
                         retry_failed = true;
+                        next_retry = None;
                     }
                 }
                 _ = shutdown.changed() => return,
@@ -121,6 +140,17 @@ pub fn start(
         }
     });
     rx
+}
+
+/// Waits, at most `bound`, for the resolver's first round of fetches (see [`start`]), so the
+/// first config a restarted control plane pushes carries the keys proxies verify with now,
+/// not the fail-closed set (Istio fetches synchronously when a key is not cached; review
+/// finding). Returns whether the round finished in time.
+pub async fn first_round(keys: &mut watch::Receiver<Arc<JwksSet>>, bound: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(bound, keys.changed()).await,
+        Ok(Ok(()))
+    )
 }
 
 fn wanted_of(config: &watch::Receiver<Arc<Config>>) -> BTreeMap<String, Duration> {
@@ -141,7 +171,7 @@ fn wanted(config: &Config) -> BTreeMap<String, Duration> {
                     .timeout
                     .as_deref()
                     .and_then(|t| t.parse::<jalur_model::duration::Duration>().ok())
-                    .map_or(DEFAULT_TIMEOUT, |d| d.as_std());
+                    .map_or(DEFAULT_TIMEOUT, |d| d.as_std().min(MAX_TIMEOUT));
                 (uri.to_string(), timeout)
             })
         })
@@ -208,9 +238,39 @@ async fn fetch_inner(uri: &str) -> Result<String, String> {
     let doc = String::from_utf8(body.to_vec()).map_err(|_| "the body is not UTF-8".to_string())?;
     let value: serde_json::Value =
         serde_json::from_str(&doc).map_err(|e| format!("not JSON: {e}"))?;
-    match value.get("keys").and_then(serde_json::Value::as_array) {
-        Some(keys) if !keys.is_empty() => Ok(doc),
-        _ => Err("not a JWKS document: no \"keys\"".to_string()),
+    let keys = value
+        .get("keys")
+        .and_then(serde_json::Value::as_array)
+        .ok_or("not a JWKS document: no \"keys\"")?;
+    if !keys.iter().any(usable) {
+        return Err(format!(
+            "none of its {} keys is one a proxy verifies with (RSA; EC P-256/P-384; OKP Ed25519; oct)",
+            keys.len()
+        ));
+    }
+    Ok(doc)
+}
+
+/// Whether a proxy can verify with this JWK: a document without one would be NACKed by jalur
+/// proxy (Envoy logs it and refuses every token), so it is kept out like a failed fetch and the
+/// fail-closed set (or the last good keys) goes out instead. Mirrors the key types jalur proxy's
+/// `jwt/keys.rs` accepts; written here because jalur-control does not depend on jalur-proxy.
+fn usable(key: &serde_json::Value) -> bool {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    let b64 = |name: &str| {
+        key.get(name)
+            .and_then(serde_json::Value::as_str)
+            .and_then(|v| URL_SAFE_NO_PAD.decode(v.trim_end_matches('=')).ok())
+            .is_some_and(|b| !b.is_empty())
+    };
+    let crv = key.get("crv").and_then(serde_json::Value::as_str);
+    match key.get("kty").and_then(serde_json::Value::as_str) {
+        Some("RSA") => b64("n") && b64("e"),
+        Some("EC") => matches!(crv, Some("P-256" | "P-384")) && b64("x") && b64("y"),
+        Some("OKP") => crv == Some("Ed25519") && b64("x"),
+        Some("oct") => b64("k"),
+        _ => false,
     }
 }
 
@@ -312,6 +372,27 @@ mod tests {
         assert_eq!(set.inline("https://never/k"), unusable_jwks());
     }
 
+    #[test]
+    fn a_document_is_kept_only_with_a_key_a_proxy_verifies_with() {
+        let ok = |k: serde_json::Value| usable(&k);
+        let unusable: serde_json::Value = serde_json::from_str(unusable_jwks()).expect("json");
+        assert!(ok(unusable["keys"][0].clone()));
+        assert!(ok(
+            serde_json::json!({"kty": "RSA", "n": "sXch", "e": "AQAB"})
+        ));
+        assert!(ok(
+            serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": "11qY"})
+        ));
+        assert!(!ok(serde_json::json!({})));
+        assert!(!ok(serde_json::json!({"kty": "RSA", "n": "sXch"})));
+        assert!(!ok(
+            serde_json::json!({"kty": "EC", "crv": "P-521", "x": "AA", "y": "AA"})
+        ));
+        assert!(!ok(
+            serde_json::json!({"kty": "RSA", "n": "not base64!", "e": "AQAB"})
+        ));
+    }
+
     #[tokio::test]
     async fn a_dead_server_or_a_bad_document_is_an_error_naming_why() {
         let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -328,5 +409,66 @@ mod tests {
         assert!(e.contains(&format!("connect 127.0.0.1:{port}")), "{e}");
         let e = fetch("ftp://x/k", Duration::from_secs(2)).await;
         assert!(e.is_err());
+    }
+
+    /// Serves `doc` as `GET /keys` to every connection, one request each.
+    async fn jwks_server(doc: String) -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let server = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = server.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = server.accept().await {
+                let doc = doc.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{doc}",
+                        doc.len()
+                    );
+                    let _ = conn.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        addr
+    }
+
+    fn config_naming(uri: &str) -> (tempfile::TempDir, Arc<Config>) {
+        let dir = tempfile::tempdir().expect("dir");
+        let yaml = format!("apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt, namespace: shop}}\nspec:\n  jwtRules:\n  - issuer: https://idp.example.com\n    jwksUri: {uri}\n");
+        std::fs::write(dir.path().join("ra.yaml"), yaml).expect("write");
+        let loaded = jalur_model::load_paths(&[dir.path().to_path_buf()]);
+        assert!(!loaded.has_errors(), "{:#?}", loaded.diagnostics);
+        (dir, Arc::new(loaded.config))
+    }
+
+    #[tokio::test]
+    async fn the_first_round_holds_the_keys_the_config_names() {
+        let doc = unusable_jwks().to_string();
+        let addr = jwks_server(doc.clone()).await;
+        let uri = format!("http://{addr}/keys");
+        let (_dir, config) = config_naming(&uri);
+        let (_config_tx, config_rx) = watch::channel(config);
+        let (_stop, shutdown) = watch::channel(false);
+        let mut keys = start(config_rx, Duration::from_secs(3600), shutdown);
+        assert!(first_round(&mut keys, Duration::from_secs(5)).await);
+        assert_eq!(keys.borrow().0.get(&uri), Some(&Fetched::Keys(doc)));
+    }
+
+    #[tokio::test]
+    async fn without_remote_jwks_the_first_round_is_over_at_once() {
+        let (_config_tx, config_rx) = watch::channel(Arc::new(Config::default()));
+        let (_stop, shutdown) = watch::channel(false);
+        let mut keys = start(config_rx, Duration::from_secs(3600), shutdown);
+        assert!(first_round(&mut keys, Duration::from_secs(1)).await);
+        assert!(keys.borrow().0.is_empty());
     }
 }

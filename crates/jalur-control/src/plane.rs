@@ -235,11 +235,21 @@ impl ControlPlane {
         // its answer as seen, and the mesh would have stayed empty). The first push already
         // carries the persisted weights: a restarted control plane resumes a migration where
         // it was, never at the route's unmigrated default.
+        // Remote JWKS too: the first push carries the keys fetched now (within a bound), not
+        // the fail-closed set, so proxies that verified tokens before a restart keep doing so.
+        let mut jwks =
+            crate::jwks::start(store.subscribe(), opts.jwks_refresh, shutdown_rx.clone());
+        if !crate::jwks::first_round(&mut jwks, JWKS_FIRST_MAX).await {
+            tracing::warn!(
+                waited_s = JWKS_FIRST_MAX.as_secs(),
+                "remote JWKS not all fetched yet; their issuers' tokens are refused until they are"
+            );
+        }
         let mut changes = Changes {
             config: store.subscribe(),
             overlay: migrations.overlay(),
             registries: registries.iter().map(|r| r.watch()).collect(),
-            jwks: crate::jwks::start(store.subscribe(), opts.jwks_refresh, shutdown_rx.clone()),
+            jwks,
         };
         let (first, workloads) =
             changes.build(opts.ca.as_ref().map(Security::from).unwrap_or_default());
@@ -582,6 +592,9 @@ async fn rebuild_loop(
 
 /// The longest a start waits for Consul's first answers before serving what it has.
 const CONSUL_WARM_MAX: Duration = Duration::from_secs(3);
+
+/// The longest a start waits for the first fetch of every remote JWKS.
+const JWKS_FIRST_MAX: Duration = Duration::from_secs(10);
 
 /// The longest the warm-up waits for its rebuild (a mesh of thousands of services builds in
 /// well under a second).

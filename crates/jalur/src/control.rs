@@ -38,7 +38,7 @@ pub struct Args {
     debounce: Duration,
     /// How often RequestAuthentication `jwksUri`s (http/https) are fetched again; the control
     /// plane fetches them and inlines the keys into every proxy's config, as istiod does.
-    #[arg(long, env = "JALUR_JWKS_REFRESH", default_value = "20m", value_parser = parse_duration)]
+    #[arg(long, env = "JALUR_JWKS_REFRESH", default_value = "20m", value_parser = parse_refresh)]
     jwks_refresh: Duration,
     /// How long a disconnected proxy's workload stays registered (e.g. 5s).
     #[arg(long, env = "JALUR_REGISTRY_GRACE", default_value = "5s", value_parser = parse_duration)]
@@ -106,6 +106,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     s.parse::<jalur_model::duration::Duration>()
         .map(|d| d.as_std())
         .map_err(|e| e.to_string())
+}
+
+/// A refresh interval: a duration of at least a second (0 would fetch without pause).
+fn parse_refresh(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_secs(1) {
+        return Err(format!(
+            "{s:?} is under a second; JWKS are fetched again every such interval"
+        ));
+    }
+    Ok(d)
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {

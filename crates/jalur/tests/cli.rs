@@ -146,6 +146,21 @@ fn analyze_reads_mesh_wide_peer_authentication_in_its_root_namespace() {
 }
 
 #[test]
+fn control_refuses_a_jwks_refresh_under_a_second() {
+    let out = jalur()
+        .args(["control", "--jwks-refresh", "0s", "--insecure-xds"])
+        .output()
+        .expect("run");
+    // clap's usage error: exit 2, naming the flag.
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--jwks-refresh") && stderr.contains("under a second"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn control_refuses_an_invalid_initial_config_naming_file_and_line() {
     let out = jalur()
         .args([
