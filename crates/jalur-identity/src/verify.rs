@@ -67,39 +67,81 @@ pub fn peer_names(cert: &CertificateDer<'_>) -> Vec<String> {
     names
 }
 
-/// A distinguished name as RFC 2253 writes it: the last RDN first, `,` between them, `+` within
-/// one, short attribute names where there is one (else the dotted OID), specials escaped.
-/// Written here because x509-parser's `Display` for a name is its own form (first RDN first,
-/// `", "` between them), and Envoy matches principals against OpenSSL's RFC 2253 text.
+/// A distinguished name as Envoy prints it for principal matching (OpenSSL's
+/// `X509_NAME_print_ex` with `XN_FLAG_RFC2253`): the attributes last first, `,` between RDNs and
+/// `+` within one, OpenSSL's short names (`CN`, `emailAddress`, `UID`; a dotted OID where it has
+/// none), values as UTF-8 with RFC 2253's specials, control characters and every byte with the
+/// high bit set escaped (`\C3\A9`), and a value of a type that is not a string dumped as `#`
+/// and its DER in hex. Written here because x509-parser's `Display` for a name is its own
+/// form (first RDN first, `", "` between them, other short names).
 fn rfc2253(name: &x509_parser::x509::X509Name<'_>) -> String {
     let registry = x509_parser::objects::oid_registry();
-    let rdns: Vec<String> = name
-        .iter_rdn()
-        .map(|rdn| {
-            rdn.iter()
-                .map(|attr| {
-                    let ty = x509_parser::objects::oid2abbrev(attr.attr_type(), registry)
-                        .map(str::to_string)
-                        .unwrap_or_else(|_| attr.attr_type().to_id_string());
-                    let value = attr.as_str().map(escape_rfc2253).unwrap_or_default();
-                    format!("{ty}={value}")
-                })
-                .collect::<Vec<_>>()
-                .join("+")
-        })
-        .collect();
-    rdns.into_iter().rev().collect::<Vec<_>>().join(",")
+    let mut entries: Vec<(usize, String)> = Vec::new();
+    for (set, rdn) in name.iter_rdn().enumerate() {
+        for attr in rdn.iter() {
+            let ty = match x509_parser::objects::oid2abbrev(attr.attr_type(), registry) {
+                Ok("Email") => "emailAddress".to_string(),
+                Ok("uid" | "userId") => "UID".to_string(),
+                Ok(short) => short.to_string(),
+                Err(_) => attr.attr_type().to_id_string(),
+            };
+            entries.push((set, format!("{ty}={}", rfc2253_value(attr.attr_value()))));
+        }
+    }
+    let mut out = String::new();
+    let mut previous: Option<usize> = None;
+    for (set, text) in entries.into_iter().rev() {
+        if let Some(p) = previous {
+            out.push(if p == set { '+' } else { ',' });
+        }
+        out.push_str(&text);
+        previous = Some(set);
+    }
+    out
 }
 
-fn escape_rfc2253(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    let last = v.chars().count().saturating_sub(1);
-    for (i, c) in v.chars().enumerate() {
-        let edge = (i == 0 && (c == ' ' || c == '#')) || (i == last && c == ' ');
-        if edge || matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';') {
-            out.push('\\');
+fn rfc2253_value(value: &x509_parser::der_parser::asn1_rs::Any<'_>) -> String {
+    use x509_parser::der_parser::asn1_rs::{Tag, ToDer};
+    let data = value.data;
+    let text: Option<String> = match value.tag() {
+        Tag::Utf8String
+        | Tag::PrintableString
+        | Tag::Ia5String
+        | Tag::NumericString
+        | Tag::VisibleString => std::str::from_utf8(data).ok().map(str::to_string),
+        // T61 is read as Latin-1, as OpenSSL does.
+        Tag::TeletexString => Some(data.iter().map(|b| char::from(*b)).collect()),
+        Tag::BmpString => {
+            let units: Vec<u16> = data
+                .chunks_exact(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                .collect();
+            String::from_utf16(&units).ok()
         }
-        out.push(c);
+        Tag::UniversalString => data
+            .chunks_exact(4)
+            .map(|c| char::from_u32(u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
+            .collect(),
+        _ => None,
+    };
+    let Some(text) = text else {
+        let der = value.to_der_vec().unwrap_or_default();
+        return std::iter::once("#".to_string())
+            .chain(der.iter().map(|b| format!("{b:02X}")))
+            .collect();
+    };
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(bytes.len());
+    for (i, &b) in bytes.iter().enumerate() {
+        let edge = (i == 0 && (b == b' ' || b == b'#')) || (i + 1 == bytes.len() && b == b' ');
+        if !(0x20..0x7f).contains(&b) {
+            out.push_str(&format!("\\{b:02X}"));
+        } else {
+            if edge || matches!(b, b',' | b'+' | b'"' | b'\\' | b'<' | b'>' | b';') {
+                out.push('\\');
+            }
+            out.push(char::from(b));
+        }
     }
     out
 }
@@ -437,11 +479,19 @@ mod tests {
         let mut params = CertificateParams::default();
         params.subject_alt_names = vec![
             SanType::DnsName("client.example.com".try_into().expect("dns")),
-            SanType::URI("spiffe://partner.example/ns/a/sa/b".try_into().expect("uri")),
+            SanType::URI(
+                "spiffe://partner.example/ns/a/sa/b"
+                    .try_into()
+                    .expect("uri"),
+            ),
         ];
         params.distinguished_name = rcgen::DistinguishedName::new();
-        params.distinguished_name.push(DnType::OrganizationName, "Acme");
-        params.distinguished_name.push(DnType::CommonName, "client, #1");
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Acmé");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "client, #1");
         let key = KeyPair::generate().expect("key");
         let cert = params.self_signed(&key).expect("cert");
         assert_eq!(
@@ -449,7 +499,7 @@ mod tests {
             [
                 "spiffe://partner.example/ns/a/sa/b",
                 "client.example.com",
-                r"CN=client\, #1,O=Acme",
+                r"CN=client\, #1,O=Acm\C3\A9",
             ]
         );
     }
