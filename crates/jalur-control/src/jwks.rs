@@ -411,36 +411,6 @@ mod tests {
         assert!(e.is_err());
     }
 
-    /// Serves `doc` as `GET /keys` to every connection, one request each.
-    async fn jwks_server(doc: String) -> std::net::SocketAddr {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let server = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = server.local_addr().expect("addr");
-        tokio::spawn(async move {
-            while let Ok((mut conn, _)) = server.accept().await {
-                let doc = doc.clone();
-                tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match conn.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let answer = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{doc}",
-                        doc.len()
-                    );
-                    let _ = conn.write_all(answer.as_bytes()).await;
-                });
-            }
-        });
-        addr
-    }
-
     fn config_naming(uri: &str) -> (tempfile::TempDir, Arc<Config>) {
         let dir = tempfile::tempdir().expect("dir");
         let yaml = format!("apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt, namespace: shop}}\nspec:\n  jwtRules:\n  - issuer: https://idp.example.com\n    jwksUri: {uri}\n");
@@ -453,8 +423,8 @@ mod tests {
     #[tokio::test]
     async fn the_first_round_holds_the_keys_the_config_names() {
         let doc = unusable_jwks().to_string();
-        let addr = jwks_server(doc.clone()).await;
-        let uri = format!("http://{addr}/keys");
+        let server = jalur_testkit::DocServer::start(doc.clone()).await;
+        let uri = format!("http://{}/keys", server.addr);
         let (_dir, config) = config_naming(&uri);
         let (_config_tx, config_rx) = watch::channel(config);
         let (_stop, shutdown) = watch::channel(false);

@@ -144,57 +144,12 @@ fn jalur_and_envoy_match_request_principals_and_claims_alike() {
     run(jwt_matrix(true));
 }
 
-/// An identity provider's JWKS endpoint: answers every request with the current document (or
-/// 503 when it is `None`) and counts the requests.
-struct JwksServer {
-    addr: std::net::SocketAddr,
-    doc: std::sync::Arc<std::sync::Mutex<Option<String>>>,
-}
-
-impl JwksServer {
-    async fn start(doc: String) -> JwksServer {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let doc = std::sync::Arc::new(std::sync::Mutex::new(Some(doc)));
-        let serving = doc.clone();
-        tokio::spawn(async move {
-            while let Ok((mut conn, _)) = listener.accept().await {
-                let body = serving.lock().expect("doc").clone();
-                tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match conn.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let (status, body) = match body {
-                        Some(b) => ("200 OK", b),
-                        None => ("503 Service Unavailable", String::new()),
-                    };
-                    let resp = format!("HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
-                    let _ = conn.write_all(resp.as_bytes()).await;
-                });
-            }
-        });
-        JwksServer { addr, doc }
-    }
-
-    fn serve(&self, doc: Option<String>) {
-        *self.doc.lock().expect("doc") = doc;
-    }
-}
-
 async fn remote_jwks_rotation() {
     let Some(mut m) = Matrix::start(true).await else {
         return;
     };
     let (old, new) = (Idp::new(), Idp::new());
-    let server = JwksServer::start(old.jwks()).await;
+    let server = jalur_testkit::DocServer::start(old.jwks()).await;
     let dead = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr")

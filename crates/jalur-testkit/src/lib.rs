@@ -29,6 +29,7 @@ pub use jalur_demo::client;
 /// The Consul protocol double, which lives in `jalur-demo` (the demo runs it as its legacy
 /// registry); re-exported so tests keep using `jalur_testkit::consul`.
 pub use jalur_demo::consul;
+pub mod doc_server;
 pub mod echo;
 pub use jalur_demo::envoy;
 #[cfg(test)]
@@ -44,6 +45,7 @@ pub mod yaml;
 
 pub use client::{http2_get, http_get};
 pub use consul::{ConsulDouble, ConsulOpts};
+pub use doc_server::DocServer;
 pub use echo::{Behaviour, EchoServer};
 pub use envoy::{Envoy, EnvoyOpts};
 pub use eventually::{assert_eventually, eventually};
