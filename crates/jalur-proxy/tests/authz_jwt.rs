@@ -16,6 +16,8 @@ use common::authz::{case, policy, run, Caller, Case, Matrix};
 use common::mesh::NS;
 
 const ISSUER: &str = "https://idp.test";
+/// An issuer whose tokens must name the audience `shop-api`.
+const AUD_ISSUER: &str = "https://aud.idp.test";
 
 /// An ES256 signing key and its JWKS.
 struct Idp {
@@ -50,13 +52,14 @@ impl Idp {
     }
 
     fn bearer_of(&self, issuer: &str, sub: &str, groups: &[&str]) -> &'static str {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock")
-            .as_secs();
+        let now = now();
+        self.signed(serde_json::json!({ "iss": issuer, "sub": sub, "iat": now,
+            "exp": now + 3600, "groups": groups }))
+    }
+
+    /// `claims` signed with ES256 under kid "k1", as a leaked `Bearer …` header value.
+    fn signed(&self, claims: serde_json::Value) -> &'static str {
         let header = serde_json::json!({ "alg": "ES256", "typ": "JWT", "kid": "k1" });
-        let claims = serde_json::json!({ "iss": issuer, "sub": sub, "iat": now,
-            "exp": now + 3600, "groups": groups });
         let input = format!(
             "{}.{}",
             B64.encode(header.to_string()),
@@ -71,6 +74,25 @@ impl Idp {
     }
 }
 
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+/// An unsigned token (`alg: none`, empty signature) claiming `sub` of [`ISSUER`].
+fn unsigned(sub: &str) -> &'static str {
+    let header = serde_json::json!({ "alg": "none", "typ": "JWT" });
+    let claims = serde_json::json!({ "iss": ISSUER, "sub": sub, "exp": now() + 3600 });
+    let token = format!(
+        "Bearer {}.{}.",
+        B64.encode(header.to_string()),
+        B64.encode(claims.to_string())
+    );
+    Box::leak(token.into_boxed_str())
+}
+
 fn with_token(c: Case, bearer: &'static str) -> Case {
     let headers: &'static [(&'static str, &'static str)] =
         Box::leak(vec![("authorization", bearer)].into_boxed_slice());
@@ -83,9 +105,10 @@ async fn jwt_matrix(with_jalur: bool) {
     };
     let idp = Idp::new();
     let stranger = Idp::new();
+    // A second issuer with an audience, for the wrong-audience refusal.
     let yaml = format!(
-        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata:\n  name: jwt\n  namespace: {NS}\nspec:\n  jwtRules:\n  - issuer: {ISSUER}\n    jwks: '{}'\n---\n",
-        idp.jwks()
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata:\n  name: jwt\n  namespace: {NS}\nspec:\n  jwtRules:\n  - issuer: {ISSUER}\n    jwks: '{jwks}'\n  - issuer: {AUD_ISSUER}\n    audiences: [shop-api]\n    jwks: '{jwks}'\n---\n",
+        jwks = idp.jwks()
     ) + &policy(
         "jwt",
         "ALLOW",
@@ -115,18 +138,55 @@ async fn jwt_matrix(with_jalur: bool) {
     ];
     let mut failures = Vec::new();
     m.check("jwt", &cases, &mut failures).await;
-    // A token no provider accepts never reaches RBAC: jwt_authn answers 401.
-    let forged = with_token(
-        case("forged", plain, "/open", false),
-        stranger.bearer("alice", &["admins"]),
-    );
-    for col in &m.columns {
-        let (status, _, body, seen) = m.send(col, &forged).await;
-        if status != 401 || seen {
-            failures.push(format!(
-                "[{}] a token signed by another key: {status} {body:?} (backend saw it: {seen})",
-                col.label
-            ));
+    // A token jwt_authn refuses never reaches RBAC or the backend, even on a path every
+    // caller may use: 401 (403 for a token of the wrong audience), with the same text from
+    // Envoy and jalur proxy, over the wire.
+    let t = now();
+    let refused: [(&str, &'static str, u16); 5] = [
+        (
+            "signed by another key",
+            stranger.bearer("alice", &["admins"]),
+            401,
+        ),
+        (
+            "expired an hour ago",
+            idp.signed(serde_json::json!({ "iss": ISSUER, "sub": "alice", "exp": t - 3600 })),
+            401,
+        ),
+        (
+            "of an issuer no rule names",
+            idp.bearer_of("https://other.test", "alice", &[]),
+            401,
+        ),
+        ("alg: none", unsigned("alice"), 401),
+        (
+            "for another audience",
+            idp.signed(
+                serde_json::json!({ "iss": AUD_ISSUER, "sub": "alice", "aud": "billing",
+                "exp": t + 3600 }),
+            ),
+            403,
+        ),
+    ];
+    for (what, bearer, want) in refused {
+        let c = with_token(case(what, plain, "/open", false), bearer);
+        let mut answers = Vec::new();
+        for col in &m.columns {
+            let (status, _, body, seen) = m.send(col, &c).await;
+            if status != want || seen {
+                failures.push(format!(
+                    "[{}] a token {what}: {status} {body:?}, want {want} (backend saw it: {seen})",
+                    col.label
+                ));
+            }
+            answers.push((col.label, status, body));
+        }
+        if let [(a, sa, ba), (b, sb, bb), ..] = answers.as_slice() {
+            if (sa, ba) != (sb, bb) {
+                failures.push(format!(
+                    "a token {what}: {a} answered {sa} {ba:?}, {b} {sb} {bb:?}"
+                ));
+            }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
