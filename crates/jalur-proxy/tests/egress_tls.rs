@@ -1,8 +1,9 @@
 //! Egress TLS origination from a DestinationRule (`tls.mode` SIMPLE and MUTUAL) to a local
 //! HTTPS server with a test CA, through jalur proxy and stock Envoy (beside an SDS socket
 //! serving the files, as `jalur agent` does) from one control plane: the app speaks plaintext,
-//! the sidecar originates TLS with the DR's SNI and CA file; a DR naming another CA gets 503;
-//! MUTUAL presents the client certificate from files, which the server sees.
+//! the sidecar originates TLS with the DR's SNI and CA file; a DR naming another CA, or
+//! `subjectAltNames` the server's certificate does not carry, gets 503; MUTUAL presents the
+//! client certificate from files, which the server sees.
 
 mod common;
 
@@ -15,16 +16,18 @@ use jalur_testkit::pki::FileCa;
 use jalur_testkit::{assert_eventually, http_get};
 
 const NS: &str = "shop";
-/// Three external hosts on one server: a good CA, a wrong CA, and a client certificate.
+/// Four external hosts on one server: a good CA, a wrong CA, a SAN the server does not have,
+/// and a client certificate.
 const GOOD: &str = "good.example";
 const WRONG_CA: &str = "wrongca.example";
+const WRONG_SAN: &str = "wrongsan.example";
 const MUTUAL: &str = "mutual.example";
 
 /// An HTTPS server that answers `sni=NAME client=yes|no` (what its handshake saw); client
 /// certificates are optional and, when presented, must chain to `client_ca`.
 async fn https_server(server_ca: &FileCa, client_ca: &FileCa) -> SocketAddr {
     use rustls::pki_types::pem::PemObject;
-    let leaf = server_ca.leaf(&[GOOD, WRONG_CA, MUTUAL]);
+    let leaf = server_ca.leaf(&[GOOD, WRONG_CA, WRONG_SAN, MUTUAL]);
     let (chain, key) = leaf.client_auth();
     let mut roots = rustls::RootCertStore::empty();
     roots
@@ -132,6 +135,17 @@ async fn egress() -> Egress {
             ),
         ),
         (
+            "wrong-san.yaml",
+            external(
+                WRONG_SAN,
+                server,
+                &format!(
+                    "{{mode: SIMPLE, caCertificates: {}, subjectAltNames: [payments.partner.example]}}",
+                    ca.display()
+                ),
+            ),
+        ),
+        (
             "mutual.yaml",
             external(
                 MUTUAL,
@@ -151,7 +165,7 @@ async fn egress() -> Egress {
     }
 }
 
-/// The three cases through a sidecar's outbound listener.
+/// The four cases through a sidecar's outbound listener.
 async fn originates(what: &str, outbound: SocketAddr) {
     let (status, _, body) = assert_eventually(
         &format!("{what}: SIMPLE with the server's CA"),
@@ -183,6 +197,13 @@ async fn originates(what: &str, outbound: SocketAddr) {
     assert_eq!(
         status, 503,
         "{what}: a server the DR's CA does not sign is refused"
+    );
+    let (status, _, _) = http_get(outbound, WRONG_SAN, "/", &[])
+        .await
+        .expect("wrong SAN answered");
+    assert_eq!(
+        status, 503,
+        "{what}: a server whose certificate lacks the DR's subjectAltNames is refused"
     );
 }
 
