@@ -387,7 +387,7 @@ struct Tally {
 /// while the operator replaces the server's certificate and key the way operators do (write
 /// beside, rename over: the certificate first, then the key, so the pair is mismatched for a
 /// moment). No request may fail, and new handshakes must present the new certificate within a
-/// deadline — without a restart.
+/// deadline — without a restart. Then the client CA file is replaced too.
 async fn rotation_under_load(pki: &EdgePki, mutual: SocketAddr) {
     let good = pki.client_ca.leaf(&[CLIENT_SAN]);
     let mut config = client(&pki.server_ca, Some(&good));
@@ -448,6 +448,35 @@ async fn rotation_under_load(pki: &EdgePki, mutual: SocketAddr) {
         &total.failures[..total.failures.len().min(5)]
     );
     assert!(total.ok >= 20, "the load ran: {} requests", total.ok);
+
+    // The client CA is a file too: replaced by another CA's root, clients of the new CA are
+    // admitted and those of the old one refused, without a restart.
+    let next_ca = FileCa::new("edge client CA, next");
+    jalur_testkit::pki::replace(&pki.ca, &next_ca.root_pem);
+    let newcomer = next_ca.leaf(&[CLIENT_SAN]);
+    let mut admitted = client(&pki.server_ca, Some(&newcomer));
+    admitted.resumption = rustls::client::Resumption::disabled();
+    serves(
+        "a client of the replaced CA file's CA is admitted",
+        mutual,
+        &admitted,
+        HOST,
+    )
+    .await;
+    assert_eventually(
+        "a client of the CA no longer in the file is refused",
+        Duration::from_secs(15),
+        || {
+            let config = config.clone();
+            async move {
+                match https_get(mutual, config, HOST).await {
+                    Err(e) if e.contains("AlertReceived") => Ok(()),
+                    other => Err(format!("{:?}", other.map(|(s, l)| (s, l.len())))),
+                }
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
