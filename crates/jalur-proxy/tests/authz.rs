@@ -323,6 +323,30 @@ async fn run_matrix(with_jalur: bool) {
             }
         }
     }
+    // The same metric lines, labels and values included, from both proxies after the same
+    // traffic (the per-group checks above only compare the sums).
+    if let [a, b] = m.columns.as_slice() {
+        let (la, lb) = (a.rbac_lines().await, b.rbac_lines().await);
+        let samples = la.iter().filter(|l| !l.contains("# TYPE")).count();
+        if samples < 4 {
+            failures.push(format!(
+                "[{}] too few RBAC samples to compare: {la:?}",
+                a.label
+            ));
+        }
+        if la != lb {
+            let only = |x: &[String], y: &[String]| -> Vec<String> {
+                x.iter().filter(|l| !y.contains(l)).cloned().collect()
+            };
+            failures.push(format!(
+                "RBAC metric lines differ: only in [{}]: {:?}; only in [{}]: {:?}",
+                a.label,
+                only(&la, &lb),
+                b.label,
+                only(&lb, &la)
+            ));
+        }
+    }
     if !failures.is_empty() {
         for col in &m.columns {
             for tcp in [false, true] {

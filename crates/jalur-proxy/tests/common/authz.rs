@@ -94,6 +94,26 @@ impl Column {
     /// Prometheus names: `envoy_http_rbac_*{envoy_http_conn_manager_prefix="inbound"}` (the
     /// inbound HCM's prefix) and, for the network filter's `tcp.rbac.*`, what Envoy's tag
     /// extractors make of it: `envoy_*{envoy_rbac_prefix="tcp",envoy_tcp_prefix="rbac"}`.
+    /// Every RBAC line (`# TYPE` and samples, names, labels and values) of the HTTP and the
+    /// TCP proxy's `/stats/prometheus`, sorted: what a dashboard reading Envoy's RBAC
+    /// metrics would see.
+    pub async fn rbac_lines(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for tcp in [false, true] {
+            let page = self.prometheus(tcp).await;
+            lines.extend(
+                page.lines()
+                    .filter(|l| {
+                        (l.starts_with("envoy_") || l.starts_with("# TYPE envoy_"))
+                            && l.contains("rbac")
+                    })
+                    .map(|l| format!("{}: {l}", if tcp { "tcp" } else { "http" })),
+            );
+        }
+        lines.sort();
+        lines
+    }
+
     pub async fn rbac_counters(&self) -> [u64; 4] {
         let (http, tcp) = (self.prometheus(false).await, self.prometheus(true).await);
         let sum = |text: &str, metric: &str| -> u64 {
