@@ -80,6 +80,27 @@ fn allow_rules(http_ports: &str, db_ports: &str) -> String {
             "paths: [/source-principal]",
             &format!("key: source.principal, values: [\"{STOREFRONT}\"]"),
         ),
+        rule("notIpBlocks: [10.0.0.0/8]", "paths: [/not-ip]", ""),
+        // At a sidecar the remote address is the right-most x-forwarded-for entry (no
+        // use_remote_address, no trusted hops), else the peer.
+        rule("remoteIpBlocks: [192.0.2.0/24]", "paths: [/remote-ip]", ""),
+        rule(
+            "",
+            "paths: [/source-namespace]",
+            "key: source.namespace, values: [shop]",
+        ),
+        rule(
+            "",
+            "paths: [/source-ip]",
+            "key: source.ip, values: [127.0.0.1]",
+        ),
+        rule(
+            "",
+            "paths: [/destination-port]",
+            &format!("key: destination.port, values: [{http_ports}]"),
+        ),
+        rule("", "paths: [\"/np/*\"], notPaths: [/np/secret]", ""),
+        rule("", "paths: [/not-method], notMethods: [DELETE]", ""),
         // TCP only: the rules above carry HTTP fields, so a TCP port drops them all.
         rule("ipBlocks: [127.0.0.1]", &format!("ports: [{db_ports}]"), ""),
     ]
@@ -149,6 +170,59 @@ fn allow_cases() -> Vec<Case> {
             false,
         ),
     ];
+    cases.extend([
+        case("notIpBlocks, loopback", Plain, "/not-ip", true),
+        case(
+            "remoteIpBlocks, no forwarded address",
+            Plain,
+            "/remote-ip",
+            false,
+        ),
+        case(
+            "source.namespace condition, from shop",
+            Storefront,
+            "/source-namespace",
+            true,
+        ),
+        case(
+            "source.namespace condition, plaintext",
+            Plain,
+            "/source-namespace",
+            false,
+        ),
+        case("source.ip condition, loopback", Plain, "/source-ip", true),
+        case(
+            "destination.port condition",
+            Plain,
+            "/destination-port",
+            true,
+        ),
+        case("notPaths, another path", Plain, "/np/ok", true),
+        case("notPaths, that path", Plain, "/np/secret", false),
+        case("notMethods, GET", Plain, "/not-method", true),
+    ]);
+    cases.push(Case {
+        headers: &[("x-forwarded-for", "198.51.100.1, 192.0.2.7")],
+        ..case(
+            "remoteIpBlocks, forwarded from that block",
+            Plain,
+            "/remote-ip",
+            true,
+        )
+    });
+    cases.push(Case {
+        headers: &[("x-forwarded-for", "192.0.2.7, 198.51.100.1")],
+        ..case(
+            "remoteIpBlocks, that block not right-most",
+            Plain,
+            "/remote-ip",
+            false,
+        )
+    });
+    cases.push(Case {
+        method: "DELETE",
+        ..case("notMethods, DELETE", Plain, "/not-method", false)
+    });
     cases.push(Case {
         method: "POST",
         ..case("method POST", Plain, "/method", true)
