@@ -209,3 +209,26 @@ async fn strict_refuses_a_legacy_caller_and_disable_serves_plaintext() {
         .expect("plaintext inbound");
     assert_eq!(status, 200);
 }
+
+/// A DestinationRule `tls.mode: DISABLE` turns auto mTLS off for its host: the mesh caller's
+/// sidecar then sends plaintext, which the STRICT destination closes (503 at the caller); the
+/// rule removed, the caller is back on mTLS and served.
+#[tokio::test]
+async fn a_destination_rule_disable_sends_plaintext_which_strict_refuses() {
+    let mesh = two_callers("STRICT").await;
+    let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: payments, namespace: shop}\nspec:\n  host: payments.shop.svc.cluster.local\n  trafficPolicy:\n    tls: {mode: DISABLE}\n";
+    mesh.plane.plane.write("payments-dr.yaml", dr);
+    jalur_testkit::assert_eventually(
+        "the mesh caller sends plaintext under DISABLE and STRICT closes it",
+        std::time::Duration::from_secs(20),
+        || async {
+            match http_get(mesh.mesh_out, PAYMENTS_HOST, "/", &[]).await {
+                Ok((503, _, _)) => Ok(()),
+                other => Err(format!("{:?}", other.map(|r| r.0))),
+            }
+        },
+    )
+    .await;
+    mesh.plane.plane.write("payments-dr.yaml", "");
+    eventually_ok(mesh.mesh_out, PAYMENTS_HOST, false, no_tail).await;
+}
