@@ -42,8 +42,11 @@ pub struct Options {
     pub debounce: Duration,
     /// How long a disconnected proxy's workload stays registered.
     pub registry_grace: Duration,
-    /// How often the config paths are checked for edits.
+    /// How often the config paths are polled for edits: the safety net under the inotify
+    /// watch, which sees a write at once.
     pub watch_interval: Duration,
+    /// How long an edit must be quiet before it is loaded (editors write in several steps).
+    pub watch_settle: Duration,
     /// Where controller state lives (migrations); default `.jalur/` in the first config
     /// directory (or beside the first config file).
     pub state_dir: Option<PathBuf>,
@@ -73,7 +76,8 @@ impl Default for Options {
             status_addr: ([0, 0, 0, 0], 15014).into(),
             debounce: Duration::from_millis(100),
             registry_grace: Duration::from_secs(5),
-            watch_interval: Duration::from_millis(250),
+            watch_interval: Duration::from_secs(1),
+            watch_settle: Duration::from_millis(50),
             state_dir: None,
             prometheus: None,
             scrape_targets: Vec::new(),
@@ -337,9 +341,7 @@ impl ControlPlane {
         let mut tasks = Vec::new();
         let mut servers = Vec::new();
         tasks.push(tokio::spawn(
-            store
-                .clone()
-                .watch(opts.watch_interval, opts.watch_interval),
+            store.clone().watch(opts.watch_interval, opts.watch_settle),
         ));
         tasks.push(tokio::spawn(
             migrations.run(opts.migration_tick, shutdown_rx.clone()),
