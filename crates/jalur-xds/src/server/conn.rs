@@ -65,6 +65,8 @@ pub(crate) struct Conn {
     ready: bool,
     /// The client ended its stream itself (it is leaving), rather than losing it.
     left: bool,
+    /// Why the stream ended when the client did not end it, for the log line.
+    why: Option<String>,
 }
 
 impl Conn {
@@ -114,6 +116,7 @@ impl Conn {
             status,
             ready,
             left: false,
+            why: None,
         }
     }
 
@@ -190,7 +193,8 @@ impl Drop for Conn {
         if self.left {
             info!(conn = self.id, node = %self.node.id, "xDS client left (it ended its stream)");
         } else {
-            info!(conn = self.id, node = %self.node.id, "xDS client disconnected");
+            let reason = self.why.as_deref().unwrap_or("unknown");
+            info!(conn = self.id, node = %self.node.id, reason, "xDS client disconnected");
         }
     }
 }
@@ -219,8 +223,9 @@ type Outbound<R> = mpsc::Sender<Result<R, Status>>;
 enum Event<R> {
     Request(R),
     Change,
-    /// Stream error, client gone, or server shutdown (with the status to end the stream on).
-    End(Option<Status>),
+    /// Stream error, client gone, or server shutdown: the status to end the stream on, and why
+    /// it ends (logged, so no stream closes without a reason; issue 12).
+    End(Option<Status>, String),
     /// The client ended its request stream (half-close): it is leaving.
     Left,
 }
@@ -237,7 +242,10 @@ pub(crate) async fn run<P: Protocol>(
     let mut closing = shared.closing.subscribe();
     let first = match first_request::<P>(&mut inbound, &tx, &mut closing).await {
         Ok(request) => request,
-        Err(status) => return end(&tx, status).await,
+        Err((status, why)) => {
+            debug!(?peer, reason = %why, "xDS stream ended before its first request");
+            return end(&tx, status).await;
+        }
     };
     let Some(node) = P::node(&first).cloned() else {
         let msg = "the first request of a stream must carry the node (id, cluster, user agent)";
@@ -271,6 +279,7 @@ pub(crate) async fn run<P: Protocol>(
         };
         if !ready {
             shared.generator.disconnected(id, &node);
+            info!(conn = id, node = %node.id, "xDS client disconnected before the control plane was warm");
             return end(&tx, Some(shutting_down())).await;
         }
     }
@@ -289,13 +298,17 @@ pub(crate) async fn run<P: Protocol>(
                 conn.regenerate(&mut changes);
                 proto.on_change(&mut conn)
             }
-            Event::End(status) => return end(&tx, status).await,
+            Event::End(status, why) => {
+                conn.why = Some(why);
+                return end(&tx, status).await;
+            }
             Event::Left => {
                 conn.left = true;
                 return end(&tx, None).await;
             }
         };
         if send_all(&conn, &tx, pushes).await.is_err() {
+            conn.why = Some("the client is gone: a response could not be queued".into());
             return;
         }
         conn.check_ready(&proto);
@@ -309,16 +322,16 @@ async fn first_request<P: Protocol>(
     inbound: &mut Streaming<P::Request>,
     tx: &Outbound<P::Response>,
     closing: &mut watch::Receiver<bool>,
-) -> Result<P::Request, Option<Status>> {
+) -> Result<P::Request, (Option<Status>, String)> {
     let event = tokio::select! {
         msg = inbound.message() => from_message(msg),
-        _ = shutdown(closing) => Event::End(Some(shutting_down())),
-        _ = tx.closed() => Event::End(None),
+        _ = shutdown(closing) => shut_down(),
+        _ = tx.closed() => connection_closed(),
     };
     match event {
         Event::Request(request) => Ok(request),
-        Event::Change | Event::Left => Err(None),
-        Event::End(status) => Err(status),
+        Event::Change | Event::Left => Err((None, "the client ended its stream".into())),
+        Event::End(status, why) => Err((status, why)),
     }
 }
 
@@ -337,8 +350,8 @@ async fn next_event<P: Protocol>(
                 // The control plane dropped its sender: keep serving the last snapshot.
                 Err(_) => *watching = false,
             },
-            _ = shutdown(closing) => return Event::End(Some(shutting_down())),
-            _ = tx.closed() => return Event::End(None),
+            _ = shutdown(closing) => return shut_down(),
+            _ = tx.closed() => return connection_closed(),
         }
     }
 }
@@ -347,11 +360,23 @@ fn from_message<R>(msg: Result<Option<R>, Status>) -> Event<R> {
     match msg {
         Ok(Some(request)) => Event::Request(request),
         Ok(None) => Event::Left,
-        Err(status) => {
-            debug!(%status, "xDS stream failed");
-            Event::End(None)
-        }
+        // E.g. the connection broke, or an HTTP/2 keep-alive ping went unanswered.
+        Err(status) => Event::End(None, format!("the stream failed: {status}")),
     }
+}
+
+fn shut_down<R>() -> Event<R> {
+    Event::End(
+        Some(shutting_down()),
+        "the control plane is shutting down".into(),
+    )
+}
+
+fn connection_closed<R>() -> Event<R> {
+    Event::End(
+        None,
+        "the client's connection closed (its responses are no longer read)".into(),
+    )
 }
 
 fn shutting_down() -> Status {

@@ -161,8 +161,44 @@ async fn breakable_relay(server: SocketAddr) -> (SocketAddr, oneshot::Sender<()>
     (addr, cut)
 }
 
+/// Every log line of this test binary: a process-wide subscriber (a per-test scoped one misses
+/// lines when a parallel test first hits the same callsite without it — tracing caches a
+/// callsite's interest), set once; tests find their own lines by node id.
+fn logs() -> &'static std::sync::Mutex<Vec<u8>> {
+    static LINES: std::sync::OnceLock<&'static std::sync::Mutex<Vec<u8>>> =
+        std::sync::OnceLock::new();
+    LINES.get_or_init(|| {
+        let lines: &'static std::sync::Mutex<Vec<u8>> =
+            Box::leak(Box::new(std::sync::Mutex::new(Vec::new())));
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || CaptureWriter(lines))
+            .with_ansi(false)
+            .finish();
+        // Another test binary's subscriber cannot be here; a second call finds the first.
+        let _ = tracing::subscriber::set_global_default(subscriber);
+        lines
+    })
+}
+
+struct CaptureWriter(&'static std::sync::Mutex<Vec<u8>>);
+
+impl std::io::Write for CaptureWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[tokio::test]
 async fn a_client_whose_connection_breaks_is_disconnected_not_leaving() {
+    let logs = logs();
     let h = Harness::start(serving()).await;
     let (relay, cut) = breakable_relay(h.addr).await;
     let mut client = within(
@@ -195,5 +231,16 @@ async fn a_client_whose_connection_breaks_is_disconnected_not_leaving() {
         kinds(&h, "sidecar-crashed") == ["connected", "disconnected"]
     })
     .await;
+    // The server says why the stream ended, never "unknown".
+    let text =
+        String::from_utf8_lossy(&logs.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.contains("xDS client disconnected") && l.contains("sidecar-crashed"))
+        .unwrap_or_else(|| panic!("no disconnect line in:\n{text}"));
+    assert!(
+        line.contains("reason=") && !line.contains("unknown"),
+        "{line}"
+    );
     drop(tx);
 }
