@@ -3,6 +3,7 @@
 
 pub mod ca;
 pub mod consul;
+mod error;
 pub mod jwks;
 pub mod mesh;
 pub mod migrate;

@@ -22,7 +22,7 @@ use crate::migrate::Migrations;
 use crate::node::ClientInfo;
 use crate::registry::{ProxyRegistry, Registry};
 use crate::status::State;
-use crate::store::{ConfigStore, InvalidConfig};
+use crate::store::ConfigStore;
 use crate::translate::translate;
 use crate::workload::{Workload, WorkloadSet};
 
@@ -90,27 +90,8 @@ impl Default for Options {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Config(#[from] InvalidConfig),
-    #[error("cannot bind {what} on {addr}: {source}")]
-    Bind {
-        what: &'static str,
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Xds(#[from] jalur_xds::server::Error),
-    #[error("certificate authority: {0}")]
-    Ca(#[from] crate::ca::CaError),
-    #[error("the certificate authority needs a state directory: pass --state-dir")]
-    CaWithoutStateDir,
-    #[error("the xDS TLS port: {0}")]
-    Tls(String),
-    #[error("no xDS port to serve: plaintext xDS is off (no --insecure-xds) and there is no CA for the TLS port")]
-    NoXdsPort,
-}
+/// Why a control plane cannot start (in `error.rs`, which `xds_tls.rs` uses too).
+pub use crate::error::Error;
 
 /// A started control plane: its bound addresses, and its state.
 pub struct ControlPlane {

@@ -34,7 +34,7 @@ const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 pub(crate) fn tls_config(
     ca: &MeshCa,
     bind: IpAddr,
-) -> Result<Arc<rustls::ServerConfig>, crate::plane::Error> {
+) -> Result<Arc<rustls::ServerConfig>, crate::error::Error> {
     let ips: Vec<IpAddr> = [bind]
         .into_iter()
         .filter(|ip| !ip.is_unspecified())
@@ -42,7 +42,7 @@ pub(crate) fn tls_config(
     let creds = ca.authority.server_credentials(&ips)?;
     let accept = Accept::TrustDomain(ca.authority.trust_domain().to_string());
     let config = server_config(creds, accept, true, &[b"h2"])
-        .map_err(|e| crate::plane::Error::Tls(e.to_string()))?;
+        .map_err(|e| crate::error::Error::Tls(e.to_string()))?;
     Ok(Arc::new(config))
 }
 
