@@ -114,7 +114,7 @@ pub fn translate(mesh: &Mesh, client: &ClientInfo) -> ClientSnapshot {
     }
     let (listeners, routes, extra_clusters) = match client.kind {
         ClientKind::Sidecar | ClientKind::Fronting => listener::sidecar(&ctx),
-        ClientKind::Gateway => listener::gateway(&ctx),
+        ClientKind::Gateway => gateway::gateway(&ctx),
         ClientKind::ProxylessGrpc => listener::proxyless(&ctx),
     };
     for c in extra_clusters {

@@ -1,9 +1,9 @@
 //! Listeners and route tables per client kind: the sidecar's outbound (routing by Host) and
-//! inbound listeners, a gateway's listeners from its Gateway resources, and proxyless gRPC's API
-//! listeners (one per `host:port` it may resolve).
+//! inbound listeners, and proxyless gRPC's API listeners (one per `host:port` it may resolve);
+//! the listener builders that `gateway.rs` uses for a gateway's listeners too.
 
 use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
-use envoy_types::pb::envoy::config::core::v3::{TrafficDirection, TransportSocket};
+use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
 use envoy_types::pb::envoy::config::listener::v3::{
     filter, ApiListener, Filter, FilterChain, Listener,
 };
@@ -21,7 +21,7 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::util::pack_any;
 use jalur_model::host;
-use jalur_model::networking::{Gateway, VirtualService};
+use jalur_model::networking::VirtualService;
 use jalur_model::Resource;
 
 use super::cluster::{cluster as build_cluster, load_assignment, Policy};
@@ -30,7 +30,7 @@ use super::{ads_source, Ctx};
 use crate::mesh::{Endpoint, Service};
 use crate::workload::{Port, Protocol};
 
-type Built = (Vec<Listener>, Vec<RouteConfiguration>, Vec<Cluster>);
+pub(super) type Built = (Vec<Listener>, Vec<RouteConfiguration>, Vec<Cluster>);
 
 pub const OUTBOUND: &str = "outbound";
 pub const INBOUND: &str = "inbound";
@@ -135,175 +135,6 @@ fn inbound(ctx: &Ctx, first: &Port) -> (Listener, Option<RouteConfiguration>, Cl
     (listener, routes, inbound_cluster(ctx, &name, app))
 }
 
-/// Gateways: a listener per Gateway server port; HTTP servers route the VirtualServices bound to
-/// the Gateway, TCP servers proxy to the VirtualService's tcp route.
-pub fn gateway(ctx: &Ctx) -> Built {
-    let mut listeners = Vec::new();
-    let mut route_configs = Vec::new();
-    let selected: Vec<(&Resource, &Gateway)> = ctx
-        .mesh
-        .config
-        .gateways()
-        .filter(|(_, g)| {
-            !g.selector.is_empty()
-                && g.selector
-                    .iter()
-                    .all(|(k, v)| ctx.client.labels.get(k) == Some(v))
-        })
-        .collect();
-    // Per port: its protocol and, for an HTTPS server terminating TLS (SIMPLE, MUTUAL,
-    // ISTIO_MUTUAL), the TLS context.
-    let mut ports: Vec<(u32, Protocol, Option<TransportSocket>)> = Vec::new();
-    for (_, g) in &selected {
-        for s in &g.servers {
-            let tls = s.tls.as_ref().and_then(|t| super::tls::terminating(ctx, t));
-            let protocol = match Protocol::parse(s.port.protocol.as_deref(), s.port.name.as_deref())
-            {
-                Protocol::Https if tls.is_some() => Protocol::Http,
-                p => p,
-            };
-            if !ports.iter().any(|(p, _, _)| *p == s.port.number) {
-                ports.push((s.port.number, protocol, tls));
-            }
-        }
-    }
-    for (port, protocol, tls) in ports {
-        let names: Vec<String> = selected
-            .iter()
-            .filter(|(_, g)| g.servers.iter().any(|s| s.port.number == port))
-            .map(|(r, _)| format!("{}/{}", r.meta.namespace, r.meta.name))
-            .collect();
-        let gw_ctx = Ctx {
-            gateway_names: names.clone(),
-            gateway_port: Some(port),
-            ..Ctx::new(ctx.mesh, ctx.client)
-        };
-        let bound: Vec<(&Resource, &VirtualService)> = ctx
-            .mesh
-            .config
-            .virtual_services()
-            .filter(|(r, vs)| {
-                vs.gateways
-                    .iter()
-                    .any(|g| names.contains(&host::qualify_gateway(g, &r.meta.namespace)))
-            })
-            .collect();
-        let name = format!("0.0.0.0_{port}");
-        let bind = ctx.client.bind_port(port);
-        if super::gateway::is_passthrough(&selected, port) {
-            listeners.extend(super::gateway::passthrough(
-                &gw_ctx, &selected, &bound, &name, bind,
-            ));
-            continue;
-        }
-        if protocol.is_http() {
-            let route_name = format!("http.{port}");
-            let mut listener = http_listener(
-                ctx,
-                &name,
-                bind,
-                rds(&route_name),
-                TrafficDirection::Outbound,
-                super::authz::http_filters(ctx, port),
-                true,
-            );
-            if let Some(chain) = listener.filter_chains.first_mut() {
-                chain.transport_socket = tls;
-            }
-            listeners.push(listener);
-            let server_hosts: Vec<(String, String)> = selected
-                .iter()
-                .flat_map(|(r, g)| {
-                    g.servers
-                        .iter()
-                        .filter(|s| s.port.number == port)
-                        .flat_map(move |s| {
-                            s.hosts
-                                .iter()
-                                .map(move |h| server_host(h, &r.meta.namespace))
-                        })
-                })
-                .collect();
-            let vhosts = gateway_vhosts(&gw_ctx, &bound, &server_hosts, port);
-            route_configs.push(RouteConfiguration {
-                name: route_name,
-                virtual_hosts: vhosts,
-                ..RouteConfiguration::default()
-            });
-        } else if let Some((r, vs)) = bound.iter().find(|(_, vs)| !vs.tcp.is_empty()) {
-            let targets: Vec<(String, u32)> = vs.tcp[0]
-                .route
-                .iter()
-                .map(|d| {
-                    (
-                        destination_cluster(&gw_ctx, &d.destination, &r.meta.namespace, port),
-                        d.weight.unwrap_or(100),
-                    )
-                })
-                .collect();
-            let rbac = super::authz::network_filters(ctx, port);
-            listeners.push(tcp_listener(ctx, &name, bind, &targets, rbac));
-        }
-    }
-    (listeners, route_configs, Vec::new())
-}
-
-/// A server host `ns/host` (or `./host`, `*/host`, bare `host` = any namespace) as
-/// (namespace or "*", host pattern).
-pub(super) fn server_host(h: &str, gateway_ns: &str) -> (String, String) {
-    match h.split_once('/') {
-        Some((".", host)) => (gateway_ns.to_string(), host.to_string()),
-        Some((ns, host)) => (ns.to_string(), host.to_string()),
-        None => ("*".to_string(), h.to_string()),
-    }
-}
-
-/// Virtual hosts of one gateway HTTP port: every host of every bound VirtualService with HTTP
-/// routes that one of the port's servers exposes. The first VirtualService to claim a host wins
-/// (a second would repeat a domain, which Envoy rejects; `jalur analyze` reports it as JAL0104).
-fn gateway_vhosts(
-    ctx: &Ctx,
-    bound: &[(&Resource, &VirtualService)],
-    server_hosts: &[(String, String)],
-    port: u32,
-) -> Vec<VirtualHost> {
-    let mut vhosts: Vec<VirtualHost> = Vec::new();
-    for (r, vs) in bound.iter().filter(|(_, vs)| !vs.http.is_empty()) {
-        let ns = &r.meta.namespace;
-        for h in &vs.hosts {
-            let domain = if h.contains('.') || h == "*" {
-                h.clone()
-            } else {
-                host::qualify(h, ns)
-            };
-            let exposed = server_hosts.iter().any(|(sns, pattern)| {
-                (sns == "*" || sns == ns)
-                    && (host::matches(pattern, &domain) || host::matches(&domain, pattern))
-            });
-            let name = format!("{domain}:{port}");
-            if !exposed || vhosts.iter().any(|v| v.name == name) {
-                continue;
-            }
-            let routes = routes(ctx, Some((*r, *vs)), &domain, port);
-            if routes.is_empty() {
-                continue;
-            }
-            let domains = if domain == "*" {
-                vec!["*".into()]
-            } else {
-                vec![domain.clone(), name.clone()]
-            };
-            vhosts.push(VirtualHost {
-                name,
-                domains,
-                routes,
-                ..VirtualHost::default()
-            });
-        }
-    }
-    vhosts
-}
-
 /// Proxyless gRPC: an API listener and route table named `host:port` (and `host` for a service's
 /// first port) for every HTTP/gRPC service port, which is what `xds:///host:port` asks for.
 pub fn proxyless(ctx: &Ctx) -> Built {
@@ -402,7 +233,7 @@ fn domains(service: &Service, port: u32, bare: bool, client_ns: &str) -> Vec<Str
     out
 }
 
-fn rds(name: &str) -> RouteSpecifier {
+pub(super) fn rds(name: &str) -> RouteSpecifier {
     RouteSpecifier::Rds(Rds {
         config_source: Some(ads_source()),
         route_config_name: name.to_string(),
@@ -429,7 +260,7 @@ fn http_filters(with_fault: bool, authz: Vec<HttpFilter>) -> Vec<HttpFilter> {
     filters
 }
 
-fn http_listener(
+pub(super) fn http_listener(
     ctx: &Ctx,
     name: &str,
     port: u32,
