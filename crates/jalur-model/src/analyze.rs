@@ -9,6 +9,7 @@
 
 mod authz;
 mod authz_scope;
+mod condition_key;
 mod conflicts;
 mod destination_rule;
 mod gateway;

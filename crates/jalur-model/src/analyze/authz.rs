@@ -13,6 +13,7 @@ use crate::security::AuthorizationPolicy;
 use crate::{Config, Diagnostic, Resource};
 
 use super::authz_scope;
+use super::condition_key::ConditionKey;
 
 pub(super) fn check(
     config: &Config,
@@ -138,92 +139,6 @@ fn check_operation(r: &Resource, at: &str, o: &Operation, out: &mut Vec<Diagnost
     for (name, values) in [("paths", &o.paths), ("notPaths", &o.not_paths)] {
         each(at, name, values, |f, v| path(r, f, v, out));
     }
-}
-
-/// Istio's condition keys, as jalur translates them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum ConditionKey {
-    RequestHeader,
-    SourceIp,
-    RemoteIp,
-    SourceNamespace,
-    SourcePrincipal,
-    RequestPrincipal,
-    RequestAudiences,
-    RequestPresenter,
-    RequestClaim,
-    DestinationIp,
-    DestinationPort,
-    ConnectionSni,
-}
-
-impl ConditionKey {
-    /// Parses a `when.key`; the error says what is wrong, for the message.
-    pub(super) fn parse(key: &str) -> Result<ConditionKey, String> {
-        let simple = match key {
-            "source.ip" => Some(ConditionKey::SourceIp),
-            "remote.ip" => Some(ConditionKey::RemoteIp),
-            "source.namespace" => Some(ConditionKey::SourceNamespace),
-            "source.principal" => Some(ConditionKey::SourcePrincipal),
-            "request.auth.principal" => Some(ConditionKey::RequestPrincipal),
-            "request.auth.audiences" => Some(ConditionKey::RequestAudiences),
-            "request.auth.presenter" => Some(ConditionKey::RequestPresenter),
-            "destination.ip" => Some(ConditionKey::DestinationIp),
-            "destination.port" => Some(ConditionKey::DestinationPort),
-            "connection.sni" => Some(ConditionKey::ConnectionSni),
-            _ => None,
-        };
-        if let Some(k) = simple {
-            return Ok(k);
-        }
-        for (prefix, k) in [
-            ("request.headers", ConditionKey::RequestHeader),
-            ("request.auth.claims", ConditionKey::RequestClaim),
-        ] {
-            if let Some(rest) = key.strip_prefix(prefix) {
-                return if bracketed(rest) {
-                    Ok(k)
-                } else {
-                    Err(format!("write it as {prefix}[NAME]"))
-                };
-            }
-        }
-        Err(format!(
-            "Istio's keys are request.headers[NAME], source.ip, remote.ip, source.namespace, source.principal, request.auth.principal, request.auth.audiences, request.auth.presenter, request.auth.claims[NAME], destination.ip, destination.port, connection.sni; {key:?} is none of them"
-        ))
-    }
-
-    /// Keys only an HTTP request has; on a TCP port Istio drops (ALLOW) or removes (DENY) them.
-    pub(super) fn is_http_only(self) -> bool {
-        matches!(
-            self,
-            ConditionKey::RequestHeader
-                | ConditionKey::RequestPrincipal
-                | ConditionKey::RequestAudiences
-                | ConditionKey::RequestPresenter
-                | ConditionKey::RequestClaim
-        )
-    }
-
-    pub(super) fn is_jwt(self) -> bool {
-        matches!(
-            self,
-            ConditionKey::RequestPrincipal
-                | ConditionKey::RequestAudiences
-                | ConditionKey::RequestPresenter
-                | ConditionKey::RequestClaim
-        )
-    }
-}
-
-/// `[NAME]` with a non-empty name, or nested claims `[a][b]`.
-fn bracketed(rest: &str) -> bool {
-    let Some(inner) = rest.strip_prefix('[').and_then(|s| s.strip_suffix(']')) else {
-        return false;
-    };
-    inner
-        .split("][")
-        .all(|part| !part.is_empty() && !part.contains(['[', ']']))
 }
 
 fn check_condition(r: &Resource, at: &str, c: &Condition, out: &mut Vec<Diagnostic>) {

@@ -21,7 +21,7 @@ use crate::security::authz::{Rule, Source};
 use crate::security::AuthorizationPolicy;
 use crate::{host, Config, Diagnostic, Resource};
 
-use super::authz::ConditionKey;
+use super::condition_key::ConditionKey;
 use super::location;
 
 type Labels = BTreeMap<String, String>;
