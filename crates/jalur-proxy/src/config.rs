@@ -305,33 +305,8 @@ pub struct QueryMatch {
     pub matcher: Option<StringMatch>,
 }
 
-#[derive(Debug, Clone)]
-pub enum StringMatch {
-    Exact(String),
-    Prefix(String),
-    Suffix(String),
-    Contains(String),
-    /// Anchored (`^...$`, Envoy matches safe_regex against the whole value), so `is_match` is a
-    /// whole-value match. `ignore_case` exact/prefix/suffix/contains matchers arrive as
-    /// case-insensitive regexes of this form too.
-    Regex(regex::Regex),
-    Present,
-}
-
-impl PartialEq for StringMatch {
-    fn eq(&self, other: &StringMatch) -> bool {
-        use StringMatch::*;
-        match (self, other) {
-            (Exact(a), Exact(b))
-            | (Prefix(a), Prefix(b))
-            | (Suffix(a), Suffix(b))
-            | (Contains(a), Contains(b)) => a == b,
-            (Regex(a), Regex(b)) => a.as_str() == b.as_str(),
-            (Present, Present) => true,
-            _ => false,
-        }
-    }
-}
+/// Envoy's string matcher (in `string_match.rs`, a leaf that RBAC and routing share).
+pub use crate::string_match::StringMatch;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {

@@ -24,6 +24,7 @@ pub mod routing;
 pub mod run;
 pub mod runtime;
 pub mod sni;
+pub mod string_match;
 pub mod tcp;
 pub mod tls;
 pub mod upstream;

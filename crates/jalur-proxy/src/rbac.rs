@@ -14,8 +14,7 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 
-use crate::config::StringMatch;
-use crate::routing::string_matches;
+use crate::string_match::{string_matches, StringMatch};
 
 pub mod stats;
 #[cfg(test)]

@@ -136,18 +136,7 @@ fn header_value<'a>(req: &'a RequestView<'_>, name: &str) -> Option<&'a str> {
     }
 }
 
-pub fn string_matches(m: &StringMatch, v: &str) -> bool {
-    match m {
-        StringMatch::Exact(s) => v == s,
-        StringMatch::Prefix(s) => v.starts_with(s.as_str()),
-        StringMatch::Suffix(s) => v.ends_with(s.as_str()),
-        StringMatch::Contains(s) => v.contains(s.as_str()),
-        StringMatch::Regex(r) => r
-            .find(v)
-            .is_some_and(|f| f.start() == 0 && f.end() == v.len()),
-        StringMatch::Present => true,
-    }
-}
+pub use crate::string_match::string_matches;
 
 fn query_matches(q: &QueryMatch, query: Option<&str>) -> bool {
     let value = query.and_then(|qs| {
