@@ -14,7 +14,7 @@ use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost}
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::util::pack_any;
 use jalur_model::host;
-use jalur_model::networking::{Gateway, ServerTlsMode, TlsMatchAttributes, VirtualService};
+use jalur_model::networking::{Gateway, Server, ServerTlsMode, TlsMatchAttributes, VirtualService};
 use jalur_model::Resource;
 
 use super::listener::{http_listener, rds, tcp_listener, Built};
@@ -98,19 +98,7 @@ pub fn gateway(ctx: &Ctx) -> Built {
                 chain.transport_socket = tls;
             }
             listeners.push(listener);
-            let server_hosts: Vec<(String, String)> = selected
-                .iter()
-                .flat_map(|(r, g)| {
-                    g.servers
-                        .iter()
-                        .filter(|s| s.port.number == port)
-                        .flat_map(move |s| {
-                            s.hosts
-                                .iter()
-                                .map(move |h| server_host(h, &r.meta.namespace))
-                        })
-                })
-                .collect();
+            let server_hosts = server_hosts(&selected, port, |_| true);
             let vhosts = gateway_vhosts(&gw_ctx, &bound, &server_hosts, port);
             route_configs.push(RouteConfiguration {
                 name: route_name,
@@ -133,6 +121,28 @@ pub fn gateway(ctx: &Ctx) -> Built {
         }
     }
     (listeners, route_configs, Vec::new())
+}
+
+/// The hosts of the selected gateways' servers on `port` that `keep` admits, each as
+/// [`server_host`] reads it.
+fn server_hosts(
+    selected: &[(&Resource, &Gateway)],
+    port: u32,
+    keep: impl Fn(&Server) -> bool,
+) -> Vec<(String, String)> {
+    selected
+        .iter()
+        .flat_map(|(r, g)| {
+            g.servers
+                .iter()
+                .filter(|s| s.port.number == port && keep(s))
+                .flat_map(move |s| {
+                    s.hosts
+                        .iter()
+                        .map(move |h| server_host(h, &r.meta.namespace))
+                })
+        })
+        .collect()
 }
 
 /// A server host `ns/host` (or `./host`, `*/host`, bare `host` = any namespace) as
@@ -213,20 +223,9 @@ fn passthrough(
     bind: u32,
 ) -> Option<Listener> {
     let port = ctx.gateway_port?;
-    let server_hosts: Vec<(String, String)> = selected
-        .iter()
-        .flat_map(|(r, g)| {
-            g.servers
-                .iter()
-                .filter(|s| s.port.number == port)
-                .filter(|s| s.tls.as_ref().and_then(|t| t.mode) == Some(ServerTlsMode::Passthrough))
-                .flat_map(move |s| {
-                    s.hosts
-                        .iter()
-                        .map(move |h| server_host(h, &r.meta.namespace))
-                })
-        })
-        .collect();
+    let server_hosts = server_hosts(selected, port, |s| {
+        s.tls.as_ref().and_then(|t| t.mode) == Some(ServerTlsMode::Passthrough)
+    });
     let mut chains: Vec<FilterChain> = Vec::new();
     // Every SNI name (and the catch-all, "") at most once: Envoy refuses two chains with the
     // same match, so the first route in config order to claim a name keeps it. Names a route
