@@ -441,6 +441,30 @@ async fn fronting_split(kind: Kind) {
         },
     )
     .await;
+    // Both origins answering is not yet the final config (the Consul import and the meshed
+    // sidecar's registration each bump the generation): sample only once every client holds the
+    // current generation, so the split measured is the converged one.
+    let state = &plane.control().state;
+    assert_eventually(
+        "every client holds the plane's current generation",
+        Duration::from_secs(20),
+        || async {
+            let now = state.generation.load(std::sync::atomic::Ordering::SeqCst);
+            let behind: Vec<String> = state
+                .ads
+                .sync()
+                .clients()
+                .iter()
+                .filter(|c| c.generation < now || !c.in_sync)
+                .map(|c| format!("{} at {} (in sync {})", c.node_id, c.generation, c.in_sync))
+                .collect();
+            behind
+                .is_empty()
+                .then_some(())
+                .ok_or(format!("generation {now}; behind: {behind:?}"))
+        },
+    )
+    .await;
     let seen = spread(front, mesh_host, 2000, &[]).await;
     let mesh = jalur_testkit::yaml::share(&seen, "mesh-1");
     // Envoy picks at random: 4σ of a binomial share (4.1 points); jalur's split is exact
