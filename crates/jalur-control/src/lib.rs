@@ -14,6 +14,7 @@ pub mod render;
 pub mod status;
 pub mod store;
 pub mod translate;
+mod views;
 pub mod workload;
 mod xds_tls;
 

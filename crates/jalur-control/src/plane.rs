@@ -23,7 +23,7 @@ use crate::node::ClientInfo;
 use crate::registry::{ProxyRegistry, Registry};
 use crate::status::State;
 use crate::store::ConfigStore;
-use crate::translate::translate;
+use crate::views::Views;
 use crate::workload::{Workload, WorkloadSet};
 
 #[derive(Debug, Clone)]
@@ -114,6 +114,7 @@ pub struct ControlPlane {
 struct MeshGenerator {
     mesh: Arc<ArcSwap<Mesh>>,
     proxies: ProxyRegistry,
+    views: Arc<Views>,
 }
 
 impl Generator for MeshGenerator {
@@ -126,7 +127,8 @@ impl Generator for MeshGenerator {
     }
 
     fn generate(&self, node: &Node) -> Arc<ClientSnapshot> {
-        Arc::new(translate(&self.mesh.load(), &ClientInfo::from_node(node)))
+        self.views
+            .snapshot(self.mesh.load_full(), &ClientInfo::from_node(node))
     }
 
     fn connected(&self, conn_id: u64, node: &Node) {
@@ -240,15 +242,18 @@ impl ControlPlane {
             changes.build(opts.ca.as_ref().map(Security::from).unwrap_or_default());
         let mesh = Arc::new(ArcSwap::from_pointee(first));
         let (gen_tx, gen_rx) = watch::channel(0u64);
+        let views = Arc::new(Views::default());
         let generator = MeshGenerator {
             mesh: mesh.clone(),
             proxies: proxies.clone(),
+            views: views.clone(),
         };
         let ads = AdsServer::with_warmup(Arc::new(generator), gen_rx, warm_rx);
         let (rebuild_tx, rebuild_rx) = tokio::sync::mpsc::channel(1);
 
         let mut registry = MetricsRegistry::default();
         ads.register_metrics(&mut registry);
+        views.register_metrics(&mut registry);
         let ca = match &opts.ca {
             Some(ca) => {
                 let dir = state_dir.as_deref().ok_or(Error::CaWithoutStateDir)?;

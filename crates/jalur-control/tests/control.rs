@@ -457,3 +457,73 @@ async fn an_unreadable_consul_entry_is_counted_and_the_rest_are_served() {
     .await;
     server.abort();
 }
+
+/// A counter's value in the status API's `/metrics` text.
+async fn counter(plane: &Plane, name: &str) -> u64 {
+    let (_, _, text) = jalur_testkit::http_get(plane.status(), "status", "/metrics", &[])
+        .await
+        .expect("metrics");
+    let line = format!("{name}_total ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
+}
+
+/// Issue 12, compute once: forty sidecars of two deployments (namespaces `shop` and `default`)
+/// hold two views; the config is translated twice per change, not forty times, and every
+/// sidecar of a deployment is sent the same bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forty_sidecars_of_two_deployments_cost_two_translations_per_change() {
+    let plane = Plane::start(&[
+        ("ratings.yaml", service_entry("ratings", "default", RATINGS)),
+        ("vs.yaml", vs(50, 50)),
+    ])
+    .await;
+    let mut clients = Vec::new();
+    for i in 0..40 {
+        let ns = if i % 2 == 0 { "shop" } else { "default" };
+        let id = format!("sidecar~127.0.1.{i}~cart-{i}.{ns}~{ns}.svc.cluster.local");
+        let mut c = AdsClient::connect(plane.xds(), node(&id, &[])).await;
+        let cds = c.fetch(TypeUrl::Listener, &[]).await;
+        clients.push((ns, c, cds));
+    }
+    assert_eq!(counter(&plane, "jalur_views_computed").await, 2);
+    assert_eq!(counter(&plane, "jalur_views_shared").await, 38);
+    for ns in ["shop", "default"] {
+        let sent: Vec<_> = clients
+            .iter()
+            .filter(|(n, _, _)| *n == ns)
+            .map(|(_, _, lds)| (lds.version_info.clone(), lds.resources.clone()))
+            .collect();
+        assert!(
+            sent.windows(2).all(|w| w[0] == w[1]),
+            "{ns}: sidecars got different listeners"
+        );
+    }
+
+    // An edit: every stream regenerates, two translations between them.
+    plane.write("vs.yaml", &vs(20, 80));
+    assert_eventually(
+        "all forty streams took the new generation",
+        Duration::from_secs(10),
+        || async {
+            let clients = plane.plane.state.ads.sync().clients();
+            let generation = plane
+                .plane
+                .state
+                .generation
+                .load(std::sync::atomic::Ordering::SeqCst);
+            let behind = clients.iter().filter(|c| c.generation < generation).count();
+            (generation > 0 && clients.len() == 40 && behind == 0)
+                .then_some(())
+                .ok_or(format!(
+                    "{behind} of {} behind generation {generation}",
+                    clients.len()
+                ))
+        },
+    )
+    .await;
+    assert_eq!(counter(&plane, "jalur_views_computed").await, 4);
+    assert_eq!(counter(&plane, "jalur_views_shared").await, 76);
+}
