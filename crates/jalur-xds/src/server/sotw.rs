@@ -71,8 +71,13 @@ impl Protocol for Sotw {
         // rejected content is retried once per generation, never in a loop.
         for track in self.types.values_mut().filter(|t| t.requested) {
             let current = versions(track.select(&snapshot));
-            if current != track.sent {
+            if current == track.sent {
+                continue;
+            }
+            if track.type_url.is_wildcard_capable() {
                 pushes.push(respond(track, conn));
+            } else if let Some(push) = respond_changed(track, conn) {
+                pushes.push(push);
             }
         }
         pushes
@@ -132,6 +137,42 @@ fn respond(track: &mut TypeTrack, conn: &mut Conn) -> Push<DiscoveryResponse> {
             ..Default::default()
         },
     }
+}
+
+/// EDS, RDS and SDS after a change: only the resources whose version differs from what the
+/// client holds. The xDS spec lets a SotW response for a type that is not LDS or CDS carry a
+/// subset (the client keeps the resources left out), as istiod's incremental EDS does: a change
+/// of one endpoint set sends that one, not all of them. `None` when nothing needs sending (a
+/// subscribed resource merely went away; as with the whole set, a SotW client is not told).
+/// The `version_info` still names the whole set the client holds after it.
+fn respond_changed(track: &mut TypeTrack, conn: &mut Conn) -> Option<Push<DiscoveryResponse>> {
+    let snapshot = conn.snapshot.clone();
+    let selected = track.select(&snapshot);
+    let changed: Vec<_> = selected
+        .iter()
+        .filter(|r| track.sent.get(&r.name) != Some(&r.version))
+        .map(|r| r.body.clone())
+        .collect();
+    track.sent = versions(selected);
+    if changed.is_empty() {
+        return None;
+    }
+    let version = set_version(&track.sent);
+    let nonce = conn.next_nonce();
+    track.record_sent(version.clone(), nonce.clone());
+    Some(Push {
+        type_url: track.type_url,
+        nonce: nonce.clone(),
+        resources: changed.len(),
+        removed: 0,
+        response: DiscoveryResponse {
+            version_info: version,
+            resources: changed,
+            type_url: track.type_url.as_str().to_string(),
+            nonce,
+            ..Default::default()
+        },
+    })
 }
 
 fn versions(selected: Vec<&crate::Resource>) -> BTreeMap<String, String> {

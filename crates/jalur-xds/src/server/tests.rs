@@ -337,10 +337,12 @@ impl SotwClient {
         self.send(req).await;
     }
 
-    async fn nack(&mut self, resp: &DiscoveryResponse, detail: &str) {
+    /// NACKs `resp`, keeping the subscription `names`.
+    async fn nack(&mut self, resp: &DiscoveryResponse, names: &[&str], detail: &str) {
         let req = DiscoveryRequest {
             type_url: resp.type_url.clone(),
             response_nonce: resp.nonce.clone(),
+            resource_names: names.iter().map(|s| s.to_string()).collect(),
             error_detail: Some(RpcStatus {
                 code: 3,
                 message: detail.into(),
@@ -506,7 +508,8 @@ async fn sotw_nack_is_visible_while_another_client_stays_in_sync() {
     good.request(TypeUrl::Cluster, &[]).await;
     let bad_resp = bad.recv().await;
     let good_resp = good.recv().await;
-    bad.nack(&bad_resp, "cluster a: unknown lb policy").await;
+    bad.nack(&bad_resp, &[], "cluster a: unknown lb policy")
+        .await;
     good.ack(&good_resp, &[]).await;
     h.wait_acked("accepting", TypeUrl::Cluster, &good_resp.nonce)
         .await;
@@ -592,6 +595,62 @@ async fn sotw_endpoint_only_change_pushes_only_eds() {
     );
 }
 
+/// A SotW EDS (or RDS) push after a change carries only the assignments that changed; the
+/// ones the client holds stay out. A NACKed one is sent again at the next generation; the
+/// `version_info` always names the whole held set, so it equals a full response's.
+#[tokio::test]
+async fn sotw_change_of_one_endpoint_set_sends_only_that_set() {
+    let all = ["a", "b", "c"];
+    let h = Harness::start(snapshot(all.map(|n| endpoints(n, 0)))).await;
+    let mut c = h.sotw("sidecar-1").await;
+    c.request(TypeUrl::ClusterLoadAssignment, &all).await;
+    let first = c.recv().await;
+    assert_eq!(names(&first.resources), all);
+    c.ack(&first, &all).await;
+    h.wait_acked("sidecar-1", TypeUrl::ClusterLoadAssignment, &first.nonce)
+        .await;
+
+    h.update(snapshot([
+        endpoints("a", 0),
+        endpoints("b", 5),
+        endpoints("c", 0),
+    ]));
+    let only_b = c.recv().await;
+    assert_eq!(
+        names(&only_b.resources),
+        vec!["b"],
+        "only the changed set is sent"
+    );
+    c.nack(&only_b, &all, "b: bad priority").await;
+    wait_nacked(
+        &h,
+        "sidecar-1",
+        TypeUrl::ClusterLoadAssignment,
+        &only_b.nonce,
+    )
+    .await;
+
+    // Another set changes: the client still holds the old b, so b goes again with c.
+    h.update(snapshot([
+        endpoints("a", 0),
+        endpoints("b", 5),
+        endpoints("c", 3),
+    ]));
+    let retry = c.recv().await;
+    assert_eq!(names(&retry.resources), vec!["b", "c"]);
+    c.ack(&retry, &all).await;
+    h.wait_acked("sidecar-1", TypeUrl::ClusterLoadAssignment, &retry.nonce)
+        .await;
+
+    // The version names the whole set held: a client starting now, sent all three in full,
+    // is told the same version.
+    let mut fresh = h.sotw("sidecar-2").await;
+    fresh.request(TypeUrl::ClusterLoadAssignment, &all).await;
+    let full = fresh.recv().await;
+    assert_eq!(names(&full.resources), all);
+    assert_eq!(full.version_info, retry.version_info);
+}
+
 #[tokio::test]
 async fn sotw_after_nack_a_later_generation_resends_the_full_set() {
     let h = Harness::start(snapshot([
@@ -612,7 +671,7 @@ async fn sotw_after_nack_a_later_generation_resends_the_full_set() {
     h.update(snapshot(rejected.clone()));
     let bad = c.recv().await;
     assert_eq!(names(&bad.resources), vec!["a", "b"]);
-    c.nack(&bad, "cluster b: unknown lb policy").await;
+    c.nack(&bad, &[], "cluster b: unknown lb policy").await;
     wait_nacked(&h, "sidecar-1", TypeUrl::Cluster, &bad.nonce).await;
     // The NACK alone triggers no push (re-sending the same content would only loop).
     let cds = h.type_status("sidecar-1", TypeUrl::Cluster);
@@ -628,7 +687,7 @@ async fn sotw_after_nack_a_later_generation_resends_the_full_set() {
     assert_eq!(retry.type_url, TypeUrl::Cluster.as_str());
     assert_eq!(names(&retry.resources), vec!["a", "b"]);
     assert_eq!(retry.version_info, bad.version_info);
-    c.nack(&retry, "cluster b: unknown lb policy").await;
+    c.nack(&retry, &[], "cluster b: unknown lb policy").await;
     wait_nacked(&h, "sidecar-1", TypeUrl::Cluster, &retry.nonce).await;
 
     // The control plane fixes b: the client gets the whole set, a's new version included.
