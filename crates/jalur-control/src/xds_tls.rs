@@ -25,10 +25,6 @@ use tonic::Status;
 use crate::ca::MeshCa;
 use crate::node::ClientInfo;
 
-/// Same pings as the plaintext port (`jalur_xds::server`): find clients that vanished.
-const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
-const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// The rustls config of 15012: the control plane's certificate (with `bind` as an IP SAN when it
 /// is a specific address), clients of the mesh's trust domain, certificate optional, ALPN h2.
 pub(crate) fn tls_config(
@@ -58,9 +54,8 @@ pub(crate) async fn serve(
     tracing::info!(?addr, "xDS + CA (TLS) listening");
     let incoming = jalur_identity::channel::incoming(listener, config);
     let closer = ads.clone();
+    // Vanished clients are found by TCP keepalive, set by `incoming` on every connection.
     let served = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(InterceptedService::new(ads.service(), stream_peer))
         .add_service(IstioCertificateServiceServer::new(ca.service.clone()))
         .serve_with_incoming_shutdown(incoming, async move {

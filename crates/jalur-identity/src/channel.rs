@@ -46,9 +46,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A client must finish its TLS handshake within this, or the server drops it (a stalled
 /// handshake must not hold a task and a socket forever).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Same as the plaintext ADS client: pings notice a control plane that vanished.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The control plane's SPIFFE id in trust domain `td` with root namespace `root_namespace`.
 pub fn control_plane_id(td: &str, root_namespace: &str) -> SpiffeId {
@@ -146,10 +143,7 @@ fn endpoint(addr: &str) -> Result<(Endpoint, Target), IdentityError> {
         ServerName::try_from(host.clone()).map_err(|_| bad("host is not a DNS name or IP"))?;
     let endpoint = Endpoint::from(uri)
         .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true);
+        .tcp_nodelay(true);
     Ok((endpoint, Target { host, port, name }))
 }
 
@@ -174,6 +168,9 @@ impl tower_service::Service<Uri> for Connector {
         Box::pin(async move {
             let tcp = TcpStream::connect((target.host.as_str(), target.port)).await?;
             tcp.set_nodelay(true)?;
+            // A vanished server is found by TCP keepalive, never by pings a busy one answers
+            // late (`jalur_wire::keepalive`).
+            jalur_wire::keepalive::apply(&tcp)?;
             let stream = tls.connect(target.name.clone(), tcp).await?;
             Ok(TokioIo::new(stream))
         })
@@ -259,6 +256,9 @@ pub fn incoming(
                     continue;
                 }
             };
+            if let Err(error) = jalur_wire::keepalive::apply(&tcp) {
+                tracing::warn!(%error, %remote, "TLS listener: cannot set TCP keepalive");
+            }
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
                 if let Some(conn) = handshake(acceptor, tcp, remote).await {

@@ -39,10 +39,6 @@ use apply::{Convert, Held, ResourceType, Update};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a leaving proxy waits for the control plane to end the stream it half-closed.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
-/// HTTP/2 pings notice a control plane that vanished without closing the connection (a dead VM,
-/// a dropped NAT entry), so the proxy reconnects instead of waiting on a dead stream forever.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// google.rpc.Code INVALID_ARGUMENT, the code of every NACK.
 const INVALID_ARGUMENT: i32 = 3;
 
@@ -412,9 +408,14 @@ async fn connect(addr: &str, tls: Option<&XdsTls>) -> Result<Channel, XdsError> 
     endpoint
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true)
+        // TCP keepalive notices a control plane that vanished without closing the connection
+        // (a dead VM, a dropped NAT entry), so the proxy reconnects instead of waiting on a
+        // dead stream forever; HTTP/2 pings would also end healthy streams to a plane too busy
+        // to answer within their timeout (`jalur_wire::keepalive`). tonic sets no
+        // TCP_USER_TIMEOUT here; the TLS connector (15012) does.
+        .tcp_keepalive(Some(jalur_wire::keepalive::IDLE))
+        .tcp_keepalive_interval(Some(jalur_wire::keepalive::INTERVAL))
+        .tcp_keepalive_retries(Some(jalur_wire::keepalive::RETRIES))
         .connect()
         .await
         .map_err(XdsError::Connect)

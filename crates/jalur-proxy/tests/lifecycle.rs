@@ -102,6 +102,17 @@ impl Load {
     }
 }
 
+/// Issue 12: a vanished peer is found by TCP keepalive at both ends (answered by the peer's
+/// kernel), not by HTTP/2 pings, which a control plane busy with a fleet-wide push answers late
+/// and which then ended healthy streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_xds_connection_is_watched_by_tcp_keepalive_at_both_ends() {
+    let backend = EchoServer::start("v1").await;
+    let plane = Plane::start(&routed_config(&backend)).await;
+    let (_proxy, _) = jalur_sidecar(sidecar_opts(plane.xds, "productpage", "bookinfo")).await;
+    common::assert_xds_kept_alive_by_tcp(plane.xds.port()).await;
+}
+
 /// The in-process control plane is stopped (its streams end cleanly), not killed: the SIGKILL
 /// version, with a process and a stock Envoy beside, is
 /// `control_plane_killed_9_under_load_costs_nothing_and_both_sidecars_resync`.

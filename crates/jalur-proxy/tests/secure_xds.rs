@@ -240,6 +240,15 @@ async fn a_proxy_bootstraps_with_a_token_and_syncs_over_tls() {
     );
 }
 
+/// The TLS port (15012) too: both ends of a proxy's mTLS xDS connection run TCP keepalive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tls_xds_connection_is_watched_by_tcp_keepalive_at_both_ends() {
+    let plane = SecurePlane::start().await;
+    let (_id, caller, _) = caller_sidecar(&plane).await;
+    ready(&caller).await;
+    common::assert_xds_kept_alive_by_tcp(plane.mesh.xds_tls.port()).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_impostor_is_refused_and_attracts_no_traffic() {
     let plane = SecurePlane::start().await;

@@ -40,6 +40,7 @@ pub mod peers;
 pub mod pki;
 pub use jalur_demo::process;
 pub mod prometheus;
+pub mod sockets;
 pub mod wire;
 pub mod yaml;
 

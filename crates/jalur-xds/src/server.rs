@@ -14,7 +14,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::Duration;
 
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
@@ -25,6 +24,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::StreamExt;
 use tonic::codegen::http;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -35,10 +35,6 @@ use crate::Node;
 
 /// Responses queued per stream before the stream task waits for the client to read.
 const STREAM_BUFFER: usize = 16;
-/// HTTP/2 pings find clients that vanished without closing their connection (a killed VM, a
-/// dropped NAT entry), so their streams end and `Generator::disconnected` runs.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Errors of the ADS server.
 #[derive(Debug, thiserror::Error)]
@@ -190,11 +186,20 @@ impl AdsServer {
     ) -> Result<(), Error> {
         let addr = listener.local_addr().ok();
         tracing::info!(?addr, "xDS server listening");
-        let incoming = TcpListenerStream::new(listener);
+        // Clients that vanished without closing their connection (a killed VM, a dropped NAT
+        // entry) are found by TCP keepalive, so their streams end and
+        // `Generator::disconnected` runs; no HTTP/2 ping timeout can end a healthy stream
+        // whose pong a busy server read late (`jalur_wire::keepalive`).
+        let incoming = TcpListenerStream::new(listener).map(|accepted| {
+            if let Ok(tcp) = &accepted {
+                if let Err(error) = jalur_wire::keepalive::apply(tcp) {
+                    tracing::warn!(%error, "xDS listener: cannot set TCP keepalive");
+                }
+            }
+            accepted
+        });
         let closer = self.clone();
         tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .add_service(self.service())
             .serve_with_incoming_shutdown(incoming, async move {
                 shutdown.await;

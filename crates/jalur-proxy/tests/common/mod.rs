@@ -250,3 +250,26 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("a free port")
 }
+
+/// Waits until the kernel keeps both ends of the xDS connection(s) to `xds_port` alive by TCP
+/// keepalive (the server's accepted socket and the proxy's dialed one), as `ss` shows them;
+/// panics naming what it saw otherwise. `None` when `ss` is missing (and not CI).
+pub async fn assert_xds_kept_alive_by_tcp(xds_port: u16) {
+    let Some(ss) = jalur_testkit::require_peer("ss", jalur_testkit::sockets::ss_binary()) else {
+        return;
+    };
+    assert_eventually(
+        "both ends of the xDS connection run a TCP keepalive timer",
+        Duration::from_secs(10),
+        || async {
+            let conns = jalur_testkit::sockets::established(&ss, xds_port)?;
+            let server = conns.iter().find(|c| c.local.port() == xds_port);
+            let client = conns.iter().find(|c| c.peer.port() == xds_port);
+            match (server, client) {
+                (Some(s), Some(c)) if s.keepalive && c.keepalive => Ok(()),
+                _ => Err(format!("connections on port {xds_port}: {conns:?}")),
+            }
+        },
+    )
+    .await;
+}
