@@ -7,21 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use jalur_model::analyze;
-use jalur_model::diag::codes;
 use jalur_model::{Config, Diagnostic, Severity};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
-
-/// Analyzer findings that make a config unservable: clients would NACK it or route nowhere.
-/// Other findings (e.g. a host only known at runtime) are logged as warnings.
-const REJECTING: [&str; 4] = [
-    codes::WEIGHTS_NOT_100.id,
-    codes::INVALID_REGEX.id,
-    codes::DUPLICATE_RESOURCE.id,
-    // A Migration the controller could not run (or that would move nothing).
-    codes::INVALID_MIGRATION.id,
-];
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct StoreStatus {
@@ -239,7 +228,10 @@ impl ConfigStore {
 }
 
 /// Loads and validates; returns the config, the number of files, and the warnings — or every
-/// diagnostic at Error severity.
+/// diagnostic at Error severity. Severity means what it says (issue 12): every analyzer finding
+/// at Error rejects the edit, whatever its code, and the last good config keeps serving; what
+/// only runtime can settle (a host a workload may still register, a Consul service) the
+/// analyzer reports as a Warning, which is logged and served.
 fn validate(
     paths: &[PathBuf],
     root_namespace: &str,
@@ -257,9 +249,8 @@ fn validate(
         &analyze::KnownServices::new(),
         root_namespace,
     );
-    let (fatal, rest): (Vec<Diagnostic>, Vec<Diagnostic>) = findings
-        .into_iter()
-        .partition(|d| d.is_error() && REJECTING.contains(&d.code));
+    let (fatal, rest): (Vec<Diagnostic>, Vec<Diagnostic>) =
+        findings.into_iter().partition(Diagnostic::is_error);
     if !fatal.is_empty() {
         return Err(fatal);
     }
@@ -313,30 +304,82 @@ apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: paym
 apiVersion: jalur.dev/v1alpha1\nkind: Migration\nmetadata: {name: payments, namespace: shop}\nspec:\n  legacy: {host: payments.service.consul, subset: legacy}\n  mesh: {host: payments.service.consul, subset: mesh}\n  stages: [{weight: 100}]\n---\n\
 apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec:\n  mtls: {mode: STRICT}\n";
 
-    fn has_strict_finding(store: &ConfigStore) -> bool {
-        store
-            .status()
-            .warnings
+    fn rejects_strict(diagnostics: &[Diagnostic]) -> bool {
+        diagnostics
             .iter()
-            .any(|d| d.code == codes::STRICT_WITH_PLAINTEXT_CALLERS.id)
+            .any(|d| d.code == jalur_model::diag::codes::STRICT_WITH_PLAINTEXT_CALLERS.id)
     }
 
+    /// The STRICT policy is an Error (legacy callers would be refused) only where
+    /// `istio-system` is the root namespace, and an Error rejects the config.
     #[test]
     fn findings_read_mesh_wide_policies_in_the_planes_root_namespace() {
         let dir = tempfile::TempDir::new().expect("tmp");
-        std::fs::write(dir.path().join("mesh.yaml"), STRICT_OVER_LEGACY).expect("write");
+        let file = dir.path().join("mesh.yaml");
+        std::fs::write(&file, STRICT_OVER_LEGACY).expect("write");
         let paths = vec![dir.path().to_path_buf()];
         let default_root = ConfigStore::open(paths.clone()).expect("valid");
         assert!(
-            !has_strict_finding(&default_root),
+            !rejects_strict(&default_root.status().warnings),
             "{:?}",
             default_root.status()
         );
-        let istio_root = ConfigStore::open_in(paths, "istio-system").expect("valid");
-        assert!(has_strict_finding(&istio_root), "{:?}", istio_root.status());
+        let refused = ConfigStore::open_in(paths.clone(), "istio-system")
+            .err()
+            .expect("STRICT over legacy callers is refused");
+        assert!(rejects_strict(&refused.diagnostics), "{refused}");
         // A reload keeps judging in the same root namespace.
-        istio_root.reload();
-        assert!(has_strict_finding(&istio_root), "{:?}", istio_root.status());
+        let without_policy = STRICT_OVER_LEGACY
+            .split("---\n")
+            .filter(|doc| !doc.contains("PeerAuthentication"))
+            .collect::<Vec<_>>()
+            .join("---\n");
+        std::fs::write(&file, without_policy).expect("write");
+        let istio_root = ConfigStore::open_in(paths, "istio-system").expect("valid");
+        std::fs::write(&file, STRICT_OVER_LEGACY).expect("write");
+        assert!(!istio_root.reload());
+        assert!(
+            rejects_strict(&istio_root.status().last_rejection),
+            "{:?}",
+            istio_root.status()
+        );
+    }
+
+    /// Severity means what it says: a finding at Error rejects the edit whatever its code
+    /// (JAL0106, a route to a port the service does not have, used to be served anyway), and
+    /// the config before it keeps serving.
+    #[test]
+    fn an_error_finding_rejects_the_edit_whatever_its_code() {
+        let dir = tempfile::TempDir::new().expect("tmp");
+        let config = |port: u32| {
+            format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: pay, namespace: shop}}\nspec:\n  hosts: [pay.example.com]\n  location: MESH_EXTERNAL\n  resolution: DNS\n  ports: [{{number: 9080, name: http, protocol: HTTP}}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: pay, namespace: shop}}\nspec:\n  hosts: [pay.example.com]\n  http:\n  - route:\n    - destination: {{host: pay.example.com, port: {{number: {port}}}}}\n")
+        };
+        let file = dir.path().join("pay.yaml");
+        std::fs::write(&file, config(9080)).expect("write");
+        let store = ConfigStore::open(vec![dir.path().to_path_buf()]).expect("valid");
+        let served = store.subscribe().borrow().clone();
+
+        std::fs::write(&file, config(9090)).expect("write");
+        assert!(!store.reload(), "an edit with an Error finding was applied");
+        let status = store.status();
+        assert_eq!(status.rejected, 1);
+        let codes: Vec<&str> = status.last_rejection.iter().map(|d| d.code).collect();
+        assert_eq!(codes, ["JAL0106"], "{:?}", status.last_rejection);
+        assert!(
+            status.last_rejection[0].to_string().contains("pay.yaml:"),
+            "names the file and line: {}",
+            status.last_rejection[0]
+        );
+        assert_eq!(
+            *store.subscribe().borrow(),
+            served,
+            "the previous config keeps serving"
+        );
+
+        // A Warning is served: a port the analyzer cannot judge is not an error.
+        std::fs::write(&file, config(9080)).expect("write");
+        store.reload();
+        assert!(store.status().last_rejection.is_empty());
     }
 
     /// inotify wakes the watch: with a poll interval of an hour, an edit is still loaded

@@ -83,8 +83,13 @@ fn resolution(r: &Resource, se: &ServiceEntry, out: &mut Vec<Diagnostic>) {
         }
         Resolution::Static => {
             if se.endpoints.is_empty() && se.workload_selector.is_none() {
-                let msg = "resolution STATIC needs endpoints (IP addresses) or a workloadSelector";
-                out.push(r.diag(code, "spec.resolution", msg));
+                // Only runtime can say whether this is empty: in jalur, proxies announcing the
+                // host (`JALUR_SERVICE`) are its endpoints. A Warning, so it is served.
+                let msg = "resolution STATIC without endpoints or a workloadSelector: its only endpoints are the proxies that register this host at runtime";
+                out.push(
+                    r.diag(code, "spec.resolution", msg)
+                        .with_severity(Severity::Warning),
+                );
             }
             for (i, ep) in se.endpoints.iter().enumerate() {
                 let addr = ep.address.as_deref().unwrap_or_default();

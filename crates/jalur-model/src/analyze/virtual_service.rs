@@ -368,11 +368,16 @@ fn destination(ix: &Index, r: &Resource, p: &str, d: &Destination, out: &mut Vec
             out.push(r.diag(codes::PORT_MISMATCH, &format!("{p}.port.number"), msg));
         }
         None if ports.len() > 1 => {
+            // Istio's rule, which translation follows: a request keeps the port it came in on.
+            // Well defined, so a Warning (served), not an Error.
             let msg = format!(
-                "host {fqdn:?} has several ports ({}); choose one with port.number",
+                "host {fqdn:?} has several ports ({}) and no port.number: a request keeps the port it came in on; choose one to route across ports",
                 list(&ports)
             );
-            out.push(r.diag(codes::PORT_MISMATCH, p, msg));
+            out.push(
+                r.diag(codes::PORT_MISMATCH, p, msg)
+                    .with_severity(Severity::Warning),
+            );
         }
         _ => {}
     }
