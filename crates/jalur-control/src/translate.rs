@@ -32,17 +32,45 @@ pub struct Ctx<'a> {
     pub gateway_names: Vec<String>,
     /// The gateway server port the routes being built serve, if any.
     pub gateway_port: Option<u32>,
+    /// The Istio `Sidecar` that applies to this client, if any: it sees only the services its
+    /// `egress.hosts` admit (gateways are never scoped, as in Istio).
+    pub scope: Option<&'a jalur_model::networking::Sidecar>,
 }
 
 impl<'a> Ctx<'a> {
     pub fn new(mesh: &'a Mesh, client: &'a ClientInfo) -> Ctx<'a> {
+        let scope = match client.kind {
+            ClientKind::Gateway => None,
+            _ => jalur_model::scope::select(
+                &mesh.config,
+                &client.namespace,
+                &client.labels,
+                &mesh.security.root_namespace,
+            )
+            .map(|(_, sidecar)| sidecar),
+        };
         Ctx {
             mesh,
             client,
             proxyless: client.kind == ClientKind::ProxylessGrpc,
             gateway_names: vec!["mesh".to_string()],
             gateway_port: None,
+            scope,
         }
+    }
+
+    /// Whether this client's `Sidecar` lets it see `service` (its clusters, endpoints and
+    /// routes). In a root-namespace `Sidecar`, `.` means the client's own namespace, as Istio
+    /// reads the mesh-wide default.
+    pub fn sees(&self, service: &crate::mesh::Service) -> bool {
+        self.scope.is_none_or(|sidecar| {
+            jalur_model::scope::admits(
+                sidecar,
+                &self.client.namespace,
+                &service.namespace,
+                &service.host,
+            )
+        })
     }
 
     /// The DestinationRule for a host: an exact host match wins over a wildcard one.

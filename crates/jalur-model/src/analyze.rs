@@ -20,6 +20,7 @@ mod passthrough;
 mod peer_authentication;
 mod request_authn;
 mod service_entry;
+mod sidecar;
 mod strict_callers;
 mod virtual_service;
 
@@ -83,6 +84,7 @@ pub fn analyze_in(config: &Config, extra: &KnownServices, root_namespace: &str) 
             Spec::ServiceEntry(se) => service_entry::check(r, se, &mut out),
             Spec::WorkloadEntry(we) => service_entry::check_workload_entry(r, we, &mut out),
             Spec::Gateway(gw) => gateway::check(r, gw, &mut out),
+            Spec::Sidecar(s) => sidecar::check(config, root_namespace, r, s, &mut out),
             Spec::ConsulRegistry(_) => {}
             Spec::Migration(m) => migration::check(config, r, m, &mut out),
             Spec::PeerAuthentication(pa) => peer_authentication::check(config, r, pa, &mut out),

@@ -150,6 +150,13 @@ pub mod codes {
     pub const SNI_HOST_NOT_IN_GATEWAY: Code =
         code("JAL0172", "SniHostNotInGateway", Severity::Error);
 
+    // Sidecar scoping (what each proxy sees).
+    pub const INVALID_SIDECAR_HOST: Code =
+        code("JAL0173", "InvalidSidecarEgressHost", Severity::Error);
+    pub const CONFLICTING_SIDECARS: Code = code("JAL0174", "ConflictingSidecars", Severity::Error);
+    pub const SIDECAR_FIELD_IGNORED: Code =
+        code("JAL0175", "SidecarFieldIgnored", Severity::Warning);
+
     // Hybrid findings (`jalur analyze --consul ADDR`): config checked against a live Consul.
     pub const CONSUL_NAME_SHADOWED: Code = code("JAL0130", "ConsulNameShadowed", Severity::Warning);
     pub const CONSUL_NAME_COLLIDES: Code = code(
@@ -229,6 +236,9 @@ pub mod codes {
         AUTO_PASSTHROUGH_NOT_SUPPORTED,
         PASSTHROUGH_WITHOUT_TLS_ROUTE,
         SNI_HOST_NOT_IN_GATEWAY,
+        INVALID_SIDECAR_HOST,
+        CONFLICTING_SIDECARS,
+        SIDECAR_FIELD_IGNORED,
     ];
 }
 

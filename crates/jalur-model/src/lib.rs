@@ -9,6 +9,7 @@ pub mod host;
 pub mod jalur;
 pub mod load;
 pub mod networking;
+pub mod scope;
 pub mod security;
 pub mod span;
 
@@ -30,6 +31,7 @@ pub enum Kind {
     ServiceEntry,
     WorkloadEntry,
     Gateway,
+    Sidecar,
     ConsulRegistry,
     Migration,
     PeerAuthentication,
@@ -38,12 +40,13 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::ServiceEntry,
         Kind::WorkloadEntry,
         Kind::Gateway,
+        Kind::Sidecar,
         Kind::ConsulRegistry,
         Kind::Migration,
         Kind::PeerAuthentication,
@@ -79,6 +82,7 @@ impl Kind {
             Kind::ServiceEntry => "ServiceEntry",
             Kind::WorkloadEntry => "WorkloadEntry",
             Kind::Gateway => "Gateway",
+            Kind::Sidecar => "Sidecar",
             Kind::ConsulRegistry => "ConsulRegistry",
             Kind::Migration => "Migration",
             Kind::PeerAuthentication => "PeerAuthentication",
@@ -156,6 +160,7 @@ pub enum Spec {
     ServiceEntry(networking::ServiceEntry),
     WorkloadEntry(networking::WorkloadEntry),
     Gateway(networking::Gateway),
+    Sidecar(networking::Sidecar),
     ConsulRegistry(jalur::ConsulRegistry),
     Migration(jalur::Migration),
     PeerAuthentication(security::PeerAuthentication),
@@ -171,6 +176,7 @@ impl Spec {
             Spec::ServiceEntry(_) => Kind::ServiceEntry,
             Spec::WorkloadEntry(_) => Kind::WorkloadEntry,
             Spec::Gateway(_) => Kind::Gateway,
+            Spec::Sidecar(_) => Kind::Sidecar,
             Spec::ConsulRegistry(_) => Kind::ConsulRegistry,
             Spec::Migration(_) => Kind::Migration,
             Spec::PeerAuthentication(_) => Kind::PeerAuthentication,
@@ -258,6 +264,7 @@ impl Config {
     typed_iter!(service_entries, ServiceEntry, networking::ServiceEntry);
     typed_iter!(workload_entries, WorkloadEntry, networking::WorkloadEntry);
     typed_iter!(gateways, Gateway, networking::Gateway);
+    typed_iter!(sidecars, Sidecar, networking::Sidecar);
     typed_iter!(consul_registries, ConsulRegistry, jalur::ConsulRegistry);
     typed_iter!(migrations, Migration, jalur::Migration);
     typed_iter!(

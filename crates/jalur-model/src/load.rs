@@ -221,6 +221,7 @@ fn typed_spec(kind: Kind, value: yaml_serde::Value) -> Result<Spec, (String, Str
         Kind::ServiceEntry => Spec::ServiceEntry(typed(value)?),
         Kind::WorkloadEntry => Spec::WorkloadEntry(typed(value)?),
         Kind::Gateway => Spec::Gateway(typed(value)?),
+        Kind::Sidecar => Spec::Sidecar(typed(value)?),
         Kind::ConsulRegistry => Spec::ConsulRegistry(typed(value)?),
         Kind::Migration => Spec::Migration(typed(value)?),
         Kind::PeerAuthentication => Spec::PeerAuthentication(typed(value)?),

@@ -628,6 +628,68 @@ pub struct WorkloadEntry {
     pub service_account: Option<String>,
 }
 
+// ---------------------------------------------------------------- Sidecar
+
+/// Istio's `Sidecar` (networking.istio.io/v1): which services the proxies it applies to see
+/// (`egress[].hosts`, `namespace/dnsName`), so each receives only the config of what it calls.
+/// Which one applies and what a host entry admits: [`crate::scope`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Sidecar {
+    #[serde(default)]
+    pub workload_selector: Option<WorkloadSelector>,
+    #[serde(default)]
+    pub egress: Vec<EgressListener>,
+    /// Accepted so Istio's files load; jalur has no traffic capture to configure (a Warning).
+    #[serde(default)]
+    pub ingress: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub outbound_traffic_policy: Option<OutboundTrafficPolicy>,
+    #[serde(default)]
+    pub inbound_connection_pool: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EgressListener {
+    #[serde(default)]
+    pub port: Option<SidecarPort>,
+    #[serde(default)]
+    pub bind: Option<String>,
+    #[serde(default)]
+    pub capture_mode: Option<String>,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SidecarPort {
+    pub number: u32,
+    #[serde(default)]
+    pub protocol: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub target_port: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutboundTrafficPolicy {
+    #[serde(default)]
+    pub mode: Option<OutboundMode>,
+    #[serde(default)]
+    pub egress_proxy: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OutboundMode {
+    RegistryOnly,
+    AllowAny,
+}
+
 // ---------------------------------------------------------------- Gateway
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

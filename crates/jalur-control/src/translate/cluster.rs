@@ -101,7 +101,7 @@ type SubsetSpec<'a> = (
 pub fn clusters(ctx: &Ctx) -> (Vec<Cluster>, Vec<ClusterLoadAssignment>) {
     let mut clusters = Vec::new();
     let mut assignments = Vec::new();
-    for service in ctx.mesh.services.values() {
+    for service in ctx.mesh.services.values().filter(|s| ctx.sees(s)) {
         let dr = ctx.destination_rule(&service.host);
         let endpoints = ctx.mesh.endpoints(&service.host);
         for port in &service.ports {

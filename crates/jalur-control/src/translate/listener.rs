@@ -50,7 +50,7 @@ pub fn sidecar(ctx: &Ctx) -> Built {
         false,
     )];
     let mut vhosts = Vec::new();
-    for service in ctx.mesh.services.values() {
+    for service in ctx.mesh.services.values().filter(|s| ctx.sees(s)) {
         let http_ports = service.http_ports();
         for (i, port) in http_ports.iter().enumerate() {
             let vs = claiming_vs(ctx, &service.host);
@@ -62,7 +62,7 @@ pub fn sidecar(ctx: &Ctx) -> Built {
             });
         }
     }
-    for service in ctx.mesh.services.values() {
+    for service in ctx.mesh.services.values().filter(|s| ctx.sees(s)) {
         for (port, local) in &service.local_ports {
             let Some(p) = service.port(*port) else {
                 continue;
@@ -140,7 +140,7 @@ fn inbound(ctx: &Ctx, first: &Port) -> (Listener, Option<RouteConfiguration>, Cl
 pub fn proxyless(ctx: &Ctx) -> Built {
     let mut listeners = Vec::new();
     let mut route_configs = Vec::new();
-    for service in ctx.mesh.services.values() {
+    for service in ctx.mesh.services.values().filter(|s| ctx.sees(s)) {
         let http_ports = service.http_ports();
         for (i, port) in http_ports.iter().enumerate() {
             let mut names = vec![format!("{}:{}", service.host, port.number)];

@@ -649,3 +649,72 @@ fn a_destination_that_disables_mtls_is_called_in_plaintext_by_callers_with_crede
         "port 81 keeps the workload's STRICT"
     );
 }
+
+/// Istio's `Sidecar`: a bookinfo sidecar whose Sidecar admits `./*` and one billing host sees
+/// those services' clusters, endpoints and routes and nothing of the rest; a gateway is never
+/// scoped; without the Sidecar it sees everything.
+#[test]
+fn a_sidecar_resource_scopes_what_a_proxy_sees() {
+    let dir = golden_dir();
+    let others = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: ledger, namespace: billing}\nspec:\n  hosts: [ledger.billing.svc.cluster.local]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{number: 8080, name: http, protocol: HTTP}]\n  endpoints: [{address: 10.9.0.1}]\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: invoices, namespace: billing}\nspec:\n  hosts: [invoices.billing.svc.cluster.local]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{number: 8080, name: http, protocol: HTTP}]\n  endpoints: [{address: 10.9.0.2}]\n";
+    let sidecar = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: bookinfo}\nspec:\n  egress:\n  - hosts: [\"./*\", \"billing/ledger.billing.svc.cluster.local\"]\n";
+    let mesh = |extra: &str| {
+        let (mut resources, diags) =
+            jalur_model::parse_str(Path::new("scoped.yaml"), &format!("{others}---\n{extra}"));
+        assert!(diags.iter().all(|d| !d.is_error()), "{diags:#?}");
+        let base = jalur_model::load_paths(&[dir.join("base.yaml")]);
+        resources.extend(base.config.resources);
+        Mesh::build(Arc::new(jalur_model::Config::new(resources)), &[])
+    };
+    let clusters = |mesh: &Mesh, client: &ClientInfo| -> Vec<String> {
+        translate(mesh, client)
+            .of_type(jalur_xds::TypeUrl::Cluster)
+            .map(|m| {
+                m.keys()
+                    .filter(|k| k.starts_with("outbound|"))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let eds = |mesh: &Mesh, client: &ClientInfo| -> Vec<String> {
+        translate(mesh, client)
+            .of_type(jalur_xds::TypeUrl::ClusterLoadAssignment)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let open = mesh("");
+    let scoped = mesh(sidecar);
+    let productpage = sidecar_node(false);
+    let all = clusters(&open, &productpage);
+    assert!(
+        all.iter()
+            .any(|c| c.ends_with("|invoices.billing.svc.cluster.local")),
+        "{all:?}"
+    );
+    let seen = clusters(&scoped, &productpage);
+    assert!(
+        seen.iter()
+            .any(|c| c.ends_with("|ledger.billing.svc.cluster.local")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|c| c.ends_with("|reviews.bookinfo.svc.cluster.local")),
+        "{seen:?}"
+    );
+    assert!(!seen.iter().any(|c| c.contains("invoices")), "{seen:?}");
+    assert!(!eds(&scoped, &productpage)
+        .iter()
+        .any(|c| c.contains("invoices")));
+    let routes = crate::render::snapshot(&translate(&scoped, &productpage))["rds"].to_string();
+    assert!(
+        routes.contains("ledger.billing") && !routes.contains("invoices"),
+        "{routes}"
+    );
+    // The gateway is not scoped by a Sidecar.
+    let gateway = gateway_node(false);
+    assert!(clusters(&scoped, &gateway)
+        .iter()
+        .any(|c| c.contains("invoices")));
+}
