@@ -448,9 +448,11 @@ struct XdsPorts {
 impl XdsPorts {
     async fn bind(opts: &Options, ca: Option<&Arc<crate::ca::MeshCa>>) -> Result<XdsPorts, Error> {
         let bind = |what: &'static str, addr: SocketAddr| async move {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| Error::Bind { what, addr, source })?;
+            let listener = jalur_xds::server::listen(addr).map_err(|source| Error::Bind {
+                what,
+                addr,
+                source,
+            })?;
             let local =
                 listener
                     .local_addr()

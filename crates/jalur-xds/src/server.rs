@@ -211,11 +211,26 @@ impl AdsServer {
     }
 }
 
+/// Connections waiting to be accepted. tokio's default (1,024) overflowed when thousands of
+/// proxies connected at once (a control plane restart, a fleet rollout): the kernel reset the
+/// rest, and each came back later with a full sync. The kernel caps it at `net.core.somaxconn`.
+pub const ACCEPT_BACKLOG: u32 = 4096;
+
 /// Binds a TCP listener for [`AdsServer::serve`].
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Bind { addr, source })
+    listen(addr).map_err(|source| Error::Bind { addr, source })
+}
+
+/// A listener for xDS on `addr`, with address reuse (a restarted plane takes its port back at
+/// once) and an [`ACCEPT_BACKLOG`] deep accept queue.
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
 }
 
 /// The tonic service behind [`AdsServer::service`].
